@@ -1,0 +1,16 @@
+//! The Airbyte Protocol: messages as Rust types ([`message`]) and the line
+//! codec that the data plane routes with ([`codec`]).
+
+pub mod codec;
+pub mod message;
+
+pub use codec::{peek, Head, Kind, LineError, LineReader, PeekError};
+pub use message::*;
+
+/// Milliseconds since the Unix epoch, as the protocol's `emitted_at` fields want them.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
