@@ -111,6 +111,8 @@ pub struct LineReader<R> {
     limit: usize,
     line_number: u64,
     eof: bool,
+    /// Inside a line that was too long: drop input up to its end.
+    skipping: bool,
 }
 
 const INITIAL_BUFFER: usize = 256 * 1024;
@@ -125,6 +127,7 @@ impl<R: Read> LineReader<R> {
             limit,
             line_number: 0,
             eof: false,
+            skipping: false,
         }
     }
 
@@ -134,15 +137,27 @@ impl<R: Read> LineReader<R> {
         self.line_number
     }
 
-    /// The next line, or `None` at the end of the stream. `before_block` runs
-    /// before every read that may block, so a caller can flush its own output
-    /// first and never sit on buffered data while waiting for input.
-    pub fn next_line(&mut self, before_block: impl FnMut() -> io::Result<()>) -> Result<Option<&[u8]>, LineError> {
-        Ok(self.next_range(before_block)?.map(|(start, end)| trim_cr(&self.buf[start..end])))
+    /// The next line and its number, or `None` at the end of the stream.
+    /// `before_block` runs before every read that may block, so a caller can
+    /// flush its own output first and never sit on buffered data while
+    /// waiting for input. After a `TooLong` error the reader skips the rest of
+    /// that line and can go on.
+    pub fn next_line(&mut self, before_block: impl FnMut() -> io::Result<()>) -> Result<Option<(u64, &[u8])>, LineError> {
+        let number = self.line_number;
+        Ok(self.next_range(before_block)?.map(|(start, end)| (self.line_number.max(number), trim_cr(&self.buf[start..end]))))
     }
 
     fn next_range(&mut self, mut before_block: impl FnMut() -> io::Result<()>) -> Result<Option<(usize, usize)>, LineError> {
         loop {
+            if self.skipping {
+                match memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+                    Some(pos) => {
+                        self.start += pos + 1;
+                        self.skipping = false;
+                    }
+                    None => self.start = self.end,
+                }
+            }
             if let Some(pos) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
                 let line = (self.start, self.start + pos);
                 self.start += pos + 1;
@@ -156,11 +171,14 @@ impl<R: Read> LineReader<R> {
                 return Ok(Some(line));
             }
             let pending = self.end - self.start;
-            if pending > self.limit {
-                return Err(LineError::TooLong { line: self.line_number + 1, limit: self.limit });
+            if pending > self.limit && !self.skipping {
+                self.line_number += 1;
+                self.start = self.end;
+                self.skipping = true;
+                return Err(LineError::TooLong { line: self.line_number, limit: self.limit });
             }
             if self.eof {
-                if pending == 0 {
+                if pending == 0 || self.skipping {
                     return Ok(None);
                 }
                 // The last line had no newline.
@@ -208,7 +226,7 @@ mod tests {
     fn lines(input: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, LineError> {
         let mut reader = LineReader::new(input, limit);
         let mut out = Vec::new();
-        while let Some(line) = reader.next_line(|| Ok(()))? {
+        while let Some((_, line)) = reader.next_line(|| Ok(()))? {
             out.push(line.to_vec());
         }
         Ok(out)
@@ -238,6 +256,16 @@ mod tests {
             Err(LineError::TooLong { line, limit }) => assert_eq!((line, limit), (2, 4096)),
             other => panic!("expected TooLong, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn reading_goes_on_after_a_long_line() {
+        let mut input = vec![b'x'; 300_000];
+        input.extend_from_slice(b"\nnext\n");
+        let mut reader = LineReader::new(&input[..], 5000);
+        assert!(matches!(reader.next_line(|| Ok(())), Err(LineError::TooLong { line: 1, .. })));
+        assert_eq!(reader.next_line(|| Ok(())).unwrap(), Some((2, &b"next"[..])));
+        assert_eq!(reader.next_line(|| Ok(())).unwrap(), None);
     }
 
     #[test]

@@ -1,0 +1,49 @@
+//! `destination-dev-null`: parses every message it is sent, stores nothing,
+//! and echoes each STATE at once: the fastest destination that still does
+//! the work of reading the protocol.
+
+use serde_json::json;
+use sluice_connector_kit::{each_input_message, echo_state, read_json, Command, Failure, Output};
+use sluice_protocol::*;
+
+pub const NAME: &str = "destination-dev-null";
+
+pub fn main(args: &[String]) -> i32 {
+    sluice_connector_kit::main(NAME, args, run)
+}
+
+fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
+    match command {
+        Command::Spec => {
+            let spec: ConnectorSpecification = serde_json::from_value(json!({
+                "documentationUrl": "https://docs.airbyte.com/integrations/destinations/dev-null",
+                "connectionSpecification": {"type": "object", "title": "Dev Null", "properties": {}},
+                "supported_destination_sync_modes": ["append", "overwrite", "append_dedup", "overwrite_dedup"],
+                "protocol_version": "0.5.2"
+            }))
+            .expect("static spec");
+            Ok(out.message(&AirbyteMessage::spec(spec))?)
+        }
+        Command::Check { config } => {
+            let _: serde_json::Value = read_json("config", &config)?;
+            Ok(out.message(&AirbyteMessage::connection_status(ConnectionStatusKind::Succeeded, None))?)
+        }
+        Command::Write { config, catalog } => {
+            let _: serde_json::Value = read_json("config", &config)?;
+            let _: ConfiguredAirbyteCatalog = read_json("catalog", &catalog)?;
+            let mut since_state = 0u64;
+            each_input_message(|_, message| {
+                match (message.record, message.state) {
+                    (Some(_), _) => since_state += 1,
+                    (_, Some(state)) => {
+                        echo_state(out, state, since_state)?;
+                        since_state = 0;
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })
+        }
+        Command::Discover { .. } | Command::Read { .. } => Err(Failure::config("destination-dev-null is a destination: it only runs spec, check and write")),
+    }
+}

@@ -1,0 +1,208 @@
+//! `destination-jsonl`: one JSON-lines file per stream under a directory.
+//!
+//! Each line is `{"_airbyte_extracted_at": ms, "_airbyte_data": {...}}`.
+//! `overwrite` starts the stream's file afresh, `append` adds to it, and the
+//! `_dedup` modes keep one line per primary key (the one with the greatest
+//! cursor, or the last to arrive) when the sync ends. A STATE is echoed only
+//! after every record before it has been written to the file.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sluice_connector_kit::{each_input_message, echo_state, read_json, Command, Failure, Output};
+use sluice_protocol::*;
+
+pub const NAME: &str = "destination-jsonl";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// The directory that receives one `<stream>.jsonl` file per stream.
+    destination_path: PathBuf,
+}
+
+pub fn main(args: &[String]) -> i32 {
+    sluice_connector_kit::main(NAME, args, run)
+}
+
+fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
+    match command {
+        Command::Spec => Ok(out.message(&AirbyteMessage::spec(spec()))?),
+        Command::Check { config } => {
+            let status = match load_config(&config).and_then(|c| check_writable(&c.destination_path)) {
+                Ok(()) => AirbyteMessage::connection_status(ConnectionStatusKind::Succeeded, None),
+                Err(failure) => AirbyteMessage::connection_status(ConnectionStatusKind::Failed, Some(failure.message)),
+            };
+            Ok(out.message(&status)?)
+        }
+        Command::Write { config, catalog } => {
+            let config = load_config(&config)?;
+            let catalog: ConfiguredAirbyteCatalog = read_json("catalog", &catalog)?;
+            write(&config, &catalog, out)
+        }
+        Command::Discover { .. } | Command::Read { .. } => {
+            Err(Failure::config("destination-jsonl is a destination: it only runs spec, check and write"))
+        }
+    }
+}
+
+fn spec() -> ConnectorSpecification {
+    serde_json::from_value(json!({
+        "documentationUrl": "https://docs.airbyte.com/integrations/destinations/local-json",
+        "connectionSpecification": {
+            "type": "object",
+            "title": "JSON lines files",
+            "required": ["destination_path"],
+            "additionalProperties": false,
+            "properties": {
+                "destination_path": {"type": "string", "description": "Directory that receives one <stream>.jsonl file per stream."}
+            }
+        },
+        "supported_destination_sync_modes": ["append", "overwrite", "append_dedup", "overwrite_dedup"],
+        "protocol_version": "0.5.2"
+    }))
+    .expect("static spec")
+}
+
+fn load_config(path: &Path) -> Result<Config, Failure> {
+    read_json("config", path)
+}
+
+fn check_writable(dir: &Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir).map_err(|e| Failure::config(format!("cannot create {}: {e}", dir.display())))?;
+    let probe = dir.join(".sluice-check");
+    File::create(&probe).map_err(|e| Failure::config(format!("cannot write in {}: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// The file a stream is written to; names are kept to safe characters.
+pub fn stream_file(dir: &Path, stream: &StreamDescriptor) -> PathBuf {
+    let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_".contains(c) { c } else { '_' }).collect::<String>();
+    match &stream.namespace {
+        Some(namespace) => dir.join(format!("{}.{}.jsonl", clean(namespace), clean(&stream.name))),
+        None => dir.join(format!("{}.jsonl", clean(&stream.name))),
+    }
+}
+
+struct Target {
+    path: PathBuf,
+    file: BufWriter<File>,
+    dedup: Option<(Vec<Vec<String>>, Option<Vec<String>>)>,
+}
+
+fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) -> Result<(), Failure> {
+    check_writable(&config.destination_path)?;
+    let mut targets: HashMap<StreamDescriptor, Target> = HashMap::new();
+    for configured in &catalog.streams {
+        let descriptor = configured.stream.descriptor();
+        let path = stream_file(&config.destination_path, &descriptor);
+        let mode = &configured.destination_sync_mode;
+        let truncate = match mode {
+            DestinationSyncMode::Overwrite | DestinationSyncMode::OverwriteDedup => true,
+            DestinationSyncMode::Append | DestinationSyncMode::AppendDedup => false,
+            other => return Err(Failure::config(format!("stream {descriptor}: destination sync mode `{other}` is not supported"))),
+        };
+        let dedup = matches!(mode, DestinationSyncMode::AppendDedup | DestinationSyncMode::OverwriteDedup);
+        let dedup = if dedup {
+            let key = configured.primary_key.clone().filter(|k| !k.is_empty()).ok_or_else(|| {
+                Failure::config(format!("stream {descriptor}: `{mode}` needs a primary key in the configured catalog"))
+            })?;
+            Some((key, configured.cursor_field.clone().filter(|c| !c.is_empty())))
+        } else {
+            None
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(!truncate)
+            .truncate(truncate)
+            .open(&path)
+            .map_err(|e| Failure::system(format!("cannot open {}: {e}", path.display())))?;
+        targets.insert(descriptor, Target { path, file: BufWriter::with_capacity(128 * 1024, file), dedup });
+    }
+
+    let mut since_state = 0u64;
+    each_input_message(|line, message| {
+        if let Some(record) = message.record {
+            let descriptor = StreamDescriptor::new(record.stream, record.namespace);
+            let target = targets.get_mut(&descriptor).ok_or_else(|| {
+                Failure::system(format!("stdin line {line}: a record of stream {descriptor}, which the configured catalog does not have"))
+            })?;
+            if !record.data.is_object() {
+                return Err(Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object")));
+            }
+            serde_json::to_writer(&mut target.file, &json!({"_airbyte_extracted_at": record.emitted_at, "_airbyte_data": record.data}))
+                .map_err(|e| Failure::system(format!("writing {}: {e}", target.path.display())))?;
+            target.file.write_all(b"\n")?;
+            since_state += 1;
+        } else if let Some(state) = message.state {
+            for target in targets.values_mut() {
+                target.file.flush()?;
+            }
+            echo_state(out, state, since_state)?;
+            since_state = 0;
+        }
+        Ok(())
+    })?;
+
+    for target in targets.into_values() {
+        let file = target.file.into_inner().map_err(|e| Failure::system(format!("flushing {}: {e}", target.path.display())))?;
+        file.sync_all()?;
+        if let Some((key, cursor)) = &target.dedup {
+            dedup_file(&target.path, key, cursor.as_deref())?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites a stream's file keeping one line per primary key, in the order
+/// keys first appeared; the kept line has the greatest cursor (the later
+/// line on a tie or without a cursor).
+fn dedup_file(path: &Path, key: &[Vec<String>], cursor: Option<&[String]>) -> Result<(), Failure> {
+    let reader = BufReader::new(File::open(path)?);
+    let mut order: Vec<String> = Vec::new();
+    let mut kept: HashMap<String, Value> = HashMap::new();
+    for (n, line) in reader.lines().enumerate() {
+        let row: Value = serde_json::from_str(&line?)
+            .map_err(|e| Failure::system(format!("{} line {} is not JSON: {e}", path.display(), n + 1)))?;
+        let pick = |fields: &[String]| fields.iter().try_fold(&row["_airbyte_data"], |v, f| v.get(f)).cloned().unwrap_or(Value::Null);
+        let id = serde_json::to_string(&key.iter().map(|k| pick(k)).collect::<Vec<_>>()).expect("values serialize");
+        match kept.get(&id) {
+            None => {
+                order.push(id.clone());
+                kept.insert(id, row);
+            }
+            Some(old) => {
+                let older = |c: &[String]| {
+                    let at = |v: &Value| c.iter().try_fold(&v["_airbyte_data"], |v, f| v.get(f)).cloned().unwrap_or(Value::Null);
+                    cursor_less(&at(&row), &at(old))
+                };
+                if !cursor.is_some_and(older) {
+                    kept.insert(id, row);
+                }
+            }
+        }
+    }
+    let tmp = path.with_extension("jsonl.dedup");
+    let mut out = BufWriter::new(File::create(&tmp)?);
+    for id in &order {
+        serde_json::to_writer(&mut out, &kept[id]).expect("values serialize");
+        out.write_all(b"\n")?;
+    }
+    out.into_inner().map_err(|e| Failure::system(e.to_string()))?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn cursor_less(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() < y.as_f64(),
+        (Value::String(x), Value::String(y)) => x < y,
+        _ => false,
+    }
+}

@@ -1,0 +1,365 @@
+//! `source-faker`: deterministic fake users, purchases and products.
+//!
+//! The same `seed` and `count` give the same records on every run, so tests can
+//! check exactly what arrived. Users and purchases are incremental on
+//! `updated_at`, which grows with the id: a second read with the saved state
+//! emits only records added since (a larger `count`), and none otherwise.
+//! `record_size_bytes` pads users to a fixed size for benchmarks.
+
+use std::io::Write;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sluice_connector_kit::{read_json, Command, Failure, Output};
+use sluice_protocol::*;
+
+pub const NAME: &str = "source-faker";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// How many users to generate; purchases follow from the users.
+    #[serde(default = "default_count")]
+    count: u64,
+    #[serde(default)]
+    seed: u64,
+    /// Records between two STATE messages.
+    #[serde(default = "default_records_per_slice")]
+    records_per_slice: u64,
+    /// Pads each user record to about this many bytes of JSON (0: no padding).
+    #[serde(default)]
+    record_size_bytes: usize,
+}
+
+const fn default_count() -> u64 {
+    1000
+}
+const fn default_records_per_slice() -> u64 {
+    100
+}
+
+pub fn main(args: &[String]) -> i32 {
+    sluice_connector_kit::main(NAME, args, run)
+}
+
+fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
+    match command {
+        Command::Spec => Ok(out.message(&AirbyteMessage::spec(spec()))?),
+        Command::Check { config } => {
+            let status = match load_config(&config) {
+                Ok(_) => AirbyteMessage::connection_status(ConnectionStatusKind::Succeeded, None),
+                Err(failure) => AirbyteMessage::connection_status(ConnectionStatusKind::Failed, Some(failure.message)),
+            };
+            Ok(out.message(&status)?)
+        }
+        Command::Discover { config } => {
+            load_config(&config)?;
+            Ok(out.message(&AirbyteMessage::catalog(catalog()))?)
+        }
+        Command::Read { config, catalog, state } => {
+            let config = load_config(&config)?;
+            let catalog: ConfiguredAirbyteCatalog = read_json("catalog", &catalog)?;
+            let state: Value = match state {
+                Some(path) => read_json("state", &path)?,
+                None => Value::Null,
+            };
+            read(&config, &catalog, &state, out)
+        }
+        Command::Write { .. } => Err(Failure::config("source-faker is a source: it does not `write`")),
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
+    let config: Config = read_json("config", path)?;
+    if config.count == 0 {
+        return Err(Failure::config("config: `count` must be at least 1"));
+    }
+    if config.records_per_slice == 0 {
+        return Err(Failure::config("config: `records_per_slice` must be at least 1"));
+    }
+    Ok(config)
+}
+
+pub fn spec() -> ConnectorSpecification {
+    serde_json::from_value(json!({
+        "documentationUrl": "https://docs.airbyte.com/integrations/sources/faker",
+        "connectionSpecification": {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "title": "Sluice Faker Spec",
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "count": {"type": "integer", "minimum": 1, "default": 1000, "description": "How many users to generate."},
+                "seed": {"type": "integer", "minimum": 0, "default": 0, "description": "Seed of the generator; the same seed gives the same records."},
+                "records_per_slice": {"type": "integer", "minimum": 1, "default": 100, "description": "Records between two STATE messages."},
+                "record_size_bytes": {"type": "integer", "minimum": 0, "default": 0, "description": "Pad each user to about this many bytes (0: no padding)."}
+            }
+        },
+        "supportsIncremental": true,
+        "protocol_version": "0.5.2"
+    }))
+    .expect("static spec")
+}
+
+fn stream(name: &str, properties: Value, incremental: bool) -> AirbyteStream {
+    let modes = if incremental { json!(["full_refresh", "incremental"]) } else { json!(["full_refresh"]) };
+    serde_json::from_value(json!({
+        "name": name,
+        "json_schema": {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "properties": properties},
+        "supported_sync_modes": modes,
+        "source_defined_cursor": incremental,
+        "default_cursor_field": if incremental { json!(["updated_at"]) } else { json!([]) },
+        "source_defined_primary_key": [["id"]],
+        "is_resumable": incremental
+    }))
+    .expect("static stream")
+}
+
+pub fn catalog() -> AirbyteCatalog {
+    let int = json!({"type": "integer"});
+    let text = json!({"type": "string"});
+    let time = json!({"type": "string", "format": "date-time", "airbyte_type": "timestamp_with_timezone"});
+    AirbyteCatalog {
+        streams: vec![
+            stream(
+                "users",
+                json!({"id": int, "name": text, "email": text, "age": int, "bio": text, "created_at": time, "updated_at": time}),
+                true,
+            ),
+            stream(
+                "purchases",
+                json!({"id": int, "user_id": int, "product_id": int, "amount": {"type": "number"}, "created_at": time, "updated_at": time}),
+                true,
+            ),
+            stream("products", json!({"id": int, "make": text, "model": text, "price": {"type": "number"}}), false),
+        ],
+        extra: Extra::new(),
+    }
+}
+
+/// The cursor saved for a stream in the incoming state, whatever form it has.
+fn saved_cursor(state: &Value, stream: &str) -> Option<i64> {
+    let blob = match state {
+        Value::Array(states) => states.iter().find_map(|s| {
+            let entry = s.get("stream")?;
+            (entry.pointer("/stream_descriptor/name")? == stream).then(|| entry.get("stream_state"))?
+        }),
+        Value::Object(legacy) => legacy.get(stream),
+        _ => None,
+    }?;
+    blob.get("updated_at")?.as_str().and_then(parse_timestamp)
+}
+
+const EPOCH_2020: i64 = 1_577_836_800;
+const FIRST_NAMES: [&str; 8] = ["Ada", "Grace", "Linus", "Barbara", "Ken", "Edsger", "Frances", "Dennis"];
+const LAST_NAMES: [&str; 8] = ["Lovelace", "Hopper", "Torvalds", "Liskov", "Thompson", "Dijkstra", "Allen", "Ritchie"];
+const MAKES: [&str; 5] = ["Audi", "Volvo", "Toyota", "Fiat", "Tesla"];
+
+/// splitmix64: a tiny, fast, well-mixed function of (seed, stream, id).
+fn mix(seed: u64, salt: u64, id: u64) -> u64 {
+    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ id.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// How many purchases user `id` made: 0, 1 or 2.
+fn purchases_of(seed: u64, id: u64) -> u64 {
+    mix(seed, 2, id) % 3
+}
+
+fn read(config: &Config, catalog: &ConfiguredAirbyteCatalog, state: &Value, out: &mut Output) -> Result<(), Failure> {
+    let emitted_at = now_millis();
+    let known = catalog_names();
+    for configured in &catalog.streams {
+        let name = configured.stream.name.as_str();
+        if !known.contains(&name) {
+            return Err(Failure::config(format!("catalog names stream `{name}`, which source-faker does not have (it has {known:?})")));
+        }
+        let cursor = match configured.sync_mode {
+            SyncMode::Incremental => saved_cursor(state, name),
+            _ => None,
+        };
+        let descriptor = StreamDescriptor::new(name, None);
+        status(out, &descriptor, StreamStatus::Started)?;
+        out.log(LogLevel::Info, format!("reading stream {name} after cursor {cursor:?}"))?;
+        let mut slice = Slice { out, descriptor: &descriptor, per_slice: config.records_per_slice, in_slice: 0, last: None };
+        match name {
+            "users" => {
+                let padding = "x".repeat(config.record_size_bytes.saturating_sub(245));
+                for id in 1..=config.count {
+                    let updated = EPOCH_2020 + id as i64 * 60;
+                    if cursor.is_some_and(|c| updated <= c) {
+                        continue;
+                    }
+                    let r = mix(config.seed, 1, id);
+                    let first = FIRST_NAMES[(r % 8) as usize];
+                    let last = LAST_NAMES[((r >> 8) % 8) as usize];
+                    let w = slice.out.writer();
+                    write!(
+                        w,
+                        r#"{{"type":"RECORD","record":{{"stream":"users","emitted_at":{emitted_at},"data":{{"id":{id},"name":"{first} {last}","email":"{}.{}{id}@example.com","age":{},"bio":"{padding}","created_at":"{}","updated_at":"{}"}}}}}}"#,
+                        first.to_lowercase(),
+                        last.to_lowercase(),
+                        18 + (r >> 16) % 70,
+                        timestamp(updated - 3600),
+                        timestamp(updated),
+                    )?;
+                    w.write_all(b"\n")?;
+                    slice.record(updated)?;
+                }
+            }
+            "purchases" => {
+                let mut purchase_id = 0;
+                for user in 1..=config.count {
+                    for n in 0..purchases_of(config.seed, user) {
+                        purchase_id += 1;
+                        let updated = EPOCH_2020 + user as i64 * 60 + n as i64 + 1;
+                        if cursor.is_some_and(|c| updated <= c) {
+                            continue;
+                        }
+                        let r = mix(config.seed, 3, purchase_id);
+                        let w = slice.out.writer();
+                        write!(
+                            w,
+                            r#"{{"type":"RECORD","record":{{"stream":"purchases","emitted_at":{emitted_at},"data":{{"id":{purchase_id},"user_id":{user},"product_id":{},"amount":{}.{:02},"created_at":"{}","updated_at":"{}"}}}}}}"#,
+                            1 + r % 10,
+                            5 + (r >> 8) % 500,
+                            (r >> 20) % 100,
+                            timestamp(updated - 60),
+                            timestamp(updated),
+                        )?;
+                        w.write_all(b"\n")?;
+                        slice.record(updated)?;
+                    }
+                }
+            }
+            _ => {
+                for id in 1..=10u64 {
+                    let r = mix(config.seed, 4, id);
+                    let w = slice.out.writer();
+                    write!(
+                        w,
+                        r#"{{"type":"RECORD","record":{{"stream":"products","emitted_at":{emitted_at},"data":{{"id":{id},"make":"{}","model":"M{}","price":{}.99}}}}}}"#,
+                        MAKES[(r % 5) as usize],
+                        r % 1000,
+                        10 + (r >> 10) % 90,
+                    )?;
+                    w.write_all(b"\n")?;
+                    slice.in_slice += 1;
+                }
+            }
+        }
+        slice.finish(cursor)?;
+        status(out, &descriptor, StreamStatus::Complete)?;
+    }
+    Ok(())
+}
+
+fn catalog_names() -> [&'static str; 3] {
+    ["users", "purchases", "products"]
+}
+
+/// Counts records into slices and emits a STATE at the end of each.
+struct Slice<'a> {
+    out: &'a mut Output,
+    descriptor: &'a StreamDescriptor,
+    per_slice: u64,
+    in_slice: u64,
+    last: Option<i64>,
+}
+
+impl Slice<'_> {
+    fn record(&mut self, updated: i64) -> Result<(), Failure> {
+        self.in_slice += 1;
+        self.last = Some(updated);
+        if self.in_slice == self.per_slice {
+            self.state(updated)?;
+        }
+        Ok(())
+    }
+
+    fn state(&mut self, cursor: i64) -> Result<(), Failure> {
+        let state = AirbyteStateMessage::for_stream(self.descriptor.clone(), json!({"updated_at": timestamp(cursor)}));
+        self.out.message(&AirbyteMessage::state(state))?;
+        self.in_slice = 0;
+        Ok(())
+    }
+
+    /// The final STATE of an incremental stream keeps the cursor even when nothing new came.
+    fn finish(mut self, previous: Option<i64>) -> Result<(), Failure> {
+        if self.in_slice > 0 || self.last.is_none() {
+            if let Some(cursor) = self.last.or(previous) {
+                self.state(cursor)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn status(out: &mut Output, stream: &StreamDescriptor, status: StreamStatus) -> Result<(), Failure> {
+    let trace = AirbyteTraceMessage::stream_status(now_millis() as f64, stream.clone(), status);
+    Ok(out.message(&AirbyteMessage::trace(trace))?)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS+00:00` for seconds since the epoch (proleptic Gregorian).
+pub fn timestamp(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn parse_timestamp(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    if b.len() < 19 || b[4] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let days = days_from_civil(num(0..4)?, num(5..7)?, num(8..10)?);
+    Some(days * 86_400 + num(11..13)? * 3600 + num(14..16)? * 60 + num(17..19)?)
+}
+
+// Howard Hinnant's civil-calendar algorithms.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        for secs in [0, EPOCH_2020, EPOCH_2020 + 86_399, 951_782_400 /* 2000-02-29 */, 4_102_444_800] {
+            assert_eq!(parse_timestamp(&timestamp(secs)), Some(secs), "{}", timestamp(secs));
+        }
+        assert_eq!(timestamp(EPOCH_2020), "2020-01-01T00:00:00+00:00");
+    }
+
+    #[test]
+    fn cursor_is_found_in_every_state_form() {
+        let list = json!([{"type": "STREAM", "stream": {"stream_descriptor": {"name": "users"}, "stream_state": {"updated_at": "2020-01-01T00:01:00+00:00"}}}]);
+        assert_eq!(saved_cursor(&list, "users"), Some(EPOCH_2020 + 60));
+        assert_eq!(saved_cursor(&list, "purchases"), None);
+        let legacy = json!({"users": {"updated_at": "2020-01-01T00:02:00+00:00"}});
+        assert_eq!(saved_cursor(&legacy, "users"), Some(EPOCH_2020 + 120));
+    }
+}

@@ -1,0 +1,184 @@
+//! Starting a connector (or attaching to one another container started) and
+//! stopping it again.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::config::{ConnectorConfig, Launch};
+
+/// A connector's pipes, and a way to learn how it ended.
+pub struct Running {
+    pub stdout: Box<dyn Read + Send>,
+    pub stderr: Box<dyn Read + Send>,
+    pub stdin: Option<Box<dyn Write + Send>>,
+    pub exit: ExitWatch,
+    pub stopper: Stopper,
+}
+
+/// Waits for a connector's end.
+pub enum ExitWatch {
+    Child(Child),
+    /// The attached connector's wrapper writes its exit status into this file.
+    File(PathBuf),
+}
+
+/// How a connector ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    Unknown,
+}
+
+impl Exit {
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exited with status {code}"),
+            Exit::Signal(signal) => write!(f, "was killed by signal {signal}"),
+            Exit::Unknown => f.write_str("ended without reporting an exit status"),
+        }
+    }
+}
+
+impl ExitWatch {
+    /// Blocks until the connector has ended.
+    pub fn wait(self) -> Exit {
+        match self {
+            ExitWatch::Child(mut child) => match child.wait() {
+                Ok(status) => match (status.code(), status.signal()) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, Some(signal)) => Exit::Signal(signal),
+                    _ => Exit::Unknown,
+                },
+                Err(_) => Exit::Unknown,
+            },
+            ExitWatch::File(path) => loop {
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    if let Ok(code) = text.trim().parse() {
+                        return Exit::Code(code);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            },
+        }
+    }
+}
+
+/// Sends signals to a connector. Spawned connectors lead their own process
+/// group, so a signal reaches whatever they started too.
+#[derive(Clone)]
+pub enum Stopper {
+    Group(i32),
+    /// An attached connector is stopped by creating this file, which its
+    /// wrapper watches; the task's end stops it in any case.
+    CancelFile(PathBuf),
+}
+
+impl Stopper {
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM)
+    }
+
+    pub fn kill(&self) {
+        self.signal(libc::SIGKILL)
+    }
+
+    fn signal(&self, signal: i32) {
+        match self {
+            // SAFETY: kill(2) takes plain integers; a group already gone gives ESRCH, which is fine.
+            Stopper::Group(pgid) => unsafe {
+                libc::kill(-pgid, signal);
+            },
+            Stopper::CancelFile(path) => {
+                let _ = File::create(path);
+            }
+        }
+    }
+}
+
+/// The protocol's arguments for one run of a connector, with its files
+/// written under `dir` (readable by the owner only: configs hold secrets).
+pub fn prepare_files(dir: &Path, files: &[(&str, &serde_json::Value)]) -> io::Result<Vec<String>> {
+    std::fs::create_dir_all(dir)?;
+    let mut args = Vec::new();
+    for (flag, value) in files {
+        let path = dir.join(format!("{flag}.json"));
+        let mut file = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&path)?;
+        serde_json::to_writer(&mut file, value)?;
+        file.flush()?;
+        args.push(format!("--{flag}"));
+        args.push(path.to_string_lossy().into_owned());
+    }
+    Ok(args)
+}
+
+/// Starts or attaches to a connector running `verb` with `args`.
+pub fn start(connector: &ConnectorConfig, verb: &str, args: &[String], wants_stdin: bool) -> io::Result<Running> {
+    match &connector.launch {
+        Launch::Spawn { command, env } => {
+            let (program, prefix) =
+                command.split_first().ok_or_else(|| io::Error::other(format!("{}: empty command", connector.name)))?;
+            let mut child = Command::new(program)
+                .args(prefix)
+                .arg(verb)
+                .args(args)
+                .envs(env)
+                .stdin(if wants_stdin { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .spawn()
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot start {} ({program}): {e}", connector.name)))?;
+            let pid = child.id() as i32;
+            Ok(Running {
+                stdout: Box::new(child.stdout.take().expect("piped")),
+                stderr: Box::new(child.stderr.take().expect("piped")),
+                stdin: child.stdin.take().map(|s| Box::new(s) as Box<dyn Write + Send>),
+                exit: ExitWatch::Child(child),
+                stopper: Stopper::Group(pid),
+            })
+        }
+        Launch::Attach { dir } => {
+            let open_read = |name: &str| {
+                File::open(dir.join(name)).map_err(|e| io::Error::new(e.kind(), format!("{}: cannot open pipe {name} in {}: {e}", connector.name, dir.display())))
+            };
+            // Opening a FIFO blocks until the other end opens it too, so the order
+            // here must match the wrapper's: stdin first, then stdout, then stderr.
+            let stdin = if wants_stdin {
+                let pipe = OpenOptions::new().write(true).open(dir.join("stdin"))?;
+                Some(Box::new(pipe) as Box<dyn Write + Send>)
+            } else {
+                None
+            };
+            Ok(Running {
+                stdin,
+                stdout: Box::new(open_read("stdout")?),
+                stderr: Box::new(open_read("stderr")?),
+                exit: ExitWatch::File(dir.join("exit")),
+                stopper: Stopper::CancelFile(dir.join("cancel")),
+            })
+        }
+    }
+}
+
+/// The shell wrapper a connector's container runs in attach mode: it creates
+/// nothing (the init step made the FIFOs), runs the connector on the pipes,
+/// and records its exit status for the orchestrator.
+pub fn attach_wrapper(dir: &Path, command: &[String], wants_stdin: bool) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let cmd = command.iter().map(|c| quote(c)).collect::<Vec<_>>().join(" ");
+    let d = quote(&dir.to_string_lossy());
+    let stdin = if wants_stdin { format!("< {d}/stdin") } else { "< /dev/null".into() };
+    format!("{cmd} \"$@\" {stdin} > {d}/stdout 2> {d}/stderr; echo $? > {d}/exit.tmp && mv {d}/exit.tmp {d}/exit")
+}

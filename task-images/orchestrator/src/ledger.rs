@@ -1,0 +1,253 @@
+//! The attempt's books: what was emitted, which states wait for the
+//! destination, and what is committed.
+//!
+//! Architecture invariant: a state is committed only when the destination
+//! has echoed it (or a later state), and the records counted as committed are
+//! exactly those the source emitted before that state.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+use sluice_protocol::{AirbyteStateMessage, StateType, StreamDescriptor, StreamStatus};
+
+/// Records and bytes of one stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: Counts) {
+        self.records += other.records;
+        self.bytes += other.bytes;
+    }
+}
+
+/// What the attempt did with one stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamSummary {
+    pub stream: StreamDescriptor,
+    pub emitted: Counts,
+    pub committed: Counts,
+    /// The last status the source reported for the stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The source's estimate of the stream's rows, if it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_records: Option<i64>,
+}
+
+struct Pending {
+    id: u64,
+    state: AirbyteStateMessage,
+    counts: Vec<Counts>,
+}
+
+/// The result of a destination's echo.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Echo {
+    /// These many source states became committed.
+    Committed(usize),
+    /// The echo matched no state waiting for one.
+    Unmatched,
+}
+
+pub struct Ledger {
+    pub streams: Vec<StreamSummary>,
+    /// Emitted since the last source STATE, per stream index.
+    uncommitted: Vec<Counts>,
+    pending: VecDeque<Pending>,
+    committed: CommittedState,
+    pub states_emitted: u64,
+    pub states_committed: u64,
+    /// Records of streams outside the catalog, dropped before the destination.
+    pub records_filtered: u64,
+}
+
+impl Ledger {
+    pub fn new(streams: Vec<StreamDescriptor>, resume_from: &[AirbyteStateMessage]) -> Self {
+        let mut committed = CommittedState::default();
+        for state in resume_from {
+            committed.apply(state);
+        }
+        Ledger {
+            uncommitted: vec![Counts::default(); streams.len()],
+            streams: streams
+                .into_iter()
+                .map(|stream| StreamSummary {
+                    stream,
+                    emitted: Counts::default(),
+                    committed: Counts::default(),
+                    status: None,
+                    estimated_records: None,
+                })
+                .collect(),
+            pending: VecDeque::new(),
+            committed,
+            states_emitted: 0,
+            states_committed: 0,
+            records_filtered: 0,
+        }
+    }
+
+    pub fn emitted(&mut self, delta: &[(usize, Counts)]) {
+        for &(index, counts) in delta {
+            self.streams[index].emitted.add(counts);
+            self.uncommitted[index].add(counts);
+        }
+    }
+
+    /// The source emitted a STATE: it covers everything emitted since the last one.
+    pub fn source_state(&mut self, id: u64, state: AirbyteStateMessage) {
+        let counts = std::mem::replace(&mut self.uncommitted, vec![Counts::default(); self.streams.len()]);
+        self.pending.push_back(Pending { id, state, counts });
+        self.states_emitted += 1;
+    }
+
+    /// The destination echoed a STATE. Matched by the `id` we gave it, or,
+    /// for a destination that drops unknown fields, by its content.
+    pub fn destination_echo(&mut self, echoed: &AirbyteStateMessage) -> Echo {
+        let position = match echoed.id {
+            Some(id) => self.pending.iter().position(|p| p.id == id),
+            None => {
+                let bare = echoed.without_bookkeeping();
+                self.pending.iter().position(|p| p.state.without_bookkeeping() == bare)
+            }
+        };
+        let Some(position) = position else { return Echo::Unmatched };
+        // An echo acknowledges every state before it as well.
+        for pending in self.pending.drain(..=position) {
+            self.committed.apply(&pending.state);
+            for (summary, counts) in self.streams.iter_mut().zip(pending.counts) {
+                summary.committed.add(counts);
+            }
+            self.states_committed += 1;
+        }
+        Echo::Committed(position + 1)
+    }
+
+    /// The destination ended successfully after reading all input: records
+    /// after the last state are stored too, though no state covers them.
+    pub fn destination_finished(&mut self) {
+        for (summary, counts) in self.streams.iter_mut().zip(&mut self.uncommitted) {
+            summary.committed.add(std::mem::take(counts));
+        }
+    }
+
+    pub fn stream_status(&mut self, stream: &StreamDescriptor, status: &StreamStatus) {
+        if let Some(summary) = self.streams.iter_mut().find(|s| &s.stream == stream) {
+            summary.status = Some(status.to_string());
+        }
+    }
+
+    pub fn estimate(&mut self, stream: &StreamDescriptor, rows: i64) {
+        if let Some(summary) = self.streams.iter_mut().find(|s| &s.stream == stream) {
+            summary.estimated_records = Some(rows);
+        }
+    }
+
+    pub fn has_pending_states(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The committed state, as a connector's `--state` file holds it.
+    pub fn committed_state(&self) -> Vec<AirbyteStateMessage> {
+        self.committed.to_list()
+    }
+
+    pub fn committed_records(&self) -> u64 {
+        self.streams.iter().map(|s| s.committed.records).sum()
+    }
+}
+
+/// The latest committed state of each kind: per stream, global, legacy.
+#[derive(Default)]
+struct CommittedState {
+    streams: Vec<(StreamDescriptor, AirbyteStateMessage)>,
+    global: Option<AirbyteStateMessage>,
+    legacy: Option<AirbyteStateMessage>,
+}
+
+impl CommittedState {
+    fn apply(&mut self, state: &AirbyteStateMessage) {
+        let clean = state.without_bookkeeping();
+        match state.state_type() {
+            StateType::Stream => {
+                let Some(descriptor) = state.stream.as_ref().map(|s| s.stream_descriptor.clone()) else { return };
+                match self.streams.iter_mut().find(|(d, _)| *d == descriptor) {
+                    Some(entry) => entry.1 = clean,
+                    None => self.streams.push((descriptor, clean)),
+                }
+            }
+            StateType::Global => self.global = Some(clean),
+            _ => self.legacy = Some(clean),
+        }
+    }
+
+    fn to_list(&self) -> Vec<AirbyteStateMessage> {
+        // A connector reads one form of state; the newest form wins.
+        if let Some(global) = &self.global {
+            return vec![global.clone()];
+        }
+        if !self.streams.is_empty() {
+            return self.streams.iter().map(|(_, s)| s.clone()).collect();
+        }
+        self.legacy.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stream_state(name: &str, cursor: i64) -> AirbyteStateMessage {
+        AirbyteStateMessage::for_stream(StreamDescriptor::new(name, None), json!({ "cursor": cursor }))
+    }
+
+    fn ledger() -> Ledger {
+        Ledger::new(vec![StreamDescriptor::new("a", None), StreamDescriptor::new("b", None)], &[])
+    }
+
+    #[test]
+    fn an_echo_commits_its_state_and_every_earlier_one() {
+        let mut l = ledger();
+        l.emitted(&[(0, Counts { records: 2, bytes: 20 })]);
+        l.source_state(1, stream_state("a", 2));
+        l.emitted(&[(1, Counts { records: 3, bytes: 30 })]);
+        l.source_state(2, stream_state("b", 3));
+        l.emitted(&[(0, Counts { records: 1, bytes: 10 })]);
+        assert_eq!(l.committed_records(), 0);
+
+        let mut echo = stream_state("b", 3);
+        echo.id = Some(2);
+        assert_eq!(l.destination_echo(&echo), Echo::Committed(2));
+        assert_eq!(l.committed_records(), 5);
+        assert_eq!(l.committed_state(), vec![stream_state("a", 2), stream_state("b", 3)]);
+        assert!(!l.has_pending_states());
+        // The record after the last state is committed only by a clean finish.
+        l.destination_finished();
+        assert_eq!(l.committed_records(), 6);
+    }
+
+    #[test]
+    fn echoes_without_ids_match_by_content_and_unknown_echoes_commit_nothing() {
+        let mut l = ledger();
+        l.source_state(1, stream_state("a", 1));
+        l.source_state(2, stream_state("a", 2));
+        assert_eq!(l.destination_echo(&stream_state("a", 9)), Echo::Unmatched);
+        assert_eq!(l.destination_echo(&stream_state("a", 1)), Echo::Committed(1));
+        assert_eq!(l.committed_state(), vec![stream_state("a", 1)]);
+    }
+
+    #[test]
+    fn resumed_state_is_kept_for_streams_this_attempt_did_not_touch() {
+        let mut l = Ledger::new(vec![StreamDescriptor::new("a", None)], &[stream_state("a", 1), stream_state("z", 7)]);
+        let mut s = stream_state("a", 5);
+        s.id = Some(1);
+        l.source_state(1, s.clone());
+        l.destination_echo(&s);
+        assert_eq!(l.committed_state(), vec![stream_state("a", 5), stream_state("z", 7)]);
+    }
+}

@@ -1,0 +1,302 @@
+//! The data plane: source stdout -> destination stdin, and destination
+//! stdout back to the books. Each runs on its own thread; both report to the
+//! coordinator through [`Event`]s.
+
+use std::collections::HashMap;
+use std::io::{self, BufWriter, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_protocol::{peek, AirbyteMessage, Kind, LineError, LineReader, StreamDescriptor};
+
+use crate::config::SyncConfig;
+use crate::ledger::Counts;
+use crate::outcome::{AttemptFailure, FailureKind, Side};
+
+/// What the data-plane threads tell the coordinator.
+pub enum Event {
+    Emitted(Vec<(usize, Counts)>),
+    Filtered { stream: StreamDescriptor, first: bool },
+    SourceState { id: u64, state: sluice_protocol::AirbyteStateMessage },
+    Echo(sluice_protocol::AirbyteStateMessage),
+    /// LOG, TRACE or CONTROL from a connector.
+    Message(Side, AirbyteMessage),
+    Stderr(Side, String),
+    Ignored { side: Side, kind: String, line: u64 },
+    /// The pump stopped: the source's output ended (Ok) or could not be
+    /// delivered. Either way the destination's stdin is closed.
+    PumpEnded(Result<(), AttemptFailure>),
+    /// The destination's stdout ended, or held something that is no message.
+    DestinationOutputEnded(Result<(), AttemptFailure>),
+    Exited(Side, crate::connector::Exit),
+}
+
+/// Liveness counters the coordinator watches for timeouts, without locks.
+#[derive(Default)]
+pub struct Probes {
+    pub source_lines: AtomicU64,
+    pub destination_activity: AtomicU64,
+    pub writing: AtomicBool,
+}
+
+/// Where each stream's records go: its index in the books and its field selection.
+pub struct Routes {
+    by_name: HashMap<String, Vec<(Option<String>, usize)>>,
+    fields: Vec<Option<Vec<String>>>,
+    pending: Vec<Counts>,
+    filtered_seen: Vec<StreamDescriptor>,
+}
+
+impl Routes {
+    pub fn new(config: &SyncConfig) -> (Self, Vec<StreamDescriptor>) {
+        let descriptors: Vec<StreamDescriptor> = config.catalog.streams.iter().map(|s| s.stream.descriptor()).collect();
+        let mut by_name: HashMap<String, Vec<(Option<String>, usize)>> = HashMap::new();
+        for (index, d) in descriptors.iter().enumerate() {
+            by_name.entry(d.name.clone()).or_default().push((d.namespace.clone(), index));
+        }
+        let fields = descriptors
+            .iter()
+            .map(|d| config.selected_fields.iter().find(|s| &s.stream == d).map(|s| s.fields.clone()))
+            .collect();
+        let routes = Routes { by_name, fields, pending: vec![Counts::default(); descriptors.len()], filtered_seen: Vec::new() };
+        (routes, descriptors)
+    }
+
+    fn find(&self, name: &str, namespace: Option<&str>) -> Option<usize> {
+        self.by_name.get(name)?.iter().find(|(ns, _)| ns.as_deref() == namespace).map(|&(_, i)| i)
+    }
+
+    /// Hands the counts gathered since the last call to the coordinator.
+    fn publish(&mut self, events: &Sender<Event>) {
+        let delta: Vec<(usize, Counts)> =
+            self.pending.iter_mut().enumerate().filter(|(_, c)| c.records > 0).map(|(i, c)| (i, std::mem::take(c))).collect();
+        if !delta.is_empty() {
+            let _ = events.send(Event::Emitted(delta));
+        }
+    }
+}
+
+/// Counts bytes that reach the destination and flags time spent blocked on it.
+struct DestinationPipe<'a> {
+    inner: Box<dyn Write + Send>,
+    probes: &'a Probes,
+}
+
+impl Write for DestinationPipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.probes.writing.store(true, Relaxed);
+        let written = self.inner.write(buf);
+        self.probes.writing.store(false, Relaxed);
+        self.probes.destination_activity.fetch_add(1, Relaxed);
+        written
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
+/// Moves the source's output to the destination until the source ends.
+///
+/// RECORD lines pass through as the bytes the source wrote, unless the
+/// stream has a field selection. Every STATE gets the next `id` before it is
+/// forwarded, so the destination's echo can be matched. LOG, TRACE and
+/// CONTROL go to the coordinator. The destination's stdin is closed on return.
+pub fn source_to_destination(
+    source: Box<dyn Read + Send>,
+    destination: Box<dyn Write + Send>,
+    mut routes: Routes,
+    max_line_bytes: usize,
+    source_name: &str,
+    probes: &Probes,
+    events: &Sender<Event>,
+) -> Result<(), AttemptFailure> {
+    let mut lines = LineReader::new(source, max_line_bytes);
+    let mut out = BufWriter::with_capacity(256 * 1024, DestinationPipe { inner: destination, probes });
+    let mut write_error: Option<io::Error> = None;
+    let mut next_state_id = 1;
+    let mut current_stream: Option<String> = None;
+    let mut last_publish = Instant::now();
+    let fail = |kind, line, stream: &Option<String>, message: String| {
+        AttemptFailure::new(Side::Source, source_name, kind, message).at_line(line).in_stream(stream.clone())
+    };
+    loop {
+        // Flush before blocking on the source, so records never wait in our buffer.
+        let next = lines.next_line(|| out.flush().map_err(|e| io::Error::other(write_error.insert(e).to_string())));
+        let (number, line) = match next {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
+            Err(_) if write_error.is_some() => return Err(destination_gone(write_error.take(), lines.line_number())),
+            Err(LineError::TooLong { line, limit }) => {
+                let message = format!("message longer than the limit of {limit} bytes");
+                return Err(fail(FailureKind::LineTooLong, line, &current_stream, message));
+            }
+            Err(LineError::Io(e)) => return Err(fail(FailureKind::Io, lines.line_number(), &current_stream, format!("reading stdout: {e}"))),
+        };
+        probes.source_lines.store(number, Relaxed);
+        let head = peek(line).map_err(|e| {
+            let kind = if matches!(e, sluice_protocol::PeekError::NotUtf8(_)) { FailureKind::NotUtf8 } else { FailureKind::InvalidMessage };
+            fail(kind, number, &current_stream, e.to_string())
+        })?;
+        let written = match head.kind {
+            Kind::Record => {
+                let (name, namespace) = head.stream.expect("peek gives a record its stream");
+                if current_stream.as_deref() != Some(&name) {
+                    current_stream = Some(name.to_string());
+                }
+                match routes.find(&name, namespace.as_deref()) {
+                    Some(index) => {
+                        let bytes = match &routes.fields[index] {
+                            None => write_line(&mut out, line),
+                            Some(fields) => write_selected(&mut out, line, fields)
+                                .map_err(|e| fail(FailureKind::InvalidMessage, number, &current_stream, e))?,
+                        };
+                        routes.pending[index].add(Counts { records: 1, bytes: line.len() as u64 });
+                        bytes
+                    }
+                    None => {
+                        let stream = StreamDescriptor::new(name.as_ref(), namespace.map(|n| n.into_owned()));
+                        let first = !routes.filtered_seen.contains(&stream);
+                        if first {
+                            routes.filtered_seen.push(stream.clone());
+                        }
+                        let _ = events.send(Event::Filtered { stream, first });
+                        Ok(())
+                    }
+                }
+            }
+            Kind::State => {
+                let mut message: AirbyteMessage = serde_json::from_slice(line)
+                    .map_err(|e| fail(FailureKind::InvalidMessage, number, &current_stream, format!("invalid STATE: {e}")))?;
+                let Some(state) = message.state.as_mut() else {
+                    return Err(fail(FailureKind::InvalidMessage, number, &current_stream, "a STATE without a `state` object".into()));
+                };
+                state.id = Some(next_state_id);
+                let state = state.clone();
+                routes.publish(events);
+                let _ = events.send(Event::SourceState { id: next_state_id, state });
+                next_state_id += 1;
+                write_line(&mut out, message.to_line().as_bytes()).and_then(|()| out.flush())
+            }
+            Kind::Log | Kind::Trace | Kind::Control => {
+                let message: AirbyteMessage = serde_json::from_slice(line)
+                    .map_err(|e| fail(FailureKind::InvalidMessage, number, &current_stream, e.to_string()))?;
+                let _ = events.send(Event::Message(Side::Source, message));
+                Ok(())
+            }
+            other => {
+                let _ = events.send(Event::Ignored { side: Side::Source, kind: kind_name(other), line: number });
+                Ok(())
+            }
+        };
+        if let Err(e) = written {
+            return Err(destination_gone(Some(e), number));
+        }
+        if number % 1024 == 0 && last_publish.elapsed() >= PUBLISH_EVERY {
+            routes.publish(events);
+            last_publish = Instant::now();
+        }
+    }
+    routes.publish(events);
+    out.flush().map_err(|e| destination_gone(Some(e), lines.line_number()))
+}
+
+fn write_line(out: &mut impl Write, line: &[u8]) -> io::Result<()> {
+    out.write_all(line)?;
+    out.write_all(b"\n")
+}
+
+/// Rewrites a record keeping only the selected top-level fields of `data`.
+fn write_selected(out: &mut impl Write, line: &[u8], fields: &[String]) -> Result<io::Result<()>, String> {
+    let mut message: AirbyteMessage = serde_json::from_slice(line).map_err(|e| format!("invalid RECORD: {e}"))?;
+    let record = message.record.as_mut().ok_or("a RECORD without a `record` object")?;
+    let data = record.data.as_object_mut().ok_or("record `data` is not an object")?;
+    data.retain(|key, _| fields.iter().any(|f| f == key));
+    Ok(write_line(out, message.to_line().as_bytes()))
+}
+
+fn destination_gone(error: Option<io::Error>, source_line: u64) -> AttemptFailure {
+    let why = error.map(|e| e.to_string()).unwrap_or_default();
+    AttemptFailure::new(
+        Side::Destination,
+        "",
+        FailureKind::StoppedReading,
+        format!("stopped reading its input ({why}) while source line {source_line} was being delivered"),
+    )
+}
+
+fn kind_name(kind: Kind<'_>) -> String {
+    match kind {
+        Kind::Spec => "SPEC".into(),
+        Kind::Catalog => "CATALOG".into(),
+        Kind::ConnectionStatus => "CONNECTION_STATUS".into(),
+        Kind::Other(other) => other.to_string(),
+        _ => unreachable!("routed kinds are not ignored"),
+    }
+}
+
+/// Reads the destination's output: echoed states, logs, traces.
+pub fn destination_output(
+    stdout: Box<dyn Read + Send>,
+    max_line_bytes: usize,
+    destination_name: &str,
+    probes: &Probes,
+    events: &Sender<Event>,
+) -> Result<(), AttemptFailure> {
+    let mut lines = LineReader::new(stdout, max_line_bytes);
+    let fail = |kind, line, message| AttemptFailure::new(Side::Destination, destination_name, kind, message).at_line(line);
+    loop {
+        let (number, line) = match lines.next_line(|| Ok(())) {
+            Ok(Some(next)) => next,
+            Ok(None) => return Ok(()),
+            Err(LineError::TooLong { line, limit }) => {
+                return Err(fail(FailureKind::LineTooLong, line, format!("message longer than the limit of {limit} bytes")))
+            }
+            Err(LineError::Io(e)) => return Err(fail(FailureKind::Io, lines.line_number(), format!("reading stdout: {e}"))),
+        };
+        probes.destination_activity.fetch_add(1, Relaxed);
+        let head = peek(line).map_err(|e| {
+            let kind = if matches!(e, sluice_protocol::PeekError::NotUtf8(_)) { FailureKind::NotUtf8 } else { FailureKind::InvalidMessage };
+            fail(kind, number, e.to_string())
+        })?;
+        match head.kind {
+            Kind::State | Kind::Log | Kind::Trace | Kind::Control => {
+                let message: AirbyteMessage = serde_json::from_slice(line).map_err(|e| fail(FailureKind::InvalidMessage, number, e.to_string()))?;
+                let event = match message.state {
+                    Some(state) => Event::Echo(state),
+                    None => Event::Message(Side::Destination, message),
+                };
+                let _ = events.send(event);
+            }
+            Kind::Record => {
+                let _ = events.send(Event::Ignored { side: Side::Destination, kind: "RECORD".into(), line: number });
+            }
+            other => {
+                let _ = events.send(Event::Ignored { side: Side::Destination, kind: kind_name(other), line: number });
+            }
+        }
+    }
+}
+
+/// Forwards a connector's stderr, line by line, as log lines.
+pub fn stderr_lines(stderr: Box<dyn Read + Send>, side: Side, events: &Sender<Event>) {
+    let mut lines = LineReader::new(stderr, 64 * 1024);
+    loop {
+        match lines.next_line(|| Ok(())) {
+            Ok(Some((_, line))) => {
+                let _ = events.send(Event::Stderr(side, String::from_utf8_lossy(line).into_owned()));
+            }
+            Ok(None) | Err(LineError::Io(_)) => return,
+            // A huge stderr line is cut, not fatal: stderr is only for people.
+            Err(LineError::TooLong { .. }) => {
+                let _ = events.send(Event::Stderr(side, "(a stderr line over 64 KiB was dropped)".into()));
+            }
+        }
+    }
+}
+
+/// Shared between the coordinator and the threads it starts.
+pub type SharedProbes = Arc<Probes>;
