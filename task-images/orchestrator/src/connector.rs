@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -141,6 +142,12 @@ pub fn start(connector: &ConnectorConfig, verb: &str, args: &[String], wants_std
                 .spawn()
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot start {} ({program}): {e}", connector.name)))?;
             let pid = child.id() as i32;
+            if let Some(stdout) = &child.stdout {
+                widen_pipe(stdout.as_raw_fd());
+            }
+            if let Some(stdin) = &child.stdin {
+                widen_pipe(stdin.as_raw_fd());
+            }
             Ok(Running {
                 stdout: Box::new(child.stdout.take().expect("piped")),
                 stderr: Box::new(child.stderr.take().expect("piped")),
@@ -169,6 +176,15 @@ pub fn start(connector: &ConnectorConfig, verb: &str, args: &[String], wants_std
                 stopper: Stopper::CancelFile(dir.join("cancel")),
             })
         }
+    }
+}
+
+/// Pipes of 1 MiB instead of Linux's 64 KiB: four times fewer wake-ups of
+/// the three processes per megabyte moved. Best effort: a smaller pipe works too.
+fn widen_pipe(fd: std::os::fd::RawFd) {
+    // SAFETY: F_SETPIPE_SZ takes an fd we own and an integer; failure changes nothing.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20);
     }
 }
 

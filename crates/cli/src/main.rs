@@ -1,0 +1,77 @@
+//! `sluice`: Sluice's command line.
+//!
+//! Exit status: 0 success, 1 a sync (or benchmark) failed, 2 bad usage or an
+//! internal error. Errors print once, with a `sluice:` prefix and their causes.
+
+mod bench;
+mod progress;
+mod sync;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Airbyte-compatible data movement, fast and small")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run one sync from a source to a destination on this machine, no server needed
+    Sync(sync::SyncArgs),
+    /// Measure the orchestrator against a raw pipe (and PyAirbyte, when installed)
+    Bench(bench::BenchArgs),
+    /// Run a reference connector: sluice connector source-faker spec
+    #[command(disable_help_flag = true)]
+    Connector {
+        /// source-faker, destination-jsonl or destination-dev-null
+        name: String,
+        /// The connector's own arguments (spec, check, discover, read, write ...)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run one attempt from a sync config file, as the task's orchestrator does
+    #[command(disable_help_flag = true)]
+    Orchestrate {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Commands::Connector { name, args } => run_reference_connector(&name, &args),
+        Commands::Orchestrate { args } => sluice_orchestrator::cli::main(&args),
+        Commands::Sync(args) => report(sync::run(args)),
+        Commands::Bench(args) => report(bench::run(args)),
+    };
+    std::process::exit(code);
+}
+
+fn run_reference_connector(name: &str, args: &[String]) -> i32 {
+    match name {
+        "source-faker" => sluice_source_faker::main(args),
+        "destination-jsonl" => sluice_destination_jsonl::main(args),
+        "destination-dev-null" => sluice_destination_dev_null::main(args),
+        other => {
+            eprintln!("sluice: no reference connector `{other}`; there are {}", sluice_connectors::REFERENCE_CONNECTORS.join(", "));
+            2
+        }
+    }
+}
+
+/// Prints an error chain once, and maps it to the exit status.
+fn report(result: anyhow::Result<i32>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("sluice: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            2
+        }
+    }
+}

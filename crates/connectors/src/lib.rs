@@ -1,0 +1,212 @@
+//! Where a connector comes from, and how to run it.
+//!
+//! A connector is named one of three ways: a path to an executable, the name
+//! of one of Sluice's reference connectors, or `pypi:<package>[==version]`
+//! for an Airbyte connector published on PyPI, which is installed once into
+//! its own virtualenv under the cache directory (with `uv` when there is one,
+//! else `python3 -m venv` and pip), as PyAirbyte does.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The reference connectors built into the `sluice` binary.
+pub const REFERENCE_CONNECTORS: [&str; 3] = ["source-faker", "destination-jsonl", "destination-dev-null"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectorRef {
+    Executable(PathBuf),
+    Reference(String),
+    PyPi { package: String, version: Option<String> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown connector `{0}`\n\nConsider a path to an executable (./my-source), a reference connector ({refs}), or a PyPI package (pypi:airbyte-source-faker)", refs = REFERENCE_CONNECTORS.join(", "))]
+    Unknown(String),
+    #[error("`{0}` is not a PyPI package name")]
+    BadPackage(String),
+    #[error("cannot install {package}: {message}")]
+    Install { package: String, message: String },
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+impl std::str::FromStr for ConnectorRef {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        if let Some(spec) = text.strip_prefix("pypi:") {
+            let (package, version) = match spec.split_once("==") {
+                Some((p, v)) => (p, Some(v.to_owned())),
+                None => (spec, None),
+            };
+            let valid = !package.is_empty() && package.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            let version_ok = version.as_deref().is_none_or(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || ".+-!".contains(c)));
+            if !valid || !version_ok {
+                return Err(Error::BadPackage(spec.to_owned()));
+            }
+            return Ok(ConnectorRef::PyPi { package: package.to_owned(), version });
+        }
+        if REFERENCE_CONNECTORS.contains(&text) {
+            return Ok(ConnectorRef::Reference(text.to_owned()));
+        }
+        let path = Path::new(text);
+        if text.contains('/') || path.is_file() {
+            return Ok(ConnectorRef::Executable(path.to_path_buf()));
+        }
+        Err(Error::Unknown(text.to_owned()))
+    }
+}
+
+impl ConnectorRef {
+    /// A short name for logs: `source-faker`, `my-source`.
+    pub fn name(&self) -> String {
+        match self {
+            ConnectorRef::Executable(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string()),
+            ConnectorRef::Reference(name) => name.clone(),
+            ConnectorRef::PyPi { package, .. } => executable_name(package).to_owned(),
+        }
+    }
+
+    /// The command that runs the connector, installing it first if it comes from PyPI.
+    /// `sluice` is the binary that carries the reference connectors.
+    pub fn command(&self, sluice: &Path, cache: &Cache, progress: &mut dyn FnMut(&str)) -> Result<Vec<String>, Error> {
+        match self {
+            ConnectorRef::Executable(path) => {
+                let path = fs::canonicalize(path).map_err(|e| Error::Io(format!("connector {}", path.display()), e))?;
+                Ok(vec![path.to_string_lossy().into_owned()])
+            }
+            ConnectorRef::Reference(name) => Ok(vec![sluice.to_string_lossy().into_owned(), "connector".into(), name.clone()]),
+            ConnectorRef::PyPi { package, version } => {
+                let venv = cache.python_env(package, version.as_deref(), progress)?;
+                let exe = venv.join("bin").join(executable_name(package));
+                if !exe.is_file() {
+                    let found = list_dir(&venv.join("bin"));
+                    return Err(Error::Install {
+                        package: package.clone(),
+                        message: format!("it installed no `{}` command (bin has: {found})", executable_name(package)),
+                    });
+                }
+                Ok(vec![exe.to_string_lossy().into_owned()])
+            }
+        }
+    }
+}
+
+/// Airbyte's PyPI connectors install a command named like the package
+/// without its `airbyte-` prefix: `airbyte-source-faker` -> `source-faker`.
+pub fn executable_name(package: &str) -> &str {
+    package.strip_prefix("airbyte-").unwrap_or(package)
+}
+
+fn list_dir(dir: &Path) -> String {
+    let mut names: Vec<String> = fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names.join(", ")
+}
+
+/// Sluice's cache directory: virtualenvs of PyPI connectors, sync work files.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub root: PathBuf,
+}
+
+impl Cache {
+    /// `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.
+    pub fn from_env() -> Self {
+        let root = std::env::var_os("SLUICE_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("sluice")))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sluice")))
+            .unwrap_or_else(|| std::env::temp_dir().join("sluice-cache"));
+        Cache { root }
+    }
+
+    /// A virtualenv holding `package` (at `version`, if given), installed on
+    /// first use. Concurrent callers wait for one install instead of racing.
+    pub fn python_env(&self, package: &str, version: Option<&str>, progress: &mut dyn FnMut(&str)) -> Result<PathBuf, Error> {
+        let venvs = self.root.join("venvs");
+        fs::create_dir_all(&venvs).map_err(|e| Error::Io(venvs.display().to_string(), e))?;
+        let id = match version {
+            Some(v) => format!("{package}-{v}"),
+            None => package.to_owned(),
+        };
+        let venv = venvs.join(&id);
+        let done = venv.join(".sluice-installed");
+        let lock_path = venvs.join(format!("{id}.lock"));
+        let lock = File::create(&lock_path).map_err(|e| Error::Io(lock_path.display().to_string(), e))?;
+        lock.lock().map_err(|e| Error::Io(lock_path.display().to_string(), e))?;
+        if done.exists() {
+            return Ok(venv);
+        }
+        let spec = match version {
+            Some(v) => format!("{package}=={v}"),
+            None => package.to_owned(),
+        };
+        progress(&format!("installing {spec} into {} (once)", venv.display()));
+        let _ = fs::remove_dir_all(&venv);
+        let failed = |message: String| Error::Install { package: spec.clone(), message };
+        let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
+        let venv_text = venv.to_string_lossy().into_owned();
+        let venv_python = venv.join("bin/python").to_string_lossy().into_owned();
+        let steps: Vec<Vec<String>> = match find_uv(&python) {
+            Some(uv) => vec![
+                [uv.clone(), vec!["venv".into(), "--quiet".into(), "--python".into(), python.clone(), venv_text.clone()]].concat(),
+                [uv, vec!["pip".into(), "install".into(), "--quiet".into(), "--python".into(), venv_python, spec.clone()]].concat(),
+            ],
+            None => vec![
+                vec![python.clone(), "-m".into(), "venv".into(), venv_text.clone()],
+                vec![venv_python, "-m".into(), "pip".into(), "install".into(), "--quiet".into(), spec.clone()],
+            ],
+        };
+        for step in steps {
+            let output = Command::new(&step[0]).args(&step[1..]).output().map_err(|e| failed(format!("cannot run {}: {e}", step[0])))?;
+            check(&step, &output).map_err(failed)?;
+        }
+        File::create(&done).map_err(|e| Error::Io(done.display().to_string(), e))?;
+        Ok(venv)
+    }
+}
+
+/// `uv` as a command, or as the module of the Python we use; `None` if neither.
+fn find_uv(python: &str) -> Option<Vec<String>> {
+    let works = |cmd: &[&str]| Command::new(cmd[0]).args(&cmd[1..]).arg("--version").output().is_ok_and(|o| o.status.success());
+    if works(&["uv"]) {
+        return Some(vec!["uv".into()]);
+    }
+    works(&[python, "-m", "uv"]).then(|| vec![python.into(), "-m".into(), "uv".into()])
+}
+
+fn check(step: &[String], output: &Output) -> Result<(), String> {
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+    Err(format!("`{}` failed ({}):\n{}\n\nConsider `pip install uv` for faster, more reliable installs", step.join(" "), output.status, tail.join("\n")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind_of_reference() {
+        assert_eq!("source-faker".parse::<ConnectorRef>().unwrap(), ConnectorRef::Reference("source-faker".into()));
+        assert_eq!(
+            "pypi:airbyte-source-file==0.5.39".parse::<ConnectorRef>().unwrap(),
+            ConnectorRef::PyPi { package: "airbyte-source-file".into(), version: Some("0.5.39".into()) }
+        );
+        assert_eq!("./bin/my-source".parse::<ConnectorRef>().unwrap(), ConnectorRef::Executable("./bin/my-source".into()));
+        assert!(matches!("pypi:bad name".parse::<ConnectorRef>(), Err(Error::BadPackage(_))));
+        let unknown = "source-nope".parse::<ConnectorRef>().unwrap_err().to_string();
+        assert!(unknown.contains("unknown connector `source-nope`") && unknown.contains("pypi:"), "{unknown}");
+    }
+
+    #[test]
+    fn pypi_connectors_run_their_console_script() {
+        assert_eq!(executable_name("airbyte-source-faker"), "source-faker");
+        assert_eq!("pypi:airbyte-source-faker".parse::<ConnectorRef>().unwrap().name(), "source-faker");
+    }
+}
