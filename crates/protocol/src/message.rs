@@ -107,8 +107,9 @@ open_enum!(ControlType { ConnectorConfig = "CONNECTOR_CONFIG" });
 open_enum!(ConnectionStatusKind { Succeeded = "SUCCEEDED", Failed = "FAILED" });
 open_enum!(SyncMode { FullRefresh = "full_refresh", Incremental = "incremental" });
 open_enum!(
-    /// How a destination writes a stream. `overwrite_dedup` is what Airbyte's
-    /// API calls `full_refresh_overwrite_deduped`; older protocols lack it.
+    /// How a destination writes a stream. `overwrite_dedup` (the API's
+    /// `full_refresh_overwrite_deduped`) is not in the protocol's schema:
+    /// it is accepted when a platform sends it, never advertised in a spec.
     DestinationSyncMode {
         Append = "append",
         Overwrite = "overwrite",

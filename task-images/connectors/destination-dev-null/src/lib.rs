@@ -18,7 +18,7 @@ fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
             let spec: ConnectorSpecification = serde_json::from_value(json!({
                 "documentationUrl": "https://docs.airbyte.com/integrations/destinations/dev-null",
                 "connectionSpecification": {"type": "object", "title": "Dev Null", "properties": {}},
-                "supported_destination_sync_modes": ["append", "overwrite", "append_dedup", "overwrite_dedup"],
+                "supported_destination_sync_modes": ["append", "overwrite", "append_dedup"],
                 "protocol_version": "0.5.2"
             }))
             .expect("static spec");

@@ -62,7 +62,7 @@ fn spec() -> ConnectorSpecification {
                 "destination_path": {"type": "string", "description": "Directory that receives one <stream>.jsonl file per stream."}
             }
         },
-        "supported_destination_sync_modes": ["append", "overwrite", "append_dedup", "overwrite_dedup"],
+        "supported_destination_sync_modes": ["append", "overwrite", "append_dedup"],
         "protocol_version": "0.5.2"
     }))
     .expect("static spec")

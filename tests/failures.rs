@@ -1,0 +1,205 @@
+//! Every way a sync attempt can fail ends with an error that names the
+//! connector, the stream and the line, and keeps exactly the state the
+//! destination had acknowledged.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+const SOURCE: &str = "scripted_source.py";
+
+/// Runs `scripted_source.py` -> `destination` with the given configs.
+fn sync(s: &Scratch, source: Value, destination: &str, destination_config: Value, extra: &[&str]) -> Synced {
+    let source_config = s.json("source.json", &source);
+    let destination_config = s.json("destination.json", &destination_config);
+    let state = s.path("state.json");
+    let source_exe = fixture(SOURCE);
+    let mut args = vec![
+        "--source", &source_exe,
+        "--source-config", source_config.to_str().unwrap(),
+        "--destination", destination,
+        "--destination-config", destination_config.to_str().unwrap(),
+        "--state-file", state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_sync(&args)
+}
+
+fn jsonl(s: &Scratch) -> Value {
+    json!({"destination_path": s.path("out")})
+}
+
+/// The cursor of the saved state file.
+fn saved_cursor(s: &Scratch) -> Option<i64> {
+    if !s.path("state.json").exists() {
+        return None;
+    }
+    s.read_json("state.json")[0]["stream"]["stream_state"]["cursor"].as_i64()
+}
+
+/// Source lines: 1 LOG, records 1-10, STATE, records 11-20, STATE, records 21-25, then line 29.
+fn after_25_records(then: &str) -> Value {
+    json!({"records": 25, "state_every": 10, "then": then})
+}
+
+fn assert_failure(synced: &Synced, side: &str, kind: &str) {
+    assert_eq!(synced.code, 1, "{}", synced.stderr);
+    assert_eq!(synced.outcome["status"], "failed", "{:#}", synced.outcome);
+    let failure = synced.failure();
+    assert_eq!(failure["side"], side, "{failure:#}");
+    assert_eq!(failure["kind"], kind, "{failure:#}");
+}
+
+#[test]
+fn garbage_on_stdout_names_connector_stream_and_line() {
+    let s = Scratch::new();
+    let synced = sync(&s, after_25_records("garbage"), "destination-jsonl", jsonl(&s), &[]);
+    assert_failure(&synced, "source", "invalid_message");
+    let failure = synced.failure();
+    assert_eq!(failure["connector"], SOURCE);
+    assert_eq!(failure["line"], 29);
+    assert_eq!(failure["stream"], "items");
+    assert!(synced.stderr.contains("source scripted_source.py stdout line 29 (stream items): not a protocol message"), "{}", synced.stderr);
+    assert_eq!(saved_cursor(&s), Some(20), "the last acknowledged state is kept");
+    assert_eq!(synced.committed("items"), 20);
+    // The destination stored what it received before the failure.
+    assert_eq!(s.read_lines("out/items.jsonl").len(), 25);
+}
+
+#[test]
+fn a_crashing_source_fails_with_its_exit_status_and_stderr() {
+    let s = Scratch::new();
+    let synced = sync(&s, after_25_records("crash"), "destination-jsonl", jsonl(&s), &[]);
+    assert_failure(&synced, "source", "crashed");
+    let message = synced.failure()["message"].as_str().unwrap();
+    assert!(message.contains("exited with status 3") && message.contains("boom: simulated crash"), "{message}");
+    assert_eq!(saved_cursor(&s), Some(20));
+}
+
+#[test]
+fn a_line_over_the_limit_fails_without_buffering_it() {
+    let s = Scratch::new();
+    let synced = sync(&s, after_25_records("oversize"), "destination-jsonl", jsonl(&s), &["--max-line-bytes", "1000000"]);
+    assert_failure(&synced, "source", "line_too_long");
+    assert_eq!(synced.failure()["line"], 29);
+    assert_eq!(synced.failure()["stream"], "items");
+    assert_eq!(saved_cursor(&s), Some(20));
+}
+
+#[test]
+fn non_utf8_output_fails_with_its_line() {
+    let s = Scratch::new();
+    let synced = sync(&s, after_25_records("non_utf8"), "destination-jsonl", jsonl(&s), &[]);
+    assert_failure(&synced, "source", "not_utf8");
+    assert_eq!(synced.failure()["line"], 29);
+    assert_eq!(saved_cursor(&s), Some(20));
+}
+
+#[test]
+fn a_silent_source_times_out() {
+    let s = Scratch::new();
+    let started = Instant::now();
+    let synced = sync(&s, after_25_records("hang"), "destination-jsonl", jsonl(&s), &["--source-idle-timeout-secs", "2"]);
+    assert_failure(&synced, "source", "source_timeout");
+    assert!(started.elapsed() < Duration::from_secs(60), "the hung source was not stopped");
+    assert_eq!(saved_cursor(&s), Some(20));
+}
+
+#[test]
+fn a_trace_error_is_the_reason_given() {
+    let s = Scratch::new();
+    let synced = sync(&s, after_25_records("trace_error"), "destination-jsonl", jsonl(&s), &[]);
+    assert_failure(&synced, "source", "connector_error");
+    assert_eq!(synced.failure()["message"], "the API key was rejected");
+    assert_eq!(synced.failure()["failure_type"], "config_error");
+    assert_eq!(saved_cursor(&s), Some(20));
+}
+
+#[test]
+fn a_crashing_destination_keeps_only_what_it_echoed() {
+    let s = Scratch::new();
+    let destination = json!({"echo_states": 1, "then": "crash"});
+    let synced = sync(&s, after_25_records("exit"), &fixture("flaky_destination.py"), destination, &[]);
+    assert_failure(&synced, "destination", "crashed");
+    assert!(synced.failure()["message"].as_str().unwrap().contains("destination exploded"));
+    assert_eq!(saved_cursor(&s), Some(10), "only the echoed state is committed");
+    assert_eq!(synced.committed("items"), 10);
+}
+
+#[test]
+fn a_destination_that_stops_reading_times_out() {
+    let s = Scratch::new();
+    let destination = json!({"echo_states": 1, "then": "hang"});
+    let source = json!({"records": 5000, "state_every": 10});
+    let synced = sync(&s, source, &fixture("flaky_destination.py"), destination, &["--destination-idle-timeout-secs", "2"]);
+    assert_failure(&synced, "destination", "destination_timeout");
+    assert_eq!(saved_cursor(&s), Some(10));
+}
+
+#[test]
+fn echoes_without_ids_are_matched_by_content() {
+    let s = Scratch::new();
+    let synced = sync(&s, after_25_records("exit"), &fixture("flaky_destination.py"), json!({"then": "drop_ids"}), &[]);
+    assert_eq!(synced.code, 0, "{}", synced.stderr);
+    assert_eq!(saved_cursor(&s), Some(20));
+    assert_eq!(synced.outcome["states_committed"], 2);
+}
+
+#[test]
+fn control_messages_update_the_source_config_file() {
+    let s = Scratch::new();
+    let synced = sync(&s, after_25_records("control"), "destination-jsonl", jsonl(&s), &[]);
+    assert_eq!(synced.code, 0, "{}", synced.stderr);
+    assert_eq!(s.read_json("source.json")["token"], "rotated");
+}
+
+#[test]
+fn records_of_streams_outside_the_catalog_never_reach_the_destination() {
+    let s = Scratch::new();
+    let log = s.path("records.jsonl");
+    let destination = json!({"record_log": log});
+    let synced = sync(&s, after_25_records("other_stream"), &fixture("flaky_destination.py"), destination, &[]);
+    assert_eq!(synced.code, 0, "{}", synced.stderr);
+    assert_eq!(synced.outcome["records_filtered"], 1);
+    assert_eq!(s.read_lines("records.jsonl").len(), 25);
+}
+
+#[test]
+fn sigterm_cancels_cleanly_and_keeps_the_committed_state() {
+    let s = Scratch::new();
+    let pid_file = s.path("source.pid");
+    let source = s.json("source.json", &json!({"records": 100000, "state_every": 5, "delay_secs": 0.01, "pid_file": pid_file}));
+    let destination = s.json("destination.json", &jsonl(&s));
+    let state = s.path("state.json");
+    let child = sluice()
+        .args(["sync", "--json", "--source", &fixture(SOURCE), "--destination", "destination-jsonl"])
+        .arg("--source-config")
+        .arg(&source)
+        .arg("--destination-config")
+        .arg(&destination)
+        .arg("--state-file")
+        .arg(&state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until some state is committed, then ask politely.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while saved_cursor(&s).is_none_or(|c| c < 10) {
+        assert!(Instant::now() < deadline, "no state committed in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let synced = parse_sync(child.wait_with_output().unwrap());
+    assert_eq!(synced.code, 1, "{}", synced.stderr);
+    assert_eq!(synced.outcome["status"], "cancelled");
+    let cursor = saved_cursor(&s).unwrap();
+    assert_eq!(cursor % 5, 0, "a state the source emitted");
+    assert_eq!(synced.outcome["state"][0]["stream"]["stream_state"]["cursor"], cursor, "the file holds the final committed state");
+    assert!(synced.committed("items") >= cursor as u64);
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the source was left running");
+}

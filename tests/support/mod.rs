@@ -1,0 +1,89 @@
+//! Shared by Sluice's end-to-end tests: run the real `sluice` binary in a
+//! scratch directory and read back what it did.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Scratch { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `value` as JSON to `name` and returns its path.
+    pub fn json(&self, name: &str, value: &Value) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+        path
+    }
+
+    pub fn read_json(&self, name: &str) -> Value {
+        let text = std::fs::read_to_string(self.path(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Every line of a JSON-lines file, parsed.
+    pub fn read_lines(&self, name: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.path(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+/// The cache shared by every test of a run, so PyPI connectors install once.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("SLUICE_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("sluice-cache"))
+}
+
+pub fn sluice() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.env("SLUICE_CACHE_DIR", cache_dir());
+    command
+}
+
+pub fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name).canonicalize().unwrap().display().to_string()
+}
+
+/// The result of one `sluice sync --json`.
+pub struct Synced {
+    pub code: i32,
+    pub outcome: Value,
+    pub stderr: String,
+}
+
+impl Synced {
+    pub fn committed(&self, stream: &str) -> u64 {
+        self.stream(stream)["committed"]["records"].as_u64().unwrap()
+    }
+    pub fn emitted(&self, stream: &str) -> u64 {
+        self.stream(stream)["emitted"]["records"].as_u64().unwrap()
+    }
+    fn stream(&self, stream: &str) -> &Value {
+        self.outcome["streams"].as_array().unwrap().iter().find(|s| s["stream"]["name"] == stream).unwrap_or_else(|| panic!("no stream {stream} in {:#}", self.outcome))
+    }
+    pub fn failure(&self) -> &Value {
+        &self.outcome["failure"]
+    }
+}
+
+pub fn run_sync(args: &[&str]) -> Synced {
+    let output = sluice().arg("sync").arg("--json").args(args).output().expect("sluice runs");
+    parse_sync(output)
+}
+
+pub fn parse_sync(output: Output) -> Synced {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let outcome = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("no outcome on stdout ({e}); stderr:\n{stderr}\nstdout:\n{stdout}"));
+    Synced { code: output.status.code().unwrap_or(-1), outcome, stderr }
+}
