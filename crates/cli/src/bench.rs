@@ -6,6 +6,7 @@
 //! 2. our orchestrator, as its own process (so its peak RSS is its own);
 //! 3. PyAirbyte's `destination.write(source)`, when a Python with the
 //!    `airbyte` package is at hand.
+//!
 //! Each way runs `--runs` times; the median is reported, with ratios.
 
 use std::os::unix::fs::PermissionsExt;

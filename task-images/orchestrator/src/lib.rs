@@ -109,12 +109,12 @@ pub fn run(config: &SyncConfig, reporter: &mut dyn Reporter, cancel: &AtomicBool
         match inbox.recv_timeout(TICK) {
             Ok(event) => match event {
                 Event::Emitted(delta) => attempt.ledger.emitted(&delta),
-                Event::SourceState { id, state } => attempt.ledger.source_state(id, state),
+                Event::SourceState { id, state } => attempt.ledger.source_state(id, *state),
                 Event::Echo(state) => match attempt.ledger.destination_echo(&state) {
                     Echo::Committed(_) => state_dirty = true,
                     Echo::Unmatched => attempt.log(reporter, Side::Destination, LogLevel::Warn, "echoed a STATE that matches no state sent to it; ignored"),
                 },
-                Event::Message(side, message) => attempt.connector_message(reporter, side, message),
+                Event::Message(side, message) => attempt.connector_message(reporter, side, *message),
                 Event::Stderr(side, line) => attempt.stderr(reporter, side, line),
                 Event::Filtered { stream, first } => {
                     attempt.ledger.records_filtered += 1;

@@ -19,10 +19,10 @@ use crate::outcome::{AttemptFailure, FailureKind, Side};
 pub enum Event {
     Emitted(Vec<(usize, Counts)>),
     Filtered { stream: StreamDescriptor, first: bool },
-    SourceState { id: u64, state: sluice_protocol::AirbyteStateMessage },
-    Echo(sluice_protocol::AirbyteStateMessage),
+    SourceState { id: u64, state: Box<sluice_protocol::AirbyteStateMessage> },
+    Echo(Box<sluice_protocol::AirbyteStateMessage>),
     /// LOG, TRACE or CONTROL from a connector.
-    Message(Side, AirbyteMessage),
+    Message(Side, Box<AirbyteMessage>),
     Stderr(Side, String),
     Ignored { side: Side, kind: String, line: u64 },
     /// The pump stopped: the source's output ended (Ok) or could not be
@@ -175,7 +175,7 @@ pub fn source_to_destination(
                     return Err(fail(FailureKind::InvalidMessage, number, &current_stream, "a STATE without a `state` object".into()));
                 };
                 state.id = Some(next_state_id);
-                let state = state.clone();
+                let state = Box::new(state.clone());
                 routes.publish(events);
                 let _ = events.send(Event::SourceState { id: next_state_id, state });
                 next_state_id += 1;
@@ -184,7 +184,7 @@ pub fn source_to_destination(
             Kind::Log | Kind::Trace | Kind::Control => {
                 let message: AirbyteMessage = serde_json::from_slice(line)
                     .map_err(|e| fail(FailureKind::InvalidMessage, number, &current_stream, e.to_string()))?;
-                let _ = events.send(Event::Message(Side::Source, message));
+                let _ = events.send(Event::Message(Side::Source, Box::new(message)));
                 Ok(())
             }
             other => {
@@ -266,8 +266,8 @@ pub fn destination_output(
             Kind::State | Kind::Log | Kind::Trace | Kind::Control => {
                 let message: AirbyteMessage = serde_json::from_slice(line).map_err(|e| fail(FailureKind::InvalidMessage, number, e.to_string()))?;
                 let event = match message.state {
-                    Some(state) => Event::Echo(state),
-                    None => Event::Message(Side::Destination, message),
+                    Some(state) => Event::Echo(Box::new(state)),
+                    None => Event::Message(Side::Destination, Box::new(message)),
                 };
                 let _ = events.send(event);
             }

@@ -92,7 +92,13 @@ pub fn stream_file(dir: &Path, stream: &StreamDescriptor) -> PathBuf {
 struct Target {
     path: PathBuf,
     file: BufWriter<File>,
-    dedup: Option<(Vec<Vec<String>>, Option<Vec<String>>)>,
+    dedup: Option<Dedup>,
+}
+
+/// How a `_dedup` stream picks one line per key when the sync ends.
+struct Dedup {
+    primary_key: Vec<Vec<String>>,
+    cursor: Option<Vec<String>>,
 }
 
 fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) -> Result<(), Failure> {
@@ -112,7 +118,7 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
             let key = configured.primary_key.clone().filter(|k| !k.is_empty()).ok_or_else(|| {
                 Failure::config(format!("stream {descriptor}: `{mode}` needs a primary key in the configured catalog"))
             })?;
-            Some((key, configured.cursor_field.clone().filter(|c| !c.is_empty())))
+            Some(Dedup { primary_key: key, cursor: configured.cursor_field.clone().filter(|c| !c.is_empty()) })
         } else {
             None
         };
@@ -153,8 +159,8 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
     for target in targets.into_values() {
         let file = target.file.into_inner().map_err(|e| Failure::system(format!("flushing {}: {e}", target.path.display())))?;
         file.sync_all()?;
-        if let Some((key, cursor)) = &target.dedup {
-            dedup_file(&target.path, key, cursor.as_deref())?;
+        if let Some(dedup) = &target.dedup {
+            dedup_file(&target.path, &dedup.primary_key, dedup.cursor.as_deref())?;
         }
     }
     Ok(())

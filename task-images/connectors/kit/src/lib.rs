@@ -143,35 +143,6 @@ pub fn main(name: &str, args: &[String], body: impl FnOnce(Command, &mut Output)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(text: &str) -> Vec<String> {
-        text.split_whitespace().map(String::from).collect()
-    }
-
-    #[test]
-    fn parses_every_command() {
-        assert_eq!(parse_args(&args("spec")), Ok(Command::Spec));
-        assert_eq!(
-            parse_args(&args("read --config c.json --catalog k.json --state s.json")),
-            Ok(Command::Read { config: "c.json".into(), catalog: "k.json".into(), state: Some("s.json".into()) })
-        );
-        assert_eq!(
-            parse_args(&args("write --catalog k.json --config c.json")),
-            Ok(Command::Write { config: "c.json".into(), catalog: "k.json".into() })
-        );
-    }
-
-    #[test]
-    fn usage_errors_name_the_problem() {
-        assert_eq!(parse_args(&args("check")).unwrap_err(), "`check` needs --config FILE");
-        assert_eq!(parse_args(&args("spec --config x")).unwrap_err(), "`spec` does not take --config");
-        assert!(parse_args(&args("fly")).unwrap_err().contains("unknown command `fly`"));
-    }
-}
-
 /// The largest line a reference destination accepts on stdin.
 pub const MAX_INPUT_LINE_BYTES: usize = 256 * 1024 * 1024;
 
@@ -199,4 +170,33 @@ pub fn echo_state(out: &mut Output, mut state: sluice_protocol::AirbyteStateMess
         Some(sluice_protocol::AirbyteStateStats { record_count: Some(records as f64), ..Default::default() });
     out.message(&AirbyteMessage::state(state))?;
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(parse_args(&args("spec")), Ok(Command::Spec));
+        assert_eq!(
+            parse_args(&args("read --config c.json --catalog k.json --state s.json")),
+            Ok(Command::Read { config: "c.json".into(), catalog: "k.json".into(), state: Some("s.json".into()) })
+        );
+        assert_eq!(
+            parse_args(&args("write --catalog k.json --config c.json")),
+            Ok(Command::Write { config: "c.json".into(), catalog: "k.json".into() })
+        );
+    }
+
+    #[test]
+    fn usage_errors_name_the_problem() {
+        assert_eq!(parse_args(&args("check")).unwrap_err(), "`check` needs --config FILE");
+        assert_eq!(parse_args(&args("spec --config x")).unwrap_err(), "`spec` does not take --config");
+        assert!(parse_args(&args("fly")).unwrap_err().contains("unknown command `fly`"));
+    }
 }
