@@ -203,3 +203,13 @@ fn sigterm_cancels_cleanly_and_keeps_the_committed_state() {
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the source was left running");
 }
+
+#[test]
+fn a_large_record_under_the_limit_passes_intact() {
+    let s = Scratch::new();
+    let synced = sync(&s, after_25_records("oversize"), "destination-jsonl", jsonl(&s), &[]);
+    assert_eq!(synced.code, 0, "{}", synced.stderr);
+    let rows = s.read_lines("out/items.jsonl");
+    assert_eq!(rows.len(), 26);
+    assert_eq!(rows[25]["_airbyte_data"]["blob"].as_str().unwrap().len(), 2_000_000);
+}

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod message;
+pub mod time;
 
 pub use codec::{peek, Head, Kind, LineError, LineReader, PeekError};
 pub use message::*;

@@ -36,6 +36,7 @@ pub enum Event {
 /// Liveness counters the coordinator watches for timeouts, without locks.
 #[derive(Default)]
 pub struct Probes {
+    /// The line number of the source's last RECORD or STATE: its heartbeat.
     pub source_lines: AtomicU64,
     pub destination_activity: AtomicU64,
     pub writing: AtomicBool,
@@ -136,13 +137,13 @@ pub fn source_to_destination(
             }
             Err(LineError::Io(e)) => return Err(fail(FailureKind::Io, lines.line_number(), &current_stream, format!("reading stdout: {e}"))),
         };
-        probes.source_lines.store(number, Relaxed);
         let head = peek(line).map_err(|e| {
             let kind = if matches!(e, sluice_protocol::PeekError::NotUtf8(_)) { FailureKind::NotUtf8 } else { FailureKind::InvalidMessage };
             fail(kind, number, &current_stream, e.to_string())
         })?;
         let written = match head.kind {
             Kind::Record => {
+                probes.source_lines.store(number, Relaxed);
                 let (name, namespace) = head.stream.expect("peek gives a record its stream");
                 if current_stream.as_deref() != Some(&name) {
                     current_stream = Some(name.to_string());
@@ -169,6 +170,7 @@ pub fn source_to_destination(
                 }
             }
             Kind::State => {
+                probes.source_lines.store(number, Relaxed);
                 let mut message: AirbyteMessage = serde_json::from_slice(line)
                     .map_err(|e| fail(FailureKind::InvalidMessage, number, &current_stream, format!("invalid STATE: {e}")))?;
                 let Some(state) = message.state.as_mut() else {

@@ -77,20 +77,7 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, for log lines.
+/// The current time for log lines.
 pub fn utc_now() -> String {
-    let ms = sluice_protocol::now_millis();
-    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    sluice_protocol::time::format_utc_millis(sluice_protocol::now_millis())
 }
