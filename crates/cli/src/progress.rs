@@ -12,11 +12,13 @@ pub struct Terminal {
     files: FileReporter,
     draw: bool,
     drawn_lines: usize,
+    /// Records emitted per stream at the previous redraw, and when: rates are recent, not averages.
+    previous: Option<(std::time::Duration, Vec<u64>)>,
 }
 
 impl Terminal {
     pub fn new(files: FileReporter, draw: bool) -> Self {
-        Terminal { files, draw, drawn_lines: 0 }
+        Terminal { files, draw, drawn_lines: 0, previous: None }
     }
 
     /// Removes the progress lines, before the summary is printed.
@@ -49,19 +51,22 @@ impl Reporter for Terminal {
         if !self.draw {
             return;
         }
-        let secs = progress.elapsed.as_secs_f64().max(1e-9);
+        let (since, before) = self.previous.take().unwrap_or_default();
+        let secs = (progress.elapsed - since).as_secs_f64().max(1e-9);
         let mut screen = String::new();
-        for s in progress.streams {
+        for (i, s) in progress.streams.iter().enumerate() {
+            let recent = s.emitted.records - before.get(i).copied().unwrap_or(0);
             let estimate = s.estimated_records.map(|e| format!(" of ~{e}")).unwrap_or_default();
             screen.push_str(&format!(
                 "  {:<24} {:>11} records{estimate}  {:>9.1} MB  {:>9.0} rec/s  {:>11} committed\n",
                 s.stream.to_string(),
                 s.emitted.records,
                 s.emitted.bytes as f64 / 1e6,
-                s.emitted.records as f64 / secs,
+                recent as f64 / secs,
                 s.committed.records
             ));
         }
+        self.previous = Some((progress.elapsed, progress.streams.iter().map(|s| s.emitted.records).collect()));
         self.clear();
         let mut err = io::stderr().lock();
         let _ = err.write_all(screen.as_bytes());
