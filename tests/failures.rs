@@ -40,7 +40,7 @@ fn saved_cursor(s: &Scratch) -> Option<i64> {
     s.read_json("state.json")[0]["stream"]["stream_state"]["cursor"].as_i64()
 }
 
-/// Source lines: 1 LOG, records 1-10, STATE, records 11-20, STATE, records 21-25, then line 29.
+/// Source lines: LOG, STARTED, records 1-10, STATE, records 11-20, STATE, records 21-25, then line 30.
 fn after_25_records(then: &str) -> Value {
     json!({"records": 25, "state_every": 10, "then": then})
 }
@@ -60,9 +60,9 @@ fn garbage_on_stdout_names_connector_stream_and_line() {
     assert_failure(&synced, "source", "invalid_message");
     let failure = synced.failure();
     assert_eq!(failure["connector"], SOURCE);
-    assert_eq!(failure["line"], 29);
+    assert_eq!(failure["line"], 30);
     assert_eq!(failure["stream"], "items");
-    assert!(synced.stderr.contains("source scripted_source.py stdout line 29 (stream items): not a protocol message"), "{}", synced.stderr);
+    assert!(synced.stderr.contains("source scripted_source.py stdout line 30 (stream items): not a protocol message"), "{}", synced.stderr);
     assert_eq!(saved_cursor(&s), Some(20), "the last acknowledged state is kept");
     assert_eq!(synced.committed("items"), 20);
     // The destination stored what it received before the failure.
@@ -84,7 +84,7 @@ fn a_line_over_the_limit_fails_without_buffering_it() {
     let s = Scratch::new();
     let synced = sync(&s, after_25_records("oversize"), "destination-jsonl", jsonl(&s), &["--max-line-bytes", "1000000"]);
     assert_failure(&synced, "source", "line_too_long");
-    assert_eq!(synced.failure()["line"], 29);
+    assert_eq!(synced.failure()["line"], 30);
     assert_eq!(synced.failure()["stream"], "items");
     assert_eq!(saved_cursor(&s), Some(20));
 }
@@ -94,7 +94,7 @@ fn non_utf8_output_fails_with_its_line() {
     let s = Scratch::new();
     let synced = sync(&s, after_25_records("non_utf8"), "destination-jsonl", jsonl(&s), &[]);
     assert_failure(&synced, "source", "not_utf8");
-    assert_eq!(synced.failure()["line"], 29);
+    assert_eq!(synced.failure()["line"], 30);
     assert_eq!(saved_cursor(&s), Some(20));
 }
 
@@ -212,4 +212,41 @@ fn a_large_record_under_the_limit_passes_intact() {
     let rows = s.read_lines("out/items.jsonl");
     assert_eq!(rows.len(), 26);
     assert_eq!(rows[25]["_airbyte_data"]["blob"].as_str().unwrap().len(), 2_000_000);
+}
+
+#[test]
+fn a_source_whose_child_holds_stdout_open_does_not_hang_the_sync() {
+    let s = Scratch::new();
+    let started = Instant::now();
+    let synced = sync(&s, after_25_records("orphan"), "destination-jsonl", jsonl(&s), &["--shutdown-grace-secs", "1"]);
+    assert_eq!(synced.code, 0, "{}", synced.stderr);
+    assert_eq!(synced.committed("items"), 25);
+    assert!(started.elapsed() < Duration::from_secs(30), "waited on the orphan");
+}
+
+#[test]
+fn a_trace_error_does_not_stop_the_other_records() {
+    let s = Scratch::new();
+    let source = json!({"records": 25, "state_every": 10, "trace_at": 5});
+    let synced = sync(&s, source, "destination-jsonl", jsonl(&s), &[]);
+    assert_failure(&synced, "source", "connector_error");
+    assert_eq!(synced.emitted("items"), 25, "the source went on after its error");
+    assert_eq!(s.read_lines("out/items.jsonl").len(), 25);
+    // Records after the last state count as committed only when the attempt succeeds.
+    assert_eq!(synced.committed("items"), 20);
+    assert_eq!(saved_cursor(&s), Some(20));
+}
+
+#[test]
+fn a_failed_overwrite_keeps_the_previous_data_whole() {
+    let s = Scratch::new();
+    let first = sync(&s, json!({"records": 30, "state_every": 10}), "destination-jsonl", jsonl(&s), &["--full-refresh"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(s.read_lines("out/items.jsonl").len(), 30);
+    let second = sync(&s, after_25_records("garbage"), "destination-jsonl", jsonl(&s), &["--full-refresh"]);
+    assert_failure(&second, "source", "invalid_message");
+    assert_eq!(s.read_lines("out/items.jsonl").len(), 30, "the failed overwrite replaced nothing");
+    let third = sync(&s, json!({"records": 12, "state_every": 10}), "destination-jsonl", jsonl(&s), &["--full-refresh"]);
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    assert_eq!(s.read_lines("out/items.jsonl").len(), 12, "a clean overwrite replaces it");
 }

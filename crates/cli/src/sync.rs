@@ -62,6 +62,9 @@ pub struct SyncArgs {
     /// Fail when the destination neither reads nor answers for this long
     #[arg(long, value_name = "SECS", default_value_t = Limits::default().destination_idle_timeout_secs)]
     destination_idle_timeout_secs: u64,
+    /// Time a connector gets to stop after SIGTERM before SIGKILL
+    #[arg(long, value_name = "SECS", default_value_t = Limits::default().shutdown_grace_secs)]
+    shutdown_grace_secs: u64,
 }
 
 pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
@@ -70,7 +73,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
     let destination_ref: ConnectorRef = args.destination.parse().context("--destination")?;
     let source_config = read_json_file(&args.source_config, "--source-config")?;
     let destination_config = read_json_file(&args.destination_config, "--destination-config")?;
-    let selected_fields = parse_fields(&args.fields)?;
+    let field_args = parse_fields(&args.fields)?;
 
     let cache = Cache::from_env();
     let sluice = std::env::current_exe().context("cannot find the sluice executable")?;
@@ -78,21 +81,27 @@ pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
     let source_command = source_ref.command(&sluice, &cache, &mut say)?;
     let destination_command = destination_ref.command(&sluice, &cache, &mut say)?;
 
-    let catalog = match &args.catalog {
+    let mut catalog: ConfiguredAirbyteCatalog = match &args.catalog {
         Some(path) => serde_json::from_value(read_json_file(path, "--catalog")?).context("--catalog is not a configured catalog")?,
         None => {
             let discovered = discover(&source_ref.name(), &source_command, &args.source_config)?;
             select_streams(discovered, &args.streams)?
         }
     };
-    for selection in &selected_fields {
-        if !catalog.streams.iter().any(|s| s.stream.descriptor() == selection.stream) {
-            bail!("--fields names stream `{}`, which is not being synced", selection.stream);
-        }
-    }
+    let selected_fields = resolve_fields(field_args, &catalog)?;
 
     let state_file = args.state_file.clone().unwrap_or_else(|| default_state_file(&cache, &args));
-    let state = if args.full_refresh { Vec::new() } else { load_state(&state_file)? };
+    let mut state = load_state(&state_file)?;
+    if args.full_refresh {
+        // Read the synced streams afresh and replace what the destination has;
+        // the saved state of streams not synced now stays as it was.
+        for stream in &mut catalog.streams {
+            stream.sync_mode = SyncMode::FullRefresh;
+            stream.destination_sync_mode = DestinationSyncMode::Overwrite;
+        }
+        let synced: Vec<StreamDescriptor> = catalog.streams.iter().map(|s| s.stream.descriptor()).collect();
+        state.retain(|s| s.state_type() == StateType::Stream && s.stream.as_ref().is_some_and(|st| !synced.contains(&st.stream_descriptor)));
+    }
     let run_id = format!("{}-{}", now_millis(), std::process::id());
     let work_dir = cache.root.join("runs").join(&run_id);
     let log_file = args.log_file.clone().unwrap_or_else(|| cache.root.join("logs").join(format!("{run_id}.log")));
@@ -118,6 +127,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
             max_line_bytes: args.max_line_bytes,
             source_idle_timeout_secs: args.source_idle_timeout_secs,
             destination_idle_timeout_secs: args.destination_idle_timeout_secs,
+            shutdown_grace_secs: args.shutdown_grace_secs,
             ..Limits::default()
         },
     };
@@ -152,7 +162,7 @@ fn read_json_file(path: &Path, flag: &str) -> anyhow::Result<Value> {
 }
 
 /// `users=id,name` -> only `id` and `name` of users' records reach the destination.
-fn parse_fields(specs: &[String]) -> anyhow::Result<Vec<FieldSelection>> {
+fn parse_fields(specs: &[String]) -> anyhow::Result<Vec<(String, Vec<String>)>> {
     specs
         .iter()
         .map(|spec| {
@@ -161,7 +171,30 @@ fn parse_fields(specs: &[String]) -> anyhow::Result<Vec<FieldSelection>> {
             if stream.is_empty() || fields.is_empty() {
                 bail!("--fields {spec}: expected STREAM=FIELD,FIELD");
             }
-            Ok(FieldSelection { stream: StreamDescriptor::new(stream, None), fields })
+            Ok((stream.to_owned(), fields))
+        })
+        .collect()
+}
+
+/// Matches each `--fields` stream to the catalog (by name, whatever its
+/// namespace) and keeps its primary key and cursor, which dedup and
+/// incremental reads need, as Airbyte does.
+fn resolve_fields(selections: Vec<(String, Vec<String>)>, catalog: &ConfiguredAirbyteCatalog) -> anyhow::Result<Vec<FieldSelection>> {
+    selections
+        .into_iter()
+        .map(|(name, mut fields)| {
+            let configured = catalog
+                .streams
+                .iter()
+                .find(|s| s.stream.name == name)
+                .with_context(|| format!("--fields names stream `{name}`, which is not being synced"))?;
+            let keys = configured.primary_key.iter().flatten().chain(configured.cursor_field.iter()).filter_map(|path| path.first());
+            for key in keys {
+                if !fields.contains(key) {
+                    fields.push(key.clone());
+                }
+            }
+            Ok(FieldSelection { stream: configured.stream.descriptor(), fields })
         })
         .collect()
 }

@@ -41,12 +41,16 @@ impl std::str::FromStr for ConnectorRef {
                 Some((p, v)) => (p, Some(v.to_owned())),
                 None => (spec, None),
             };
-            let valid = !package.is_empty() && package.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-            let version_ok = version.as_deref().is_none_or(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || ".+-!".contains(c)));
+            // PEP 508 names: letters, digits and `-_.`, starting and ending with a letter or digit.
+            let edges_ok = package.starts_with(|c: char| c.is_ascii_alphanumeric()) && package.ends_with(|c: char| c.is_ascii_alphanumeric());
+            let valid = edges_ok && package.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            let version_ok = version.as_deref().is_none_or(|v| {
+                v.starts_with(|c: char| c.is_ascii_alphanumeric()) && v.chars().all(|c| c.is_ascii_alphanumeric() || ".+-!".contains(c))
+            });
             if !valid || !version_ok {
                 return Err(Error::BadPackage(spec.to_owned()));
             }
-            return Ok(ConnectorRef::PyPi { package: package.to_owned(), version });
+            return Ok(ConnectorRef::PyPi { package: normalize(package), version });
         }
         if REFERENCE_CONNECTORS.contains(&text) {
             return Ok(ConnectorRef::Reference(text.to_owned()));
@@ -92,6 +96,21 @@ impl ConnectorRef {
             }
         }
     }
+}
+
+/// PEP 503 normalisation: lowercase, runs of `-`, `_` and `.` become one `-`.
+fn normalize(package: &str) -> String {
+    let mut out = String::with_capacity(package.len());
+    for c in package.chars() {
+        if "-_.".contains(c) {
+            if !out.ends_with('-') {
+                out.push('-');
+            }
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
 }
 
 /// Airbyte's PyPI connectors install a command named like the package
@@ -199,7 +218,13 @@ mod tests {
             ConnectorRef::PyPi { package: "airbyte-source-file".into(), version: Some("0.5.39".into()) }
         );
         assert_eq!("./bin/my-source".parse::<ConnectorRef>().unwrap(), ConnectorRef::Executable("./bin/my-source".into()));
-        assert!(matches!("pypi:bad name".parse::<ConnectorRef>(), Err(Error::BadPackage(_))));
+        for bad in ["pypi:bad name", "pypi:..", "pypi:.", "pypi:-x", "pypi:x==", "pypi:x==../y"] {
+            assert!(matches!(bad.parse::<ConnectorRef>(), Err(Error::BadPackage(_))), "{bad}");
+        }
+        assert_eq!(
+            "pypi:Airbyte_Source__Faker".parse::<ConnectorRef>().unwrap(),
+            ConnectorRef::PyPi { package: "airbyte-source-faker".into(), version: None }
+        );
         let unknown = "source-nope".parse::<ConnectorRef>().unwrap_err().to_string();
         assert!(unknown.contains("unknown connector `source-nope`") && unknown.contains("pypi:"), "{unknown}");
     }

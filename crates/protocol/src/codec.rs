@@ -138,13 +138,13 @@ impl<R: Read> LineReader<R> {
     }
 
     /// The next line and its number, or `None` at the end of the stream.
+    /// Blank lines (only whitespace) are skipped but counted.
     /// `before_block` runs before every read that may block, so a caller can
     /// flush its own output first and never sit on buffered data while
     /// waiting for input. After a `TooLong` error the reader skips the rest of
     /// that line and can go on.
     pub fn next_line(&mut self, before_block: impl FnMut() -> io::Result<()>) -> Result<Option<(u64, &[u8])>, LineError> {
-        let number = self.line_number;
-        Ok(self.next_range(before_block)?.map(|(start, end)| (self.line_number.max(number), trim_cr(&self.buf[start..end]))))
+        Ok(self.next_range(before_block)?.map(|(start, end)| (self.line_number, trim_cr(&self.buf[start..end]))))
     }
 
     fn next_range(&mut self, mut before_block: impl FnMut() -> io::Result<()>) -> Result<Option<(usize, usize)>, LineError> {
@@ -165,7 +165,7 @@ impl<R: Read> LineReader<R> {
                 if pos > self.limit {
                     return Err(LineError::TooLong { line: self.line_number, limit: self.limit });
                 }
-                if trim_cr(&self.buf[line.0..line.1]).is_empty() {
+                if self.buf[line.0..line.1].trim_ascii().is_empty() {
                     continue;
                 }
                 return Ok(Some(line));
@@ -185,6 +185,9 @@ impl<R: Read> LineReader<R> {
                 let line = (self.start, self.end);
                 self.start = self.end;
                 self.line_number += 1;
+                if self.buf[line.0..line.1].trim_ascii().is_empty() {
+                    return Ok(None);
+                }
                 return Ok(Some(line));
             }
             self.make_room();
@@ -234,7 +237,7 @@ mod tests {
 
     #[test]
     fn splits_lines_skipping_blanks_and_carriage_returns() {
-        let got = lines(b"a\r\n\nbb\nccc", 10).unwrap();
+        let got = lines(b"a\r\n\n  \nbb\nccc\n\r", 10).unwrap();
         assert_eq!(got, vec![b"a".to_vec(), b"bb".to_vec(), b"ccc".to_vec()]);
     }
 

@@ -109,15 +109,19 @@ impl Stopper {
 }
 
 /// The protocol's arguments for one run of a connector, with its files
-/// written under `dir` (readable by the owner only: configs hold secrets).
+/// written under `dir`, each atomically and readable by the owner only
+/// (configs hold secrets), in the order given.
 pub fn prepare_files(dir: &Path, files: &[(&str, &serde_json::Value)]) -> io::Result<Vec<String>> {
     std::fs::create_dir_all(dir)?;
     let mut args = Vec::new();
     for (flag, value) in files {
         let path = dir.join(format!("{flag}.json"));
-        let mut file = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&path)?;
+        let tmp = dir.join(format!(".{flag}.json.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = OpenOptions::new().create_new(true).write(true).mode(0o600).open(&tmp)?;
         serde_json::to_writer(&mut file, value)?;
         file.flush()?;
+        std::fs::rename(&tmp, &path)?;
         args.push(format!("--{flag}"));
         args.push(path.to_string_lossy().into_owned());
     }
@@ -188,13 +192,18 @@ fn widen_pipe(fd: std::os::fd::RawFd) {
     }
 }
 
-/// The shell wrapper a connector's container runs in attach mode: it creates
-/// nothing (the init step made the FIFOs), runs the connector on the pipes,
-/// and records its exit status for the orchestrator.
+/// The shell line a connector's container runs in attach mode: it runs the
+/// connector on the FIFOs the init step made, stops it when the
+/// orchestrator creates `cancel`, and records its exit status in `exit`.
 pub fn attach_wrapper(dir: &Path, command: &[String], wants_stdin: bool) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let cmd = command.iter().map(|c| quote(c)).collect::<Vec<_>>().join(" ");
     let d = quote(&dir.to_string_lossy());
     let stdin = if wants_stdin { format!("< {d}/stdin") } else { "< /dev/null".into() };
-    format!("{cmd} \"$@\" {stdin} > {d}/stdout 2> {d}/stderr; echo $? > {d}/exit.tmp && mv {d}/exit.tmp {d}/exit")
+    format!(
+        "{cmd} \"$@\" {stdin} > {d}/stdout 2> {d}/stderr & child=$!; \
+         ( while [ ! -e {d}/cancel ]; do sleep 1; done; kill -TERM $child 2>/dev/null; sleep 10; kill -KILL $child 2>/dev/null ) & watcher=$!; \
+         wait $child; status=$?; kill $watcher 2>/dev/null; \
+         echo $status > {d}/exit.tmp && mv {d}/exit.tmp {d}/exit"
+    )
 }

@@ -127,8 +127,9 @@ impl Ledger {
         Echo::Committed(position + 1)
     }
 
-    /// The destination ended successfully after reading all input: records
-    /// after the last state are stored too, though no state covers them.
+    /// The destination ended successfully after reading all input and
+    /// echoing every state: records after the last state are stored too,
+    /// though no state covers them.
     pub fn destination_finished(&mut self) {
         for (summary, counts) in self.streams.iter_mut().zip(&mut self.uncommitted) {
             summary.committed.add(std::mem::take(counts));
@@ -167,11 +168,14 @@ struct CommittedState {
     streams: Vec<(StreamDescriptor, AirbyteStateMessage)>,
     global: Option<AirbyteStateMessage>,
     legacy: Option<AirbyteStateMessage>,
+    /// The kind applied last: a connector reads one kind, and the newest wins.
+    latest: Option<StateType>,
 }
 
 impl CommittedState {
     fn apply(&mut self, state: &AirbyteStateMessage) {
         let clean = state.without_bookkeeping();
+        self.latest = Some(state.state_type());
         match state.state_type() {
             StateType::Stream => {
                 let Some(descriptor) = state.stream.as_ref().map(|s| s.stream_descriptor.clone()) else { return };
@@ -186,14 +190,12 @@ impl CommittedState {
     }
 
     fn to_list(&self) -> Vec<AirbyteStateMessage> {
-        // A connector reads one form of state; the newest form wins.
-        if let Some(global) = &self.global {
-            return vec![global.clone()];
+        match self.latest {
+            Some(StateType::Global) => self.global.iter().cloned().collect(),
+            Some(StateType::Stream) => self.streams.iter().map(|(_, s)| s.clone()).collect(),
+            Some(_) => self.legacy.iter().cloned().collect(),
+            None => Vec::new(),
         }
-        if !self.streams.is_empty() {
-            return self.streams.iter().map(|(_, s)| s.clone()).collect();
-        }
-        self.legacy.iter().cloned().collect()
     }
 }
 
@@ -239,6 +241,17 @@ mod tests {
         assert_eq!(l.destination_echo(&stream_state("a", 9)), Echo::Unmatched);
         assert_eq!(l.destination_echo(&stream_state("a", 1)), Echo::Committed(1));
         assert_eq!(l.committed_state(), vec![stream_state("a", 1)]);
+    }
+
+    #[test]
+    fn the_newest_kind_of_state_wins() {
+        let global = AirbyteStateMessage { kind: Some(StateType::Global), global: serde_json::from_value(json!({"stream_states": []})).ok(), ..Default::default() };
+        let mut l = Ledger::new(vec![StreamDescriptor::new("a", None)], &[global]);
+        let mut s = stream_state("a", 5);
+        s.id = Some(1);
+        l.source_state(1, s.clone());
+        l.destination_echo(&s);
+        assert_eq!(l.committed_state(), vec![stream_state("a", 5)], "the connector moved from global to per-stream state");
     }
 
     #[test]

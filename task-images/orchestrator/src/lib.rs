@@ -20,7 +20,7 @@ pub mod report;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -39,27 +39,22 @@ pub use report::{FileReporter, Progress, Reporter};
 const TICK: Duration = Duration::from_millis(200);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const STDERR_TAIL_LINES: usize = 20;
+/// How long a waiter holds a connector's exit back for its last stderr lines.
+const STDERR_SETTLE: Duration = Duration::from_secs(2);
 
 /// Runs one attempt to its end. `cancel` is raised (by SIGTERM, in the
 /// binary) to stop both connectors and keep the state committed so far.
 pub fn run(config: &SyncConfig, reporter: &mut dyn Reporter, cancel: &AtomicBool) -> Outcome {
     let started = Instant::now();
     let (routes, streams) = Routes::new(config);
-    let mut attempt = Attempt {
-        config,
-        ledger: Ledger::new(streams, &config.state),
-        failures: Vec::new(),
-        cancelled: false,
-        stderr_tail: [VecDeque::new(), VecDeque::new()],
-    };
-    let connectors = match start_connectors(config) {
+    let mut attempt = Attempt::new(config, Ledger::new(streams, &config.state));
+    let (source, destination) = match start_connectors(config) {
         Ok(connectors) => connectors,
         Err(failure) => {
             attempt.fail(failure);
             return attempt.finish(started);
         }
     };
-    let (source, destination) = connectors;
     let probes = Arc::new(Probes::default());
     let (events, inbox) = mpsc::channel();
     let stoppers = [source.stopper.clone(), destination.stopper.clone()];
@@ -77,85 +72,38 @@ pub fn run(config: &SyncConfig, reporter: &mut dyn Reporter, cancel: &AtomicBool
     }
     {
         let (events, probes) = (events.clone(), probes.clone());
-        let name = config.destination.name.clone();
         let stdout = destination.stdout;
         thread::spawn(move || {
-            let result = pump::destination_output(stdout, limit, &name, &probes, &events);
+            let result = pump::destination_output(stdout, limit, &probes, &events);
             let _ = events.send(Event::DestinationOutputEnded(result));
         });
     }
     for (side, stderr, exit) in [(Side::Source, source.stderr, source.exit), (Side::Destination, destination.stderr, destination.exit)] {
         let e = events.clone();
-        thread::spawn(move || pump::stderr_lines(stderr, side, &e));
+        let stderr_reader = thread::spawn(move || pump::stderr_lines(stderr, side, &e));
         let e = events.clone();
         thread::spawn(move || {
-            let _ = e.send(Event::Exited(side, exit.wait()));
+            let exit = exit.wait();
+            // Let the last stderr lines (a traceback) arrive before the exit is reported.
+            let settle = Instant::now();
+            while !stderr_reader.is_finished() && settle.elapsed() < STDERR_SETTLE {
+                thread::sleep(Duration::from_millis(10));
+            }
+            let _ = e.send(Event::Exited(side, exit));
         });
     }
     drop(events);
 
     let mut watch = Watch::new();
-    let mut source_exit: Option<Exit> = None;
-    let mut destination_exit: Option<Exit> = None;
-    // Whether the pump delivered everything the source wrote (Some(true)) or stopped early.
-    let mut pump_ended: Option<bool> = None;
-    let mut destination_output_ended = false;
-    let mut state_dirty = false;
     let mut last_flush = Instant::now();
     let mut last_progress = Instant::now();
-    let mut stop: Option<Stop> = None;
-
     loop {
         match inbox.recv_timeout(TICK) {
-            Ok(event) => match event {
-                Event::Emitted(delta) => attempt.ledger.emitted(&delta),
-                Event::SourceState { id, state } => attempt.ledger.source_state(id, *state),
-                Event::Echo(state) => match attempt.ledger.destination_echo(&state) {
-                    Echo::Committed(_) => state_dirty = true,
-                    Echo::Unmatched => attempt.log(reporter, Side::Destination, LogLevel::Warn, "echoed a STATE that matches no state sent to it; ignored"),
-                },
-                Event::Message(side, message) => attempt.connector_message(reporter, side, *message),
-                Event::Stderr(side, line) => attempt.stderr(reporter, side, line),
-                Event::Filtered { stream, first } => {
-                    attempt.ledger.records_filtered += 1;
-                    if first {
-                        let text = format!("records of stream {stream}, which is not in the configured catalog, are dropped");
-                        attempt.log(reporter, Side::Source, LogLevel::Warn, &text);
-                    }
-                }
-                Event::Ignored { side, kind, line } => {
-                    attempt.log(reporter, side, LogLevel::Debug, &format!("stdout line {line}: {kind} message ignored during a sync"))
-                }
-                Event::PumpEnded(result) => {
-                    pump_ended = Some(result.is_ok());
-                    if let Err(failure) = result {
-                        attempt.fail(failure);
-                    }
-                }
-                Event::DestinationOutputEnded(result) => {
-                    destination_output_ended = true;
-                    if let Err(failure) = result {
-                        attempt.fail(failure);
-                    }
-                }
-                Event::Exited(side, exit) => {
-                    if !exit.success() && !attempt.cancelled {
-                        let tail = attempt.stderr_tail(side);
-                        let message = if tail.is_empty() { exit.to_string() } else { format!("{exit}; last stderr lines:\n{tail}") };
-                        attempt.fail(AttemptFailure::new(side, attempt.name(side), FailureKind::Crashed, message));
-                    }
-                    match side {
-                        Side::Source => source_exit = Some(exit),
-                        _ => destination_exit = Some(exit),
-                    }
-                }
-            },
+            Ok(event) => attempt.handle(event, reporter),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-
-        // Done when both connectors ended and their output is read to the end.
-        if source_exit.is_some() && destination_exit.is_some() && pump_ended.is_some() && destination_output_ended {
+        if attempt.sides.iter().all(SideState::done) {
             break;
         }
 
@@ -163,28 +111,28 @@ pub fn run(config: &SyncConfig, reporter: &mut dyn Reporter, cancel: &AtomicBool
             attempt.cancelled = true;
             attempt.log(reporter, Side::Orchestrator, LogLevel::Info, "cancelled: stopping both connectors");
         }
-        if !attempt.cancelled && !attempt.failed() {
-            let source_done = source_exit.is_some() || pump_ended.is_some();
-            if let Some(failure) = watch.check(&probes, config, source_done, destination_exit.is_some()) {
-                attempt.fail(failure);
+        let source_active = attempt.sides[0].output_ended.is_none() && !attempt.must_stop(Side::Source);
+        let destination_active = attempt.sides[1].exit.is_none() && !attempt.must_stop(Side::Destination);
+        if let Some(failure) = watch.check(&probes, config, source_active, destination_active) {
+            attempt.fail(failure);
+        }
+        for side in [Side::Source, Side::Destination] {
+            let state = &attempt.sides[side.index()];
+            // A connector that exited with its output still open (a child holds
+            // it), or closed its output and never exits, gets one grace period.
+            let half_done = state.half_done_since.is_some_and(|since| since.elapsed() >= attempt.grace());
+            if (attempt.must_stop(side) || half_done) && state.stopping.is_none() && !state.done() {
+                attempt.sides[side.index()].stopping = Some(Stopping { since: Instant::now(), killed: false });
+                stoppers[side.index()].terminate();
             }
         }
-        if stop.is_none() && (attempt.cancelled || attempt.failed()) {
-            // A failure of the source alone leaves the destination to store
-            // and acknowledge what it already received: its input just ends.
-            let source_only = !attempt.cancelled && attempt.failures.iter().all(|f| f.side == Side::Source);
-            stop = Some(Stop::begin(&stoppers, source_only, &config.limits));
-        }
-        if let Some(stop) = stop.as_mut() {
-            if stop.escalate(&stoppers) {
-                attempt.log(reporter, Side::Orchestrator, LogLevel::Warn, "connectors did not stop in time; giving up on them");
-                break;
-            }
+        if attempt.escalate(&stoppers) {
+            attempt.log(reporter, Side::Orchestrator, LogLevel::Warn, "connectors did not stop after SIGKILL; giving up on them");
+            break;
         }
 
-        if state_dirty && last_flush.elapsed() >= Duration::from_secs(config.limits.state_flush_interval_secs) {
+        if attempt.state_dirty && last_flush.elapsed() >= Duration::from_secs(config.limits.state_flush_interval_secs) {
             attempt.flush_state(reporter);
-            state_dirty = false;
             last_flush = Instant::now();
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
@@ -192,15 +140,25 @@ pub fn run(config: &SyncConfig, reporter: &mut dyn Reporter, cancel: &AtomicBool
             last_progress = Instant::now();
         }
     }
+    drain(&inbox, &mut attempt, reporter);
 
-    if destination_exit.is_some_and(Exit::success) && pump_ended == Some(true) && !attempt.failed() && !attempt.cancelled {
-        attempt.ledger.destination_finished();
+    let destination_succeeded = attempt.sides[1].exit.is_some_and(Exit::success);
+    if destination_succeeded && attempt.sides[0].output_ended == Some(true) && !attempt.failed() && !attempt.cancelled {
         if attempt.ledger.has_pending_states() {
             attempt.log(reporter, Side::Destination, LogLevel::Warn, "finished without echoing every STATE; the last ones are not committed");
+        } else {
+            attempt.ledger.destination_finished();
         }
     }
     attempt.flush_state(reporter);
     attempt.finish(started)
+}
+
+/// Handles what the threads said before the coordinator stopped listening.
+fn drain(inbox: &Receiver<Event>, attempt: &mut Attempt<'_>, reporter: &mut dyn Reporter) {
+    while let Ok(event) = inbox.try_recv() {
+        attempt.handle(event, reporter);
+    }
 }
 
 type Started = (connector::Running, connector::Running);
@@ -208,24 +166,65 @@ type Started = (connector::Running, connector::Running);
 fn start_connectors(config: &SyncConfig) -> Result<Started, AttemptFailure> {
     let io_failure = |side: Side, name: &str, e: std::io::Error| AttemptFailure::new(side, name, FailureKind::Io, e.to_string());
     let catalog = serde_json::to_value(&config.catalog).expect("catalog serializes");
-    let source_dir = config.work_dir.join("source");
-    let mut files = vec![("config", &config.source.config), ("catalog", &catalog)];
     let state = json!(config.state.iter().map(|s| s.without_bookkeeping()).collect::<Vec<_>>());
+    // The catalog goes last: an attached connector may wait for it as the sign that all are written.
+    let mut files = vec![("config", &config.source.config)];
     if !config.state.is_empty() {
         files.push(("state", &state));
     }
-    let source_args = connector::prepare_files(&source_dir, &files).map_err(|e| io_failure(Side::Source, &config.source.name, e))?;
-    let destination_args = connector::prepare_files(&config.work_dir.join("destination"), &[("config", &config.destination.config), ("catalog", &catalog)])
+    files.push(("catalog", &catalog));
+    let source_args =
+        connector::prepare_files(&config.work_dir.join("source"), &files).map_err(|e| io_failure(Side::Source, &config.source.name, e))?;
+    let destination_files = [("config", &config.destination.config), ("catalog", &catalog)];
+    let destination_args = connector::prepare_files(&config.work_dir.join("destination"), &destination_files)
         .map_err(|e| io_failure(Side::Destination, &config.destination.name, e))?;
     let source = connector::start(&config.source, "read", &source_args, false).map_err(|e| io_failure(Side::Source, &config.source.name, e))?;
-    let destination = match connector::start(&config.destination, "write", &destination_args, true) {
-        Ok(destination) => destination,
+    match connector::start(&config.destination, "write", &destination_args, true) {
+        Ok(destination) => Ok((source, destination)),
         Err(e) => {
             source.stopper.kill();
-            return Err(io_failure(Side::Destination, &config.destination.name, e));
+            source.exit.wait();
+            Err(io_failure(Side::Destination, &config.destination.name, e))
         }
-    };
-    Ok((source, destination))
+    }
+}
+
+/// What the coordinator knows of one connector.
+#[derive(Default)]
+struct SideState {
+    exit: Option<Exit>,
+    /// The source's output was delivered in full (true) or not (false); the
+    /// destination's output was read to its end.
+    output_ended: Option<bool>,
+    /// When exactly one of exit and end of output was seen.
+    half_done_since: Option<Instant>,
+    /// Set once we signalled it.
+    stopping: Option<Stopping>,
+    stderr_tail: VecDeque<String>,
+}
+
+impl SideState {
+    fn done(&self) -> bool {
+        self.exit.is_some() && self.output_ended.is_some()
+    }
+
+    fn note_progress(&mut self) {
+        self.half_done_since = match (self.exit.is_some(), self.output_ended.is_some()) {
+            (true, true) | (false, false) => None,
+            _ => self.half_done_since.or(Some(Instant::now())),
+        };
+    }
+}
+
+struct Stopping {
+    since: Instant,
+    killed: bool,
+}
+
+impl Side {
+    fn index(self) -> usize {
+        (self != Side::Source) as usize
+    }
 }
 
 /// The coordinator's view of the attempt.
@@ -234,10 +233,15 @@ struct Attempt<'a> {
     ledger: Ledger,
     failures: Vec<AttemptFailure>,
     cancelled: bool,
-    stderr_tail: [VecDeque<String>; 2],
+    sides: [SideState; 2],
+    state_dirty: bool,
 }
 
-impl Attempt<'_> {
+impl<'a> Attempt<'a> {
+    fn new(config: &'a SyncConfig, ledger: Ledger) -> Self {
+        Attempt { config, ledger, failures: Vec::new(), cancelled: false, sides: Default::default(), state_dirty: false }
+    }
+
     fn name(&self, side: Side) -> &str {
         match side {
             Side::Source => &self.config.source.name,
@@ -246,8 +250,48 @@ impl Attempt<'_> {
         }
     }
 
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.config.limits.shutdown_grace_secs)
+    }
+
     fn failed(&self) -> bool {
         !self.failures.is_empty()
+    }
+
+    /// Whether a connector must be stopped now. A TRACE ERROR alone stops
+    /// nothing: Airbyte's sources report a failed stream and go on with the
+    /// others. A source failure leaves the destination to store and
+    /// acknowledge what it received (its input just ends); a destination
+    /// failure or a cancel stops both.
+    fn must_stop(&self, side: Side) -> bool {
+        self.cancelled
+            || self.failures.iter().any(|f| {
+                f.kind != FailureKind::ConnectorError && (side == Side::Source || f.side == Side::Destination || f.side == Side::Orchestrator)
+            })
+    }
+
+    /// SIGKILL for connectors that outlived their grace; true when even
+    /// killed connectors had a grace period more and the coordinator should
+    /// stop waiting for them.
+    fn escalate(&mut self, stoppers: &[Stopper; 2]) -> bool {
+        let grace = self.grace();
+        let mut give_up = true;
+        for (state, stopper) in self.sides.iter_mut().zip(stoppers) {
+            if state.done() {
+                continue;
+            }
+            match &mut state.stopping {
+                Some(stopping) if stopping.since.elapsed() >= grace => {
+                    if !stopping.killed {
+                        stopper.kill();
+                        stopping.killed = true;
+                    }
+                    give_up &= stopping.since.elapsed() >= grace * 2;
+                }
+                _ => give_up = false,
+            }
+        }
+        give_up
     }
 
     fn fail(&mut self, mut failure: AttemptFailure) {
@@ -263,18 +307,65 @@ impl Attempt<'_> {
         reporter.log(side, self.name(side), &level, message);
     }
 
-    fn stderr(&mut self, reporter: &mut dyn Reporter, side: Side, line: String) {
-        self.log(reporter, side, LogLevel::Info, &line);
-        let tail = &mut self.stderr_tail[(side != Side::Source) as usize];
-        if tail.len() == STDERR_TAIL_LINES {
-            tail.pop_front();
+    fn handle(&mut self, event: Event, reporter: &mut dyn Reporter) {
+        match event {
+            Event::Emitted { counts, filtered } => {
+                self.ledger.emitted(&counts);
+                self.ledger.records_filtered += filtered;
+            }
+            Event::Filtered(stream) => {
+                let text = format!("records of stream {stream}, which is not in the configured catalog, are dropped");
+                self.log(reporter, Side::Source, LogLevel::Warn, &text);
+            }
+            Event::SourceState { id, state } => self.ledger.source_state(id, *state),
+            Event::Echo(state) => match self.ledger.destination_echo(&state) {
+                Echo::Committed(_) => self.state_dirty = true,
+                Echo::Unmatched => self.log(reporter, Side::Destination, LogLevel::Warn, "echoed a STATE that matches no state sent to it; ignored"),
+            },
+            Event::Message(side, message) => self.connector_message(reporter, side, *message),
+            Event::Stderr(side, line) => {
+                self.log(reporter, side, LogLevel::Info, &line);
+                let tail = &mut self.sides[side.index()].stderr_tail;
+                if tail.len() == STDERR_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            Event::Note(side, level, text) => self.log(reporter, side, level, &text),
+            Event::Ignored { side, kind, line } => {
+                self.log(reporter, side, LogLevel::Debug, &format!("stdout line {line}: {kind} message ignored during a sync"))
+            }
+            Event::PumpEnded(result) => {
+                self.sides[0].output_ended = Some(result.is_ok());
+                self.sides[0].note_progress();
+                if let Err(failure) = result {
+                    self.fail(failure);
+                }
+            }
+            Event::DestinationOutputEnded(result) => {
+                self.sides[1].output_ended = Some(result.is_ok());
+                self.sides[1].note_progress();
+                if let Err(failure) = result {
+                    self.fail(failure);
+                }
+            }
+            Event::Exited(side, exit) => {
+                let state = &mut self.sides[side.index()];
+                state.exit = Some(exit);
+                state.note_progress();
+                let stopped_by_us = state.stopping.is_some();
+                if exit.success() {
+                    return;
+                }
+                if stopped_by_us || self.cancelled {
+                    self.log(reporter, side, LogLevel::Info, &format!("stopped: {exit}"));
+                    return;
+                }
+                let tail: Vec<&str> = self.sides[side.index()].stderr_tail.iter().map(String::as_str).collect();
+                let message = if tail.is_empty() { exit.to_string() } else { format!("{exit}; last stderr lines:\n{}", tail.join("\n")) };
+                self.fail(AttemptFailure::new(side, self.name(side), FailureKind::Crashed, message));
+            }
         }
-        tail.push_back(line);
-    }
-
-    fn stderr_tail(&self, side: Side) -> String {
-        let tail = &self.stderr_tail[(side != Side::Source) as usize];
-        tail.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
     }
 
     /// LOG, TRACE and CONTROL messages from either connector.
@@ -324,6 +415,7 @@ impl Attempt<'_> {
     }
 
     fn flush_state(&mut self, reporter: &mut dyn Reporter) {
+        self.state_dirty = false;
         if self.ledger.states_committed == 0 {
             return;
         }
@@ -361,43 +453,6 @@ impl Attempt<'_> {
     }
 }
 
-/// Stopping the connectors: SIGTERM, then SIGKILL once their time is up.
-struct Stop {
-    since: Instant,
-    grace: Duration,
-    /// How long the destination may take to finish; longer after a source failure.
-    destination_patience: Duration,
-    source_killed: bool,
-    destination_killed: bool,
-}
-
-impl Stop {
-    fn begin(stoppers: &[Stopper; 2], source_only: bool, limits: &Limits) -> Self {
-        let grace = Duration::from_secs(limits.shutdown_grace_secs);
-        stoppers[0].terminate();
-        if !source_only {
-            stoppers[1].terminate();
-        }
-        let destination_patience = if source_only { grace.max(Duration::from_secs(limits.destination_idle_timeout_secs)) } else { grace };
-        Stop { since: Instant::now(), grace, destination_patience, source_killed: false, destination_killed: false }
-    }
-
-    /// Kills what outlived its time; true once even killed connectors had
-    /// their chance to go and the coordinator should stop waiting.
-    fn escalate(&mut self, stoppers: &[Stopper; 2]) -> bool {
-        let elapsed = self.since.elapsed();
-        if !self.source_killed && elapsed >= self.grace {
-            stoppers[0].kill();
-            self.source_killed = true;
-        }
-        if !self.destination_killed && elapsed >= self.destination_patience {
-            stoppers[1].kill();
-            self.destination_killed = true;
-        }
-        elapsed >= self.destination_patience + self.grace
-    }
-}
-
 /// Idle timeouts, from the probes the data-plane threads bump.
 struct Watch {
     source_seen: (u64, Instant),
@@ -409,26 +464,30 @@ impl Watch {
         Watch { source_seen: (0, Instant::now()), destination_seen: (0, Instant::now()) }
     }
 
-    fn check(&mut self, probes: &Probes, config: &SyncConfig, source_done: bool, destination_done: bool) -> Option<AttemptFailure> {
+    /// `source_active`: the pump still reads the source; `destination_active`:
+    /// the destination still runs and nothing is stopping it.
+    fn check(&mut self, probes: &Probes, config: &SyncConfig, source_active: bool, destination_active: bool) -> Option<AttemptFailure> {
         let now = Instant::now();
-        let lines = probes.source_lines.load(Relaxed);
+        let heartbeat = probes.source_lines.load(Relaxed);
         let blocked_on_destination = probes.writing.load(Relaxed);
-        if lines != self.source_seen.0 || blocked_on_destination || source_done {
-            self.source_seen = (lines, now);
+        if heartbeat != self.source_seen.0 || blocked_on_destination || !source_active {
+            self.source_seen = (heartbeat, now);
         }
         let activity = probes.destination_activity.load(Relaxed);
-        // The destination is only late when it holds us up: blocked on its
+        // The destination is late only when it holds us up: blocked on its
         // input, or the source is done and it has not finished.
-        let waiting_on_destination = blocked_on_destination || (source_done && !destination_done);
+        let waiting_on_destination = destination_active && (blocked_on_destination || !source_active);
         if activity != self.destination_seen.0 || !waiting_on_destination {
             self.destination_seen = (activity, now);
         }
         let limits = &config.limits;
         if now - self.source_seen.1 >= Duration::from_secs(limits.source_idle_timeout_secs) {
+            self.source_seen.1 = now;
             let message = format!("no RECORD or STATE for {} s (the source idle timeout)", limits.source_idle_timeout_secs);
-            return Some(AttemptFailure::new(Side::Source, &config.source.name, FailureKind::SourceTimeout, message).at_line(lines));
+            return Some(AttemptFailure::new(Side::Source, &config.source.name, FailureKind::SourceTimeout, message).at_line(heartbeat));
         }
         if now - self.destination_seen.1 >= Duration::from_secs(limits.destination_idle_timeout_secs) {
+            self.destination_seen.1 = now;
             let message = format!(
                 "neither accepted input nor answered for {} s (the destination idle timeout)",
                 limits.destination_idle_timeout_secs

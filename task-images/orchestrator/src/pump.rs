@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::io::{self, BufWriter, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_protocol::{peek, AirbyteMessage, Kind, LineError, LineReader, StreamDescriptor};
@@ -17,8 +16,12 @@ use crate::outcome::{AttemptFailure, FailureKind, Side};
 
 /// What the data-plane threads tell the coordinator.
 pub enum Event {
-    Emitted(Vec<(usize, Counts)>),
-    Filtered { stream: StreamDescriptor, first: bool },
+    /// Records (per stream index) and records of unknown streams, since the last report.
+    Emitted { counts: Vec<(usize, Counts)>, filtered: u64 },
+    /// The first record of a stream that is not in the catalog; it is dropped.
+    Filtered(StreamDescriptor),
+    /// A line worth a log entry that is no message, e.g. junk on the destination's stdout.
+    Note(Side, sluice_protocol::LogLevel, String),
     SourceState { id: u64, state: Box<sluice_protocol::AirbyteStateMessage> },
     Echo(Box<sluice_protocol::AirbyteStateMessage>),
     /// LOG, TRACE or CONTROL from a connector.
@@ -47,6 +50,7 @@ pub struct Routes {
     by_name: HashMap<String, Vec<(Option<String>, usize)>>,
     fields: Vec<Option<Vec<String>>>,
     pending: Vec<Counts>,
+    filtered: u64,
     filtered_seen: Vec<StreamDescriptor>,
 }
 
@@ -61,7 +65,7 @@ impl Routes {
             .iter()
             .map(|d| config.selected_fields.iter().find(|s| &s.stream == d).map(|s| s.fields.clone()))
             .collect();
-        let routes = Routes { by_name, fields, pending: vec![Counts::default(); descriptors.len()], filtered_seen: Vec::new() };
+        let routes = Routes { by_name, fields, pending: vec![Counts::default(); descriptors.len()], filtered: 0, filtered_seen: Vec::new() };
         (routes, descriptors)
     }
 
@@ -71,10 +75,11 @@ impl Routes {
 
     /// Hands the counts gathered since the last call to the coordinator.
     fn publish(&mut self, events: &Sender<Event>) {
-        let delta: Vec<(usize, Counts)> =
+        let counts: Vec<(usize, Counts)> =
             self.pending.iter_mut().enumerate().filter(|(_, c)| c.records > 0).map(|(i, c)| (i, std::mem::take(c))).collect();
-        if !delta.is_empty() {
-            let _ = events.send(Event::Emitted(delta));
+        let filtered = std::mem::take(&mut self.filtered);
+        if !counts.is_empty() || filtered > 0 {
+            let _ = events.send(Event::Emitted { counts, filtered });
         }
     }
 }
@@ -115,6 +120,21 @@ pub fn source_to_destination(
     probes: &Probes,
     events: &Sender<Event>,
 ) -> Result<(), AttemptFailure> {
+    let result = pump(source, destination, &mut routes, max_line_bytes, source_name, probes, events);
+    // Whatever stopped the pump, what it already counted is reported.
+    routes.publish(events);
+    result
+}
+
+fn pump(
+    source: Box<dyn Read + Send>,
+    destination: Box<dyn Write + Send>,
+    routes: &mut Routes,
+    max_line_bytes: usize,
+    source_name: &str,
+    probes: &Probes,
+    events: &Sender<Event>,
+) -> Result<(), AttemptFailure> {
     let mut lines = LineReader::new(source, max_line_bytes);
     let mut out = BufWriter::with_capacity(256 * 1024, DestinationPipe { inner: destination, probes });
     let mut write_error: Option<io::Error> = None;
@@ -137,10 +157,7 @@ pub fn source_to_destination(
             }
             Err(LineError::Io(e)) => return Err(fail(FailureKind::Io, lines.line_number(), &current_stream, format!("reading stdout: {e}"))),
         };
-        let head = peek(line).map_err(|e| {
-            let kind = if matches!(e, sluice_protocol::PeekError::NotUtf8(_)) { FailureKind::NotUtf8 } else { FailureKind::InvalidMessage };
-            fail(kind, number, &current_stream, e.to_string())
-        })?;
+        let head = peek(line).map_err(|e| fail(invalid_kind(&e), number, &current_stream, e.to_string()))?;
         let written = match head.kind {
             Kind::Record => {
                 probes.source_lines.store(number, Relaxed);
@@ -150,21 +167,23 @@ pub fn source_to_destination(
                 }
                 match routes.find(&name, namespace.as_deref()) {
                     Some(index) => {
-                        let bytes = match &routes.fields[index] {
-                            None => write_line(&mut out, line),
-                            Some(fields) => write_selected(&mut out, line, fields)
-                                .map_err(|e| fail(FailureKind::InvalidMessage, number, &current_stream, e))?,
+                        let (written, bytes) = match &routes.fields[index] {
+                            None => (write_line(&mut out, line), line.len()),
+                            Some(fields) => {
+                                let selected = select_fields(line, fields).map_err(|e| fail(FailureKind::InvalidMessage, number, &current_stream, e))?;
+                                (write_line(&mut out, selected.as_bytes()), selected.len())
+                            }
                         };
-                        routes.pending[index].add(Counts { records: 1, bytes: line.len() as u64 });
-                        bytes
+                        routes.pending[index].add(Counts { records: 1, bytes: bytes as u64 });
+                        written
                     }
                     None => {
+                        routes.filtered += 1;
                         let stream = StreamDescriptor::new(name.as_ref(), namespace.map(|n| n.into_owned()));
-                        let first = !routes.filtered_seen.contains(&stream);
-                        if first {
+                        if !routes.filtered_seen.contains(&stream) {
                             routes.filtered_seen.push(stream.clone());
+                            let _ = events.send(Event::Filtered(stream));
                         }
-                        let _ = events.send(Event::Filtered { stream, first });
                         Ok(())
                     }
                 }
@@ -186,8 +205,11 @@ pub fn source_to_destination(
             Kind::Log | Kind::Trace | Kind::Control => {
                 let message: AirbyteMessage = serde_json::from_slice(line)
                     .map_err(|e| fail(FailureKind::InvalidMessage, number, &current_stream, e.to_string()))?;
+                // Stream statuses go on to the destination too, in order with the records:
+                // a destination replaces a stream's data only once it saw the stream COMPLETE.
+                let status = message.trace.as_ref().is_some_and(|t| t.kind == sluice_protocol::TraceType::StreamStatus);
                 let _ = events.send(Event::Message(Side::Source, Box::new(message)));
-                Ok(())
+                if status { write_line(&mut out, line) } else { Ok(()) }
             }
             other => {
                 let _ = events.send(Event::Ignored { side: Side::Source, kind: kind_name(other), line: number });
@@ -202,8 +224,14 @@ pub fn source_to_destination(
             last_publish = Instant::now();
         }
     }
-    routes.publish(events);
     out.flush().map_err(|e| destination_gone(Some(e), lines.line_number()))
+}
+
+fn invalid_kind(error: &sluice_protocol::PeekError) -> FailureKind {
+    match error {
+        sluice_protocol::PeekError::NotUtf8(_) => FailureKind::NotUtf8,
+        _ => FailureKind::InvalidMessage,
+    }
 }
 
 fn write_line(out: &mut impl Write, line: &[u8]) -> io::Result<()> {
@@ -211,13 +239,13 @@ fn write_line(out: &mut impl Write, line: &[u8]) -> io::Result<()> {
     out.write_all(b"\n")
 }
 
-/// Rewrites a record keeping only the selected top-level fields of `data`.
-fn write_selected(out: &mut impl Write, line: &[u8], fields: &[String]) -> Result<io::Result<()>, String> {
+/// A record keeping only the selected top-level fields of `data`.
+fn select_fields(line: &[u8], fields: &[String]) -> Result<String, String> {
     let mut message: AirbyteMessage = serde_json::from_slice(line).map_err(|e| format!("invalid RECORD: {e}"))?;
     let record = message.record.as_mut().ok_or("a RECORD without a `record` object")?;
     let data = record.data.as_object_mut().ok_or("record `data` is not an object")?;
     data.retain(|key, _| fields.iter().any(|f| f == key));
-    Ok(write_line(out, message.to_line().as_bytes()))
+    Ok(message.to_line())
 }
 
 fn destination_gone(error: Option<io::Error>, source_line: u64) -> AttemptFailure {
@@ -232,53 +260,59 @@ fn destination_gone(error: Option<io::Error>, source_line: u64) -> AttemptFailur
 
 fn kind_name(kind: Kind<'_>) -> String {
     match kind {
+        Kind::Record => "RECORD".into(),
+        Kind::State => "STATE".into(),
+        Kind::Log => "LOG".into(),
+        Kind::Trace => "TRACE".into(),
+        Kind::Control => "CONTROL".into(),
         Kind::Spec => "SPEC".into(),
         Kind::Catalog => "CATALOG".into(),
         Kind::ConnectionStatus => "CONNECTION_STATUS".into(),
         Kind::Other(other) => other.to_string(),
-        _ => unreachable!("routed kinds are not ignored"),
     }
 }
 
-/// Reads the destination's output: echoed states, logs, traces.
-pub fn destination_output(
-    stdout: Box<dyn Read + Send>,
-    max_line_bytes: usize,
-    destination_name: &str,
-    probes: &Probes,
-    events: &Sender<Event>,
-) -> Result<(), AttemptFailure> {
+/// Reads the destination's output: echoed states, logs, traces. As Airbyte
+/// does, a line that is no protocol message is logged, not fatal: the
+/// destination's stdout carries no data, only acknowledgements.
+pub fn destination_output(stdout: Box<dyn Read + Send>, max_line_bytes: usize, probes: &Probes, events: &Sender<Event>) -> Result<(), AttemptFailure> {
     let mut lines = LineReader::new(stdout, max_line_bytes);
-    let fail = |kind, line, message| AttemptFailure::new(Side::Destination, destination_name, kind, message).at_line(line);
+    let note = |text: String| {
+        let _ = events.send(Event::Note(Side::Destination, sluice_protocol::LogLevel::Warn, text));
+    };
     loop {
         let (number, line) = match lines.next_line(|| Ok(())) {
             Ok(Some(next)) => next,
             Ok(None) => return Ok(()),
             Err(LineError::TooLong { line, limit }) => {
-                return Err(fail(FailureKind::LineTooLong, line, format!("message longer than the limit of {limit} bytes")))
+                note(format!("stdout line {line} is longer than {limit} bytes; skipped"));
+                continue;
             }
-            Err(LineError::Io(e)) => return Err(fail(FailureKind::Io, lines.line_number(), format!("reading stdout: {e}"))),
+            Err(LineError::Io(e)) => {
+                return Err(AttemptFailure::new(Side::Destination, "", FailureKind::Io, format!("reading stdout: {e}")).at_line(lines.line_number()))
+            }
         };
         probes.destination_activity.fetch_add(1, Relaxed);
-        let head = peek(line).map_err(|e| {
-            let kind = if matches!(e, sluice_protocol::PeekError::NotUtf8(_)) { FailureKind::NotUtf8 } else { FailureKind::InvalidMessage };
-            fail(kind, number, e.to_string())
-        })?;
-        match head.kind {
-            Kind::State | Kind::Log | Kind::Trace | Kind::Control => {
-                let message: AirbyteMessage = serde_json::from_slice(line).map_err(|e| fail(FailureKind::InvalidMessage, number, e.to_string()))?;
+        let message = match peek(line) {
+            Ok(head) if matches!(head.kind, Kind::State | Kind::Log | Kind::Trace | Kind::Control) => serde_json::from_slice::<AirbyteMessage>(line),
+            Ok(head) => {
+                let _ = events.send(Event::Ignored { side: Side::Destination, kind: kind_name(head.kind), line: number });
+                continue;
+            }
+            Err(e) => {
+                note(format!("stdout line {number} is not a protocol message ({e}): {}", String::from_utf8_lossy(&line[..line.len().min(500)])));
+                continue;
+            }
+        };
+        match message {
+            Ok(message) => {
                 let event = match message.state {
                     Some(state) => Event::Echo(Box::new(state)),
                     None => Event::Message(Side::Destination, Box::new(message)),
                 };
                 let _ = events.send(event);
             }
-            Kind::Record => {
-                let _ = events.send(Event::Ignored { side: Side::Destination, kind: "RECORD".into(), line: number });
-            }
-            other => {
-                let _ = events.send(Event::Ignored { side: Side::Destination, kind: kind_name(other), line: number });
-            }
+            Err(e) => note(format!("stdout line {number} is not a valid message: {e}")),
         }
     }
 }
@@ -299,6 +333,3 @@ pub fn stderr_lines(stderr: Box<dyn Read + Send>, side: Side, events: &Sender<Ev
         }
     }
 }
-
-/// Shared between the coordinator and the threads it starts.
-pub type SharedProbes = Arc<Probes>;

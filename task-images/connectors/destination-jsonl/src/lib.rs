@@ -1,10 +1,14 @@
 //! `destination-jsonl`: one JSON-lines file per stream under a directory.
 //!
 //! Each line is `{"_airbyte_extracted_at": ms, "_airbyte_data": {...}}`.
-//! `overwrite` starts the stream's file afresh, `append` adds to it, and the
-//! `_dedup` modes keep one line per primary key (the one with the greatest
-//! cursor, or the last to arrive) when the sync ends. A STATE is echoed only
-//! after every record before it has been written to the file.
+//! `append` adds to the stream's file. `overwrite` writes a new file beside
+//! it and replaces the old one only once the stream is complete: the source
+//! said so (a STREAM_STATUS COMPLETE, which the platform passes on) or, for
+//! sources that report no statuses, the input ended. A failed sync leaves the
+//! previous data whole; a retry of the same sync (`sync_id`) goes on with the
+//! new file. The `_dedup` modes keep one line per primary
+//! key (the greatest cursor, or the last to arrive) when the sync ends. A
+//! STATE is echoed only after every record before it is on disk.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -90,9 +94,14 @@ pub fn stream_file(dir: &Path, stream: &StreamDescriptor) -> PathBuf {
 }
 
 struct Target {
+    /// The stream's file.
     path: PathBuf,
+    /// Where records go: the stream's file, or for an overwrite the new file that will replace it.
+    writing: PathBuf,
     file: BufWriter<File>,
     dedup: Option<Dedup>,
+    /// The last stream status the source reported, if any.
+    status: Option<StreamStatus>,
 }
 
 /// How a `_dedup` stream picks one line per key when the sync ends.
@@ -108,7 +117,7 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
         let descriptor = configured.stream.descriptor();
         let path = stream_file(&config.destination_path, &descriptor);
         let mode = &configured.destination_sync_mode;
-        let truncate = match mode {
+        let replace = match mode {
             DestinationSyncMode::Overwrite | DestinationSyncMode::OverwriteDedup => true,
             DestinationSyncMode::Append | DestinationSyncMode::AppendDedup => false,
             other => return Err(Failure::config(format!("stream {descriptor}: destination sync mode `{other}` is not supported"))),
@@ -122,14 +131,22 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
         } else {
             None
         };
+        let writing = if replace {
+            let generation = configured.sync_id.map(|id| id.to_string()).unwrap_or_else(|| "new".into());
+            let staged = path.with_extension(format!("jsonl.{generation}.tmp"));
+            if configured.sync_id.is_none() {
+                let _ = std::fs::remove_file(&staged);
+            }
+            staged
+        } else {
+            path.clone()
+        };
         let file = OpenOptions::new()
             .create(true)
-            .write(true)
-            .append(!truncate)
-            .truncate(truncate)
-            .open(&path)
-            .map_err(|e| Failure::system(format!("cannot open {}: {e}", path.display())))?;
-        targets.insert(descriptor, Target { path, file: BufWriter::with_capacity(128 * 1024, file), dedup });
+            .append(true)
+            .open(&writing)
+            .map_err(|e| Failure::system(format!("cannot open {}: {e}", writing.display())))?;
+        targets.insert(descriptor, Target { path, writing, file: BufWriter::with_capacity(128 * 1024, file), dedup, status: None });
     }
 
     let mut since_state = 0u64;
@@ -146,9 +163,14 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
                 .map_err(|e| Failure::system(format!("writing {}: {e}", target.path.display())))?;
             target.file.write_all(b"\n")?;
             since_state += 1;
+        } else if let Some(status) = message.trace.and_then(|t| t.stream_status) {
+            if let Some(target) = targets.get_mut(&status.stream_descriptor) {
+                target.status = Some(status.status);
+            }
         } else if let Some(state) = message.state {
             for target in targets.values_mut() {
                 target.file.flush()?;
+                target.file.get_ref().sync_data()?;
             }
             echo_state(out, state, since_state)?;
             since_state = 0;
@@ -157,8 +179,16 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
     })?;
 
     for target in targets.into_values() {
-        let file = target.file.into_inner().map_err(|e| Failure::system(format!("flushing {}: {e}", target.path.display())))?;
+        let file = target.file.into_inner().map_err(|e| Failure::system(format!("flushing {}: {e}", target.writing.display())))?;
         file.sync_all()?;
+        let complete = matches!(target.status, None | Some(StreamStatus::Complete));
+        if target.writing != target.path {
+            if !complete {
+                // Kept for a retry of the same sync; the old data stays in place.
+                continue;
+            }
+            std::fs::rename(&target.writing, &target.path)?;
+        }
         if let Some(dedup) = &target.dedup {
             dedup_file(&target.path, &dedup.primary_key, dedup.cursor.as_deref())?;
         }
@@ -207,7 +237,10 @@ fn dedup_file(path: &Path, key: &[Vec<String>], cursor: Option<&[String]>) -> Re
 
 fn cursor_less(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() < y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x < y,
+            _ => x.as_f64() < y.as_f64(),
+        },
         (Value::String(x), Value::String(y)) => x < y,
         _ => false,
     }
