@@ -155,47 +155,77 @@ fn what_sluice_emits_is_valid_protocol() {
     assert_all_valid("AirbyteStateMessage", synced.outcome["state"].as_array().unwrap());
 }
 
-#[test]
-fn the_orchestrator_attaches_to_connectors_through_named_pipes() {
-    // As in a task: an init step made the FIFOs, each connector runs in its
-    // own "container" (here a shell) on those pipes, the orchestrator attaches.
-    let s = Scratch::new();
-    let sluice_exe = env!("CARGO_BIN_EXE_sluice");
+/// As in a task: an init step made the FIFOs, each connector runs in its own
+/// "container" (here a shell running `attach_wrapper`) on those pipes, and
+/// the orchestrator attaches. Returns the shells and the sync config file.
+fn attached_task(s: &Scratch, source: (&[String], Value), destination: (&[String], Value)) -> (Vec<std::process::Child>, std::path::PathBuf) {
     let mut shells = Vec::new();
-    for (side, verb, wants_stdin, connector) in [("source", "read", false, "source-faker"), ("destination", "write", true, "destination-jsonl")] {
+    for (side, verb, wants_stdin, command) in [("source", "read", false, source.0), ("destination", "write", true, destination.0)] {
         let pipes = s.path(&format!("pipes/{side}"));
         std::fs::create_dir_all(&pipes).unwrap();
         let names: &[&str] = if wants_stdin { &["stdin", "stdout", "stderr"] } else { &["stdout", "stderr"] };
         for name in names {
             assert!(Command::new("mkfifo").arg(pipes.join(name)).status().unwrap().success());
         }
-        let command = [sluice_exe.to_string(), "connector".into(), connector.into()];
-        let script = sluice_orchestrator::connector::attach_wrapper(&pipes, &command, wants_stdin);
+        let script = sluice_orchestrator::connector::attach_wrapper(&pipes, command, wants_stdin);
         let work = s.path(&format!("work/{side}"));
         let files = [format!("--config {}/config.json", work.display()), format!("--catalog {}/catalog.json", work.display())].join(" ");
-        // The init step writes the files; the connector waits for them like a container would.
+        // The connector waits for its files like a container would; the catalog is written last.
         let shell = format!("while [ ! -f {}/catalog.json ]; do sleep 0.05; done; set -- {verb} {files}; {script}", work.display());
         shells.push(Command::new("sh").arg("-c").arg(shell).spawn().unwrap());
     }
-    let faker = sluice_source_faker::catalog();
-    let users = faker.streams.into_iter().find(|s| s.name == "users").unwrap();
-    let catalog = sluice_protocol::ConfiguredAirbyteCatalog {
-        streams: vec![sluice_protocol::ConfiguredAirbyteStream::with_defaults(users)],
-        extra: Default::default(),
-    };
     let attach = |side: &str| json!({"attach": {"dir": s.path(&format!("pipes/{side}"))}});
     let config = s.json("sync.json", &json!({
-        "source": {"name": "source-faker", "launch": attach("source"), "config": {"count": 42}},
-        "destination": {"name": "destination-jsonl", "launch": attach("destination"), "config": {"destination_path": s.path("out")}},
-        "catalog": catalog,
+        "source": {"name": "source", "launch": attach("source"), "config": source.1},
+        "destination": {"name": "destination", "launch": attach("destination"), "config": destination.1},
+        "catalog": {"streams": [{"stream": {"name": "items", "json_schema": {}, "supported_sync_modes": ["incremental"]},
+            "sync_mode": "incremental", "cursor_field": ["id"], "destination_sync_mode": "append"}]},
         "work_dir": s.path("work"),
+        "limits": {"shutdown_grace_secs": 2},
     }));
+    (shells, config)
+}
+
+#[test]
+fn the_orchestrator_attaches_to_connectors_through_named_pipes() {
+    let s = Scratch::new();
+    let source = vec![fixture("scripted_source.py")];
+    let destination = vec![env!("CARGO_BIN_EXE_sluice").to_string(), "connector".into(), "destination-jsonl".into()];
+    let (shells, config) = attached_task(&s, (&source, json!({"records": 42, "state_every": 10})), (&destination, json!({"destination_path": s.path("out")})));
     let out = sluice().arg("orchestrate").arg("--config").arg(&config).output().unwrap();
     let outcome: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(outcome["status"], "succeeded", "{outcome:#}");
     assert_eq!(outcome["streams"][0]["committed"]["records"], 42);
-    assert_eq!(s.read_lines("out/users.jsonl").len(), 42);
+    assert_eq!(s.read_lines("out/items.jsonl").len(), 42);
     for mut shell in shells {
         assert!(shell.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn cancelling_an_attached_task_stops_its_connectors() {
+    let s = Scratch::new();
+    let source = vec![fixture("scripted_source.py")];
+    let destination = vec![env!("CARGO_BIN_EXE_sluice").to_string(), "connector".into(), "destination-jsonl".into()];
+    let slow = json!({"records": 100000, "state_every": 5, "delay_secs": 0.01});
+    let (shells, config) = attached_task(&s, (&source, slow), (&destination, json!({"destination_path": s.path("out")})));
+    let state = s.path("state.json");
+    let child = sluice().arg("orchestrate").arg("--config").arg(&config).arg("--state-file").arg(&state)
+        .stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !state.exists() {
+        assert!(std::time::Instant::now() < deadline, "no state committed in time");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let outcome: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(outcome["status"], "cancelled", "{outcome:#}");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(outcome["state"][0]["stream"]["stream_state"]["cursor"].as_i64().unwrap() >= 5);
+    // Both "containers" ended and reported how.
+    for (side, mut shell) in ["source", "destination"].into_iter().zip(shells) {
+        shell.wait().unwrap();
+        assert!(s.path(&format!("pipes/{side}/exit")).exists(), "{side} wrote no exit status");
     }
 }
