@@ -65,6 +65,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     }
     let cache = Cache::from_env();
     let sluice = std::env::current_exe()?;
+    // Settled before the long runs, so a wrong path fails at once.
+    let python = pyairbyte_python(&args, &cache)?;
+    if let Some(python) = &python {
+        if !python.exists() {
+            bail!("PyAirbyte's Python {} does not exist\n\nConsider --install-pyairbyte, or leave --pyairbyte-python out", python.display());
+        }
+    }
     let dir = cache.root.join("bench").join(format!("{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let source = wrapper(&dir, &sluice, "source-faker")?;
@@ -100,7 +107,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         eprintln!("  run {run}: raw pipe {:.2} s, orchestrator {:.2} s", pipe.last().unwrap().secs, orchestrated.last().unwrap().secs);
     }
 
-    let python = pyairbyte_python(&args, &cache)?;
     let mut pyairbyte = None;
     if let Some(python) = &python {
         let records = args.pyairbyte_records.unwrap_or(args.records.min(50_000));

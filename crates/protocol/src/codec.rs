@@ -113,6 +113,8 @@ pub struct LineReader<R> {
     eof: bool,
     /// Inside a line that was too long: drop input up to its end.
     skipping: bool,
+    /// Where the newline search resumes.
+    scanned: usize,
 }
 
 const INITIAL_BUFFER: usize = 256 * 1024;
@@ -128,6 +130,7 @@ impl<R: Read> LineReader<R> {
             line_number: 0,
             eof: false,
             skipping: false,
+            scanned: 0,
         }
     }
 
@@ -158,7 +161,11 @@ impl<R: Read> LineReader<R> {
                     None => self.start = self.end,
                 }
             }
-            if let Some(pos) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+            // Bytes before `scanned` are known to hold no newline: a long line is scanned once.
+            let from = self.scanned.max(self.start);
+            if let Some(found) = memchr::memchr(b'\n', &self.buf[from..self.end]) {
+                let pos = from - self.start + found;
+                self.scanned = 0;
                 let line = (self.start, self.start + pos);
                 self.start += pos + 1;
                 self.line_number += 1;
@@ -170,6 +177,7 @@ impl<R: Read> LineReader<R> {
                 }
                 return Ok(Some(line));
             }
+            self.scanned = self.end;
             let pending = self.end - self.start;
             if pending > self.limit && !self.skipping {
                 self.line_number += 1;
@@ -206,9 +214,11 @@ impl<R: Read> LineReader<R> {
     }
 
     fn make_room(&mut self) {
-        if self.start > 0 {
+        // Move the partial line to the front only when little room is left behind it.
+        if self.start > 0 && self.buf.len() - self.end < self.buf.len() / 4 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
+            self.scanned = self.scanned.saturating_sub(self.start);
             self.start = 0;
         }
         if self.end == self.buf.len() {
