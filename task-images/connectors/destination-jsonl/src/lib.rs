@@ -36,13 +36,7 @@ pub fn main(args: &[String]) -> i32 {
 fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
     match command {
         Command::Spec => Ok(out.message(&AirbyteMessage::spec(spec()))?),
-        Command::Check { config } => {
-            let status = match load_config(&config).and_then(|c| check_writable(&c.destination_path)) {
-                Ok(()) => AirbyteMessage::connection_status(ConnectionStatusKind::Succeeded, None),
-                Err(failure) => AirbyteMessage::connection_status(ConnectionStatusKind::Failed, Some(failure.message)),
-            };
-            Ok(out.message(&status)?)
-        }
+        Command::Check { config } => Ok(out.check_result(load_config(&config).and_then(|c| check_writable(&c.destination_path)))?),
         Command::Write { config, catalog } => {
             let config = load_config(&config)?;
             let catalog: ConfiguredAirbyteCatalog = read_json("catalog", &catalog)?;

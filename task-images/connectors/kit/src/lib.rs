@@ -96,6 +96,14 @@ impl Output {
     pub fn log(&mut self, level: LogLevel, text: impl Into<String>) -> io::Result<()> {
         self.message(&AirbyteMessage::log(level, text))
     }
+    /// The answer to `check`: SUCCEEDED, or FAILED with the failure's message.
+    pub fn check_result(&mut self, result: Result<(), Failure>) -> io::Result<()> {
+        use sluice_protocol::ConnectionStatusKind::{Failed, Succeeded};
+        self.message(&match result {
+            Ok(()) => AirbyteMessage::connection_status(Succeeded, None),
+            Err(failure) => AirbyteMessage::connection_status(Failed, Some(failure.message)),
+        })
+    }
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
