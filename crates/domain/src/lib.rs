@@ -1,7 +1,8 @@
 //! The platform's domain: jobs and attempts, workloads, connections and
-//! their schedules. Plain data and pure transition functions, no I/O: the
+//! their schedules, connector configs and their secrets. Plain data and pure transition functions, no I/O: the
 //! store persists what these functions return, conditionally on `Version`.
 
+pub mod config;
 pub mod connection;
 pub mod cron;
 pub mod job;
