@@ -1,0 +1,246 @@
+//! The embedded storage: one SQLite file in WAL mode under the data
+//! directory holds the records and the durable queue. Every transition is an
+//! `UPDATE ... WHERE version = ?`, the same condition the DynamoDB adapter
+//! puts in its `ConditionExpression`; zero rows changed is a conflict.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use jiff::{SignedDuration, Timestamp};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use sluice_domain::{Version, Workload, WorkloadStatus, WorkloadType};
+use sluice_store::{Delivery, StoreError, WorkloadQueue, WorkloadStore};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS workloads (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    mutex_key TEXT,
+    claimed_by TEXT,
+    input TEXT NOT NULL,
+    deadline_ns INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    reason TEXT,
+    task_ref TEXT,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS workloads_by_mutex ON workloads (mutex_key, status);
+CREATE INDEX IF NOT EXISTS workloads_by_deadline ON workloads (status, deadline_ns);
+CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    workload_id TEXT NOT NULL,
+    visible_ns INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    enqueued_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_by_visibility ON queue (visible_ns, seq);
+";
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+fn ns(t: Timestamp) -> i64 {
+    t.as_nanosecond() as i64
+}
+
+fn from_ns(value: i64) -> Timestamp {
+    Timestamp::from_nanosecond(i128::from(value)).expect("stored timestamps are in range")
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`. Writes are synced to
+    /// disk before they return, so an accepted write survives a crash.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(unavailable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&conn)
+    }
+}
+
+const WORKLOAD_COLUMNS: &str = "id, kind, status, mutex_key, claimed_by, input, deadline_ns, created_ns, updated_ns, reason, task_ref, version";
+
+fn workload_from_row(row: &Row<'_>) -> rusqlite::Result<Workload> {
+    let text = |i: usize| row.get::<_, String>(i);
+    let kind = text(1)?;
+    let status = text(2)?;
+    let bad = |what: &str, value: &str| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("unknown workload {what} `{value}`").into())
+    };
+    Ok(Workload {
+        id: text(0)?,
+        kind: WorkloadType::parse(&kind).ok_or_else(|| bad("type", &kind))?,
+        status: WorkloadStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
+        mutex_key: row.get(3)?,
+        claimed_by: row.get(4)?,
+        input: text(5)?,
+        deadline: from_ns(row.get(6)?),
+        created_at: from_ns(row.get(7)?),
+        updated_at: from_ns(row.get(8)?),
+        reason: row.get(9)?,
+        task_ref: row.get(10)?,
+        version: Version::new(row.get::<_, i64>(11)? as u64),
+    })
+}
+
+fn current_version(conn: &Connection, id: &str) -> Result<Option<Version>, StoreError> {
+    conn.query_row("SELECT version FROM workloads WHERE id = ?1", [id], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|v| Version::new(v as u64)))
+        .map_err(unavailable)
+}
+
+#[async_trait]
+impl WorkloadStore for SqliteStore {
+    async fn insert_workload(&self, w: &Workload) -> Result<Workload, StoreError> {
+        let stored = Workload { version: Version::INITIAL.next(), ..w.clone() };
+        self.with(|conn| {
+            let inserted = conn.execute(
+                &format!("INSERT INTO workloads ({WORKLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+                params![
+                    stored.id,
+                    stored.kind.as_str(),
+                    stored.status.as_str(),
+                    stored.mutex_key,
+                    stored.claimed_by,
+                    stored.input,
+                    ns(stored.deadline),
+                    ns(stored.created_at),
+                    ns(stored.updated_at),
+                    stored.reason,
+                    stored.task_ref,
+                    stored.version.get() as i64
+                ],
+            );
+            match inserted {
+                Ok(_) => Ok(stored.clone()),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
+                    Err(StoreError::Duplicate { entity: "workload", id: stored.id.clone() })
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+    }
+
+    async fn get_workload(&self, id: &str) -> Result<Workload, StoreError> {
+        self.with(|conn| {
+            conn.query_row(&format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE id = ?1"), [id], workload_from_row)
+                .optional()
+                .map_err(unavailable)?
+                .ok_or_else(|| StoreError::NotFound { entity: "workload", id: id.to_owned() })
+        })
+    }
+
+    async fn update_workload(&self, next: &Workload) -> Result<Workload, StoreError> {
+        let written = Workload { version: next.version.next(), ..next.clone() };
+        self.with(|conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE workloads SET status = ?1, mutex_key = ?2, claimed_by = ?3, input = ?4, deadline_ns = ?5, updated_ns = ?6,
+                     reason = ?7, task_ref = ?8, version = ?9 WHERE id = ?10 AND version = ?11",
+                    params![
+                        written.status.as_str(),
+                        written.mutex_key,
+                        written.claimed_by,
+                        written.input,
+                        ns(written.deadline),
+                        ns(written.updated_at),
+                        written.reason,
+                        written.task_ref,
+                        written.version.get() as i64,
+                        written.id,
+                        next.version.get() as i64
+                    ],
+                )
+                .map_err(unavailable)?;
+            if changed == 1 {
+                return Ok(written.clone());
+            }
+            match current_version(conn, &next.id)? {
+                Some(current) => Err(StoreError::Conflict { entity: "workload", id: next.id.clone(), current }),
+                None => Err(StoreError::NotFound { entity: "workload", id: next.id.clone() }),
+            }
+        })
+    }
+
+    async fn active_workloads(&self, mutex_key: &str) -> Result<Vec<Workload>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE mutex_key = ?1
+                     AND status NOT IN ('success', 'failure', 'cancelled') ORDER BY created_ns"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt.query_map([mutex_key], workload_from_row).map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+    }
+
+    async fn overdue_workloads(&self, now: Timestamp) -> Result<Vec<Workload>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE status NOT IN ('success', 'failure', 'cancelled')
+                     AND deadline_ns < ?1 ORDER BY deadline_ns"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt.query_map([ns(now)], workload_from_row).map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+    }
+}
+
+#[async_trait]
+impl WorkloadQueue for SqliteStore {
+    async fn enqueue(&self, workload_id: &str, now: Timestamp) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute("INSERT INTO queue (workload_id, visible_ns, enqueued_ns) VALUES (?1, ?2, ?2)", params![workload_id, ns(now)])
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    async fn receive(&self, now: Timestamp, visibility: SignedDuration) -> Result<Option<Delivery>, StoreError> {
+        let hidden_until = ns(now.checked_add(visibility).unwrap_or(now));
+        self.with(|conn| {
+            // One statement: picking and hiding a message cannot interleave with another receiver.
+            conn.query_row(
+                "UPDATE queue SET visible_ns = ?1, receive_count = receive_count + 1
+                 WHERE seq = (SELECT seq FROM queue WHERE visible_ns <= ?2 ORDER BY seq LIMIT 1)
+                 RETURNING seq, workload_id, receive_count",
+                params![hidden_until, ns(now)],
+                |r| {
+                    let (seq, workload_id, count): (i64, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                    Ok(Delivery { workload_id, receipt: format!("{seq}.{count}"), receive_count: count as u32 })
+                },
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+    }
+
+    async fn acknowledge(&self, receipt: &str) -> Result<(), StoreError> {
+        let not_found = || StoreError::NotFound { entity: "queue receipt", id: receipt.to_owned() };
+        let (seq, count) = receipt.split_once('.').ok_or_else(not_found)?;
+        let (seq, count): (i64, i64) = (seq.parse().map_err(|_| not_found())?, count.parse().map_err(|_| not_found())?);
+        self.with(|conn| {
+            let deleted = conn.execute("DELETE FROM queue WHERE seq = ?1 AND receive_count = ?2", params![seq, count]).map_err(unavailable)?;
+            if deleted == 1 { Ok(()) } else { Err(not_found()) }
+        })
+    }
+}

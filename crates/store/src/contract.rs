@@ -1,0 +1,84 @@
+//! The contract every adapter meets, as plain async functions: an adapter's
+//! tests call each with a fresh store. The same checks will run against the
+//! SQLite store and the DynamoDB/SQS store on moto, so the two cannot drift.
+
+use jiff::{SignedDuration, Timestamp};
+use sluice_domain::{Version, Workload, WorkloadEvent, WorkloadStatus, WorkloadType};
+
+use crate::{StoreError, WorkloadQueue, WorkloadStore};
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).expect("valid")
+}
+
+fn workload(id: &str, key: Option<&str>) -> Workload {
+    Workload::new(id.into(), WorkloadType::Sync, key.map(String::from), r#"{"job":1}"#.into(), t(0))
+}
+
+/// Insert, read back, conditional update, and the errors for each misuse.
+pub async fn workloads_round_trip(store: &dyn WorkloadStore) {
+    let stored = store.insert_workload(&workload("w1", Some("conn"))).await.expect("insert");
+    assert_eq!(stored.version, Version::new(1));
+    assert_eq!(store.get_workload("w1").await.expect("get"), stored);
+    assert!(matches!(store.insert_workload(&workload("w1", None)).await, Err(StoreError::Duplicate { .. })));
+    assert!(matches!(store.get_workload("nope").await, Err(StoreError::NotFound { .. })));
+
+    let claimed = stored.apply(&WorkloadEvent::Claim { by: "l1".into() }, t(1)).unwrap().unwrap();
+    let written = store.update_workload(&claimed).await.expect("update");
+    assert_eq!(written.version, Version::new(2));
+    assert_eq!(written.status, WorkloadStatus::Claimed);
+    assert_eq!(store.get_workload("w1").await.unwrap(), written);
+    assert!(matches!(store.update_workload(&workload("ghost", None)).await, Err(StoreError::NotFound { .. })));
+}
+
+/// Two writers read the same version; exactly one write wins.
+pub async fn workloads_race(store: &dyn WorkloadStore) {
+    let stored = store.insert_workload(&workload("race", None)).await.unwrap();
+    let a = stored.apply(&WorkloadEvent::Claim { by: "a".into() }, t(1)).unwrap().unwrap();
+    let b = stored.apply(&WorkloadEvent::Claim { by: "b".into() }, t(1)).unwrap().unwrap();
+    let (ra, rb) = tokio::join!(store.update_workload(&a), store.update_workload(&b));
+    let wins = [ra.is_ok(), rb.is_ok()].iter().filter(|ok| **ok).count();
+    assert_eq!(wins, 1, "exactly one writer wins: {ra:?} {rb:?}");
+    let loser = if ra.is_ok() { rb } else { ra };
+    match loser {
+        Err(StoreError::Conflict { current, .. }) => assert_eq!(current, Version::new(2)),
+        other => panic!("the loser gets a conflict naming the current version, got {other:?}"),
+    }
+}
+
+/// The mutex-key and deadline queries the scheduler and monitor use.
+pub async fn workloads_queries(store: &dyn WorkloadStore) {
+    let first = store.insert_workload(&workload("k1", Some("conn"))).await.unwrap();
+    store.insert_workload(&workload("k2", Some("other"))).await.unwrap();
+    let done = first.apply(&WorkloadEvent::Fail { reason: "superseded".into() }, t(1)).unwrap().unwrap();
+    store.insert_workload(&workload("k3", Some("conn"))).await.unwrap();
+    store.update_workload(&done).await.unwrap();
+    let active: Vec<String> = store.active_workloads("conn").await.unwrap().into_iter().map(|w| w.id).collect();
+    assert_eq!(active, ["k3"]);
+    // New workloads must be claimed within 30 minutes.
+    assert!(store.overdue_workloads(t(1800)).await.unwrap().is_empty());
+    let mut overdue: Vec<String> = store.overdue_workloads(t(1801)).await.unwrap().into_iter().map(|w| w.id).collect();
+    overdue.sort();
+    assert_eq!(overdue, ["k2", "k3"], "terminal workloads are never overdue");
+}
+
+/// At-least-once delivery with a visibility timeout, as SQS does it.
+pub async fn queue_delivery(queue: &dyn WorkloadQueue) {
+    let visibility = SignedDuration::from_secs(30);
+    assert_eq!(queue.receive(t(0), visibility).await.unwrap(), None);
+    queue.enqueue("w1", t(0)).await.unwrap();
+    queue.enqueue("w2", t(1)).await.unwrap();
+    let first = queue.receive(t(2), visibility).await.unwrap().expect("a message");
+    assert_eq!((first.workload_id.as_str(), first.receive_count), ("w1", 1));
+    let second = queue.receive(t(2), visibility).await.unwrap().expect("the next message");
+    assert_eq!(second.workload_id, "w2", "a received message is invisible to others");
+    assert_eq!(queue.receive(t(3), visibility).await.unwrap(), None);
+    queue.acknowledge(&second.receipt).await.unwrap();
+
+    // Not acknowledged in time: delivered again, and the old receipt is void.
+    let again = queue.receive(t(40), visibility).await.unwrap().expect("redelivery");
+    assert_eq!((again.workload_id.as_str(), again.receive_count), ("w1", 2));
+    assert!(queue.acknowledge(&first.receipt).await.is_err(), "an outdated receipt acknowledges nothing");
+    queue.acknowledge(&again.receipt).await.unwrap();
+    assert_eq!(queue.receive(t(100), visibility).await.unwrap(), None);
+}

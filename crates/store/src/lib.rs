@@ -1,0 +1,64 @@
+//! The platform's storage ports, small and by capability: a handler takes
+//! the narrowest one it needs. Each has an embedded adapter
+//! (`sluice-store-sqlite`) and, later, an AWS one (DynamoDB, SQS); both must
+//! pass the same [`contract`] tests.
+//!
+//! Architecture invariant: every write of a stateful record is conditional
+//! on the `Version` it was read at. There is no unconditional put, so two
+//! writers racing on one record cannot both win.
+
+pub mod contract;
+
+use async_trait::async_trait;
+use jiff::{SignedDuration, Timestamp};
+use sluice_domain::{Version, Workload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: String },
+    /// The record changed since it was read; `current` is its version now.
+    #[error("{entity} {id} was changed by someone else (now at version {})", current.get())]
+    Conflict { entity: &'static str, id: String, current: Version },
+    #[error("{entity} {id} already exists")]
+    Duplicate { entity: &'static str, id: String },
+    /// The storage itself failed; the source says how.
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+#[async_trait]
+pub trait WorkloadStore: Send + Sync {
+    /// Stores a new workload (its version must be `INITIAL`); returns it at version 1.
+    async fn insert_workload(&self, workload: &Workload) -> Result<Workload, StoreError>;
+    async fn get_workload(&self, id: &str) -> Result<Workload, StoreError>;
+    /// Writes `next` if the stored version is still `next.version`; returns it
+    /// with the version bumped.
+    async fn update_workload(&self, next: &Workload) -> Result<Workload, StoreError>;
+    /// Active (not terminal) workloads holding `mutex_key`.
+    async fn active_workloads(&self, mutex_key: &str) -> Result<Vec<Workload>, StoreError>;
+    /// Active workloads whose deadline is before `now`: the monitor's work.
+    async fn overdue_workloads(&self, now: Timestamp) -> Result<Vec<Workload>, StoreError>;
+}
+
+/// A message taken from the queue, invisible to others until acknowledged
+/// or until its visibility timeout passes (then it is delivered again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub workload_id: String,
+    /// Names this delivery for `acknowledge`.
+    pub receipt: String,
+    /// 1 on the first delivery.
+    pub receive_count: u32,
+}
+
+/// The durable workload queue: once `enqueue` returns, the message survives
+/// a crash, and it is delivered at least once.
+#[async_trait]
+pub trait WorkloadQueue: Send + Sync {
+    async fn enqueue(&self, workload_id: &str, now: Timestamp) -> Result<(), StoreError>;
+    async fn receive(&self, now: Timestamp, visibility: SignedDuration) -> Result<Option<Delivery>, StoreError>;
+    /// Removes a delivered message. An unknown or outdated receipt (the
+    /// message was delivered again since) changes nothing and is an error.
+    async fn acknowledge(&self, receipt: &str) -> Result<(), StoreError>;
+}
