@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
-use sluice_domain::{Version, Workload, WorkloadStatus, WorkloadType};
+use sluice_domain::{Job, JobStatus, JobType, Version, Workload, WorkloadStatus, WorkloadType};
+use sluice_store::{JobFilter, JobStore};
 use sluice_store::{Delivery, StoreError, WorkloadQueue, WorkloadStore};
 
 const SCHEMA: &str = "
@@ -37,6 +38,19 @@ CREATE TABLE IF NOT EXISTS queue (
     enqueued_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_by_visibility ON queue (visible_ns, seq);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    connection_id TEXT NOT NULL,
+    job_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    streams TEXT NOT NULL,
+    attempts TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    retry_at_ns INTEGER,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_connection ON jobs (connection_id, id);
 ";
 
 pub struct SqliteStore {
@@ -67,9 +81,9 @@ impl SqliteStore {
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&conn)
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut conn)
     }
 }
 
@@ -241,6 +255,126 @@ impl WorkloadQueue for SqliteStore {
         self.with(|conn| {
             let deleted = conn.execute("DELETE FROM queue WHERE seq = ?1 AND receive_count = ?2", params![seq, count]).map_err(unavailable)?;
             if deleted == 1 { Ok(()) } else { Err(not_found()) }
+        })
+    }
+}
+
+mod job_rows;
+
+const JOB_COLUMNS: &str = "id, connection_id, job_type, status, streams, attempts, created_ns, updated_ns, retry_at_ns, version";
+const UNFINISHED: &str = "status IN ('pending', 'running', 'incomplete')";
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    let bad = |i: usize, what: String| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, what.into());
+    let job_type: String = row.get(2)?;
+    let status: String = row.get(3)?;
+    let streams: String = row.get(4)?;
+    let attempts: String = row.get(5)?;
+    Ok(Job {
+        id: row.get(0)?,
+        connection_id: row.get(1)?,
+        job_type: JobType::parse(&job_type).ok_or_else(|| bad(2, format!("unknown job type `{job_type}`")))?,
+        status: JobStatus::parse(&status).ok_or_else(|| bad(3, format!("unknown job status `{status}`")))?,
+        streams: serde_json::from_str(&streams).map_err(|e| bad(4, e.to_string()))?,
+        attempts: job_rows::attempts_from_json(&attempts).map_err(|e| bad(5, e))?,
+        created_at: from_ns(row.get(6)?),
+        updated_at: from_ns(row.get(7)?),
+        retry_at: row.get::<_, Option<i64>>(8)?.map(from_ns),
+        version: Version::new(row.get::<_, i64>(9)? as u64),
+    })
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn create_job(&self, connection_id: &str, job_type: JobType, streams: Vec<String>, now: Timestamp) -> Result<Job, StoreError> {
+        self.with(|conn| {
+            // One transaction: the check for an unfinished job and the insert.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
+            let running: Option<i64> = tx
+                .query_row(&format!("SELECT id FROM jobs WHERE connection_id = ?1 AND {UNFINISHED} LIMIT 1"), [connection_id], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            if let Some(job_id) = running {
+                return Err(StoreError::JobRunning { connection_id: connection_id.to_owned(), job_id });
+            }
+            let job = Job::new(0, connection_id, job_type, streams, now);
+            tx.execute(
+                "INSERT INTO jobs (connection_id, job_type, status, streams, attempts, created_ns, updated_ns, retry_at_ns, version)
+                 VALUES (?1, ?2, ?3, ?4, '[]', ?5, ?5, NULL, 1)",
+                params![connection_id, job_type.as_str(), job.status.as_str(), serde_json::to_string(&job.streams).expect("strings"), ns(now)],
+            )
+            .map_err(unavailable)?;
+            let id = tx.last_insert_rowid();
+            tx.commit().map_err(unavailable)?;
+            Ok(Job { id, version: Version::new(1), ..job })
+        })
+    }
+
+    async fn get_job(&self, id: i64) -> Result<Job, StoreError> {
+        self.with(|conn| {
+            conn.query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id], job_from_row)
+                .optional()
+                .map_err(unavailable)?
+                .ok_or_else(|| StoreError::NotFound { entity: "job", id: id.to_string() })
+        })
+    }
+
+    async fn update_job(&self, next: &Job) -> Result<Job, StoreError> {
+        let written = Job { version: next.version.next(), ..next.clone() };
+        self.with(|conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE jobs SET status = ?1, streams = ?2, attempts = ?3, updated_ns = ?4, retry_at_ns = ?5, version = ?6
+                     WHERE id = ?7 AND version = ?8",
+                    params![
+                        written.status.as_str(),
+                        serde_json::to_string(&written.streams).expect("strings"),
+                        job_rows::attempts_to_json(&written.attempts),
+                        ns(written.updated_at),
+                        written.retry_at.map(ns),
+                        written.version.get() as i64,
+                        written.id,
+                        next.version.get() as i64
+                    ],
+                )
+                .map_err(unavailable)?;
+            if changed == 1 {
+                return Ok(written.clone());
+            }
+            let current: Option<i64> =
+                conn.query_row("SELECT version FROM jobs WHERE id = ?1", [next.id], |r| r.get(0)).optional().map_err(unavailable)?;
+            match current {
+                Some(v) => Err(StoreError::Conflict { entity: "job", id: next.id.to_string(), current: Version::new(v as u64) }),
+                None => Err(StoreError::NotFound { entity: "job", id: next.id.to_string() }),
+            }
+        })
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs
+                     WHERE (?1 IS NULL OR connection_id = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR job_type = ?3)
+                       AND (?4 IS NULL OR created_ns >= ?4) AND (?5 IS NULL OR created_ns <= ?5)
+                     ORDER BY id DESC LIMIT ?6 OFFSET ?7"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        filter.connection_id,
+                        filter.status.map(JobStatus::as_str),
+                        filter.job_type.map(JobType::as_str),
+                        filter.created_at_start.map(ns),
+                        filter.created_at_end.map(ns),
+                        filter.limit as i64,
+                        filter.offset as i64
+                    ],
+                    job_from_row,
+                )
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
     }
 }

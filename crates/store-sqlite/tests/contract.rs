@@ -50,3 +50,9 @@ async fn accepted_work_survives_reopening() {
     let delivery = store.receive(now, jiff::SignedDuration::from_secs(30)).await.unwrap().expect("still queued");
     assert_eq!(delivery.workload_id, "w");
 }
+
+#[tokio::test]
+async fn jobs_lifecycle() {
+    let (_dir, store) = fresh();
+    contract::jobs_lifecycle(&store).await;
+}

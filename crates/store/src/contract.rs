@@ -3,9 +3,9 @@
 //! SQLite store and the DynamoDB/SQS store on moto, so the two cannot drift.
 
 use jiff::{SignedDuration, Timestamp};
-use sluice_domain::{Version, Workload, WorkloadEvent, WorkloadStatus, WorkloadType};
+use sluice_domain::{FailureReason, JobStatus, JobType, RetryPolicy, StreamStats, SyncStats, Version, Workload, WorkloadEvent, WorkloadStatus, WorkloadType};
 
-use crate::{StoreError, WorkloadQueue, WorkloadStore};
+use crate::{JobFilter, JobStore, StoreError, WorkloadQueue, WorkloadStore};
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).expect("valid")
@@ -81,4 +81,37 @@ pub async fn queue_delivery(queue: &dyn WorkloadQueue) {
     assert!(queue.acknowledge(&first.receipt).await.is_err(), "an outdated receipt acknowledges nothing");
     queue.acknowledge(&again.receipt).await.unwrap();
     assert_eq!(queue.receive(t(100), visibility).await.unwrap(), None);
+}
+
+/// Jobs: integer ids, one unfinished job per connection, attempts kept whole.
+pub async fn jobs_lifecycle(store: &dyn JobStore) {
+    let job = store.create_job("conn", JobType::Sync, vec![], t(0)).await.expect("create");
+    assert_eq!((job.status, job.version), (JobStatus::Pending, Version::new(1)));
+    match store.create_job("conn", JobType::Sync, vec![], t(1)).await {
+        Err(StoreError::JobRunning { job_id, .. }) => assert_eq!(job_id, job.id),
+        other => panic!("a second job while one is unfinished must be refused, got {other:?}"),
+    }
+    let other = store.create_job("elsewhere", JobType::Reset, vec!["users".into()], t(1)).await.unwrap();
+    assert!(other.id > job.id, "ids increase");
+
+    let running = store.update_job(&job.start_attempt("conn_1_0_sync".into(), t(2)).unwrap()).await.unwrap();
+    let stats = SyncStats { records_emitted: 10, bytes_emitted: 100, records_committed: 7, bytes_committed: 70 };
+    let streams = vec![StreamStats { namespace: Some("public".into()), name: "users".into(), stats: stats.clone() }];
+    let failure = FailureReason { origin: "source".into(), failure_type: "system_error".into(), message: "boom".into(), stream: Some("users".into()) };
+    let failed = running.attempt_failed(failure, stats, streams, &RetryPolicy::default(), t(3)).unwrap();
+    let stored = store.update_job(&failed).await.unwrap();
+    assert_eq!(store.get_job(job.id).await.unwrap(), stored, "attempts, stats and failures read back whole");
+    assert!(matches!(store.update_job(&failed).await, Err(StoreError::Conflict { .. })), "a stale write is refused");
+
+    let done = store.update_job(&stored.cancel(t(4)).unwrap()).await.unwrap();
+    assert_eq!(done.status, JobStatus::Cancelled);
+    let next = store.create_job("conn", JobType::Sync, vec![], t(5)).await.expect("a finished job frees the connection");
+
+    let mine = store.list_jobs(&JobFilter { connection_id: Some("conn".into()), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(mine.iter().map(|j| j.id).collect::<Vec<_>>(), [next.id, job.id], "newest first");
+    let page = store.list_jobs(&JobFilter { limit: 1, offset: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(page.len(), 1);
+    let resets = store.list_jobs(&JobFilter { job_type: Some(JobType::Reset), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(resets.iter().map(|j| j.id).collect::<Vec<_>>(), [other.id]);
+    assert!(matches!(store.get_job(999_999).await, Err(StoreError::NotFound { .. })));
 }

@@ -11,7 +11,7 @@ pub mod contract;
 
 use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
-use sluice_domain::{Version, Workload};
+use sluice_domain::{Job, JobStatus, JobType, Version, Workload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -22,6 +22,9 @@ pub enum StoreError {
     Conflict { entity: &'static str, id: String, current: Version },
     #[error("{entity} {id} already exists")]
     Duplicate { entity: &'static str, id: String },
+    /// Connection `connection_id` already has job `job_id` running: one at a time.
+    #[error("a sync is already running for connection {connection_id}: job {job_id}")]
+    JobRunning { connection_id: String, job_id: i64 },
     /// The storage itself failed; the source says how.
     #[error("storage unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -39,6 +42,29 @@ pub trait WorkloadStore: Send + Sync {
     async fn active_workloads(&self, mutex_key: &str) -> Result<Vec<Workload>, StoreError>;
     /// Active workloads whose deadline is before `now`: the monitor's work.
     async fn overdue_workloads(&self, now: Timestamp) -> Result<Vec<Workload>, StoreError>;
+}
+
+/// Which jobs to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub connection_id: Option<String>,
+    pub status: Option<JobStatus>,
+    pub job_type: Option<JobType>,
+    pub created_at_start: Option<Timestamp>,
+    pub created_at_end: Option<Timestamp>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Creates a pending job with the next integer id, unless the connection
+    /// already has a job that is not finished ([`StoreError::JobRunning`]).
+    async fn create_job(&self, connection_id: &str, job_type: JobType, streams: Vec<String>, now: Timestamp) -> Result<Job, StoreError>;
+    async fn get_job(&self, id: i64) -> Result<Job, StoreError>;
+    /// Writes `next` if the stored version is still `next.version`.
+    async fn update_job(&self, next: &Job) -> Result<Job, StoreError>;
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
 }
 
 /// A message taken from the queue, invisible to others until acknowledged
