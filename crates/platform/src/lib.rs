@@ -1,0 +1,160 @@
+//! The platform's services: what the scheduler and the workload API do,
+//! written once over the ports so that `sluice up` and the Lambda functions
+//! share it. Time comes in as an argument; every write is conditional, and a
+//! lost race is re-read and re-decided, never overwritten.
+
+use jiff::Timestamp;
+use sluice_domain::{
+    sync_workload_id, FailureReason, Job, JobType, RetryPolicy, StreamStats, SyncStats, TransitionError, Workload, WorkloadEvent, WorkloadType,
+};
+use sluice_store::{JobStore, StoreError, WorkloadQueue, WorkloadStore};
+
+/// How often a write that lost a race is re-read and tried again.
+const MAX_RACES: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("{0} kept changing under us; try again")]
+    Contended(String),
+}
+
+/// The ports the services use.
+pub struct Ports<'a> {
+    pub jobs: &'a dyn JobStore,
+    pub workloads: &'a dyn WorkloadStore,
+    pub queue: &'a dyn WorkloadQueue,
+}
+
+/// Applies one event to a workload: read, decide, write if unchanged. A
+/// repeated terminal call changes nothing and returns the workload as it is.
+pub async fn workload_event(ports: &Ports<'_>, id: &str, event: &WorkloadEvent, now: Timestamp) -> Result<Workload, PlatformError> {
+    for _ in 0..MAX_RACES {
+        let current = ports.workloads.get_workload(id).await?;
+        let Some(next) = current.apply(event, now)? else { return Ok(current) };
+        match ports.workloads.update_workload(&next).await {
+            Err(StoreError::Conflict { .. }) => continue,
+            other => return Ok(other?),
+        }
+    }
+    Err(PlatformError::Contended(format!("workload {id}")))
+}
+
+/// Starts a job for a connection and its first attempt: the job, its sync
+/// workload (superseding any other active workload of the connection), and
+/// the queue message that gets it launched.
+pub async fn start_job(ports: &Ports<'_>, connection_id: &str, job_type: JobType, streams: Vec<String>, now: Timestamp) -> Result<Job, PlatformError> {
+    let job = ports.jobs.create_job(connection_id, job_type, streams, now).await?;
+    start_attempt(ports, job, now).await
+}
+
+/// Starts the next attempt of a pending or retrying job.
+pub async fn start_attempt(ports: &Ports<'_>, job: Job, now: Timestamp) -> Result<Job, PlatformError> {
+    let workload_id = sync_workload_id(&job.connection_id, job.id, job.attempts.len() as u32);
+    for stale in ports.workloads.active_workloads(&job.connection_id).await? {
+        workload_event(ports, &stale.id, &WorkloadEvent::Fail { reason: format!("superseded by {workload_id}") }, now).await?;
+    }
+    let input = format!(r#"{{"jobId":{},"attempt":{},"connectionId":"{}"}}"#, job.id, job.attempts.len(), job.connection_id);
+    let workload = Workload::new(workload_id.clone(), WorkloadType::Sync, Some(job.connection_id.clone()), input, now);
+    match ports.workloads.insert_workload(&workload).await {
+        // A retried request already made it: carry on with the same workload.
+        Ok(_) | Err(StoreError::Duplicate { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let job = ports.jobs.update_job(&job.start_attempt(workload_id.clone(), now)?).await?;
+    ports.queue.enqueue(&workload_id, now).await?;
+    Ok(job)
+}
+
+/// How an attempt ended, as the task reports it.
+pub enum AttemptEnd {
+    Succeeded { stats: SyncStats, streams: Vec<StreamStats> },
+    Failed { failure: FailureReason, stats: SyncStats, streams: Vec<StreamStats> },
+}
+
+/// Records the end of a job's running attempt: the job succeeds, or retries
+/// (incomplete, with the policy's backoff), or fails.
+pub async fn finish_attempt(ports: &Ports<'_>, job_id: i64, end: &AttemptEnd, policy: &RetryPolicy, now: Timestamp) -> Result<Job, PlatformError> {
+    for _ in 0..MAX_RACES {
+        let job = ports.jobs.get_job(job_id).await?;
+        let next = match end {
+            AttemptEnd::Succeeded { stats, streams } => job.attempt_succeeded(stats.clone(), streams.clone(), now)?,
+            AttemptEnd::Failed { failure, stats, streams } => job.attempt_failed(failure.clone(), stats.clone(), streams.clone(), policy, now)?,
+        };
+        if next == job {
+            return Ok(job);
+        }
+        match ports.jobs.update_job(&next).await {
+            Err(StoreError::Conflict { .. }) => continue,
+            other => return Ok(other?),
+        }
+    }
+    Err(PlatformError::Contended(format!("job {job_id}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::SignedDuration;
+    use sluice_domain::{JobStatus, WorkloadStatus};
+    use sluice_store_sqlite::SqliteStore;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("sluice.db")).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_job_starts_its_attempt_and_queues_its_workload() {
+        let (_d, s) = store();
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
+        assert_eq!(job.status, JobStatus::Running);
+        let workload_id = &job.attempts[0].workload_id;
+        assert_eq!(workload_id, &format!("conn_{}_0_sync", job.id));
+        let delivery = s.receive(t(1), SignedDuration::from_secs(30)).await.unwrap().unwrap();
+        assert_eq!(&delivery.workload_id, workload_id);
+        let refused = start_job(&ports, "conn", JobType::Sync, vec![], t(2)).await.unwrap_err();
+        assert!(refused.to_string().contains(&format!("job {}", job.id)), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn workload_events_are_idempotent_and_checked() {
+        let (_d, s) = store();
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
+        let id = job.attempts[0].workload_id.clone();
+        workload_event(&ports, &id, &WorkloadEvent::Claim { by: "launcher".into() }, t(1)).await.unwrap();
+        workload_event(&ports, &id, &WorkloadEvent::Running, t(2)).await.unwrap();
+        let done = workload_event(&ports, &id, &WorkloadEvent::Succeed, t(3)).await.unwrap();
+        let again = workload_event(&ports, &id, &WorkloadEvent::Succeed, t(4)).await.unwrap();
+        assert_eq!((done.status, again.version), (WorkloadStatus::Success, done.version), "a repeat writes nothing");
+        let late = workload_event(&ports, &id, &WorkloadEvent::Heartbeat, t(5)).await.unwrap_err();
+        assert!(late.to_string().contains("is success: cannot heartbeat"), "{late}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_retries_with_a_new_workload_that_supersedes_the_old() {
+        let (_d, s) = store();
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
+        let first = job.attempts[0].workload_id.clone();
+        let failure = FailureReason { origin: "source".into(), failure_type: "system_error".into(), message: "boom".into(), stream: None };
+        let end = AttemptEnd::Failed { failure, stats: SyncStats::default(), streams: vec![] };
+        let job = finish_attempt(&ports, job.id, &end, &RetryPolicy::default(), t(5)).await.unwrap();
+        assert_eq!((job.status, job.retry_at), (JobStatus::Incomplete, Some(t(15))));
+        let job = start_attempt(&ports, job, t(15)).await.unwrap();
+        assert_eq!(job.attempts.len(), 2);
+        let old = s.get_workload(&first).await.unwrap();
+        assert_eq!(old.status, WorkloadStatus::Failure);
+        assert!(old.reason.unwrap().starts_with("superseded by"));
+    }
+}
