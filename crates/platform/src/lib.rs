@@ -7,7 +7,8 @@ use jiff::Timestamp;
 use sluice_domain::{
     sync_workload_id, FailureReason, Job, JobType, RetryPolicy, StreamStats, SyncStats, TransitionError, Workload, WorkloadEvent, WorkloadType,
 };
-use sluice_store::{JobStore, StoreError, WorkloadQueue, WorkloadStore};
+use sluice_domain::{AttemptStatus, JobStatus};
+use sluice_store::{JobFilter, JobStore, StoreError, WorkloadQueue, WorkloadStore};
 
 /// How often a write that lost a race is re-read and tried again.
 const MAX_RACES: usize = 5;
@@ -95,6 +96,65 @@ pub async fn finish_attempt(ports: &Ports<'_>, job_id: i64, end: &AttemptEnd, po
     Err(PlatformError::Contended(format!("job {job_id}")))
 }
 
+/// The job a sync workload belongs to, from its input.
+fn job_of(workload: &Workload) -> Option<i64> {
+    let input: serde_json::Value = serde_json::from_str(&workload.input).ok()?;
+    input.get("jobId")?.as_i64()
+}
+
+/// The monitor's minute: fails every workload past its deadline, and the
+/// job attempt it ran, which the policy then retries or ends. Returns the
+/// ids of the workloads it failed.
+pub async fn monitor_sweep(ports: &Ports<'_>, policy: &RetryPolicy, now: Timestamp) -> Result<Vec<String>, PlatformError> {
+    let mut failed = Vec::new();
+    for overdue in ports.workloads.overdue_workloads(now).await? {
+        let reason = overdue.overdue_reason();
+        let workload = match workload_event(ports, &overdue.id, &WorkloadEvent::Fail { reason: reason.clone() }, now).await {
+            Ok(w) => w,
+            // It moved on (finished, or heartbeat) since we listed it: not overdue any more.
+            Err(PlatformError::Transition(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        if workload.status != sluice_domain::WorkloadStatus::Failure {
+            continue;
+        }
+        failed.push(workload.id.clone());
+        let Some(job_id) = job_of(&workload).filter(|_| workload.kind == WorkloadType::Sync) else { continue };
+        let job = ports.jobs.get_job(job_id).await?;
+        let running_this = job.running_attempt().is_some_and(|a| a.workload_id == workload.id);
+        if running_this {
+            let last = job.attempts.last().expect("running");
+            let failure = FailureReason { origin: "platform".into(), failure_type: "heartbeat_timeout".into(), message: format!("workload {}: {reason}", workload.id), stream: None };
+            let end = AttemptEnd::Failed { failure, stats: last.stats.clone(), streams: last.streams.clone() };
+            finish_attempt(ports, job_id, &end, policy, now).await?;
+        }
+    }
+    Ok(failed)
+}
+
+/// Starts the attempts that are due: jobs still pending (their first
+/// attempt never started, e.g. after a crash) and retries whose backoff has
+/// passed. Returns the jobs it started.
+pub async fn start_due_attempts(ports: &Ports<'_>, now: Timestamp) -> Result<Vec<Job>, PlatformError> {
+    let mut started = Vec::new();
+    for status in [JobStatus::Pending, JobStatus::Incomplete] {
+        let filter = JobFilter { status: Some(status), limit: 1000, ..Default::default() };
+        for job in ports.jobs.list_jobs(&filter).await? {
+            let due = job.retry_at.is_none_or(|at| at <= now) && job.attempts.last().is_none_or(|a| a.status != AttemptStatus::Running);
+            if !due {
+                continue;
+            }
+            match start_attempt(ports, job, now).await {
+                Ok(job) => started.push(job),
+                // Someone else started it first.
+                Err(PlatformError::Store(StoreError::Conflict { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(started)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +216,39 @@ mod tests {
         let old = s.get_workload(&first).await.unwrap();
         assert_eq!(old.status, WorkloadStatus::Failure);
         assert!(old.reason.unwrap().starts_with("superseded by"));
+    }
+
+    #[tokio::test]
+    async fn the_monitor_fails_silent_workloads_and_the_retry_starts_when_due() {
+        let (_d, s) = store();
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
+        let id = job.attempts[0].workload_id.clone();
+        workload_event(&ports, &id, &WorkloadEvent::Claim { by: "l".into() }, t(1)).await.unwrap();
+        workload_event(&ports, &id, &WorkloadEvent::Running, t(2)).await.unwrap();
+        workload_event(&ports, &id, &WorkloadEvent::Heartbeat, t(60)).await.unwrap();
+        // The deadline is 10 minutes after the last heartbeat.
+        assert!(monitor_sweep(&ports, &RetryPolicy::default(), t(660)).await.unwrap().is_empty());
+        let failed = monitor_sweep(&ports, &RetryPolicy::default(), t(661)).await.unwrap();
+        assert_eq!(failed, [id.clone()]);
+        let job = s.get_job(job.id).await.unwrap();
+        assert_eq!(job.status, JobStatus::Incomplete);
+        assert_eq!(job.attempts[0].failure.as_ref().unwrap().failure_type, "heartbeat_timeout");
+        assert!(start_due_attempts(&ports, t(670)).await.unwrap().is_empty(), "not before the backoff");
+        let started = start_due_attempts(&ports, t(671)).await.unwrap();
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].attempts.len(), 2);
+        assert!(monitor_sweep(&ports, &RetryPolicy::default(), t(672)).await.unwrap().is_empty(), "a sweep again finds nothing");
+    }
+
+    #[tokio::test]
+    async fn a_pending_job_left_by_a_crash_is_started() {
+        let (_d, s) = store();
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        // As if the process died between creating the job and starting its attempt.
+        let job = s.create_job("conn", JobType::Sync, vec![], t(0)).await.unwrap();
+        let started = start_due_attempts(&ports, t(1)).await.unwrap();
+        assert_eq!(started.iter().map(|j| j.id).collect::<Vec<_>>(), [job.id]);
+        assert_eq!(started[0].status, JobStatus::Running);
     }
 }
