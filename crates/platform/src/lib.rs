@@ -230,7 +230,7 @@ mod tests {
         // The deadline is 10 minutes after the last heartbeat.
         assert!(monitor_sweep(&ports, &RetryPolicy::default(), t(660)).await.unwrap().is_empty());
         let failed = monitor_sweep(&ports, &RetryPolicy::default(), t(661)).await.unwrap();
-        assert_eq!(failed, [id.clone()]);
+        assert_eq!(failed, std::slice::from_ref(&id));
         let job = s.get_job(job.id).await.unwrap();
         assert_eq!(job.status, JobStatus::Incomplete);
         assert_eq!(job.attempts[0].failure.as_ref().unwrap().failure_type, "heartbeat_timeout");
