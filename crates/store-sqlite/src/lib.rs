@@ -260,6 +260,9 @@ impl WorkloadQueue for SqliteStore {
 }
 
 mod job_rows;
+mod secrets;
+
+pub use secrets::FileSecrets;
 
 const JOB_COLUMNS: &str = "id, connection_id, job_type, status, streams, attempts, created_ns, updated_ns, retry_at_ns, version";
 const UNFINISHED: &str = "status IN ('pending', 'running', 'incomplete')";

@@ -56,3 +56,14 @@ async fn jobs_lifecycle() {
     let (_dir, store) = fresh();
     contract::jobs_lifecycle(&store).await;
 }
+
+#[tokio::test]
+async fn secrets_round_trip() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = sluice_store_sqlite::FileSecrets::open(dir.path().join("secrets")).unwrap();
+    contract::secrets_round_trip(&secrets).await;
+    let reference = sluice_store::SecretStore::put_secret(&secrets, "x", "v").await.unwrap();
+    let mode = std::fs::metadata(dir.path().join("secrets").join(reference)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only the owner reads a secret");
+}

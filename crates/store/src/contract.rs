@@ -5,7 +5,7 @@
 use jiff::{SignedDuration, Timestamp};
 use sluice_domain::{FailureReason, JobStatus, JobType, RetryPolicy, StreamStats, SyncStats, Version, Workload, WorkloadEvent, WorkloadStatus, WorkloadType};
 
-use crate::{JobFilter, JobStore, StoreError, WorkloadQueue, WorkloadStore};
+use crate::{JobFilter, JobStore, SecretStore, StoreError, WorkloadQueue, WorkloadStore};
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).expect("valid")
@@ -114,4 +114,16 @@ pub async fn jobs_lifecycle(store: &dyn JobStore) {
     let resets = store.list_jobs(&JobFilter { job_type: Some(JobType::Reset), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(resets.iter().map(|j| j.id).collect::<Vec<_>>(), [other.id]);
     assert!(matches!(store.get_job(999_999).await, Err(StoreError::NotFound { .. })));
+}
+
+/// Secrets: stored, read back, replaced under new references, deleted.
+pub async fn secrets_round_trip(store: &dyn SecretStore) {
+    let a = store.put_secret("source/abc/api_key", "k-1").await.unwrap();
+    let b = store.put_secret("source/abc/api_key", "k-2").await.unwrap();
+    assert_ne!(a, b, "every put gets its own reference");
+    assert_eq!(store.get_secret(&a).await.unwrap(), "k-1");
+    assert_eq!(store.get_secret(&b).await.unwrap(), "k-2");
+    store.delete_secret(&a).await.unwrap();
+    assert!(matches!(store.get_secret(&a).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.get_secret("../../etc/passwd").await, Err(StoreError::NotFound { .. })), "references never escape the store");
 }

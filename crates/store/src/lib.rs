@@ -67,6 +67,17 @@ pub trait JobStore: Send + Sync {
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
 }
 
+/// Where `airbyte_secret` values live, apart from every config table.
+/// References are opaque strings the store hands out.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// Stores `value` under a new reference derived from `hint` (e.g. the
+    /// source id and field path) and returns the reference.
+    async fn put_secret(&self, hint: &str, value: &str) -> Result<String, StoreError>;
+    async fn get_secret(&self, reference: &str) -> Result<String, StoreError>;
+    async fn delete_secret(&self, reference: &str) -> Result<(), StoreError>;
+}
+
 /// A message taken from the queue, invisible to others until acknowledged
 /// or until its visibility timeout passes (then it is delivered again).
 #[derive(Debug, Clone, PartialEq, Eq)]
