@@ -112,11 +112,27 @@ fn workload_from_row(row: &Row<'_>) -> rusqlite::Result<Workload> {
     })
 }
 
-fn current_version(conn: &Connection, id: &str) -> Result<Option<Version>, StoreError> {
-    conn.query_row("SELECT version FROM workloads WHERE id = ?1", [id], |r| r.get::<_, i64>(0))
-        .optional()
-        .map(|v| v.map(|v| Version::new(v as u64)))
-        .map_err(unavailable)
+/// What a conditional `UPDATE ... WHERE id = ? AND version = ?` that changed
+/// `changed` rows means: written, or a conflict naming the current version,
+/// or no such record.
+fn conditional<T>(
+    conn: &Connection,
+    changed: usize,
+    table: &str,
+    entity: &'static str,
+    id: &dyn rusqlite::ToSql,
+    shown: String,
+    written: T,
+) -> Result<T, StoreError> {
+    if changed == 1 {
+        return Ok(written);
+    }
+    let current: Option<i64> =
+        conn.query_row(&format!("SELECT version FROM {table} WHERE id = ?1"), [id], |r| r.get(0)).optional().map_err(unavailable)?;
+    match current {
+        Some(v) => Err(StoreError::Conflict { entity, id: shown, current: Version::new(v as u64) }),
+        None => Err(StoreError::NotFound { entity, id: shown }),
+    }
 }
 
 #[async_trait]
@@ -182,13 +198,7 @@ impl WorkloadStore for SqliteStore {
                     ],
                 )
                 .map_err(unavailable)?;
-            if changed == 1 {
-                return Ok(written.clone());
-            }
-            match current_version(conn, &next.id)? {
-                Some(current) => Err(StoreError::Conflict { entity: "workload", id: next.id.clone(), current }),
-                None => Err(StoreError::NotFound { entity: "workload", id: next.id.clone() }),
-            }
+            conditional(conn, changed, "workloads", "workload", &next.id, next.id.clone(), written.clone())
         })
     }
 
@@ -341,15 +351,7 @@ impl JobStore for SqliteStore {
                     ],
                 )
                 .map_err(unavailable)?;
-            if changed == 1 {
-                return Ok(written.clone());
-            }
-            let current: Option<i64> =
-                conn.query_row("SELECT version FROM jobs WHERE id = ?1", [next.id], |r| r.get(0)).optional().map_err(unavailable)?;
-            match current {
-                Some(v) => Err(StoreError::Conflict { entity: "job", id: next.id.to_string(), current: Version::new(v as u64) }),
-                None => Err(StoreError::NotFound { entity: "job", id: next.id.to_string() }),
-            }
+            conditional(conn, changed, "jobs", "job", &next.id, next.id.to_string(), written.clone())
         })
     }
 
