@@ -52,20 +52,26 @@ pub async fn start_job(ports: &Ports<'_>, connection_id: &str, job_type: JobType
     start_attempt(ports, job, now).await
 }
 
-/// Starts the next attempt of a pending or retrying job.
+/// Starts the next attempt of a pending or retrying job. The order makes
+/// every crash point recoverable: the workload exists before the job names
+/// it, and one never enqueued is failed by the monitor at its claim
+/// deadline, which retries the attempt.
 pub async fn start_attempt(ports: &Ports<'_>, job: Job, now: Timestamp) -> Result<Job, PlatformError> {
     let workload_id = sync_workload_id(&job.connection_id, job.id, job.attempts.len() as u32);
-    for stale in ports.workloads.active_workloads(&job.connection_id).await? {
-        workload_event(ports, &stale.id, &WorkloadEvent::Fail { reason: format!("superseded by {workload_id}") }, now).await?;
-    }
-    let input = format!(r#"{{"jobId":{},"attempt":{},"connectionId":"{}"}}"#, job.id, job.attempts.len(), job.connection_id);
+    let input = serde_json::json!({"jobId": job.id, "attempt": job.attempts.len(), "connectionId": job.connection_id}).to_string();
     let workload = Workload::new(workload_id.clone(), WorkloadType::Sync, Some(job.connection_id.clone()), input, now);
     match ports.workloads.insert_workload(&workload).await {
         // A retried request already made it: carry on with the same workload.
         Ok(_) | Err(StoreError::Duplicate { .. }) => {}
         Err(e) => return Err(e.into()),
     }
+    // Conditional: of two schedulers starting the same attempt, one gets here.
     let job = ports.jobs.update_job(&job.start_attempt(workload_id.clone(), now)?).await?;
+    for stale in ports.workloads.active_workloads(&job.connection_id).await? {
+        if stale.id != workload_id {
+            workload_event(ports, &stale.id, &WorkloadEvent::Fail { reason: format!("superseded by {workload_id}") }, now).await?;
+        }
+    }
     ports.queue.enqueue(&workload_id, now).await?;
     Ok(job)
 }
@@ -76,11 +82,22 @@ pub enum AttemptEnd {
     Failed { failure: FailureReason, stats: SyncStats, streams: Vec<StreamStats> },
 }
 
-/// Records the end of a job's running attempt: the job succeeds, or retries
-/// (incomplete, with the policy's backoff), or fails.
-pub async fn finish_attempt(ports: &Ports<'_>, job_id: i64, end: &AttemptEnd, policy: &RetryPolicy, now: Timestamp) -> Result<Job, PlatformError> {
+/// Records the end of the attempt that ran `workload_id`: the job succeeds,
+/// or retries (incomplete, with the policy's backoff), or fails. A report
+/// from an attempt that is no longer the job's last changes nothing.
+pub async fn finish_attempt(
+    ports: &Ports<'_>,
+    job_id: i64,
+    workload_id: &str,
+    end: &AttemptEnd,
+    policy: &RetryPolicy,
+    now: Timestamp,
+) -> Result<Job, PlatformError> {
     for _ in 0..MAX_RACES {
         let job = ports.jobs.get_job(job_id).await?;
+        if job.attempts.last().is_none_or(|a| a.workload_id != workload_id) {
+            return Ok(job);
+        }
         let next = match end {
             AttemptEnd::Succeeded { stats, streams } => job.attempt_succeeded(stats.clone(), streams.clone(), now)?,
             AttemptEnd::Failed { failure, stats, streams } => job.attempt_failed(failure.clone(), stats.clone(), streams.clone(), policy, now)?,
@@ -126,7 +143,11 @@ pub async fn monitor_sweep(ports: &Ports<'_>, policy: &RetryPolicy, now: Timesta
             let last = job.attempts.last().expect("running");
             let failure = FailureReason { origin: "platform".into(), failure_type: "heartbeat_timeout".into(), message: format!("workload {}: {reason}", workload.id), stream: None };
             let end = AttemptEnd::Failed { failure, stats: last.stats.clone(), streams: last.streams.clone() };
-            finish_attempt(ports, job_id, &end, policy, now).await?;
+            match finish_attempt(ports, job_id, &workload.id, &end, policy, now).await {
+                // The task reported its end meanwhile: nothing left to fail.
+                Ok(_) | Err(PlatformError::Transition(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(failed)
@@ -138,7 +159,7 @@ pub async fn monitor_sweep(ports: &Ports<'_>, policy: &RetryPolicy, now: Timesta
 pub async fn start_due_attempts(ports: &Ports<'_>, now: Timestamp) -> Result<Vec<Job>, PlatformError> {
     let mut started = Vec::new();
     for status in [JobStatus::Pending, JobStatus::Incomplete] {
-        let filter = JobFilter { status: Some(status), limit: 1000, ..Default::default() };
+        let filter = JobFilter { status: Some(status), limit: 1000, oldest_first: true, ..Default::default() };
         for job in ports.jobs.list_jobs(&filter).await? {
             let due = job.retry_at.is_none_or(|at| at <= now) && job.attempts.last().is_none_or(|a| a.status != AttemptStatus::Running);
             if !due {
@@ -209,7 +230,9 @@ mod tests {
         let first = job.attempts[0].workload_id.clone();
         let failure = FailureReason { origin: "source".into(), failure_type: "system_error".into(), message: "boom".into(), stream: None };
         let end = AttemptEnd::Failed { failure, stats: SyncStats::default(), streams: vec![] };
-        let job = finish_attempt(&ports, job.id, &end, &RetryPolicy::default(), t(5)).await.unwrap();
+        let stale = finish_attempt(&ports, job.id, "someone_else", &end, &RetryPolicy::default(), t(5)).await.unwrap();
+        assert_eq!(stale.status, JobStatus::Running, "a report from another attempt changes nothing");
+        let job = finish_attempt(&ports, job.id, &first, &end, &RetryPolicy::default(), t(5)).await.unwrap();
         assert_eq!((job.status, job.retry_at), (JobStatus::Incomplete, Some(t(15))));
         let job = start_attempt(&ports, job, t(15)).await.unwrap();
         assert_eq!(job.attempts.len(), 2);
@@ -239,6 +262,18 @@ mod tests {
         assert_eq!(started.len(), 1);
         assert_eq!(started[0].attempts.len(), 2);
         assert!(monitor_sweep(&ports, &RetryPolicy::default(), t(672)).await.unwrap().is_empty(), "a sweep again finds nothing");
+    }
+
+    #[tokio::test]
+    async fn two_schedulers_starting_one_attempt_leave_one_live_workload() {
+        let (_d, s) = store();
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        let pending = s.create_job("conn", JobType::Sync, vec![], t(0)).await.unwrap();
+        let first = start_attempt(&ports, pending.clone(), t(1)).await.unwrap();
+        let second = start_attempt(&ports, pending, t(1)).await;
+        assert!(matches!(second, Err(PlatformError::Store(StoreError::Conflict { .. }))), "{second:?}");
+        let workload = s.get_workload(&first.attempts[0].workload_id).await.unwrap();
+        assert_eq!(workload.status, WorkloadStatus::Pending, "the loser did not supersede the winner's workload");
     }
 
     #[tokio::test]

@@ -362,7 +362,8 @@ impl JobStore for SqliteStore {
                     "SELECT {JOB_COLUMNS} FROM jobs
                      WHERE (?1 IS NULL OR connection_id = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR job_type = ?3)
                        AND (?4 IS NULL OR created_ns >= ?4) AND (?5 IS NULL OR created_ns <= ?5)
-                     ORDER BY id DESC LIMIT ?6 OFFSET ?7"
+                     ORDER BY id {} LIMIT ?6 OFFSET ?7",
+                    if filter.oldest_first { "ASC" } else { "DESC" }
                 ))
                 .map_err(unavailable)?;
             let rows = stmt

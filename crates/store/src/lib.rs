@@ -54,6 +54,8 @@ pub struct JobFilter {
     pub created_at_end: Option<Timestamp>,
     pub limit: usize,
     pub offset: usize,
+    /// Oldest first instead of newest first: for work queues, so none starves.
+    pub oldest_first: bool,
 }
 
 #[async_trait]

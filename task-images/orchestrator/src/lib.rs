@@ -111,9 +111,10 @@ pub fn run(config: &SyncConfig, reporter: &mut dyn Reporter, cancel: &AtomicBool
             attempt.cancelled = true;
             attempt.log(reporter, Side::Orchestrator, LogLevel::Info, "cancelled: stopping both connectors");
         }
-        let source_active = attempt.sides[0].output_ended.is_none() && !attempt.must_stop(Side::Source);
+        let source_drained = attempt.sides[0].output_ended.is_some();
+        let source_active = !source_drained && !attempt.must_stop(Side::Source);
         let destination_active = attempt.sides[1].exit.is_none() && !attempt.must_stop(Side::Destination);
-        if let Some(failure) = watch.check(&probes, config, source_active, destination_active) {
+        if let Some(failure) = watch.check(&probes, config, source_active, source_drained, destination_active) {
             attempt.fail(failure);
         }
         for side in [Side::Source, Side::Destination] {
@@ -298,7 +299,8 @@ impl<'a> Attempt<'a> {
         if failure.connector.is_empty() {
             failure.connector = self.name(failure.side).to_owned();
         }
-        if !self.cancelled {
+        // After a cancel, connector failures are its echo; ours (state not saved) still count.
+        if !self.cancelled || failure.side == Side::Orchestrator {
             self.failures.push(failure);
         }
     }
@@ -357,8 +359,14 @@ impl<'a> Attempt<'a> {
                 if exit.success() {
                     return;
                 }
-                if stopped_by_us || self.cancelled {
+                if self.cancelled || (stopped_by_us && self.must_stop(side)) {
                     self.log(reporter, side, LogLevel::Info, &format!("stopped: {exit}"));
+                    return;
+                }
+                if stopped_by_us {
+                    // Nothing else failed: we stopped it for hanging after it closed its output.
+                    let message = format!("did not exit after closing its output, and was stopped: {exit}");
+                    self.fail(AttemptFailure::new(side, self.name(side), FailureKind::Crashed, message));
                     return;
                 }
                 let tail: Vec<&str> = self.sides[side.index()].stderr_tail.iter().map(String::as_str).collect();
@@ -464,9 +472,10 @@ impl Watch {
         Watch { source_seen: (0, Instant::now()), destination_seen: (0, Instant::now()) }
     }
 
-    /// `source_active`: the pump still reads the source; `destination_active`:
-    /// the destination still runs and nothing is stopping it.
-    fn check(&mut self, probes: &Probes, config: &SyncConfig, source_active: bool, destination_active: bool) -> Option<AttemptFailure> {
+    /// `source_active`: the pump reads a source that should go on;
+    /// `source_drained`: the pump has ended, the destination's input is closed;
+    /// `destination_active`: the destination runs and nothing is stopping it.
+    fn check(&mut self, probes: &Probes, config: &SyncConfig, source_active: bool, source_drained: bool, destination_active: bool) -> Option<AttemptFailure> {
         let now = Instant::now();
         let heartbeat = probes.source_lines.load(Relaxed);
         let blocked_on_destination = probes.writing.load(Relaxed);
@@ -476,7 +485,7 @@ impl Watch {
         let activity = probes.destination_activity.load(Relaxed);
         // The destination is late only when it holds us up: blocked on its
         // input, or the source is done and it has not finished.
-        let waiting_on_destination = destination_active && (blocked_on_destination || !source_active);
+        let waiting_on_destination = destination_active && (blocked_on_destination || source_drained);
         if activity != self.destination_seen.0 || !waiting_on_destination {
             self.destination_seen = (activity, now);
         }
