@@ -236,11 +236,7 @@ fn run_pyairbyte(python: &Path, source: &Path, destination: &Path, config: &Valu
     let last: Option<Value> = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok());
     match last.and_then(|v| v["elapsed_secs"].as_f64()) {
         Some(secs) if output.status.success() => Ok(secs),
-        _ => {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
-            bail!("PyAirbyte run failed ({}):\n{}", output.status, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
-        }
+        _ => bail!("PyAirbyte run failed ({}):\n{}", output.status, sluice_connectors::last_lines(&output.stderr, 15)),
     }
 }
 

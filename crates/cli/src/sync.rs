@@ -219,9 +219,7 @@ fn discover(name: &str, command: &[String], config: &Path) -> anyhow::Result<Air
             errors.push(error.message);
         }
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let tail: Vec<&str> = stderr.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
-    let why = if errors.is_empty() { tail.join("\n") } else { errors.join("; ") };
+    let why = if errors.is_empty() { sluice_connectors::last_lines(&output.stderr, 10) } else { errors.join("; ") };
     bail!("{name} discover gave no catalog ({}): {why}", output.status)
 }
 

@@ -201,9 +201,15 @@ fn check(step: &[String], output: &Output) -> Result<(), String> {
     if output.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let tail: Vec<&str> = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-    Err(format!("`{}` failed ({}):\n{}\n\nConsider `pip install uv` for faster, more reliable installs", step.join(" "), output.status, tail.join("\n")))
+    let tail = last_lines(&output.stderr, 15);
+    Err(format!("`{}` failed ({}):\n{tail}\n\nConsider `pip install uv` for faster, more reliable installs", step.join(" "), output.status))
+}
+
+/// The last `n` lines of a program's output, for error messages.
+pub fn last_lines(output: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(output);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

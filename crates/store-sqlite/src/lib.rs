@@ -112,6 +112,17 @@ fn workload_from_row(row: &Row<'_>) -> rusqlite::Result<Workload> {
     })
 }
 
+/// The one row `sql` selects by `id`, or `NotFound`.
+fn by_id<T, I: rusqlite::ToSql + ToString>(
+    conn: &Connection,
+    sql: &str,
+    id: &I,
+    entity: &'static str,
+    map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
+    conn.query_row(sql, [id], map).optional().map_err(unavailable)?.ok_or_else(|| StoreError::NotFound { entity, id: id.to_string() })
+}
+
 /// What a conditional `UPDATE ... WHERE id = ? AND version = ?` that changed
 /// `changed` rows means: written, or a conflict naming the current version,
 /// or no such record.
@@ -168,12 +179,7 @@ impl WorkloadStore for SqliteStore {
     }
 
     async fn get_workload(&self, id: &str) -> Result<Workload, StoreError> {
-        self.with(|conn| {
-            conn.query_row(&format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE id = ?1"), [id], workload_from_row)
-                .optional()
-                .map_err(unavailable)?
-                .ok_or_else(|| StoreError::NotFound { entity: "workload", id: id.to_owned() })
-        })
+        self.with(|conn| by_id(conn, &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE id = ?1"), &id, "workload", workload_from_row))
     }
 
     async fn update_workload(&self, next: &Workload) -> Result<Workload, StoreError> {
@@ -324,12 +330,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn get_job(&self, id: i64) -> Result<Job, StoreError> {
-        self.with(|conn| {
-            conn.query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id], job_from_row)
-                .optional()
-                .map_err(unavailable)?
-                .ok_or_else(|| StoreError::NotFound { entity: "job", id: id.to_string() })
-        })
+        self.with(|conn| by_id(conn, &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), &id, "job", job_from_row))
     }
 
     async fn update_job(&self, next: &Job) -> Result<Job, StoreError> {

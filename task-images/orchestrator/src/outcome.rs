@@ -140,9 +140,6 @@ impl Outcome {
     pub fn records_emitted(&self) -> u64 {
         self.streams.iter().map(|s| s.emitted.records).sum()
     }
-    pub fn bytes_emitted(&self) -> u64 {
-        self.streams.iter().map(|s| s.emitted.bytes).sum()
-    }
 }
 
 /// This process's peak resident set size, from `/proc/self/status`.

@@ -88,11 +88,6 @@ impl Output {
         serde_json::to_writer(&mut self.out, message)?;
         self.out.write_all(b"\n")
     }
-    /// A line that is already one serialized message.
-    pub fn raw_line(&mut self, line: &[u8]) -> io::Result<()> {
-        self.out.write_all(line)?;
-        self.out.write_all(b"\n")
-    }
     pub fn log(&mut self, level: LogLevel, text: impl Into<String>) -> io::Result<()> {
         self.message(&AirbyteMessage::log(level, text))
     }
