@@ -6,6 +6,7 @@ pub mod config;
 pub mod connection;
 pub mod cron;
 pub mod job;
+pub mod resources;
 pub mod workload;
 
 pub use connection::{ConnectionStatus, Schedule};

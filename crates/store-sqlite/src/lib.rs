@@ -57,7 +57,7 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-fn unavailable(e: rusqlite::Error) -> StoreError {
+pub(crate) fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(Box::new(e))
 }
 
@@ -78,10 +78,11 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL").map_err(unavailable)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        conn.execute_batch(docs::SCHEMA).map_err(unavailable)?;
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut conn)
     }
@@ -275,6 +276,7 @@ impl WorkloadQueue for SqliteStore {
     }
 }
 
+mod docs;
 mod job_rows;
 mod secrets;
 

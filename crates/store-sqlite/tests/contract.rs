@@ -29,6 +29,12 @@ async fn workloads_queries() {
 }
 
 #[tokio::test]
+async fn docs_lifecycle() {
+    let (_dir, store) = fresh();
+    contract::docs_lifecycle(&store).await;
+}
+
+#[tokio::test]
 async fn queue_delivery() {
     let (_dir, store) = fresh();
     contract::queue_delivery(&store).await;

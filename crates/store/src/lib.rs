@@ -101,3 +101,58 @@ pub trait WorkloadQueue: Send + Sync {
     /// message was delivered again since) changes nothing and is an error.
     async fn acknowledge(&self, receipt: &str) -> Result<(), StoreError>;
 }
+
+/// Kinds of configuration document: each its own table (SQLite) or key
+/// prefix (DynamoDB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DocKind {
+    Workspace,
+    Definition,
+    Source,
+    Destination,
+    Connection,
+    Application,
+    /// A connection's committed state, keyed by connection id.
+    State,
+    /// A source's discovered catalog, keyed by source id.
+    Catalog,
+}
+
+impl DocKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocKind::Workspace => "workspace",
+            DocKind::Definition => "definition",
+            DocKind::Source => "source",
+            DocKind::Destination => "destination",
+            DocKind::Connection => "connection",
+            DocKind::Application => "application",
+            DocKind::State => "state",
+            DocKind::Catalog => "catalog",
+        }
+    }
+}
+
+/// A configuration document: a JSON body with the id, the workspace it
+/// belongs to (for listing) and the version it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    pub id: String,
+    pub workspace_id: Option<String>,
+    pub body: serde_json::Value,
+    pub version: Version,
+}
+
+/// Configuration documents, listed in creation order.
+#[async_trait]
+pub trait ConfigStore: Send + Sync {
+    /// Stores a new document (version `INITIAL`); returns it at version 1.
+    async fn insert_doc(&self, kind: DocKind, doc: &Doc) -> Result<Doc, StoreError>;
+    async fn get_doc(&self, kind: DocKind, id: &str) -> Result<Doc, StoreError>;
+    /// Writes `doc` if the stored version is still `doc.version`.
+    async fn update_doc(&self, kind: DocKind, doc: &Doc) -> Result<Doc, StoreError>;
+    /// Deletes the document if it is still at `version`.
+    async fn delete_doc(&self, kind: DocKind, id: &str, version: Version) -> Result<(), StoreError>;
+    /// One page, oldest first; `workspaces` empty lists every workspace's.
+    async fn list_docs(&self, kind: DocKind, workspaces: &[String], limit: usize, offset: usize) -> Result<Vec<Doc>, StoreError>;
+}
