@@ -3,6 +3,8 @@
 //! share it. Time comes in as an argument; every write is conditional, and a
 //! lost race is re-read and re-decided, never overwritten.
 
+pub mod catalog;
+
 use jiff::Timestamp;
 use sluice_domain::{
     sync_workload_id, FailureReason, Job, JobType, RetryPolicy, StreamStats, SyncStats, TransitionError, Workload, WorkloadEvent, WorkloadType,
@@ -109,6 +111,32 @@ pub async fn finish_attempt(
             Err(StoreError::Conflict { .. }) => continue,
             other => return Ok(other?),
         }
+    }
+    Err(PlatformError::Contended(format!("job {job_id}")))
+}
+
+/// Cancels a job: the job first (so no retry starts), then the workload of
+/// its running attempt, which tells the task to stop. Committed state stays.
+pub async fn cancel_job(ports: &Ports<'_>, job_id: i64, now: Timestamp) -> Result<Job, PlatformError> {
+    for _ in 0..MAX_RACES {
+        let job = ports.jobs.get_job(job_id).await?;
+        let running = job.running_attempt().map(|a| a.workload_id.clone());
+        let next = job.cancel(now)?;
+        if next == job {
+            return Ok(job);
+        }
+        let job = match ports.jobs.update_job(&next).await {
+            Err(StoreError::Conflict { .. }) => continue,
+            other => other?,
+        };
+        if let Some(workload_id) = running {
+            match workload_event(ports, &workload_id, &WorkloadEvent::Cancel { reason: "the job was cancelled".into() }, now).await {
+                // It ended by itself meanwhile: nothing to stop.
+                Ok(_) | Err(PlatformError::Transition(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(job);
     }
     Err(PlatformError::Contended(format!("job {job_id}")))
 }

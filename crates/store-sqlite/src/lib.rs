@@ -278,8 +278,10 @@ impl WorkloadQueue for SqliteStore {
 
 mod docs;
 mod job_rows;
+mod logs;
 mod secrets;
 
+pub use logs::FileLogs;
 pub use secrets::FileSecrets;
 
 const JOB_COLUMNS: &str = "id, connection_id, job_type, status, streams, attempts, created_ns, updated_ns, retry_at_ns, version";

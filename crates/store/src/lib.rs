@@ -116,6 +116,8 @@ pub enum DocKind {
     State,
     /// A source's discovered catalog, keyed by source id.
     Catalog,
+    /// What a spec, check or discover workload found, keyed by workload id.
+    Output,
 }
 
 impl DocKind {
@@ -129,6 +131,7 @@ impl DocKind {
             DocKind::Application => "application",
             DocKind::State => "state",
             DocKind::Catalog => "catalog",
+            DocKind::Output => "output",
         }
     }
 }
@@ -155,4 +158,25 @@ pub trait ConfigStore: Send + Sync {
     async fn delete_doc(&self, kind: DocKind, id: &str, version: Version) -> Result<(), StoreError>;
     /// One page, oldest first; `workspaces` empty lists every workspace's.
     async fn list_docs(&self, kind: DocKind, workspaces: &[String], limit: usize, offset: usize) -> Result<Vec<Doc>, StoreError>;
+}
+
+/// Attempt logs: appended while the attempt runs, readable meanwhile.
+#[async_trait]
+pub trait AttemptLogs: Send + Sync {
+    async fn append(&self, job_id: i64, attempt: u32, text: &str) -> Result<(), StoreError>;
+    /// The log from byte `offset`, at most `max` bytes (cut at a line end
+    /// when there is one), and the offset to read from next.
+    async fn read(&self, job_id: i64, attempt: u32, offset: u64, max: usize) -> Result<(String, u64), StoreError>;
+    /// Deletes the logs of jobs last written before `cutoff`; returns how many.
+    async fn delete_older_than(&self, cutoff: Timestamp) -> Result<usize, StoreError>;
+}
+
+/// Where connections' cron schedules live: an in-process ticker, or
+/// EventBridge Scheduler. Each fire starts a sync job for the connection.
+#[async_trait]
+pub trait Schedules: Send + Sync {
+    /// Creates or replaces the connection's schedule.
+    async fn put_schedule(&self, connection_id: &str, schedule: &sluice_domain::CronSchedule) -> Result<(), StoreError>;
+    /// Removes it; removing a schedule that does not exist is fine.
+    async fn delete_schedule(&self, connection_id: &str) -> Result<(), StoreError>;
 }

@@ -1,0 +1,128 @@
+//! Credentials without a token table: access tokens and workload
+//! credentials are HMAC-SHA256 signatures under one key that lives in the
+//! secrets port, so any instance (one process, or many Lambdas) can check
+//! them, and nothing that grants access is stored in the clear.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Access tokens carry this prefix, so a token is recognisable in a leak report.
+const TOKEN_PREFIX: &str = "sl1";
+
+pub struct Keys {
+    key: Vec<u8>,
+}
+
+impl Keys {
+    pub fn new(key: Vec<u8>) -> Self {
+        Keys { key }
+    }
+
+    /// A fresh random key, hex-encoded, for the secrets port to keep.
+    pub fn generate() -> String {
+        hex(&random_bytes::<32>())
+    }
+
+    fn mac(&self, purpose: &str, message: &str) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(purpose.as_bytes());
+        mac.update(b"\0");
+        mac.update(message.as_bytes());
+        mac
+    }
+
+    fn sign(&self, purpose: &str, message: &str) -> String {
+        hex(&self.mac(purpose, message).finalize().into_bytes())
+    }
+
+    fn verify(&self, purpose: &str, message: &str, signature: &str) -> bool {
+        let Some(bytes) = unhex(signature) else { return false };
+        self.mac(purpose, message).verify_slice(&bytes).is_ok()
+    }
+
+    /// A bearer token for `client_id`, valid until `expires_at` (unix seconds).
+    pub fn access_token(&self, client_id: &str, expires_at: i64) -> String {
+        let body = format!("{TOKEN_PREFIX}.{client_id}.{expires_at}");
+        let signature = self.sign("access", &body);
+        format!("{body}.{signature}")
+    }
+
+    /// The client a token was issued to, or why it is refused.
+    pub fn check_access_token(&self, token: &str, now: i64) -> Result<String, &'static str> {
+        let parts: Vec<&str> = token.split('.').collect();
+        let [prefix, client_id, expires_at, signature] = parts[..] else { return Err("the bearer token is malformed") };
+        if prefix != TOKEN_PREFIX || !self.verify("access", &format!("{prefix}.{client_id}.{expires_at}"), signature) {
+            return Err("the bearer token is not one this server issued");
+        }
+        let expires_at: i64 = expires_at.parse().map_err(|_| "the bearer token is malformed")?;
+        if expires_at <= now {
+            return Err("the bearer token has expired; request a new one from /applications/token");
+        }
+        Ok(client_id.to_owned())
+    }
+
+    /// The credential a task presents to act on its own workload, and no other.
+    pub fn workload_token(&self, workload_id: &str) -> String {
+        self.sign("workload", workload_id)
+    }
+
+    pub fn check_workload_token(&self, workload_id: &str, token: &str) -> bool {
+        self.verify("workload", workload_id, token)
+    }
+
+    /// What an application's client secret is stored as.
+    pub fn secret_hash(&self, client_secret: &str) -> String {
+        self.sign("client-secret", client_secret)
+    }
+
+    pub fn check_secret(&self, client_secret: &str, hash: &str) -> bool {
+        self.verify("client-secret", client_secret, hash)
+    }
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the OS has randomness");
+    bytes
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked_for_signature_and_expiry() {
+        let keys = Keys::new(b"k".to_vec());
+        let token = keys.access_token("client", 100);
+        assert_eq!(keys.check_access_token(&token, 99).unwrap(), "client");
+        assert!(keys.check_access_token(&token, 100).unwrap_err().contains("expired"));
+        let forged = token.replace(".100.", ".999.");
+        assert!(keys.check_access_token(&forged, 99).unwrap_err().contains("not one this server issued"));
+        assert!(Keys::new(b"other".to_vec()).check_access_token(&token, 99).is_err());
+        assert!(keys.check_access_token("garbage", 0).is_err());
+    }
+
+    #[test]
+    fn a_workload_credential_opens_only_its_workload() {
+        let keys = Keys::new(b"k".to_vec());
+        let token = keys.workload_token("w1");
+        assert!(keys.check_workload_token("w1", &token));
+        assert!(!keys.check_workload_token("w2", &token));
+        assert!(!keys.check_workload_token("w1", "zz"));
+        assert!(keys.check_secret("s3cret", &keys.secret_hash("s3cret")));
+        assert!(!keys.check_secret("guess", &keys.secret_hash("s3cret")));
+    }
+}

@@ -1,0 +1,111 @@
+//! Asking a connector something (spec, check, discover) through a workload,
+//! as the platform runs everything: the request queues it, a launcher runs
+//! it, and the request waits for its output.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+use sluice_domain::resources::{Definition, ActorKind};
+use sluice_domain::{Version, Workload, WorkloadType};
+use sluice_protocol::AirbyteCatalog;
+use sluice_store::{DocKind, StoreError};
+
+use super::{doc, load, new_id};
+use crate::{now, ApiResult, App, Problem};
+
+/// Queues a `kind` workload with `input`, waits for it to end, and returns
+/// its output, or a problem with the connector's own explanation.
+pub async fn run(app: &App, kind: WorkloadType, input: Value) -> ApiResult<Value> {
+    let id = format!("{}_{}", kind.as_str(), new_id());
+    let workload = Workload::new(id.clone(), kind, None, input.to_string(), now());
+    app.workloads.insert_workload(&workload).await?;
+    app.queue.enqueue(&id, now()).await?;
+    app.work_queued.notify_one();
+    let deadline = tokio::time::Instant::now() + app.settings.connector_timeout;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let current = app.workloads.get_workload(&id).await?;
+        if current.status.is_terminal() {
+            let output = match app.config.get_doc(DocKind::Output, &id).await {
+                Ok(doc) => Some(doc.body),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            return match (current.status, output) {
+                (sluice_domain::WorkloadStatus::Success, Some(output)) => Ok(output),
+                (_, output) => {
+                    let why = output
+                        .as_ref()
+                        .and_then(|o| o["message"].as_str().map(str::to_owned))
+                        .or(current.reason)
+                        .unwrap_or_else(|| "no reason given".into());
+                    Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Connector failed", format!("{} failed: {why}", kind.as_str())))
+                }
+            };
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Connector timed out",
+                format!("{} workload {id} did not finish in {:?}; is a launcher running?", kind.as_str(), app.settings.connector_timeout),
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// The definition's `connectionSpecification`, learnt from the connector's
+/// `spec` the first time it is needed and kept on the definition.
+pub async fn spec(app: &App, definition: &Definition) -> ApiResult<Value> {
+    if let Some(spec) = &definition.connection_specification {
+        return Ok(spec.clone());
+    }
+    let output = run(app, WorkloadType::Spec, json!({"definitionId": definition.id})).await?;
+    let spec = output["spec"]["connectionSpecification"].clone();
+    if !spec.is_object() {
+        return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Connector failed", format!("{} gave a spec without connectionSpecification", definition.name)));
+    }
+    // Keep it; a concurrent learner wrote the same, so a conflict is fine.
+    if let Ok((mut stored, version)) = load::<Definition>(app, DocKind::Definition, &definition.id).await {
+        stored.connection_specification = Some(spec.clone());
+        stored.connector_ipc_options = stored.connector_ipc_options.or_else(|| output["spec"].get("connectorIPCOptions").cloned());
+        let _ = app.config.update_doc(DocKind::Definition, &doc(&definition.id, stored.workspace_id.as_deref(), &stored, version)).await;
+    }
+    Ok(spec)
+}
+
+/// The source's catalog: the cached one, or a new discover.
+pub async fn catalog(app: &App, source_id: &str, ignore_cache: bool) -> ApiResult<AirbyteCatalog> {
+    if !ignore_cache {
+        match app.config.get_doc(DocKind::Catalog, source_id).await {
+            Ok(doc) => return parse_catalog(doc.body["catalog"].clone()),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let output = run(app, WorkloadType::Discover, json!({"sourceId": source_id})).await?;
+    let catalog = parse_catalog(output["catalog"].clone())?;
+    let body = json!({"catalog": output["catalog"], "discoveredAt": now().to_string()});
+    let cached = sluice_store::Doc { id: source_id.to_owned(), workspace_id: None, body, version: Version::INITIAL };
+    match app.config.get_doc(DocKind::Catalog, source_id).await {
+        Ok(old) => {
+            let _ = app.config.update_doc(DocKind::Catalog, &sluice_store::Doc { version: old.version, ..cached }).await;
+        }
+        Err(_) => {
+            let _ = app.config.insert_doc(DocKind::Catalog, &cached).await;
+        }
+    }
+    Ok(catalog)
+}
+
+fn parse_catalog(value: Value) -> ApiResult<AirbyteCatalog> {
+    serde_json::from_value(value).map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Connector failed", format!("the source's catalog is unreadable: {e}")))
+}
+
+/// Runs the connector's `check` on a stored source or destination.
+pub async fn check(app: &App, kind: ActorKind, actor_id: &str) -> ApiResult<Value> {
+    let output = run(app, WorkloadType::Check, json!({"actorKind": kind.as_str(), "actorId": actor_id})).await?;
+    Ok(output["connectionStatus"].clone())
+}

@@ -1,0 +1,103 @@
+//! Sluice's HTTP surface, one axum router for `sluice up` and the Lambda
+//! functions alike:
+//! - the Config API: Airbyte's public API v1 under `/api/public/v1` and `/v1`
+//!   ([`config`]), behind bearer tokens from `/applications/token` ([`auth`]);
+//! - the workload API under `/api/internal/v1/workloads` ([`workloads`]),
+//!   which a running task calls with its own workload's credential.
+//!
+//! Handlers only translate HTTP to the platform's services and back.
+
+pub mod auth;
+pub mod config;
+mod extract;
+pub mod openapi;
+pub mod problem;
+pub mod workloads;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use jiff::Timestamp;
+use sluice_domain::RetryPolicy;
+use sluice_platform::Ports;
+use sluice_store::{AttemptLogs, ConfigStore, JobStore, Schedules, SecretStore, WorkloadQueue, WorkloadStore};
+
+pub use auth::Keys;
+pub use problem::{ApiResult, Problem};
+
+/// Everything a handler may touch: the ports, the signing keys, settings.
+pub struct App {
+    pub config: Arc<dyn ConfigStore>,
+    pub jobs: Arc<dyn JobStore>,
+    pub workloads: Arc<dyn WorkloadStore>,
+    pub queue: Arc<dyn WorkloadQueue>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub logs: Arc<dyn AttemptLogs>,
+    pub schedules: Arc<dyn Schedules>,
+    pub keys: Keys,
+    pub settings: Settings,
+    /// Told whenever work is queued, so an in-process launcher starts at once.
+    pub work_queued: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub retry: RetryPolicy,
+    /// How long an access token lives.
+    pub token_ttl: Duration,
+    /// How long a request waits for a spec, check or discover workload.
+    pub connector_timeout: Duration,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            retry: RetryPolicy::default(),
+            token_ttl: Duration::from_secs(15 * 60),
+            connector_timeout: Duration::from_secs(600),
+            max_body_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+impl App {
+    pub fn ports(&self) -> Ports<'_> {
+        Ports { jobs: &*self.jobs, workloads: &*self.workloads, queue: &*self.queue }
+    }
+}
+
+pub fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+/// The whole HTTP surface.
+pub fn router(app: Arc<App>) -> Router {
+    let public = config::routes().layer(axum::middleware::from_fn_with_state(app.clone(), require_token));
+    let open = config::open_routes();
+    let api = open.merge(public);
+    Router::new()
+        .nest("/api/public/v1", api.clone())
+        .nest("/v1", api)
+        .nest("/api/internal/v1", workloads::routes())
+        .fallback(|| async { Problem::new(axum::http::StatusCode::NOT_FOUND, "Not found", "no such route; see /api/public/v1/openapi.json") })
+        .layer(axum::extract::DefaultBodyLimit::max(app.settings.max_body_bytes))
+        .with_state(app)
+}
+
+/// Every Config API route but `/health`, `/openapi.json` and the token
+/// endpoint needs a bearer token this server issued, still valid.
+async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Result<Response, Problem> {
+    let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return Err(Problem::unauthorized("this route needs `Authorization: Bearer <token>`; get a token from POST /applications/token"));
+    };
+    app.keys.check_access_token(token.trim(), now().as_second()).map_err(Problem::unauthorized)?;
+    Ok(next.run(request).await)
+}

@@ -1,0 +1,299 @@
+//! The workload API: what a running task calls about its own workload.
+//! Every route takes the workload's credential as a bearer token, and a
+//! credential opens only the workload it was made for.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sluice_domain::resources::ConnectionState;
+use sluice_domain::{FailureReason, StreamStats, SyncStats, Version, Workload, WorkloadEvent, WorkloadStatus, WorkloadType};
+use sluice_platform::{workload_event, AttemptEnd, PlatformError};
+use sluice_store::{Doc, DocKind, StoreError};
+
+use crate::extract::JsonBody;
+use crate::{now, ApiResult, App, Problem};
+
+type AppState = State<Arc<App>>;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/workloads/{id}", get(status))
+        .route("/workloads/{id}/claim", post(claim))
+        .route("/workloads/{id}/launched", post(launched))
+        .route("/workloads/{id}/running", post(running))
+        .route("/workloads/{id}/heartbeat", post(heartbeat))
+        .route("/workloads/{id}/state", post(commit_state))
+        .route("/workloads/{id}/output", post(output))
+        .route("/workloads/{id}/logs", post(logs))
+        .route("/workloads/{id}/success", post(success))
+        .route("/workloads/{id}/failure", post(failure))
+        .route("/workloads/{id}/cancelled", post(cancelled))
+}
+
+/// The workload, if the request carries its credential.
+async fn authorized(app: &App, id: &str, headers: &HeaderMap) -> ApiResult<Workload> {
+    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
+    let Some(token) = token else { return Err(Problem::unauthorized("workload routes need the workload's credential as a bearer token")) };
+    if !app.keys.check_workload_token(id, token.trim()) {
+        return Err(Problem::unauthorized(format!("this credential is not workload {id}'s")));
+    }
+    Ok(app.workloads.get_workload(id).await?)
+}
+
+fn workload_json(w: &Workload) -> Value {
+    json!({"id": w.id, "type": w.kind.as_str(), "status": w.status.as_str(), "reason": w.reason, "deadline": w.deadline.to_string(), "taskRef": w.task_ref})
+}
+
+async fn apply(app: &App, id: &str, event: WorkloadEvent) -> ApiResult<Json<Value>> {
+    let w = workload_event(&app.ports(), id, &event, now()).await?;
+    Ok(Json(workload_json(&w)))
+}
+
+async fn status(State(app): AppState, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    Ok(Json(workload_json(&authorized(&app, &id, &headers).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Claim {
+    launcher_id: String,
+}
+
+async fn claim(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<Claim>) -> ApiResult<Json<Value>> {
+    authorized(&app, &id, &headers).await?;
+    apply(&app, &id, WorkloadEvent::Claim { by: body.launcher_id }).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Launched {
+    #[serde(default)]
+    task_ref: Option<String>,
+}
+
+async fn launched(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<Launched>) -> ApiResult<Json<Value>> {
+    authorized(&app, &id, &headers).await?;
+    apply(&app, &id, WorkloadEvent::Launched { task_ref: body.task_ref }).await
+}
+
+async fn running(State(app): AppState, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    authorized(&app, &id, &headers).await?;
+    apply(&app, &id, WorkloadEvent::Running).await
+}
+
+/// Counts as the orchestrator reports them.
+#[derive(Deserialize, Default, Clone)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Stats {
+    pub records_emitted: u64,
+    pub bytes_emitted: u64,
+    pub records_committed: u64,
+    pub bytes_committed: u64,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamCounts {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+impl From<&Stats> for SyncStats {
+    fn from(s: &Stats) -> Self {
+        SyncStats { records_emitted: s.records_emitted, bytes_emitted: s.bytes_emitted, records_committed: s.records_committed, bytes_committed: s.bytes_committed }
+    }
+}
+
+fn stream_stats(streams: &[StreamCounts]) -> Vec<StreamStats> {
+    streams.iter().map(|s| StreamStats { namespace: s.namespace.clone(), name: s.name.clone(), stats: (&s.stats).into() }).collect()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Progress {
+    stats: Option<Stats>,
+    streams: Vec<StreamCounts>,
+}
+
+/// Keeps the workload alive and records progress; the answer tells the task
+/// whether to stop (its workload was cancelled or failed meanwhile).
+async fn heartbeat(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<Progress>) -> ApiResult<Json<Value>> {
+    let w = authorized(&app, &id, &headers).await?;
+    if w.status.is_terminal() {
+        return Ok(Json(json!({"status": w.status.as_str(), "stop": true, "reason": w.reason})));
+    }
+    let w = workload_event(&app.ports(), &id, &WorkloadEvent::Heartbeat, now()).await?;
+    if let (Some(stats), Some(job_id)) = (&body.stats, job_of(&w)) {
+        record_progress(&app, job_id, &w.id, stats.into(), stream_stats(&body.streams)).await?;
+    }
+    Ok(Json(json!({"status": w.status.as_str(), "stop": false})))
+}
+
+async fn record_progress(app: &App, job_id: i64, workload_id: &str, stats: SyncStats, streams: Vec<StreamStats>) -> ApiResult<()> {
+    for _ in 0..5 {
+        let job = app.jobs.get_job(job_id).await?;
+        if job.running_attempt().is_none_or(|a| a.workload_id != workload_id) {
+            return Ok(());
+        }
+        let next = job.record_progress(stats.clone(), streams.clone(), now()).map_err(PlatformError::from)?;
+        match app.jobs.update_job(&next).await {
+            Err(StoreError::Conflict { .. }) => continue,
+            other => {
+                other?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn input(w: &Workload) -> Value {
+    serde_json::from_str(&w.input).unwrap_or(Value::Null)
+}
+
+fn job_of(w: &Workload) -> Option<i64> {
+    (w.kind == WorkloadType::Sync).then(|| input(w)["jobId"].as_i64()).flatten()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateCommit {
+    states: Vec<Value>,
+}
+
+/// The destination echoed these states: the connection resumes from them.
+/// Only the connection's active sync workload may move its state.
+async fn commit_state(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<StateCommit>) -> ApiResult<StatusCode> {
+    let w = authorized(&app, &id, &headers).await?;
+    if w.kind != WorkloadType::Sync || w.status.is_terminal() {
+        return Err(Problem::conflict(format!("workload {id} is {}: it can no longer commit state", w.status.as_str())));
+    }
+    let connection_id = w.mutex_key.clone().ok_or_else(|| Problem::conflict(format!("workload {id} belongs to no connection")))?;
+    save_state(&app, &connection_id, body.states).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces a connection's committed state (an empty list clears it).
+pub async fn save_state(app: &App, connection_id: &str, states: Vec<Value>) -> ApiResult<()> {
+    let state = ConnectionState { connection_id: connection_id.to_owned(), states };
+    let body = serde_json::to_value(&state).expect("plain data");
+    for _ in 0..5 {
+        let result = match app.config.get_doc(DocKind::State, connection_id).await {
+            Ok(doc) => app.config.update_doc(DocKind::State, &Doc { body: body.clone(), ..doc }).await,
+            Err(StoreError::NotFound { .. }) => {
+                app.config.insert_doc(DocKind::State, &Doc { id: connection_id.to_owned(), workspace_id: None, body: body.clone(), version: Version::INITIAL }).await
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match result {
+            Err(StoreError::Conflict { .. } | StoreError::Duplicate { .. }) => continue,
+            other => {
+                other?;
+                return Ok(());
+            }
+        }
+    }
+    Err(Problem::conflict(format!("the state of connection {connection_id} kept changing; try again")))
+}
+
+/// What a spec, check or discover workload found.
+async fn output(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<Value>) -> ApiResult<StatusCode> {
+    let w = authorized(&app, &id, &headers).await?;
+    if w.status.is_terminal() {
+        return Err(Problem::conflict(format!("workload {id} is {}", w.status.as_str())));
+    }
+    let doc = Doc { id: id.clone(), workspace_id: None, body, version: Version::INITIAL };
+    match app.config.insert_doc(DocKind::Output, &doc).await {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(StoreError::Duplicate { .. }) => Err(Problem::conflict(format!("workload {id} already has an output"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLines {
+    text: String,
+}
+
+async fn logs(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<LogLines>) -> ApiResult<StatusCode> {
+    let w = authorized(&app, &id, &headers).await?;
+    let (Some(job_id), Some(attempt)) = (job_of(&w), input(&w)["attempt"].as_u64()) else {
+        return Err(Problem::conflict(format!("workload {id} has no attempt log")));
+    };
+    app.logs.append(job_id, attempt as u32, &body.text).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct End {
+    stats: Stats,
+    streams: Vec<StreamCounts>,
+    failure: Option<Failure>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Failure {
+    origin: String,
+    #[serde(rename = "type")]
+    failure_type: String,
+    message: String,
+    #[serde(default)]
+    stream: Option<String>,
+}
+
+/// Ends the workload and, for a sync, its attempt: the job then succeeds,
+/// retries or fails by the retry policy.
+async fn end(app: &App, id: &str, headers: &HeaderMap, event: WorkloadEvent, body: End) -> ApiResult<Json<Value>> {
+    let before = authorized(app, id, headers).await?;
+    let w = workload_event(&app.ports(), id, &event, now()).await?;
+    if let Some(job_id) = job_of(&w) {
+        let (stats, streams) = ((&body.stats).into(), stream_stats(&body.streams));
+        let attempt_end = match (&event, body.failure) {
+            (WorkloadEvent::Succeed, _) => AttemptEnd::Succeeded { stats, streams },
+            (_, failure) => {
+                let failure = failure.map(|f| FailureReason { origin: f.origin, failure_type: f.failure_type, message: f.message, stream: f.stream });
+                let failure = failure.unwrap_or_else(|| FailureReason {
+                    origin: "platform".into(),
+                    failure_type: "system_error".into(),
+                    message: w.reason.clone().unwrap_or_else(|| "the task ended without saying why".into()),
+                    stream: None,
+                });
+                AttemptEnd::Failed { failure, stats, streams }
+            }
+        };
+        // A cancelled job stays cancelled; the attempt's end changes nothing then.
+        match sluice_platform::finish_attempt(&app.ports(), job_id, id, &attempt_end, &app.settings.retry, now()).await {
+            Ok(_) | Err(PlatformError::Transition(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let _ = before;
+    if w.status == WorkloadStatus::Success || w.status.is_terminal() {
+        app.work_queued.notify_one();
+    }
+    Ok(Json(workload_json(&w)))
+}
+
+async fn success(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<End>) -> ApiResult<Json<Value>> {
+    end(&app, &id, &headers, WorkloadEvent::Succeed, body).await
+}
+
+async fn failure(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<End>) -> ApiResult<Json<Value>> {
+    let reason = body.failure.as_ref().map(|f| f.message.clone()).unwrap_or_else(|| "the task failed".into());
+    end(&app, &id, &headers, WorkloadEvent::Fail { reason }, body).await
+}
+
+async fn cancelled(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<End>) -> ApiResult<Json<Value>> {
+    end(&app, &id, &headers, WorkloadEvent::Cancel { reason: "the task was stopped".into() }, body).await
+}
