@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sluice_domain::resources::ConnectionState;
+use sluice_domain::resources::{ActorKind, ConnectionState, Definition};
 use sluice_domain::{FailureReason, StreamStats, SyncStats, Version, Workload, WorkloadEvent, WorkloadStatus, WorkloadType};
 use sluice_platform::{workload_event, AttemptEnd, PlatformError};
 use sluice_store::{Doc, DocKind, StoreError};
@@ -29,6 +29,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/workloads/{id}/heartbeat", post(heartbeat))
         .route("/workloads/{id}/state", post(commit_state))
         .route("/workloads/{id}/output", post(output))
+        .route("/workloads/{id}/config", post(config_update))
         .route("/workloads/{id}/logs", post(logs))
         .route("/workloads/{id}/success", post(success))
         .route("/workloads/{id}/failure", post(failure))
@@ -296,4 +297,39 @@ async fn failure(State(app): AppState, Path(id): Path<String>, headers: HeaderMa
 
 async fn cancelled(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<End>) -> ApiResult<Json<Value>> {
     end(&app, &id, &headers, WorkloadEvent::Cancel { reason: "the task was stopped".into() }, body).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigUpdate {
+    side: String,
+    config: Value,
+}
+
+/// A connector replaced its configuration (a CONTROL message, e.g. a
+/// refreshed OAuth token): keep it, secrets split out as on any write.
+async fn config_update(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<ConfigUpdate>) -> ApiResult<StatusCode> {
+    let w = authorized(&app, &id, &headers).await?;
+    if w.status.is_terminal() {
+        return Err(Problem::conflict(format!("workload {id} is {}", w.status.as_str())));
+    }
+    let connection_id = w.mutex_key.clone().ok_or_else(|| Problem::conflict(format!("workload {id} belongs to no connection")))?;
+    let (connection, _) = crate::config::connections::connection(&app, &connection_id).await?;
+    let (kind, actor_id) = match body.side.as_str() {
+        "source" => (ActorKind::Source, connection.source_id),
+        "destination" => (ActorKind::Destination, connection.destination_id),
+        other => return Err(Problem::bad_field("side", format!("`{other}` is not source or destination"))),
+    };
+    let (mut actor, version) = crate::config::actors::actor(&app, kind, &actor_id).await?;
+    let (definition, _) = crate::config::load::<Definition>(&app, DocKind::Definition, &actor.definition_id).await?;
+    let spec = definition.connection_specification.unwrap_or(json!({}));
+    let mut old_refs = Vec::new();
+    crate::config::actors::refs_in(&actor.configuration, &mut old_refs);
+    actor.configuration = crate::config::actors::store_config(&app, &actor_id, &spec, &body.config).await?;
+    let doc = crate::config::doc(&actor_id, Some(&actor.workspace_id), &actor, version);
+    app.config.update_doc(crate::config::actors::doc_kind(kind), &doc).await?;
+    for reference in old_refs {
+        let _ = app.secrets.delete_secret(&reference).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

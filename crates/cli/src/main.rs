@@ -6,6 +6,7 @@
 mod bench;
 mod progress;
 mod sync;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,8 @@ enum Commands {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the platform on this machine: Config API, scheduler, launcher and monitor
+    Up(up::UpArgs),
     /// Run one attempt from a sync config file, as the task's orchestrator does
     #[command(disable_help_flag = true)]
     Orchestrate {
@@ -46,6 +49,7 @@ fn main() {
         Commands::Orchestrate { args } => sluice_orchestrator::cli::main(&args),
         Commands::Sync(args) => report(sync::run(args)),
         Commands::Bench(args) => report(bench::run(args)),
+        Commands::Up(args) => report(up::run(args)),
     };
     std::process::exit(code);
 }

@@ -12,7 +12,8 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{TransitionError, Version};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WorkloadType {
     Spec,
     Check,

@@ -51,7 +51,12 @@ pub async fn workload_event(ports: &Ports<'_>, id: &str, event: &WorkloadEvent, 
 /// the queue message that gets it launched.
 pub async fn start_job(ports: &Ports<'_>, connection_id: &str, job_type: JobType, streams: Vec<String>, now: Timestamp) -> Result<Job, PlatformError> {
     let job = ports.jobs.create_job(connection_id, job_type, streams, now).await?;
-    start_attempt(ports, job, now).await
+    let id = job.id;
+    match start_attempt(ports, job, now).await {
+        // The scheduler's sweep started this pending job first: same outcome.
+        Err(PlatformError::Store(StoreError::Conflict { .. })) => Ok(ports.jobs.get_job(id).await?),
+        other => other,
+    }
 }
 
 /// Starts the next attempt of a pending or retrying job. The order makes

@@ -118,6 +118,8 @@ pub enum DocKind {
     Catalog,
     /// What a spec, check or discover workload found, keyed by workload id.
     Output,
+    /// The platform's own settings, e.g. the reference of its signing key.
+    Setting,
 }
 
 impl DocKind {
@@ -132,6 +134,7 @@ impl DocKind {
             DocKind::State => "state",
             DocKind::Catalog => "catalog",
             DocKind::Output => "output",
+            DocKind::Setting => "setting",
         }
     }
 }

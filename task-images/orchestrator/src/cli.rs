@@ -1,14 +1,20 @@
-//! `orchestrator --config sync.json [--state-file s.json] [--outcome-file o.json]`
+//! `orchestrator --config sync.json [--state-file s.json] [--outcome-file o.json]
+//!  [--workload-api URL --workload-id ID]`
 //!
 //! Runs one attempt as the task's orchestrator container does: the attempt
 //! log goes to stderr, the committed state to `--state-file` as it advances,
-//! and the outcome as JSON to stdout (and `--outcome-file`). Exit status: 0
-//! succeeded, 1 failed, 3 cancelled, 2 bad usage.
+//! and the outcome as JSON to stdout (and `--outcome-file`). With a workload
+//! API (credential in `SLUICE_WORKLOAD_TOKEN`), state, heartbeats and the
+//! end go to the platform instead, and a cancelled workload stops the
+//! attempt. Exit status: 0 succeeded, 1 failed, 3 cancelled, 2 bad usage.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use crate::workload_api::{ApiReporter, WorkloadApi};
 use crate::{AttemptStatus, FileReporter, SyncConfig};
 
 /// The orchestrator's command line; returns the exit status.
@@ -25,13 +31,16 @@ pub fn main(args: &[String]) -> i32 {
 fn run(args: &[String]) -> Result<i32, String> {
     let mut args = args.iter();
     let (mut config, mut state_file, mut outcome_file) = (None, None, None);
+    let (mut api_url, mut workload_id) = (None, None);
     while let Some(flag) = args.next() {
         let mut value = || args.next().map(PathBuf::from).ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--config" => config = Some(value()?),
             "--state-file" => state_file = Some(value()?),
             "--outcome-file" => outcome_file = Some(value()?),
-            other => return Err(format!("unexpected argument `{other}`; usage: orchestrator --config FILE [--state-file FILE] [--outcome-file FILE]")),
+            "--workload-api" => api_url = Some(value()?.display().to_string()),
+            "--workload-id" => workload_id = Some(value()?.display().to_string()),
+            other => return Err(format!("unexpected argument `{other}`; usage: orchestrator --config FILE [--state-file FILE] [--outcome-file FILE] [--workload-api URL --workload-id ID]")),
         }
     }
     let config_path = config.ok_or("missing --config FILE")?;
@@ -42,8 +51,32 @@ fn run(args: &[String]) -> Result<i32, String> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, cancel.clone()).map_err(|e| format!("cannot handle signals: {e}"))?;
     }
-    let mut reporter = FileReporter { log: Box::new(std::io::stderr()), state_file, source_config_file: None, destination_config_file: None };
-    let outcome = crate::run(&config, &mut reporter, &cancel);
+    let api = match (api_url, workload_id) {
+        (Some(url), Some(id)) => {
+            let token = std::env::var("SLUICE_WORKLOAD_TOKEN").map_err(|_| "--workload-api needs the workload's credential in SLUICE_WORKLOAD_TOKEN")?;
+            Some((url, id, token))
+        }
+        (None, None) => None,
+        _ => return Err("--workload-api and --workload-id go together".into()),
+    };
+    let outcome = match api {
+        Some((url, id, token)) => {
+            let heartbeat_every = std::env::var("SLUICE_HEARTBEAT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+            let api = WorkloadApi::new(&url, &id, token);
+            let mut reporter = ApiReporter::new(api, Box::new(std::io::stderr()), cancel.clone(), Duration::from_secs(heartbeat_every));
+            // Running only once the connectors are about to start: the platform's clock for heartbeats.
+            reporter.api.post("running", &serde_json::json!({})).map_err(|e| format!("cannot reach the workload API: {e}"))?;
+            let outcome = crate::run(&config, &mut reporter, &cancel);
+            if let Err(e) = reporter.api.report_end(&outcome) {
+                eprintln!("orchestrator: could not report the attempt's end: {e}");
+            }
+            outcome
+        }
+        None => {
+            let mut reporter = FileReporter { log: Box::new(std::io::stderr()), state_file, source_config_file: None, destination_config_file: None };
+            crate::run(&config, &mut reporter, &cancel)
+        }
+    };
     let json = serde_json::to_string_pretty(&outcome).expect("outcome serializes");
     if let Some(path) = outcome_file {
         std::fs::write(&path, &json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

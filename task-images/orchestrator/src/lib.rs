@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod outcome;
 pub mod pump;
 pub mod report;
+pub mod workload_api;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

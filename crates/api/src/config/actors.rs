@@ -115,7 +115,7 @@ async fn resolve_definition(app: &App, kind: ActorKind, workspace_id: &str, id: 
 
 /// Validates a plain config against the spec and stores its secrets;
 /// returns the config with references where the secrets were.
-async fn store_config(app: &App, actor_id: &str, spec: &Value, plain: &Value) -> ApiResult<Value> {
+pub(crate) async fn store_config(app: &App, actor_id: &str, spec: &Value, plain: &Value) -> ApiResult<Value> {
     if let Err(violations) = validate(spec, plain) {
         let fields: Vec<(String, String)> = violations.iter().map(|v| (format!("configuration{}", v.path), v.message.clone())).collect();
         let detail = format!("the configuration does not match the connector's spec: {}", violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "));
@@ -152,7 +152,7 @@ fn swap_refs(value: Value, refs: &Map<String, Value>) -> Value {
 }
 
 /// Every secret reference in a stored config.
-fn refs_in(value: &Value, out: &mut Vec<String>) {
+pub(crate) fn refs_in(value: &Value, out: &mut Vec<String>) {
     let key = sluice_domain::config::SECRET_REF_KEY;
     match value {
         Value::Object(o) if o.len() == 1 && o.contains_key(key) => out.extend(o[key].as_str().map(str::to_owned)),
@@ -163,7 +163,7 @@ fn refs_in(value: &Value, out: &mut Vec<String>) {
 }
 
 /// A stored config with its secrets put back, for a connector to run with.
-pub(crate) async fn plain_config(app: &App, stored: &Value) -> ApiResult<Value> {
+pub async fn plain_config(app: &App, stored: &Value) -> ApiResult<Value> {
     let mut refs = Vec::new();
     refs_in(stored, &mut refs);
     let mut values = std::collections::HashMap::new();
@@ -206,7 +206,7 @@ async fn create(app: &App, kind: ActorKind, body: ActorCreate) -> ApiResult<Json
     Ok(Json(actor_json(app, &actor).await?))
 }
 
-pub(crate) async fn actor(app: &App, kind: ActorKind, id: &str) -> ApiResult<(Actor, Version)> {
+pub async fn actor(app: &App, kind: ActorKind, id: &str) -> ApiResult<(Actor, Version)> {
     load(app, doc_kind(kind), id).await
 }
 
@@ -276,7 +276,7 @@ async fn update(app: &App, kind: ActorKind, id: &str, body: ActorUpdate, replace
 /// Deleting a source or destination deprecates the connections using it.
 async fn delete(app: &App, kind: ActorKind, id: &str) -> ApiResult<StatusCode> {
     let (actor, version) = actor(app, kind, id).await?;
-    let connections = app.config.list_docs(DocKind::Connection, &[actor.workspace_id.clone()], 100_000, 0).await?;
+    let connections = app.config.list_docs(DocKind::Connection, std::slice::from_ref(&actor.workspace_id), 100_000, 0).await?;
     for d in connections {
         let Ok(mut connection) = serde_json::from_value::<Connection>(d.body.clone()) else { continue };
         let uses = match kind {

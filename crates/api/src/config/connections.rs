@@ -45,7 +45,7 @@ pub(crate) fn connection_json(c: &Connection) -> Value {
     })
 }
 
-pub(crate) async fn connection(app: &App, id: &str) -> ApiResult<(Connection, Version)> {
+pub async fn connection(app: &App, id: &str) -> ApiResult<(Connection, Version)> {
     load(app, DocKind::Connection, id).await
 }
 

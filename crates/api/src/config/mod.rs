@@ -2,10 +2,11 @@
 //! where Airbyte has none (checks, attempts, logs). Documents are stored in
 //! the API's own shape; secrets are split out on write and masked on read.
 
-mod actors;
-mod connections;
+pub mod actors;
+pub mod builtin;
+pub mod connections;
 pub mod connectors;
-mod jobs;
+pub mod jobs;
 
 use std::sync::Arc;
 
@@ -61,7 +62,7 @@ pub(crate) fn new_id() -> String {
 }
 
 /// A document decoded into its type, with the version it was read at.
-pub(crate) async fn load<T: DeserializeOwned>(app: &App, kind: DocKind, id: &str) -> ApiResult<(T, Version)> {
+pub async fn load<T: DeserializeOwned>(app: &App, kind: DocKind, id: &str) -> ApiResult<(T, Version)> {
     let doc = app.config.get_doc(kind, id).await?;
     let value = serde_json::from_value(doc.body).map_err(|e| Problem::unavailable(format!("stored {} {id} is unreadable: {e}", kind.as_str())))?;
     Ok((value, doc.version))
@@ -455,7 +456,7 @@ async fn delete_definition(State(app): AppState, Path((ws, id)): Path<(String, S
         return Err(Problem::conflict(format!("definition {id} is built in and cannot be deleted")));
     }
     let kind = if d.kind == ActorKind::Source { DocKind::Source } else { DocKind::Destination };
-    let in_use = app.config.list_docs(kind, &[ws.clone()], 10_000, 0).await?.iter().any(|doc| doc.body["definitionId"] == id.as_str());
+    let in_use = app.config.list_docs(kind, std::slice::from_ref(&ws), 10_000, 0).await?.iter().any(|doc| doc.body["definitionId"] == id.as_str());
     if in_use {
         return Err(Problem::conflict(format!("definition {id} is used by a {}; delete that first", kind.as_str())));
     }

@@ -1,0 +1,104 @@
+//! The definitions every workspace has from the first start: Sluice's
+//! reference connectors, and Airbyte's connectors that run from PyPI
+//! without a network, under Airbyte's own names and type keys.
+
+use sluice_domain::resources::{ActorKind, Definition};
+use sluice_domain::Version;
+use sluice_store::{DocKind, StoreError};
+
+use super::doc;
+use crate::App;
+
+struct Builtin {
+    id: &'static str,
+    kind: ActorKind,
+    name: &'static str,
+    type_key: &'static str,
+    runtime: &'static str,
+    repository: &'static str,
+    tag: &'static str,
+}
+
+const BUILTINS: [Builtin; 6] = [
+    // Airbyte's own definition id for source-faker, so scripts that name it work.
+    Builtin {
+        id: "dfd88b22-b603-4c3d-aad7-3701784586b1",
+        kind: ActorKind::Source,
+        name: "Faker",
+        type_key: "faker",
+        runtime: "pypi:airbyte-source-faker==7.2.1",
+        repository: "airbyte/source-faker",
+        tag: "7.2.1",
+    },
+    Builtin {
+        id: "778daa7c-feaf-4db6-96f3-70fd645acc77",
+        kind: ActorKind::Source,
+        name: "File (CSV, JSON, Excel, Feather, Parquet)",
+        type_key: "file",
+        runtime: "pypi:airbyte-source-file==0.5.39",
+        repository: "airbyte/source-file",
+        tag: "0.5.39",
+    },
+    Builtin {
+        id: "9d7a3c0e-5f44-4b63-9d0e-6a1c0b9c2f01",
+        kind: ActorKind::Source,
+        name: "Hardcoded Records",
+        type_key: "hardcoded-records",
+        runtime: "pypi:airbyte-source-hardcoded-records",
+        repository: "airbyte/source-hardcoded-records",
+        tag: "latest",
+    },
+    Builtin {
+        id: "5c1b0e7a-2d5e-4f0b-8a57-1f2f4b0c6e11",
+        kind: ActorKind::Source,
+        name: "Sluice Faker",
+        type_key: "sluice-faker",
+        runtime: "source-faker",
+        repository: "sluice/source-faker",
+        tag: "0.1.0",
+    },
+    Builtin {
+        id: "0b6f3a9d-7c2e-4e8a-9f1d-3a5b7c9e1d22",
+        kind: ActorKind::Destination,
+        name: "Sluice JSON Lines",
+        type_key: "sluice-jsonl",
+        runtime: "destination-jsonl",
+        repository: "sluice/destination-jsonl",
+        tag: "0.1.0",
+    },
+    Builtin {
+        id: "e2a4c6d8-1b3f-4a5c-8e7d-9f0a1b2c3d33",
+        kind: ActorKind::Destination,
+        name: "End-to-End Testing (/dev/null)",
+        type_key: "dev-null",
+        runtime: "destination-dev-null",
+        repository: "sluice/destination-dev-null",
+        tag: "0.1.0",
+    },
+];
+
+/// Stores the built-in definitions that are not there yet; returns how many.
+pub async fn seed(app: &App) -> Result<usize, StoreError> {
+    let mut added = 0;
+    for b in &BUILTINS {
+        let definition = Definition {
+            id: b.id.to_owned(),
+            kind: b.kind,
+            name: b.name.to_owned(),
+            type_key: b.type_key.to_owned(),
+            runtime: b.runtime.to_owned(),
+            docker_repository: b.repository.to_owned(),
+            docker_image_tag: b.tag.to_owned(),
+            protocol_version: "0.2.0".into(),
+            connector_ipc_options: None,
+            connection_specification: None,
+            workspace_id: None,
+        };
+        match app.config.insert_doc(DocKind::Definition, &doc(b.id, None, &definition, Version::INITIAL)).await {
+            Ok(_) => added += 1,
+            Err(StoreError::Duplicate { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(added)
+}

@@ -1,0 +1,219 @@
+//! `sluice up`: the whole platform in one process on embedded parts: the
+//! Config and workload APIs, the launcher (local executor), the scheduler
+//! (cron ticker and retries) and the monitor, over one SQLite file, a
+//! secrets directory and log files under the data directory.
+
+mod ticker;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+use sluice_api::{App, Keys, Settings};
+use sluice_domain::{Version, WorkloadStatus};
+use sluice_launcher::local::LocalExecutor;
+use sluice_store::{Doc, DocKind, StoreError};
+use sluice_store_sqlite::{FileLogs, FileSecrets, SqliteStore};
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Where everything is kept: the database, secrets, logs, credentials
+    #[arg(long, default_value = ".sluice")]
+    data_dir: PathBuf,
+    /// The address the API listens on
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Seconds between a task's heartbeats
+    #[arg(long, default_value_t = 10)]
+    heartbeat_secs: u64,
+    /// Seconds between monitor sweeps (Airbyte's is a minute)
+    #[arg(long, default_value_t = 60)]
+    monitor_secs: u64,
+    /// Days to keep attempt logs and finished workloads
+    #[arg(long, default_value_t = 30)]
+    retention_days: u64,
+    /// The first retry's backoff in seconds (then x3 each time, up to 30 minutes)
+    #[arg(long, default_value_t = 10)]
+    retry_backoff_secs: u64,
+}
+
+/// The file with the first application's credentials, which the CLI reads.
+pub const CREDENTIALS_FILE: &str = "credentials.json";
+const SIGNING_KEY: &str = "signing-key";
+
+pub fn run(args: UpArgs) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: UpArgs) -> anyhow::Result<i32> {
+    let started = std::time::Instant::now();
+    let data = &args.data_dir;
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    let data = std::fs::canonicalize(data)?;
+    let store = Arc::new(SqliteStore::open(&data.join("sluice.db")).context("cannot open the database")?);
+    let secrets = Arc::new(FileSecrets::open(data.join("secrets")).context("cannot open the secrets directory")?);
+    let logs_dir = data.join("logs");
+    let ticker = ticker::Ticker::default();
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another `sluice up` running? Choose another address with --listen", args.listen)
+    })?;
+    let address = listener.local_addr()?;
+
+    let key = signing_key(&store, &secrets).await?;
+    let mut settings = Settings::default();
+    settings.retry.backoff_initial = SignedDuration::from_secs(args.retry_backoff_secs as i64);
+    let app = Arc::new(App {
+        config: store.clone(),
+        jobs: store.clone(),
+        workloads: store.clone(),
+        queue: store.clone(),
+        secrets: secrets.clone(),
+        logs: Arc::new(FileLogs::new(logs_dir.clone())),
+        schedules: Arc::new(ticker.clone()),
+        keys: Keys::new(key.into_bytes()),
+        settings,
+        work_queued: Arc::new(tokio::sync::Notify::new()),
+    });
+    sluice_api::config::builtin::seed(&app).await?;
+    let credentials = first_application(&app, &data, address).await?;
+    let scheduled = ticker.load(&app).await?;
+    let recovered = recover(&app).await?;
+
+    let launcher_id = format!("local-{}-{}", std::process::id(), Timestamp::now().as_second());
+    let executor = Arc::new(LocalExecutor {
+        sluice: std::env::current_exe().context("cannot find the sluice binary")?,
+        cache: sluice_connectors::Cache::from_env(),
+        work_root: data.join("tasks"),
+        logs: FileLogs::new(logs_dir),
+        heartbeat_secs: args.heartbeat_secs,
+        stop_grace: Duration::from_secs(30),
+    });
+    let api_url = format!("http://{address}/api/internal/v1");
+    tokio::spawn(launch_loop(app.clone(), executor, launcher_id, api_url));
+    tokio::spawn(ticker.run(app.clone()));
+    tokio::spawn(scheduler_loop(app.clone()));
+    tokio::spawn(monitor_loop(app.clone(), Duration::from_secs(args.monitor_secs), args.retention_days));
+
+    eprintln!("sluice: listening on http://{address} (Config API at /api/public/v1), data in {}", data.display());
+    if let Some(path) = credentials {
+        eprintln!("sluice: created an application; its client id and secret are in {}", path.display());
+    }
+    eprintln!("sluice: {scheduled} cron schedule(s); recovered {recovered} workload(s); ready in {} ms", started.elapsed().as_millis());
+    axum::serve(listener, sluice_api::router(app)).with_graceful_shutdown(shutdown_signal()).await.context("the API server failed")?;
+    eprintln!("sluice: stopped");
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("can handle SIGTERM");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The key that signs tokens and workload credentials: made once, kept in
+/// the secrets store, found again through a setting.
+async fn signing_key(store: &SqliteStore, secrets: &FileSecrets) -> anyhow::Result<String> {
+    use sluice_store::{ConfigStore, SecretStore};
+    match store.get_doc(DocKind::Setting, SIGNING_KEY).await {
+        Ok(doc) => {
+            let reference = doc.body["secret"].as_str().context("the signing key setting is damaged")?;
+            Ok(secrets.get_secret(reference).await?)
+        }
+        Err(StoreError::NotFound { .. }) => {
+            let key = Keys::generate();
+            let reference = secrets.put_secret(SIGNING_KEY, &key).await?;
+            let doc = Doc { id: SIGNING_KEY.into(), workspace_id: None, body: json!({"secret": reference}), version: Version::INITIAL };
+            match store.insert_doc(DocKind::Setting, &doc).await {
+                Ok(_) => Ok(key),
+                Err(e) => bail!("cannot keep the signing key: {e}"),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// At first start, an application for the CLI, its credentials in a 0600 file.
+async fn first_application(app: &App, data: &Path, address: SocketAddr) -> anyhow::Result<Option<PathBuf>> {
+    let path = data.join(CREDENTIALS_FILE);
+    if !app.config.list_docs(DocKind::Application, &[], 1, 0).await?.is_empty() {
+        return Ok(None);
+    }
+    let (application, secret) = sluice_api::config::new_application(app, "sluice-cli").await?;
+    let body = json!({"client_id": application.client_id, "client_secret": secret, "api_url": format!("http://{address}/api/public/v1")});
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&path)?;
+    file.write_all(serde_json::to_string_pretty(&body)?.as_bytes())?;
+    Ok(Some(path))
+}
+
+/// After a stop of any kind: workloads that were running died with us, so
+/// they fail (and their attempts retry); pending ones are queued again.
+async fn recover(app: &App) -> anyhow::Result<usize> {
+    let now = Timestamp::now();
+    let active = app.workloads.overdue_workloads(Timestamp::MAX).await?;
+    for w in &active {
+        if w.status == WorkloadStatus::Pending {
+            app.queue.enqueue(&w.id, now).await?;
+        } else {
+            sluice_launcher::fail_launch(app, w, "its task stopped when `sluice up` stopped").await?;
+        }
+    }
+    Ok(active.len())
+}
+
+async fn launch_loop(app: Arc<App>, executor: Arc<LocalExecutor>, launcher_id: String, api_url: String) {
+    loop {
+        match sluice_launcher::claim_next(&app, &launcher_id).await {
+            Ok(Some(Some(w))) => {
+                let (app, executor, api_url) = (app.clone(), executor.clone(), api_url.clone());
+                tokio::spawn(async move { sluice_launcher::local::run_claimed(&executor, &app, w, &api_url).await });
+            }
+            Ok(Some(None)) => {}
+            Ok(None) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), app.work_queued.notified()).await;
+            }
+            Err(e) => {
+                eprintln!("sluice: launcher: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Starts attempts whose backoff is over, and jobs nobody started.
+async fn scheduler_loop(app: Arc<App>) {
+    loop {
+        match sluice_platform::start_due_attempts(&app.ports(), Timestamp::now()).await {
+            Ok(started) if !started.is_empty() => app.work_queued.notify_one(),
+            Ok(_) => {}
+            Err(e) => eprintln!("sluice: scheduler: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn monitor_loop(app: Arc<App>, every: Duration, retention_days: u64) {
+    loop {
+        tokio::time::sleep(every).await;
+        match sluice_platform::monitor_sweep(&app.ports(), &app.settings.retry, Timestamp::now()).await {
+            Ok(failed) if !failed.is_empty() => {
+                eprintln!("sluice: monitor failed {} workload(s) past their deadline: {}", failed.len(), failed.join(", "));
+                app.work_queued.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("sluice: monitor: {e}"),
+        }
+        let cutoff = Timestamp::now() - SignedDuration::from_hours(24 * retention_days as i64);
+        if let Err(e) = app.logs.delete_older_than(cutoff).await {
+            eprintln!("sluice: monitor: cleaning logs: {e}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The launcher: takes workloads off the queue, claims each (a conditional
+//! write, so a redelivered message launches nothing twice), turns it into a
+//! [`TaskPlan`] and hands the plan to an executor.
+//!
+//! [`build_plan`] is shared by every executor; [`local`] runs a plan as
+//! processes on this machine, [`docker`] describes it as containers.
+
+pub mod docker;
+pub mod local;
+pub mod plan;
+
+use std::sync::Arc;
+
+use jiff::SignedDuration;
+use serde_json::{json, Value};
+use sluice_api::config::{actors, connections, load};
+use sluice_api::App;
+use sluice_domain::resources::{ActorKind, ConnectionState, Definition};
+use sluice_domain::{FailureReason, Workload, WorkloadEvent, WorkloadType};
+use sluice_platform::{workload_event, AttemptEnd, PlatformError};
+use sluice_store::{DocKind, StoreError};
+
+pub use plan::{Container, PlanFile, Resources, Runtime, TaskPlan};
+
+/// Why a workload could not be planned or launched; it fails with this.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LaunchError(pub String);
+
+impl From<sluice_api::Problem> for LaunchError {
+    fn from(p: sluice_api::Problem) -> Self {
+        LaunchError(p.detail)
+    }
+}
+
+impl From<StoreError> for LaunchError {
+    fn from(e: StoreError) -> Self {
+        LaunchError(e.to_string())
+    }
+}
+
+fn input(w: &Workload) -> Value {
+    serde_json::from_str(&w.input).unwrap_or(Value::Null)
+}
+
+fn container(definition: &Definition) -> Container {
+    Container { name: definition_name(definition), runtime: Runtime::parse(&definition.runtime), env: Default::default() }
+}
+
+fn definition_name(d: &Definition) -> String {
+    match Runtime::parse(&d.runtime) {
+        Runtime::Pypi(text) => text.trim_start_matches("pypi:").split("==").next().unwrap_or_default().trim_start_matches("airbyte-").to_owned(),
+        Runtime::Reference(name) => name,
+        _ => format!("{}-{}", d.kind.as_str(), d.type_key),
+    }
+}
+
+fn file(name: &str, value: &impl serde::Serialize) -> PlanFile {
+    PlanFile { name: name.to_owned(), contents: serde_json::to_string(value).expect("plain data") }
+}
+
+/// Everything the workload's task needs, read from the store now, with
+/// secrets resolved into the config files (and nowhere else).
+pub async fn build_plan(app: &App, w: &Workload, api_url: &str) -> Result<TaskPlan, LaunchError> {
+    let input = input(w);
+    let text = |key: &str| input[key].as_str().map(str::to_owned).ok_or_else(|| LaunchError(format!("workload {} has no `{key}` in its input", w.id)));
+    let mut plan = TaskPlan {
+        workload_id: w.id.clone(),
+        kind: w.kind,
+        files: Vec::new(),
+        connector: None,
+        source: None,
+        destination: None,
+        resources: Resources::default(),
+        workload_api_url: api_url.to_owned(),
+        credential: app.keys.workload_token(&w.id),
+    };
+    match w.kind {
+        WorkloadType::Spec => {
+            let (definition, _) = load::<Definition>(app, DocKind::Definition, &text("definitionId")?).await?;
+            plan.connector = Some(container(&definition));
+        }
+        WorkloadType::Check | WorkloadType::Discover => {
+            let (kind, id) = if w.kind == WorkloadType::Discover {
+                (ActorKind::Source, text("sourceId")?)
+            } else {
+                let kind = if text("actorKind")? == "destination" { ActorKind::Destination } else { ActorKind::Source };
+                (kind, text("actorId")?)
+            };
+            let (actor, _) = actors::actor(app, kind, &id).await?;
+            let (definition, _) = load::<Definition>(app, DocKind::Definition, &actor.definition_id).await?;
+            plan.connector = Some(container(&definition));
+            plan.files.push(file(plan::files::CONNECTOR_CONFIG, &actors::plain_config(app, &actor.configuration).await?));
+        }
+        WorkloadType::Sync => sync_plan(app, w, &mut plan).await?,
+    }
+    Ok(plan)
+}
+
+async fn sync_plan(app: &App, w: &Workload, plan: &mut TaskPlan) -> Result<(), LaunchError> {
+    let connection_id = w.mutex_key.clone().ok_or_else(|| LaunchError(format!("sync workload {} names no connection", w.id)))?;
+    let (connection, _) = connections::connection(app, &connection_id).await?;
+    let (source, _) = actors::actor(app, ActorKind::Source, &connection.source_id).await?;
+    let (destination, _) = actors::actor(app, ActorKind::Destination, &connection.destination_id).await?;
+    let (source_definition, _) = load::<Definition>(app, DocKind::Definition, &source.definition_id).await?;
+    let (destination_definition, _) = load::<Definition>(app, DocKind::Definition, &destination.definition_id).await?;
+    let catalog = sluice_api::config::connectors::catalog(app, &source.id, false).await?;
+    let configured = sluice_platform::catalog::configure(&connection.streams, &catalog).map_err(|errors| {
+        let listed: Vec<String> = errors.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        LaunchError(format!("the connection's streams no longer match the source's catalog: {}", listed.join("; ")))
+    })?;
+    let mut catalog = configured.catalog;
+    for stream in &mut catalog.streams {
+        stream.stream.namespace = sluice_domain::resources::destination_namespace(
+            &connection.namespace_definition,
+            connection.namespace_format.as_deref(),
+            stream.stream.namespace.as_deref(),
+        );
+        if !connection.prefix.is_empty() {
+            stream.stream.name = format!("{}{}", connection.prefix, stream.stream.name);
+        }
+    }
+    let state = match load::<ConnectionState>(app, DocKind::State, &connection_id).await {
+        Ok((state, _)) => state.states,
+        Err(p) if p.status.as_u16() == 404 => Vec::new(),
+        Err(p) => return Err(p.into()),
+    };
+    let selected: Vec<Value> = configured.selected_fields.iter().map(|(stream, fields)| json!({"stream": stream, "fields": fields})).collect();
+    plan.files.push(file(plan::files::SOURCE_CONFIG, &actors::plain_config(app, &source.configuration).await?));
+    plan.files.push(file(plan::files::DESTINATION_CONFIG, &actors::plain_config(app, &destination.configuration).await?));
+    plan.files.push(file(plan::files::CATALOG, &catalog));
+    plan.files.push(file(plan::files::STATE, &state));
+    plan.files.push(file(plan::files::SELECTED_FIELDS, &selected));
+    plan.source = Some(container(&source_definition));
+    plan.destination = Some(container(&destination_definition));
+    Ok(())
+}
+
+/// Fails a workload that could not be launched, and its attempt, which the
+/// retry policy then retries or ends.
+pub async fn fail_launch(app: &App, w: &Workload, why: &str) -> Result<(), PlatformError> {
+    let now = jiff::Timestamp::now();
+    let failed = match workload_event(&app.ports(), &w.id, &WorkloadEvent::Fail { reason: why.to_owned() }, now).await {
+        Ok(w) => w,
+        Err(PlatformError::Transition(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if let Some(job_id) = input(&failed)["jobId"].as_i64().filter(|_| failed.kind == WorkloadType::Sync) {
+        let failure = FailureReason { origin: "platform".into(), failure_type: "launch_error".into(), message: why.to_owned(), stream: None };
+        let end = AttemptEnd::Failed { failure, stats: Default::default(), streams: Vec::new() };
+        match sluice_platform::finish_attempt(&app.ports(), job_id, &failed.id, &end, &app.settings.retry, now).await {
+            Ok(_) | Err(PlatformError::Transition(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// How long a received message stays invisible before it is delivered
+/// again: enough to claim and launch; after that the claim guards it.
+pub const VISIBILITY: SignedDuration = SignedDuration::from_secs(120);
+
+/// Takes the next message off the queue and claims its workload. `None`
+/// when the queue is empty; `Some(None)` when the message needed no work
+/// (the workload already ended, or someone else claimed it).
+pub async fn claim_next(app: &Arc<App>, launcher_id: &str) -> Result<Option<Option<Workload>>, PlatformError> {
+    let now = jiff::Timestamp::now();
+    let Some(delivery) = app.queue.receive(now, VISIBILITY).await? else { return Ok(None) };
+    let current = match app.workloads.get_workload(&delivery.workload_id).await {
+        Ok(w) => Some(w),
+        Err(StoreError::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let mut claimed = None;
+    if let Some(w) = current.filter(|w| w.status == sluice_domain::WorkloadStatus::Pending) {
+        // The receipt makes each delivery's claim its own: of two deliveries
+        // of one workload, only one claim succeeds.
+        let by = format!("{launcher_id}/{}", delivery.receipt);
+        match workload_event(&app.ports(), &w.id, &WorkloadEvent::Claim { by: by.clone() }, now).await {
+            Ok(w) if w.claimed_by.as_deref() == Some(by.as_str()) => claimed = Some(w),
+            Ok(_) | Err(PlatformError::Transition(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Claimed (or not ours to run): the claim, not the message, now guards it.
+    match app.queue.acknowledge(&delivery.receipt).await {
+        Ok(()) | Err(StoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Some(claimed))
+}

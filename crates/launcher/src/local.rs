@@ -1,0 +1,260 @@
+//! The local executor: a plan's task as processes on this machine, sharing
+//! a private directory. A sync runs the orchestrator (`sluice orchestrate`),
+//! which starts both connectors and reports to the workload API over HTTP
+//! like any task; spec, check and discover run the connector directly.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_api::App;
+use sluice_connectors::{Cache, ConnectorRef};
+use sluice_domain::{Version, Workload, WorkloadEvent, WorkloadType};
+use sluice_orchestrator::{ConnectorConfig, Launch, Limits, SyncConfig};
+use sluice_platform::workload_event;
+use sluice_protocol::AirbyteMessage;
+use sluice_store::{Doc, DocKind};
+
+use crate::plan::{files, Container, Runtime, TaskPlan};
+use crate::{fail_launch, LaunchError};
+
+pub struct LocalExecutor {
+    /// The binary that carries the reference connectors and the orchestrator.
+    pub sluice: PathBuf,
+    pub cache: Cache,
+    /// Each task's private directory is made under this one, and removed after.
+    pub work_root: PathBuf,
+    /// Attempt logs: the orchestrator's stderr goes to `<logs>/<job>/<attempt>.log`.
+    pub logs: sluice_store_sqlite::FileLogs,
+    pub heartbeat_secs: u64,
+    /// How long a stopped task gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+fn launch_error(what: &str) -> impl Fn(std::io::Error) -> LaunchError + '_ {
+    move |e| LaunchError(format!("{what}: {e}"))
+}
+
+/// Writes a file only its owner can read: configs hold secrets.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path)?;
+    file.write_all(contents)
+}
+
+impl LocalExecutor {
+    /// The command that runs a connector here, installing it if needed.
+    async fn command(&self, container: &Container) -> Result<Vec<String>, LaunchError> {
+        let reference = match &container.runtime {
+            Runtime::Image(image) => {
+                return Err(LaunchError(format!(
+                    "{} exists only as the image {image}, which the local executor cannot run; use a definition with a PyPI package or an executable, or the Docker executor",
+                    container.name
+                )))
+            }
+            Runtime::Reference(name) => name.clone(),
+            Runtime::Pypi(spec) => spec.clone(),
+            Runtime::Executable(path) => path.clone(),
+        };
+        let connector: ConnectorRef = reference.parse().map_err(|e: sluice_connectors::Error| LaunchError(e.to_string()))?;
+        let (sluice, cache) = (self.sluice.clone(), self.cache.clone());
+        tokio::task::spawn_blocking(move || connector.command(&sluice, &cache, &mut |_| {}))
+            .await
+            .map_err(|e| LaunchError(format!("installing {}: {e}", container.name)))?
+            .map_err(|e| LaunchError(e.to_string()))
+    }
+
+    /// Runs the plan to its end. Errors are launch failures; the caller
+    /// fails the workload with them.
+    pub async fn run(&self, app: &App, w: &Workload, plan: &TaskPlan) -> Result<(), LaunchError> {
+        let dir = self.work_root.join(&plan.workload_id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(launch_error("cannot create the task directory"))?;
+        let result = match plan.kind {
+            WorkloadType::Sync => self.run_sync(app, w, plan, &dir).await,
+            _ => self.run_connector_command(app, w, plan, &dir).await,
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    async fn run_sync(&self, app: &App, w: &Workload, plan: &TaskPlan, dir: &Path) -> Result<(), LaunchError> {
+        let (source, destination) = match (&plan.source, &plan.destination) {
+            (Some(s), Some(d)) => (s, d),
+            _ => return Err(LaunchError("a sync plan needs a source and a destination".into())),
+        };
+        let json_file = |name: &str| -> Result<Value, LaunchError> {
+            let text = plan.file(name).ok_or_else(|| LaunchError(format!("the plan has no {name}")))?;
+            serde_json::from_str(text).map_err(|e| LaunchError(format!("{name} in the plan: {e}")))
+        };
+        let config = SyncConfig {
+            source: ConnectorConfig {
+                name: source.name.clone(),
+                launch: Launch::Spawn { command: self.command(source).await?, env: source.env.clone() },
+                config: json_file(files::SOURCE_CONFIG)?,
+            },
+            destination: ConnectorConfig {
+                name: destination.name.clone(),
+                launch: Launch::Spawn { command: self.command(destination).await?, env: destination.env.clone() },
+                config: json_file(files::DESTINATION_CONFIG)?,
+            },
+            catalog: serde_json::from_value(json_file(files::CATALOG)?).map_err(|e| LaunchError(format!("catalog: {e}")))?,
+            state: serde_json::from_value(json_file(files::STATE)?).map_err(|e| LaunchError(format!("state: {e}")))?,
+            selected_fields: serde_json::from_value(json_file(files::SELECTED_FIELDS)?).map_err(|e| LaunchError(format!("selected fields: {e}")))?,
+            work_dir: dir.join("files"),
+            limits: Limits::default(),
+        };
+        let config_path = dir.join("sync.json");
+        write_private(&config_path, &serde_json::to_vec(&config).expect("plain data")).map_err(launch_error("cannot write sync.json"))?;
+
+        let input: Value = serde_json::from_str(&w.input).unwrap_or(Value::Null);
+        let (job_id, attempt) = (input["jobId"].as_i64().unwrap_or(0), input["attempt"].as_u64().unwrap_or(0) as u32);
+        let log_path = self.logs.path(job_id, attempt);
+        std::fs::create_dir_all(log_path.parent().expect("has a parent")).map_err(launch_error("cannot create the log directory"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(launch_error("cannot open the attempt log"))?;
+
+        let mut command = tokio::process::Command::new(&self.sluice);
+        command
+            .arg("orchestrate")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--outcome-file")
+            .arg(dir.join("outcome.json"))
+            .arg("--workload-api")
+            .arg(&plan.workload_api_url)
+            .arg("--workload-id")
+            .arg(&plan.workload_id)
+            .env("SLUICE_WORKLOAD_TOKEN", &plan.credential)
+            .env("SLUICE_HEARTBEAT_SECS", self.heartbeat_secs.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(false);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                // Its own process group, so a stop reaches it and nothing else;
+                // and it is told to stop if we die, so no task outlives `sluice up`.
+                libc::setpgid(0, 0);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(launch_error("cannot start the orchestrator"))?;
+        let pid = child.id().unwrap_or(0) as i32;
+        let launched = WorkloadEvent::Launched { task_ref: Some(format!("local:{pid}")) };
+        if let Err(e) = workload_event(&app.ports(), &w.id, &launched, jiff::Timestamp::now()).await {
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            let _ = child.wait().await;
+            return Err(LaunchError(format!("cannot mark the workload launched: {e}")));
+        }
+
+        // Wait for it, stopping it if its workload ends meanwhile (a cancel,
+        // or the monitor failing it).
+        let mut stop_sent: Option<tokio::time::Instant> = None;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            match stop_sent {
+                None => {
+                    let ended = app.workloads.get_workload(&w.id).await.map(|c| c.status.is_terminal()).unwrap_or(false);
+                    if ended {
+                        unsafe { libc::kill(-pid, libc::SIGTERM) };
+                        stop_sent = Some(tokio::time::Instant::now());
+                    }
+                }
+                Some(at) if at.elapsed() > self.stop_grace => unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                },
+                Some(_) => {}
+            }
+        };
+        let status = status.map_err(launch_error("waiting for the orchestrator"))?;
+        // It reports its own end; if the workload is still active, it died first.
+        let current = app.workloads.get_workload(&w.id).await?;
+        if current.status.is_active() {
+            let tail = std::fs::read(&log_path).map(|log| sluice_connectors::last_lines(&log, 5)).unwrap_or_default();
+            return Err(LaunchError(format!("the orchestrator exited ({status}) without reporting the attempt's end: {tail}")));
+        }
+        Ok(())
+    }
+
+    async fn run_connector_command(&self, app: &App, w: &Workload, plan: &TaskPlan, dir: &Path) -> Result<(), LaunchError> {
+        let container = plan.connector.as_ref().ok_or_else(|| LaunchError("the plan names no connector".into()))?;
+        let command = self.command(container).await?;
+        let mut args: Vec<String> = vec![plan.kind.as_str().to_owned()];
+        if plan.kind != WorkloadType::Spec {
+            let config_path = dir.join(files::CONNECTOR_CONFIG);
+            let config = plan.file(files::CONNECTOR_CONFIG).ok_or_else(|| LaunchError("the plan has no connector config".into()))?;
+            write_private(&config_path, config.as_bytes()).map_err(launch_error("cannot write the connector config"))?;
+            args.extend(["--config".to_owned(), config_path.display().to_string()]);
+        }
+        let now = jiff::Timestamp::now;
+        workload_event(&app.ports(), &w.id, &WorkloadEvent::Launched { task_ref: None }, now()).await.map_err(|e| LaunchError(e.to_string()))?;
+        workload_event(&app.ports(), &w.id, &WorkloadEvent::Running, now()).await.map_err(|e| LaunchError(e.to_string()))?;
+        let mut process = tokio::process::Command::new(&command[0]);
+        process.args(&command[1..]).args(&args).current_dir(dir).stdin(Stdio::null()).kill_on_drop(true);
+        let output = tokio::time::timeout(app.settings.connector_timeout, process.output())
+            .await
+            .map_err(|_| LaunchError(format!("{} {} took longer than {:?}", container.name, plan.kind.as_str(), app.settings.connector_timeout)))?
+            .map_err(launch_error(&format!("cannot start {}", container.name)))?;
+
+        let (found, errors) = read_answer(plan.kind, &output.stdout);
+        let (body, succeeded) = match found {
+            Some(body) => (body, true),
+            None => {
+                let why = if errors.is_empty() { sluice_connectors::last_lines(&output.stderr, 10) } else { errors.join("; ") };
+                (json!({"message": format!("{} {} gave no answer ({}): {why}", container.name, plan.kind.as_str(), output.status)}), false)
+            }
+        };
+        let doc = Doc { id: w.id.clone(), workspace_id: None, body: body.clone(), version: Version::INITIAL };
+        app.config.insert_doc(DocKind::Output, &doc).await?;
+        let event = if succeeded {
+            WorkloadEvent::Succeed
+        } else {
+            WorkloadEvent::Fail { reason: body["message"].as_str().unwrap_or_default().to_owned() }
+        };
+        workload_event(&app.ports(), &w.id, &event, now()).await.map_err(|e| LaunchError(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// The answer a spec, check or discover gives on stdout, and the TRACE
+/// errors it reported.
+fn read_answer(kind: WorkloadType, stdout: &[u8]) -> (Option<Value>, Vec<String>) {
+    let mut errors = Vec::new();
+    for line in stdout.split(|&b| b == b'\n').filter(|l| !l.trim_ascii().is_empty()) {
+        let Ok(message) = serde_json::from_slice::<AirbyteMessage>(line) else { continue };
+        let found = match kind {
+            WorkloadType::Spec => message.spec.map(|s| json!({"spec": s})),
+            WorkloadType::Check => message.connection_status.map(|s| json!({"connectionStatus": s})),
+            WorkloadType::Discover => message.catalog.map(|c| json!({"catalog": c})),
+            WorkloadType::Sync => None,
+        };
+        if found.is_some() {
+            return (found, errors);
+        }
+        if let Some(error) = message.trace.and_then(|t| t.error) {
+            errors.push(error.message);
+        }
+    }
+    (None, errors)
+}
+
+/// Runs one claimed workload with the local executor; a failure to launch
+/// fails the workload (and its attempt) with the reason.
+pub async fn run_claimed(executor: &LocalExecutor, app: &App, w: Workload, api_url: &str) {
+    let result = match crate::build_plan(app, &w, api_url).await {
+        Ok(plan) => executor.run(app, &w, &plan).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        if let Err(failed) = fail_launch(app, &w, &e.0).await {
+            eprintln!("sluice: could not record that workload {} failed ({}): {failed}", w.id, e.0);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The task plan: one plain value that says everything a workload's task
+//! runs, for any executor (local processes, Docker, ECS) to carry out.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sluice_domain::WorkloadType;
+
+/// What a task runs for one workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskPlan {
+    pub workload_id: String,
+    pub kind: WorkloadType,
+    /// The init step: files written into the shared directory before any
+    /// connector starts (configs, catalog, state; secrets among them, so
+    /// written 0600).
+    pub files: Vec<PlanFile>,
+    /// For spec, check and discover: the one connector, and its command.
+    pub connector: Option<Container>,
+    /// For syncs: both connectors and the orchestrator between them.
+    pub source: Option<Container>,
+    pub destination: Option<Container>,
+    pub resources: Resources,
+    /// Where the task reports, and the credential that opens its workload only.
+    pub workload_api_url: String,
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanFile {
+    /// A name inside the shared directory.
+    pub name: String,
+    pub contents: String,
+}
+
+/// One connector: a command to run locally, or an image for containers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// For logs and errors, e.g. `source-faker`.
+    pub name: String,
+    pub runtime: Runtime,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// Sluice's own reference connector, built into the `sluice` binary.
+    Reference(String),
+    /// An Airbyte connector from PyPI, installed into its own virtualenv.
+    Pypi(String),
+    /// An executable on the machine running the task.
+    Executable(String),
+    /// A container image (Docker or ECS executors only).
+    Image(String),
+}
+
+impl Runtime {
+    /// From a definition's `runtime` text: `image:<ref>`, `pypi:<pkg>`, a
+    /// reference connector's name, or a path.
+    pub fn parse(text: &str) -> Runtime {
+        if let Some(image) = text.strip_prefix("image:") {
+            Runtime::Image(image.to_owned())
+        } else if text.starts_with("pypi:") {
+            Runtime::Pypi(text.to_owned())
+        } else if sluice_connectors::REFERENCE_CONNECTORS.contains(&text) {
+            Runtime::Reference(text.to_owned())
+        } else {
+            Runtime::Executable(text.to_owned())
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    pub cpu_millis: u32,
+    pub memory_mib: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources { cpu_millis: 1000, memory_mib: 2048 }
+    }
+}
+
+/// Names of the init step's files.
+pub mod files {
+    pub const SOURCE_CONFIG: &str = "source_config.json";
+    pub const DESTINATION_CONFIG: &str = "destination_config.json";
+    pub const CONNECTOR_CONFIG: &str = "connector_config.json";
+    pub const CATALOG: &str = "catalog.json";
+    pub const STATE: &str = "state.json";
+    pub const SELECTED_FIELDS: &str = "selected_fields.json";
+}
+
+impl TaskPlan {
+    pub fn file(&self, name: &str) -> Option<&str> {
+        self.files.iter().find(|f| f.name == name).map(|f| f.contents.as_str())
+    }
+}
