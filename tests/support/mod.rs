@@ -2,6 +2,8 @@
 //! scratch directory and read back what it did.
 #![allow(dead_code)]
 
+pub mod platform;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

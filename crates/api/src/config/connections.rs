@@ -23,6 +23,7 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/connections", get(list_connections).post(create_connection))
         .route("/connections/{id}", get(get_connection).patch(update_connection).delete(delete_connection))
+        .route("/connections/{id}/state", get(get_state))
 }
 
 pub(crate) fn connection_json(c: &Connection) -> Value {
@@ -266,4 +267,15 @@ async fn delete_connection(State(app): AppState, Path(id): Path<String>) -> ApiR
     app.config.update_doc(DocKind::Connection, &doc(&id, Some(&c.workspace_id), &c, version)).await?;
     app.schedules.delete_schedule(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ours: the state the connection resumes from (what its destination last echoed).
+async fn get_state(State(app): AppState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    connection(&app, &id).await?;
+    let states = match load::<sluice_domain::resources::ConnectionState>(&app, DocKind::State, &id).await {
+        Ok((state, _)) => state.states,
+        Err(p) if p.status == StatusCode::NOT_FOUND => Vec::new(),
+        Err(p) => return Err(p),
+    };
+    Ok(Json(json!({"connectionId": id, "states": states})))
 }
