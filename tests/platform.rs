@@ -80,3 +80,263 @@ fn pypi_faker_to_jsonl_over_http_then_incremental_then_cron() {
     });
     p.ok("PATCH", &format!("/connections/{connection}"), Some(json!({"schedule": {"scheduleType": "manual"}})));
 }
+
+/// A workspace with the scripted source (and its secret) and a JSON-lines destination.
+fn scripted_connection(p: &Platform, scratch: &Scratch, config: Value, mode: &str) -> String {
+    let workspace = p.workspace("scripted");
+    scripted_definition(p, &workspace);
+    let source = p.actor("source", &workspace, "scripted", config);
+    let destination = jsonl_destination(p, &workspace, &scratch.path("out"));
+    connection(p, &source, &destination, json!([{"name": "items", "syncMode": mode}]))
+}
+
+/// The orchestrator processes `sluice up` started: (pid, workload id, credential).
+fn orchestrators(platform_pid: u32) -> Vec<(i32, String, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let parent = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(|p| p.trim().to_owned());
+        if parent != Some(platform_pid.to_string()) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let Some(at) = args.iter().position(|a| a == "--workload-id") else { continue };
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let token = environ
+            .split(|&b| b == 0)
+            .find_map(|v| String::from_utf8_lossy(v).strip_prefix("SLUICE_WORKLOAD_TOKEN=").map(str::to_owned))
+            .unwrap_or_default();
+        found.push((pid, args[at + 1].clone(), token));
+    }
+    found
+}
+
+fn committed_cursor(p: &Platform, connection: &str) -> i64 {
+    let states = state_of(p, connection);
+    states.as_array().and_then(|s| s.first()).map(|s| s["stream"]["stream_state"]["cursor"].as_i64().unwrap()).unwrap_or(0)
+}
+
+#[test]
+fn one_job_at_a_time_cancel_keeps_state_and_credentials_open_only_their_workload() {
+    let scratch = Scratch::new();
+    let p = Platform::start(&scratch.path("data"), &[]);
+    let connection = scripted_connection(&p, &scratch, json!({"records": 400, "state_every": 10, "delay_secs": 0.02}), "incremental_append");
+
+    // Two requests at once: one job starts, the other is told which job runs.
+    let (a, b) = std::thread::scope(|s| {
+        let request = || p.call("POST", "/jobs", Some(&json!({"connectionId": connection, "jobType": "sync"})), Some(&p.token));
+        let a = s.spawn(request);
+        let b = s.spawn(request);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+    let (started, refused) = if a.0 == 200 { (a.1, b.1) } else { (b.1, a.1) };
+    let job = started["jobId"].as_i64().unwrap();
+    assert!(refused["detail"].as_str().unwrap().contains(&format!("job {job}")), "{refused}");
+    let jobs = p.get(&format!("/jobs?connectionId={connection}"));
+    assert_eq!(jobs["data"].as_array().unwrap().len(), 1);
+
+    // Some state is committed while it runs.
+    p.wait_for("a committed state", Duration::from_secs(60), |p| committed_cursor(p, &connection) >= 30);
+
+    // The task's credential opens its own workload and no other.
+    let tasks = orchestrators(p.pid());
+    let (_, workload, credential) = tasks.first().expect("a running orchestrator").clone();
+    let internal = format!("http://127.0.0.1:{}/api/internal/v1/workloads", p.port);
+    assert_eq!(p.call("GET", &format!("{internal}/{workload}"), None, Some(&credential)).0, 200);
+    let other = workload.replace("_0_sync", "_1_sync");
+    let (status, body) = p.call("GET", &format!("{internal}/{other}"), None, Some(&credential));
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(p.call("GET", &format!("{internal}/{workload}"), None, Some(&p.token)).0, 401, "an API token is not a workload credential");
+    assert_eq!(p.call("GET", &format!("{internal}/{workload}"), None, None).0, 401);
+
+    // Cancel: the job ends cancelled and the committed state stays.
+    let cancelled = p.ok("DELETE", &format!("/jobs/{job}"), None);
+    assert_eq!(cancelled["status"], "cancelled");
+    let job_after = p.wait_job(job, Duration::from_secs(30));
+    assert_eq!(job_after["status"], "cancelled");
+    p.wait_for("the task to stop", Duration::from_secs(30), |p| orchestrators(p.pid()).is_empty());
+    let kept = committed_cursor(&p, &connection);
+    assert!((30..400).contains(&kept), "state after cancel: {kept}");
+    let rows = scratch.read_lines("out/items.jsonl").len() as i64;
+    assert!(rows >= kept, "every committed record is in the destination: {rows} rows, cursor {kept}");
+
+    // The next sync resumes after the committed cursor and finishes the rest.
+    let next = p.wait_job(sync(&p, &connection), Duration::from_secs(60));
+    assert_eq!(next["status"], "succeeded", "{next}");
+    assert_eq!(committed_cursor(&p, &connection), kept + 400);
+}
+
+#[test]
+fn kill_9_mid_sync_then_restart_finishes_without_loss_or_duplicates() {
+    let scratch = Scratch::new();
+    let mut p = Platform::start(&scratch.path("data"), &[]);
+    let connection = scripted_connection(&p, &scratch, json!({"records": 300, "state_every": 10, "delay_secs": 0.01}), "incremental_deduped_history");
+    let job = sync(&p, &connection);
+    p.wait_for("a committed state", Duration::from_secs(60), |p| committed_cursor(p, &connection) >= 50);
+    let before = committed_cursor(&p, &connection);
+    p.kill();
+    p.restart();
+    let resumed_from = committed_cursor(&p, &connection);
+    assert!(resumed_from >= before, "no committed state lost");
+    let done = p.wait_job(job, Duration::from_secs(120));
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", p.log());
+    let attempts = p.get(&format!("/jobs/{job}/attempts"));
+    assert_eq!(attempts["attempts"].as_array().unwrap().len(), 2, "{attempts}");
+    assert_eq!(attempts["attempts"][0]["status"], "failed");
+    // The scripted source emits `records` more after the state it is given.
+    let last = resumed_from + 300;
+    assert_eq!(committed_cursor(&p, &connection), last);
+    let mut ids: Vec<i64> = scratch.read_lines("out/items.jsonl").iter().map(|r| r["_airbyte_data"]["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, (1..=last).collect::<Vec<_>>(), "each record once in the dedup stream");
+}
+
+#[test]
+fn a_task_whose_heartbeats_stop_is_failed_by_the_monitor_and_retried() {
+    let scratch = Scratch::new();
+    let p = Platform::start(&scratch.path("data"), &["--heartbeat-timeout-secs", "3", "--monitor-secs", "1"]);
+    let connection = scripted_connection(&p, &scratch, json!({"records": 200, "state_every": 10, "delay_secs": 0.02}), "incremental_append");
+    let job = sync(&p, &connection);
+    p.wait_for("a running task", Duration::from_secs(60), |p| !orchestrators(p.pid()).is_empty());
+    let (frozen, first_workload, _) = orchestrators(p.pid())[0].clone();
+    unsafe { libc::kill(-frozen, libc::SIGSTOP) };
+    p.wait_for("a second attempt", Duration::from_secs(30), |p| {
+        p.get(&format!("/jobs/{job}/attempts"))["attempts"].as_array().unwrap().len() == 2
+    });
+    unsafe { libc::kill(-frozen, libc::SIGCONT) };
+    let attempts = p.get(&format!("/jobs/{job}/attempts"));
+    let failure = attempts["attempts"][0]["failure"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(failure.contains(&first_workload) && failure.contains("heartbeat"), "{attempts}");
+    let done = p.wait_job(job, Duration::from_secs(60));
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", p.log());
+    assert_eq!(committed_cursor(&p, &connection), 200);
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_source_secret_is_in_no_response_log_or_database_row() {
+    let scratch = Scratch::new();
+    let data = scratch.path("data");
+    let p = Platform::start(&data, &[]);
+    const SECRET: &str = "sk-live-7f3a9c1e5d";
+    let workspace = p.workspace("secrets");
+    scripted_definition(&p, &workspace);
+    let source = p.actor("source", &workspace, "scripted", json!({"records": 20, "api_key": SECRET}));
+    let destination = jsonl_destination(&p, &workspace, &scratch.path("out"));
+    let mut responses = vec![p.get(&format!("/sources/{source}")), p.get(&format!("/sources?workspaceIds={workspace}"))];
+    assert_eq!(responses[0]["configuration"]["api_key"], "**********");
+    let connection = connection(&p, &source, &destination, json!([{"name": "items", "syncMode": "incremental_append"}]));
+    let job = p.wait_job(sync(&p, &connection), Duration::from_secs(60));
+    assert_eq!(job["status"], "succeeded");
+    // Sending the mask back keeps the secret; the source still works.
+    responses.push(p.ok("PATCH", &format!("/sources/{source}"), Some(json!({"name": "renamed", "configuration": {"api_key": "**********", "records": 5}}))));
+    let again = p.wait_job(sync(&p, &connection), Duration::from_secs(60));
+    assert_eq!(again["status"], "succeeded", "{again}");
+    responses.push(p.get(&format!("/jobs/{}/attempts", again["jobId"])));
+    responses.push(p.get(&format!("/jobs/{}/attempts/0/logs", again["jobId"])));
+    for response in &responses {
+        assert!(!response.to_string().contains(SECRET), "a response leaked the secret: {response}");
+    }
+    let secrets_dir = data.join("secrets");
+    let mut in_secrets = false;
+    for file in files_under(&data).into_iter().chain([data.with_extension("log")]) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        if file.starts_with(&secrets_dir) {
+            in_secrets |= contains(&bytes, SECRET);
+        } else {
+            assert!(!contains(&bytes, SECRET), "{} holds the secret", file.display());
+        }
+    }
+    assert!(in_secrets, "the secret is kept in the secrets store");
+}
+
+#[test]
+fn tokens_are_required_valid_and_unexpired() {
+    let scratch = Scratch::new();
+    let p = Platform::start(&scratch.path("data"), &["--token-ttl-secs", "2"]);
+    let (status, body) = p.call("GET", "/workspaces", None, None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("Bearer"), "{body}");
+    let (status, _) = p.call("GET", "/workspaces", None, Some("sl1.someone.99999999999.00ff"));
+    assert_eq!(status, 401);
+    assert_eq!(p.call("GET", "/workspaces", None, Some(&p.token)).0, 200);
+    assert_eq!(p.call("GET", "/health", None, None).0, 200, "health needs no token");
+    let (status, body) = p.call("POST", "/applications/token", Some(&json!({"client_id": "nobody", "client_secret": "x"})), None);
+    assert_eq!(status, 401, "{body}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, body) = p.call("GET", "/workspaces", None, Some(&p.token));
+    assert_eq!(status, 401);
+    assert!(body["detail"].as_str().unwrap().contains("expired"), "{body}");
+}
+
+#[test]
+fn bad_input_gets_a_problem_naming_the_field() {
+    let scratch = Scratch::new();
+    let p = Platform::start(&scratch.path("data"), &[]);
+    let workspace = p.workspace("bad input");
+    let field = |(status, body): (u16, Value)| -> (u16, String) {
+        (status, body["errors"][0]["field"].as_str().unwrap_or_else(|| panic!("no field in {body}")).to_owned())
+    };
+    let post = |path: &str, body: Value| p.call("POST", path, Some(&body), Some(&p.token));
+
+    // Malformed JSON.
+    let agent = support::platform::agent();
+    let mut r = agent
+        .post(&format!("{}/workspaces", p.base))
+        .header("authorization", &format!("Bearer {}", p.token))
+        .header("content-type", "application/json")
+        .send("{\"name\": ")
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.headers().get("content-type").unwrap(), "application/problem+json");
+    let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["errors"][0]["field"], "body", "{body}");
+
+    // An oversized body.
+    let (status, body) = post("/workspaces", json!({"name": "x".repeat(3 * 1024 * 1024)}));
+    assert_eq!(status, 413, "{body}");
+
+    // A missing field, a wrong type.
+    assert_eq!(field(post("/workspaces", json!({}))), (400, "body".into()));
+    assert_eq!(field(post("/workspaces", json!({"name": 5}))), (400, "name".into()));
+
+    // An unknown definition, and a config that fails the connector's spec.
+    let unknown = post("/sources", json!({"name": "s", "workspaceId": workspace, "configuration": {"sourceType": "no-such-thing"}}));
+    assert_eq!(field(unknown), (400, "configuration.sourceType".into()));
+    let invalid = post("/sources", json!({"name": "s", "workspaceId": workspace, "configuration": {"sourceType": "sluice-faker", "count": -3}}));
+    assert_eq!(field(invalid), (400, "configuration/count".into()));
+
+    // An invalid cron expression.
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 5}));
+    let destination = p.actor("destination", &workspace, "dev-null", json!({}));
+    let bad_cron = post("/connections", json!({"sourceId": source, "destinationId": destination, "schedule": {"scheduleType": "cron", "cronExpression": "every day"}}));
+    assert_eq!(field(bad_cron), (400, "schedule.cronExpression".into()));
+    let bad_stream = post("/connections", json!({"sourceId": source, "destinationId": destination, "configurations": {"streams": [{"name": "nope", "syncMode": "full_refresh_append"}]}}));
+    assert_eq!(field(bad_stream), (400, "configurations.streams[0].name".into()));
+
+    // Unknown ids and job ids that are not numbers.
+    assert_eq!(p.call("GET", "/sources/00000000-0000-0000-0000-000000000000", None, Some(&p.token)).0, 404);
+    assert_eq!(field(p.call("GET", "/jobs/abc", None, Some(&p.token))), (400, "jobId".into()));
+    assert_eq!(field(p.call("GET", "/workspaces?limit=1000", None, Some(&p.token))), (400, "limit".into()));
+}

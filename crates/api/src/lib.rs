@@ -54,6 +54,7 @@ pub struct Settings {
     pub connector_timeout: Duration,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    pub deadlines: sluice_domain::Deadlines,
 }
 
 impl Default for Settings {
@@ -63,13 +64,14 @@ impl Default for Settings {
             token_ttl: Duration::from_secs(15 * 60),
             connector_timeout: Duration::from_secs(600),
             max_body_bytes: 2 * 1024 * 1024,
+            deadlines: Default::default(),
         }
     }
 }
 
 impl App {
     pub fn ports(&self) -> Ports<'_> {
-        Ports { jobs: &*self.jobs, workloads: &*self.workloads, queue: &*self.queue }
+        Ports { jobs: &*self.jobs, workloads: &*self.workloads, queue: &*self.queue, deadlines: self.settings.deadlines }
     }
 }
 

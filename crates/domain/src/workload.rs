@@ -79,6 +79,19 @@ impl WorkloadStatus {
 pub const CLAIM_AND_LAUNCH_WINDOW: SignedDuration = SignedDuration::from_mins(30);
 pub const HEARTBEAT_WINDOW: SignedDuration = SignedDuration::from_mins(10);
 
+/// How far each step pushes a workload's deadline: Airbyte's by default,
+/// shorter in tests that watch the monitor at work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    pub heartbeat: SignedDuration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines { heartbeat: HEARTBEAT_WINDOW }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
     /// `<connection>_<job>_<attempt>_sync` for syncs, as Airbyte names them.
@@ -148,11 +161,16 @@ impl Workload {
     /// Applies one event. `Ok(None)` means nothing changes (a repeated
     /// terminal call, or a claim by the launcher that already holds it).
     pub fn apply(&self, event: &WorkloadEvent, now: Timestamp) -> Result<Option<Workload>, TransitionError> {
+        self.apply_within(event, now, Deadlines::default())
+    }
+
+    /// [`Workload::apply`] with deadlines of one's own.
+    pub fn apply_within(&self, event: &WorkloadEvent, now: Timestamp, deadlines: Deadlines) -> Result<Option<Workload>, TransitionError> {
         use WorkloadStatus::*;
         let refuse = || TransitionError { entity: "workload", id: self.id.clone(), state: self.status.as_str(), action: event.name() };
         let mut next = self.clone();
         next.updated_at = now;
-        let extend = |w: &mut Workload| w.deadline = now.checked_add(HEARTBEAT_WINDOW).expect("far from the end of time");
+        let extend = |w: &mut Workload| w.deadline = now.checked_add(deadlines.heartbeat).expect("far from the end of time");
         match (self.status, event) {
             (Pending, WorkloadEvent::Claim { by }) => {
                 next.status = Claimed;

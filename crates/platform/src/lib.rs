@@ -30,6 +30,7 @@ pub struct Ports<'a> {
     pub jobs: &'a dyn JobStore,
     pub workloads: &'a dyn WorkloadStore,
     pub queue: &'a dyn WorkloadQueue,
+    pub deadlines: sluice_domain::Deadlines,
 }
 
 /// Applies one event to a workload: read, decide, write if unchanged. A
@@ -37,7 +38,7 @@ pub struct Ports<'a> {
 pub async fn workload_event(ports: &Ports<'_>, id: &str, event: &WorkloadEvent, now: Timestamp) -> Result<Workload, PlatformError> {
     for _ in 0..MAX_RACES {
         let current = ports.workloads.get_workload(id).await?;
-        let Some(next) = current.apply(event, now)? else { return Ok(current) };
+        let Some(next) = current.apply_within(event, now, ports.deadlines)? else { return Ok(current) };
         match ports.workloads.update_workload(&next).await {
             Err(StoreError::Conflict { .. }) => continue,
             other => return Ok(other?),
@@ -229,7 +230,7 @@ mod tests {
     #[tokio::test]
     async fn a_job_starts_its_attempt_and_queues_its_workload() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         assert_eq!(job.status, JobStatus::Running);
         let workload_id = &job.attempts[0].workload_id;
@@ -243,7 +244,7 @@ mod tests {
     #[tokio::test]
     async fn workload_events_are_idempotent_and_checked() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let id = job.attempts[0].workload_id.clone();
         workload_event(&ports, &id, &WorkloadEvent::Claim { by: "launcher".into() }, t(1)).await.unwrap();
@@ -258,7 +259,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_attempt_retries_with_a_new_workload_that_supersedes_the_old() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let first = job.attempts[0].workload_id.clone();
         let failure = FailureReason { origin: "source".into(), failure_type: "system_error".into(), message: "boom".into(), stream: None };
@@ -277,7 +278,7 @@ mod tests {
     #[tokio::test]
     async fn the_monitor_fails_silent_workloads_and_the_retry_starts_when_due() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let id = job.attempts[0].workload_id.clone();
         workload_event(&ports, &id, &WorkloadEvent::Claim { by: "l".into() }, t(1)).await.unwrap();
@@ -300,7 +301,7 @@ mod tests {
     #[tokio::test]
     async fn two_schedulers_starting_one_attempt_leave_one_live_workload() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
         let pending = s.create_job("conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let first = start_attempt(&ports, pending.clone(), t(1)).await.unwrap();
         let second = start_attempt(&ports, pending, t(1)).await;
@@ -312,7 +313,7 @@ mod tests {
     #[tokio::test]
     async fn a_pending_job_left_by_a_crash_is_started() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
         // As if the process died between creating the job and starting its attempt.
         let job = s.create_job("conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let started = start_due_attempts(&ports, t(1)).await.unwrap();

@@ -61,8 +61,10 @@ pub(crate) fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(Box::new(e))
 }
 
+/// Nanoseconds since the epoch; times past 2262 (SQLite's i64 limit) are
+/// clamped, which only ever matters for "any time" query bounds.
 fn ns(t: Timestamp) -> i64 {
-    t.as_nanosecond() as i64
+    t.as_nanosecond().clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 fn from_ns(value: i64) -> Timestamp {

@@ -40,6 +40,12 @@ pub struct UpArgs {
     /// The first retry's backoff in seconds (then x3 each time, up to 30 minutes)
     #[arg(long, default_value_t = 10)]
     retry_backoff_secs: u64,
+    /// Seconds a running task may go without a heartbeat before the monitor fails it
+    #[arg(long, default_value_t = 600)]
+    heartbeat_timeout_secs: u64,
+    /// Seconds an access token lives
+    #[arg(long, default_value_t = 900)]
+    token_ttl_secs: u64,
 }
 
 /// The file with the first application's credentials, which the CLI reads.
@@ -68,6 +74,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
     let key = signing_key(&store, &secrets).await?;
     let mut settings = Settings::default();
     settings.retry.backoff_initial = SignedDuration::from_secs(args.retry_backoff_secs as i64);
+    settings.deadlines.heartbeat = SignedDuration::from_secs(args.heartbeat_timeout_secs as i64);
+    settings.token_ttl = Duration::from_secs(args.token_ttl_secs);
     let app = Arc::new(App {
         config: store.clone(),
         jobs: store.clone(),
