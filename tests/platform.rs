@@ -340,3 +340,33 @@ fn bad_input_gets_a_problem_naming_the_field() {
     assert_eq!(field(p.call("GET", "/jobs/abc", None, Some(&p.token))), (400, "jobId".into()));
     assert_eq!(field(p.call("GET", "/workspaces?limit=1000", None, Some(&p.token))), (400, "limit".into()));
 }
+
+#[test]
+fn airbytes_python_sdk_works_against_the_api_with_client_credentials() {
+    let cache = sluice_connectors::Cache { root: support::cache_dir() };
+    let venv = cache.python_env("airbyte-api", Some("1.0.1"), &mut |_| {}).expect("airbyte-api installs from PyPI");
+    let scratch = Scratch::new();
+    let data = scratch.path("data");
+    let p = Platform::start(&data, &[]);
+    let credentials: Value = serde_json::from_str(&std::fs::read_to_string(data.join("credentials.json")).unwrap()).unwrap();
+    let output = std::process::Command::new(venv.join("bin/python"))
+        .arg(fixture("sdk_client.py"))
+        .arg(&p.base)
+        .arg(credentials["client_id"].as_str().unwrap())
+        .arg(credentials["client_secret"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "the SDK client failed:\n{}\n--- sluice up log:\n{}", String::from_utf8_lossy(&output.stderr), p.log());
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let jobs = seen["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 3);
+    // Newest first, two per page, every job once.
+    let pages: Vec<Vec<i64>> = serde_json::from_value(seen["pages"].clone()).unwrap();
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1], "{seen}");
+    let mut listed: Vec<i64> = pages.concat();
+    listed.sort();
+    let mut started: Vec<i64> = jobs.iter().map(|j| j.as_i64().unwrap()).collect();
+    started.sort();
+    assert_eq!(listed, started);
+    assert_eq!(p.get(&format!("/sources/{}", seen["source"].as_str().unwrap()))["sourceType"], "faker");
+}

@@ -44,9 +44,9 @@ const BUILTINS: [Builtin; 6] = [
         kind: ActorKind::Source,
         name: "Hardcoded Records",
         type_key: "hardcoded-records",
-        runtime: "pypi:airbyte-source-hardcoded-records",
+        runtime: "pypi:airbyte-source-hardcoded-records==0.0.48",
         repository: "airbyte/source-hardcoded-records",
-        tag: "latest",
+        tag: "0.0.48",
     },
     Builtin {
         id: "5c1b0e7a-2d5e-4f0b-8a57-1f2f4b0c6e11",

@@ -16,12 +16,22 @@ use crate::{now, ApiResult, App, Problem};
 
 /// Queues a `kind` workload with `input`, waits for it to end, and returns
 /// its output, or a problem with the connector's own explanation.
-pub async fn run(app: &App, kind: WorkloadType, input: Value) -> ApiResult<Value> {
-    let id = format!("{}_{}", kind.as_str(), new_id());
-    let workload = Workload::new(id.clone(), kind, None, input.to_string(), now());
-    app.workloads.insert_workload(&workload).await?;
-    app.queue.enqueue(&id, now()).await?;
-    app.work_queued.notify_one();
+///
+/// Requests that ask the same question (`key`: the definition's spec, the
+/// source's catalog) while one is running wait for that one's answer.
+pub async fn run(app: &App, kind: WorkloadType, input: Value, key: &str) -> ApiResult<Value> {
+    let key = format!("{}:{key}", kind.as_str());
+    let id = match app.workloads.active_workloads(&key).await?.into_iter().next() {
+        Some(running) => running.id,
+        None => {
+            let id = format!("{}_{}", kind.as_str(), new_id());
+            let workload = Workload::new(id.clone(), kind, Some(key), input.to_string(), now());
+            app.workloads.insert_workload(&workload).await?;
+            app.queue.enqueue(&id, now()).await?;
+            app.work_queued.notify_one();
+            id
+        }
+    };
     let deadline = tokio::time::Instant::now() + app.settings.connector_timeout;
     let mut pause = Duration::from_millis(20);
     loop {
@@ -62,7 +72,7 @@ pub async fn spec(app: &App, definition: &Definition) -> ApiResult<Value> {
     if let Some(spec) = &definition.connection_specification {
         return Ok(spec.clone());
     }
-    let output = run(app, WorkloadType::Spec, json!({"definitionId": definition.id})).await?;
+    let output = run(app, WorkloadType::Spec, json!({"definitionId": definition.id}), &definition.id).await?;
     let spec = output["spec"]["connectionSpecification"].clone();
     if !spec.is_object() {
         return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Connector failed", format!("{} gave a spec without connectionSpecification", definition.name)));
@@ -85,7 +95,7 @@ pub async fn catalog(app: &App, source_id: &str, ignore_cache: bool) -> ApiResul
             Err(e) => return Err(e.into()),
         }
     }
-    let output = run(app, WorkloadType::Discover, json!({"sourceId": source_id})).await?;
+    let output = run(app, WorkloadType::Discover, json!({"sourceId": source_id}), source_id).await?;
     let catalog = parse_catalog(output["catalog"].clone())?;
     let body = json!({"catalog": output["catalog"], "discoveredAt": now().to_string()});
     let cached = sluice_store::Doc { id: source_id.to_owned(), workspace_id: None, body, version: Version::INITIAL };
@@ -106,6 +116,6 @@ fn parse_catalog(value: Value) -> ApiResult<AirbyteCatalog> {
 
 /// Runs the connector's `check` on a stored source or destination.
 pub async fn check(app: &App, kind: ActorKind, actor_id: &str) -> ApiResult<Value> {
-    let output = run(app, WorkloadType::Check, json!({"actorKind": kind.as_str(), "actorId": actor_id})).await?;
+    let output = run(app, WorkloadType::Check, json!({"actorKind": kind.as_str(), "actorId": actor_id}), actor_id).await?;
     Ok(output["connectionStatus"].clone())
 }

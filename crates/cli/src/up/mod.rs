@@ -106,6 +106,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
     tokio::spawn(launch_loop(app.clone(), executor, launcher_id, api_url));
     tokio::spawn(ticker.run(app.clone()));
     tokio::spawn(scheduler_loop(app.clone()));
+    tokio::spawn(learn_specs(app.clone()));
     tokio::spawn(monitor_loop(app.clone(), Duration::from_secs(args.monitor_secs), args.retention_days));
 
     eprintln!("sluice: listening on http://{address} (Config API at /api/public/v1), data in {}", data.display());
@@ -222,6 +223,21 @@ async fn monitor_loop(app: Arc<App>, every: Duration, retention_days: u64) {
         let cutoff = Timestamp::now() - SignedDuration::from_hours(24 * retention_days as i64);
         if let Err(e) = app.logs.delete_older_than(cutoff).await {
             eprintln!("sluice: monitor: cleaning logs: {e}");
+        }
+    }
+}
+
+/// Learns the specs of definitions that have none yet, in the background,
+/// so that the first source created from them does not wait for a connector
+/// to install and start.
+async fn learn_specs(app: Arc<App>) {
+    let Ok(docs) = app.config.list_docs(DocKind::Definition, &[], 10_000, 0).await else { return };
+    for doc in docs {
+        let Ok(definition) = serde_json::from_value::<sluice_domain::resources::Definition>(doc.body) else { continue };
+        if definition.connection_specification.is_none() && definition.workspace_id.is_none() {
+            if let Err(p) = sluice_api::config::connectors::spec(&app, &definition).await {
+                eprintln!("sluice: could not learn the spec of {}: {}", definition.name, p.detail);
+            }
         }
     }
 }
