@@ -5,6 +5,7 @@
 
 mod bench;
 mod progress;
+mod remote;
 mod sync;
 mod up;
 
@@ -34,6 +35,48 @@ enum Commands {
     },
     /// Run the platform on this machine: Config API, scheduler, launcher and monitor
     Up(up::UpArgs),
+    /// Workspaces on the platform (`sluice up`): list, get, create, update, delete
+    Workspaces {
+        #[command(flatten)]
+        target: remote::Target,
+        #[command(subcommand)]
+        verb: remote::Verb,
+    },
+    /// Connector definitions a workspace may use
+    Definitions {
+        #[command(flatten)]
+        target: remote::Target,
+        #[command(subcommand)]
+        verb: remote::DefinitionVerb,
+    },
+    /// Sources: list, get, create, update, delete, discover, check
+    Sources {
+        #[command(flatten)]
+        target: remote::Target,
+        #[command(subcommand)]
+        verb: remote::SourceVerb,
+    },
+    /// Destinations: list, get, create, update, delete, check
+    Destinations {
+        #[command(flatten)]
+        target: remote::Target,
+        #[command(subcommand)]
+        verb: remote::SourceVerb,
+    },
+    /// Connections: list, get, create, update, delete, sync, reset, state
+    Connections {
+        #[command(flatten)]
+        target: remote::Target,
+        #[command(subcommand)]
+        verb: remote::ConnectionVerb,
+    },
+    /// Jobs: list, get, cancel, logs, wait
+    Jobs {
+        #[command(flatten)]
+        target: remote::Target,
+        #[command(subcommand)]
+        verb: remote::JobVerb,
+    },
     /// Run one attempt from a sync config file, as the task's orchestrator does
     #[command(disable_help_flag = true)]
     Orchestrate {
@@ -50,6 +93,12 @@ fn main() {
         Commands::Sync(args) => report(sync::run(args)),
         Commands::Bench(args) => report(bench::run(args)),
         Commands::Up(args) => report(up::run(args)),
+        Commands::Workspaces { target, verb } => report(remote::common(&target, "/workspaces", &["workspaceId", "name", "dataResidency"], verb)),
+        Commands::Definitions { target, verb } => report(remote::definitions(&target, verb)),
+        Commands::Sources { target, verb } => report(remote::sources(&target, verb)),
+        Commands::Destinations { target, verb } => report(remote::destinations(&target, verb)),
+        Commands::Connections { target, verb } => report(remote::connections(&target, verb)),
+        Commands::Jobs { target, verb } => report(remote::jobs(&target, verb)),
     };
     std::process::exit(code);
 }
