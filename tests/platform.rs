@@ -370,3 +370,28 @@ fn airbytes_python_sdk_works_against_the_api_with_client_credentials() {
     assert_eq!(listed, started);
     assert_eq!(p.get(&format!("/sources/{}", seen["source"].as_str().unwrap()))["sourceType"], "faker");
 }
+
+#[test]
+fn reset_drops_state_and_data_and_refresh_starts_a_new_generation() {
+    let scratch = Scratch::new();
+    let p = Platform::start(&scratch.path("data"), &[]);
+    let connection = scripted_connection(&p, &scratch, json!({"records": 20, "state_every": 5}), "incremental_append");
+    assert_eq!(p.wait_job(sync(&p, &connection), Duration::from_secs(60))["status"], "succeeded");
+    assert_eq!(committed_cursor(&p, &connection), 20);
+    assert_eq!(scratch.read_lines("out/items.jsonl").len(), 20);
+
+    let reset = p.post("/jobs", json!({"connectionId": connection, "jobType": "reset"}));
+    assert_eq!(reset["jobType"], "reset");
+    assert_eq!(p.wait_job(reset["jobId"].as_i64().unwrap(), Duration::from_secs(60))["status"], "succeeded");
+    assert_eq!(state_of(&p, &connection), json!([]), "a reset drops the state");
+    assert_eq!(scratch.read_lines("out/items.jsonl").len(), 0, "and the data");
+
+    // The next sync starts from scratch.
+    assert_eq!(p.wait_job(sync(&p, &connection), Duration::from_secs(60))["status"], "succeeded");
+    assert_eq!(committed_cursor(&p, &connection), 20);
+
+    // A refresh re-reads everything under a new generation.
+    let refresh = p.post("/jobs", json!({"connectionId": connection, "jobType": "refresh"}));
+    assert_eq!(p.wait_job(refresh["jobId"].as_i64().unwrap(), Duration::from_secs(60))["status"], "succeeded");
+    assert_eq!(committed_cursor(&p, &connection), 20, "read again from the start");
+}

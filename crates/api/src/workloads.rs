@@ -182,15 +182,31 @@ async fn commit_state(State(app): AppState, Path(id): Path<String>, headers: Hea
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Replaces a connection's committed state (an empty list clears it).
+/// Replaces a connection's committed state (an empty list clears it),
+/// keeping its stream generations.
 pub async fn save_state(app: &App, connection_id: &str, states: Vec<Value>) -> ApiResult<()> {
-    let state = ConnectionState { connection_id: connection_id.to_owned(), states };
-    let body = serde_json::to_value(&state).expect("plain data");
+    update_state(app, connection_id, |state| state.states = states.clone()).await
+}
+
+/// Stores a connection's whole state record: states and generations.
+pub async fn save_connection_state(app: &App, next: &ConnectionState) -> ApiResult<()> {
+    update_state(app, &next.connection_id, |state| *state = next.clone()).await
+}
+
+async fn update_state(app: &App, connection_id: &str, change: impl Fn(&mut ConnectionState)) -> ApiResult<()> {
     for _ in 0..5 {
         let result = match app.config.get_doc(DocKind::State, connection_id).await {
-            Ok(doc) => app.config.update_doc(DocKind::State, &Doc { body: body.clone(), ..doc }).await,
+            Ok(doc) => {
+                let mut state: ConnectionState = serde_json::from_value(doc.body.clone())
+                    .map_err(|e| Problem::unavailable(format!("the state of connection {connection_id} is unreadable: {e}")))?;
+                change(&mut state);
+                app.config.update_doc(DocKind::State, &Doc { body: serde_json::to_value(&state).expect("plain data"), ..doc }).await
+            }
             Err(StoreError::NotFound { .. }) => {
-                app.config.insert_doc(DocKind::State, &Doc { id: connection_id.to_owned(), workspace_id: None, body: body.clone(), version: Version::INITIAL }).await
+                let mut state = ConnectionState { connection_id: connection_id.to_owned(), ..Default::default() };
+                change(&mut state);
+                let body = serde_json::to_value(&state).expect("plain data");
+                app.config.insert_doc(DocKind::State, &Doc { id: connection_id.to_owned(), workspace_id: None, body, version: Version::INITIAL }).await
             }
             Err(e) => return Err(e.into()),
         };

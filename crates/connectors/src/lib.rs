@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The reference connectors built into the `sluice` binary.
-pub const REFERENCE_CONNECTORS: [&str; 3] = ["source-faker", "destination-jsonl", "destination-dev-null"];
+pub const REFERENCE_CONNECTORS: [&str; 4] = ["source-faker", "destination-jsonl", "destination-dev-null", "source-empty"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectorRef {

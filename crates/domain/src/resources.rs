@@ -233,6 +233,11 @@ pub struct Application {
 pub struct ConnectionState {
     pub connection_id: String,
     pub states: Vec<Value>,
+    /// Per stream (`namespace.name` or `name`), the generation its data is
+    /// at: a refresh, reset or clear starts a new one, so a destination can
+    /// drop the older generations' rows.
+    #[serde(default)]
+    pub generations: std::collections::BTreeMap<String, i64>,
 }
 
 /// The namespace a stream lands in at the destination, by Airbyte's rules:

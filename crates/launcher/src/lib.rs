@@ -120,18 +120,28 @@ async fn sync_plan(app: &App, w: &Workload, plan: &mut TaskPlan) -> Result<(), L
             stream.stream.name = format!("{}{}", connection.prefix, stream.stream.name);
         }
     }
-    let state = match load::<ConnectionState>(app, DocKind::State, &connection_id).await {
-        Ok((state, _)) => state.states,
-        Err(p) if p.status.as_u16() == 404 => Vec::new(),
+    let job_id = input(w)["jobId"].as_i64().ok_or_else(|| LaunchError(format!("sync workload {} names no job", w.id)))?;
+    let job = app.jobs.get_job(job_id).await?;
+    let mut state = match load::<ConnectionState>(app, DocKind::State, &connection_id).await {
+        Ok((state, _)) => state,
+        Err(p) if p.status.as_u16() == 404 => ConnectionState { connection_id: connection_id.clone(), ..Default::default() },
         Err(p) => return Err(p.into()),
     };
+    let feed = sluice_platform::catalog::prepare(&job, &mut catalog, &mut state);
+    // Stored before the task starts: a reset's dropped state stays dropped
+    // even if the attempt fails, and generations only ever go up.
+    sluice_api::workloads::save_connection_state(app, &state).await?;
+    let state = state.states;
     let selected: Vec<Value> = configured.selected_fields.iter().map(|(stream, fields)| json!({"stream": stream, "fields": fields})).collect();
     plan.files.push(file(plan::files::SOURCE_CONFIG, &actors::plain_config(app, &source.configuration).await?));
     plan.files.push(file(plan::files::DESTINATION_CONFIG, &actors::plain_config(app, &destination.configuration).await?));
     plan.files.push(file(plan::files::CATALOG, &catalog));
     plan.files.push(file(plan::files::STATE, &state));
     plan.files.push(file(plan::files::SELECTED_FIELDS, &selected));
-    plan.source = Some(container(&source_definition));
+    plan.source = Some(match feed {
+        sluice_platform::catalog::Feed::Source => container(&source_definition),
+        sluice_platform::catalog::Feed::Empty => Container { name: "source-empty".into(), runtime: Runtime::Reference("source-empty".into()), env: Default::default() },
+    });
     plan.destination = Some(container(&destination_definition));
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! to the configured catalog a sync runs with: checked stream by stream,
 //! with the source's own cursor and primary key where the user gave none.
 
-use sluice_domain::resources::{StreamConfiguration, SyncMode};
+use serde_json::Value;
+use sluice_domain::resources::{ConnectionState, StreamConfiguration, SyncMode};
+use sluice_domain::{Job, JobType};
 use sluice_protocol::{AirbyteCatalog, AirbyteStream, ConfiguredAirbyteCatalog, ConfiguredAirbyteStream, StreamDescriptor};
 
 /// What a sync runs with: the catalog, and per stream the only top-level
@@ -140,6 +142,84 @@ fn has_property(stream: &AirbyteStream, name: &str) -> bool {
     stream.json_schema.get("properties").and_then(|p| p.get(name)).is_some()
 }
 
+/// What a job's attempt runs, beyond the connection's catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// The source reads, from the committed state.
+    Source,
+    /// No source: the destination overwrites the chosen streams with
+    /// nothing (reset and clear).
+    Empty,
+}
+
+fn stream_key(descriptor: &StreamDescriptor) -> String {
+    match &descriptor.namespace {
+        Some(ns) => format!("{ns}.{}", descriptor.name),
+        None => descriptor.name.clone(),
+    }
+}
+
+/// Shapes a sync of `job`'s type: generation ids on every stream; for a
+/// refresh, a new generation and no state for the chosen streams; for a
+/// reset or clear, only the chosen streams, overwritten with nothing.
+/// Returns what feeds the destination; `state` is updated in place and must
+/// be stored before the attempt starts.
+pub fn prepare(job: &Job, catalog: &mut ConfiguredAirbyteCatalog, state: &mut ConnectionState) -> Feed {
+    let chosen = |d: &StreamDescriptor| job.streams.is_empty() || job.streams.iter().any(|s| s == &d.name || s == &stream_key(d));
+    let starts_over = matches!(job.job_type, JobType::Refresh | JobType::Reset | JobType::Clear);
+    if matches!(job.job_type, JobType::Reset | JobType::Clear) {
+        catalog.streams.retain(|s| chosen(&s.stream.descriptor()));
+    }
+    let mut dropped = Vec::new();
+    for stream in &mut catalog.streams {
+        let descriptor = stream.stream.descriptor();
+        let key = stream_key(&descriptor);
+        let generation = state.generations.entry(key).or_insert(0);
+        let new_generation = starts_over && chosen(&descriptor);
+        if new_generation {
+            *generation += 1;
+            dropped.push(descriptor);
+        }
+        if matches!(job.job_type, JobType::Reset | JobType::Clear) {
+            stream.sync_mode = sluice_protocol::SyncMode::FullRefresh;
+            stream.destination_sync_mode = sluice_protocol::DestinationSyncMode::Overwrite;
+            stream.cursor_field = None;
+        }
+        let overwrite = matches!(stream.destination_sync_mode.as_str(), "overwrite" | "overwrite_dedup");
+        stream.generation_id = Some(*generation);
+        stream.minimum_generation_id = Some(if overwrite || new_generation { *generation } else { 0 });
+        stream.sync_id = Some(job.id);
+    }
+    drop_states(&mut state.states, &dropped);
+    if matches!(job.job_type, JobType::Reset | JobType::Clear) {
+        Feed::Empty
+    } else {
+        Feed::Source
+    }
+}
+
+/// Removes the given streams from a list of state messages: their STREAM
+/// states, their entries in a GLOBAL state; a LEGACY state goes whole.
+fn drop_states(states: &mut Vec<Value>, streams: &[StreamDescriptor]) {
+    if streams.is_empty() {
+        return;
+    }
+    let named = |v: &Value| {
+        let d = &v["stream_descriptor"];
+        streams.iter().any(|s| d["name"] == s.name.as_str() && d["namespace"].as_str() == s.namespace.as_deref())
+    };
+    states.retain_mut(|state| match state["type"].as_str() {
+        Some("STREAM") => !named(&state["stream"]),
+        Some("GLOBAL") => {
+            if let Some(list) = state["global"]["stream_states"].as_array_mut() {
+                list.retain(|s| !named(s));
+            }
+            true
+        }
+        _ => false,
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +262,45 @@ mod tests {
         let errors = configure(&[stream("files", SyncMode::FullRefreshOverwriteDeduped)], &catalog()).unwrap_err();
         assert_eq!(errors[0].0, "configurations.streams[0].primaryKey");
         assert!(configure(&[], &catalog()).is_err());
+    }
+
+    fn job(job_type: JobType, streams: &[&str]) -> Job {
+        Job::new(7, "c", job_type, streams.iter().map(|s| s.to_string()).collect(), jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    fn committed() -> ConnectionState {
+        let stream = |name: &str, cursor: i64| json!({"type": "STREAM", "stream": {"stream_descriptor": {"name": name}, "stream_state": {"cursor": cursor}}});
+        ConnectionState { connection_id: "c".into(), states: vec![stream("users", 5), stream("files", 9)], generations: Default::default() }
+    }
+
+    #[test]
+    fn a_sync_keeps_state_and_marks_generations() {
+        let mut catalog = configure(&default_streams(&catalog()), &catalog()).unwrap().catalog;
+        let mut state = committed();
+        assert_eq!(prepare(&job(JobType::Sync, &[]), &mut catalog, &mut state), Feed::Source);
+        assert_eq!(state.states.len(), 2);
+        let users = &catalog.streams[0];
+        assert_eq!((users.generation_id, users.minimum_generation_id, users.sync_id), (Some(0), Some(0), Some(7)));
+        let files = &catalog.streams[1];
+        assert_eq!(files.minimum_generation_id, Some(0), "an overwrite keeps only its own generation");
+    }
+
+    #[test]
+    fn refresh_and_reset_start_the_chosen_streams_over() {
+        let mut refreshed = configure(&default_streams(&catalog()), &catalog()).unwrap().catalog;
+        let mut state = committed();
+        prepare(&job(JobType::Refresh, &["users"]), &mut refreshed, &mut state);
+        assert_eq!(state.generations["users"], 1);
+        assert_eq!(state.generations["files"], 0);
+        assert_eq!(state.states.len(), 1, "the refreshed stream's state is gone");
+        assert_eq!((refreshed.streams[0].generation_id, refreshed.streams[0].minimum_generation_id), (Some(1), Some(1)));
+
+        let mut again = configure(&default_streams(&catalog()), &catalog()).unwrap().catalog;
+        assert_eq!(prepare(&job(JobType::Reset, &["files"]), &mut again, &mut state), Feed::Empty);
+        assert_eq!(again.streams.len(), 1);
+        assert_eq!(again.streams[0].destination_sync_mode.as_str(), "overwrite");
+        assert!(state.states.is_empty());
+        assert_eq!(state.generations["files"], 1);
     }
 
     #[test]
