@@ -25,7 +25,7 @@ use axum::Router;
 use jiff::Timestamp;
 use sluice_domain::RetryPolicy;
 use sluice_platform::Ports;
-use sluice_store::{AttemptLogs, ConfigStore, JobStore, Schedules, SecretStore, WorkloadQueue, WorkloadStore};
+use sluice_store::{AttemptLogs, ConfigStore, Events, JobStore, Schedules, SecretStore, WorkloadQueue, WorkloadStore};
 
 pub use auth::Keys;
 pub use problem::{ApiResult, Problem};
@@ -39,6 +39,7 @@ pub struct App {
     pub secrets: Arc<dyn SecretStore>,
     pub logs: Arc<dyn AttemptLogs>,
     pub schedules: Arc<dyn Schedules>,
+    pub events: Arc<dyn Events>,
     pub keys: Keys,
     pub settings: Settings,
     /// Told whenever work is queued, so an in-process launcher starts at once.
@@ -71,7 +72,7 @@ impl Default for Settings {
 
 impl App {
     pub fn ports(&self) -> Ports<'_> {
-        Ports { jobs: &*self.jobs, workloads: &*self.workloads, queue: &*self.queue, deadlines: self.settings.deadlines }
+        Ports { jobs: &*self.jobs, workloads: &*self.workloads, queue: &*self.queue, deadlines: self.settings.deadlines, events: &*self.events }
     }
 }
 

@@ -10,7 +10,7 @@ use sluice_domain::{
     sync_workload_id, FailureReason, Job, JobType, RetryPolicy, StreamStats, SyncStats, TransitionError, Workload, WorkloadEvent, WorkloadType,
 };
 use sluice_domain::{AttemptStatus, JobStatus};
-use sluice_store::{JobFilter, JobStore, StoreError, WorkloadQueue, WorkloadStore};
+use sluice_store::{Events, JobEvent, JobEventKind, JobFilter, JobStore, StoreError, WorkloadQueue, WorkloadStore};
 
 /// How often a write that lost a race is re-read and tried again.
 const MAX_RACES: usize = 5;
@@ -31,6 +31,7 @@ pub struct Ports<'a> {
     pub workloads: &'a dyn WorkloadStore,
     pub queue: &'a dyn WorkloadQueue,
     pub deadlines: sluice_domain::Deadlines,
+    pub events: &'a dyn Events,
 }
 
 /// Applies one event to a workload: read, decide, write if unchanged. A
@@ -81,6 +82,9 @@ pub async fn start_attempt(ports: &Ports<'_>, job: Job, now: Timestamp) -> Resul
         }
     }
     ports.queue.enqueue(&workload_id, now).await?;
+    if job.attempts.len() == 1 {
+        ports.events.publish(JobEvent { kind: JobEventKind::Started, job: job.clone() }).await;
+    }
     Ok(job)
 }
 
@@ -113,10 +117,19 @@ pub async fn finish_attempt(
         if next == job {
             return Ok(job);
         }
-        match ports.jobs.update_job(&next).await {
+        let job = match ports.jobs.update_job(&next).await {
             Err(StoreError::Conflict { .. }) => continue,
-            other => return Ok(other?),
+            other => other?,
+        };
+        let kind = match job.status {
+            JobStatus::Succeeded => Some(JobEventKind::Succeeded),
+            JobStatus::Failed => Some(JobEventKind::Failed),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            ports.events.publish(JobEvent { kind, job: job.clone() }).await;
         }
+        return Ok(job);
     }
     Err(PlatformError::Contended(format!("job {job_id}")))
 }
@@ -135,6 +148,7 @@ pub async fn cancel_job(ports: &Ports<'_>, job_id: i64, now: Timestamp) -> Resul
             Err(StoreError::Conflict { .. }) => continue,
             other => other?,
         };
+        ports.events.publish(JobEvent { kind: JobEventKind::Cancelled, job: job.clone() }).await;
         if let Some(workload_id) = running {
             match workload_event(ports, &workload_id, &WorkloadEvent::Cancel { reason: "the job was cancelled".into() }, now).await {
                 // It ended by itself meanwhile: nothing to stop.
@@ -215,6 +229,7 @@ mod tests {
     use super::*;
     use jiff::SignedDuration;
     use sluice_domain::{JobStatus, WorkloadStatus};
+    use sluice_store::EventLog;
     use sluice_store_sqlite::SqliteStore;
 
     fn t(secs: i64) -> Timestamp {
@@ -230,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn a_job_starts_its_attempt_and_queues_its_workload() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         assert_eq!(job.status, JobStatus::Running);
         let workload_id = &job.attempts[0].workload_id;
@@ -244,7 +259,7 @@ mod tests {
     #[tokio::test]
     async fn workload_events_are_idempotent_and_checked() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let id = job.attempts[0].workload_id.clone();
         workload_event(&ports, &id, &WorkloadEvent::Claim { by: "launcher".into() }, t(1)).await.unwrap();
@@ -259,7 +274,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_attempt_retries_with_a_new_workload_that_supersedes_the_old() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let first = job.attempts[0].workload_id.clone();
         let failure = FailureReason { origin: "source".into(), failure_type: "system_error".into(), message: "boom".into(), stream: None };
@@ -272,13 +287,20 @@ mod tests {
         assert_eq!(job.attempts.len(), 2);
         let old = s.get_workload(&first).await.unwrap();
         assert_eq!(old.status, WorkloadStatus::Failure);
+        let events = EventLog::default();
+        let ports = Ports { events: &events, ..ports };
+        let last = job.attempts[1].workload_id.clone();
+        let end = AttemptEnd::Succeeded { stats: SyncStats::default(), streams: vec![] };
+        finish_attempt(&ports, job.id, &last, &end, &RetryPolicy::default(), t(20)).await.unwrap();
+        let kinds: Vec<JobEventKind> = events.0.lock().unwrap().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [JobEventKind::Succeeded], "a retry is not a new start; the end is published once");
         assert!(old.reason.unwrap().starts_with("superseded by"));
     }
 
     #[tokio::test]
     async fn the_monitor_fails_silent_workloads_and_the_retry_starts_when_due() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let id = job.attempts[0].workload_id.clone();
         workload_event(&ports, &id, &WorkloadEvent::Claim { by: "l".into() }, t(1)).await.unwrap();
@@ -301,7 +323,7 @@ mod tests {
     #[tokio::test]
     async fn two_schedulers_starting_one_attempt_leave_one_live_workload() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
         let pending = s.create_job("conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let first = start_attempt(&ports, pending.clone(), t(1)).await.unwrap();
         let second = start_attempt(&ports, pending, t(1)).await;
@@ -313,7 +335,7 @@ mod tests {
     #[tokio::test]
     async fn a_pending_job_left_by_a_crash_is_started() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
         // As if the process died between creating the job and starting its attempt.
         let job = s.create_job("conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let started = start_due_attempts(&ports, t(1)).await.unwrap();

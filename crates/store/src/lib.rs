@@ -183,3 +183,70 @@ pub trait Schedules: Send + Sync {
     /// Removes it; removing a schedule that does not exist is fine.
     async fn delete_schedule(&self, connection_id: &str) -> Result<(), StoreError>;
 }
+
+/// What happened to a job, for notifications: webhooks on one machine,
+/// EventBridge on AWS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEventKind {
+    Started,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobEventKind {
+    /// The event's name, e.g. `job.succeeded`.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobEventKind::Started => "job.started",
+            JobEventKind::Succeeded => "job.succeeded",
+            JobEventKind::Failed => "job.failed",
+            JobEventKind::Cancelled => "job.cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEvent {
+    pub kind: JobEventKind,
+    pub job: Job,
+}
+
+impl JobEvent {
+    /// The event as delivered: its name, the job, and its totals.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (rows, bytes) = self.job.total_committed();
+        let failure = self.job.attempts.iter().rev().find_map(|a| a.failure.as_ref()).map(|f| f.message.clone());
+        serde_json::json!({
+            "event": self.kind.name(),
+            "jobId": self.job.id,
+            "jobType": self.job.job_type.as_str(),
+            "status": self.job.status.as_str(),
+            "connectionId": self.job.connection_id,
+            "attempts": self.job.attempts.len(),
+            "rowsSynced": rows,
+            "bytesSynced": bytes,
+            "failure": failure,
+            "at": self.job.updated_at.to_string(),
+        })
+    }
+}
+
+/// Where job events go. Publishing never fails the caller: an adapter
+/// retries delivery on its own time and reports what it could not deliver.
+#[async_trait]
+pub trait Events: Send + Sync {
+    async fn publish(&self, event: JobEvent);
+}
+
+/// Events kept in memory, in order: for tests, and for reading back what a
+/// service did.
+#[derive(Default)]
+pub struct EventLog(pub std::sync::Mutex<Vec<JobEvent>>);
+
+#[async_trait]
+impl Events for EventLog {
+    async fn publish(&self, event: JobEvent) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+    }
+}

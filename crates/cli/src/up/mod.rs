@@ -4,6 +4,7 @@
 //! secrets directory and log files under the data directory.
 
 mod ticker;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -84,6 +85,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
         secrets: secrets.clone(),
         logs: Arc::new(FileLogs::new(logs_dir.clone())),
         schedules: Arc::new(ticker.clone()),
+        events: Arc::new(webhooks::Webhooks::new(store.clone())),
         keys: Keys::new(key.into_bytes()),
         settings,
         work_queued: Arc::new(tokio::sync::Notify::new()),
