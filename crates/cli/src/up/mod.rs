@@ -47,6 +47,9 @@ pub struct UpArgs {
     /// Seconds an access token lives
     #[arg(long, default_value_t = 900)]
     token_ttl_secs: u64,
+    /// The largest request body accepted, in bytes
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    max_body_bytes: usize,
 }
 
 /// The file with the first application's credentials, which the CLI reads.
@@ -77,6 +80,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
     settings.retry.backoff_initial = SignedDuration::from_secs(args.retry_backoff_secs as i64);
     settings.deadlines.heartbeat = SignedDuration::from_secs(args.heartbeat_timeout_secs as i64);
     settings.token_ttl = Duration::from_secs(args.token_ttl_secs);
+    settings.max_body_bytes = args.max_body_bytes;
     let app = Arc::new(App {
         config: store.clone(),
         jobs: store.clone(),
