@@ -1,2 +1,280 @@
-//! The Docker executor's half that needs no engine: a plan as the
-//! container specs (Docker Engine API `ContainerCreate` bodies) that run it.
+//! The Docker executor: a plan as containers sharing one volume, for
+//! connectors that exist only as Airbyte images.
+//!
+//! [`docker_task`] turns a plan into plain data: the volume, the files the
+//! init step needs (put into the init container as an archive, so configs
+//! and the workload credential appear in no container's environment or
+//! command line), and one Engine API `ContainerCreate` body per container,
+//! in start order. [`engine_calls`] is the sequence of Engine API requests
+//! that runs it; `run` sends them to the daemon's socket.
+//!
+//! A sync runs four containers on the volume mounted at `/sluice`:
+//! - `init` makes the named pipes the orchestrator attaches through;
+//! - `source` and `destination` wait for their catalog (the orchestrator
+//!   writes it last), then run the connector on the pipes with the
+//!   orchestrator's attach wrapper, which stops it when `cancel` appears;
+//! - `orchestrator` runs the attempt and reports to the workload API.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use sluice_domain::WorkloadType;
+use sluice_orchestrator::Launch;
+
+use crate::plan::{files, Container, Runtime, TaskPlan};
+use crate::LaunchError;
+
+/// Where the shared volume is mounted in every container.
+pub const SHARED: &str = "/sluice";
+
+#[derive(Debug, Clone)]
+pub struct DockerSettings {
+    /// The image with the `orchestrator` binary and a POSIX shell.
+    pub orchestrator_image: String,
+    /// Images of our reference connectors, by name (`source-faker` -> `sluice/source-faker:0.1.0`).
+    pub reference_images: BTreeMap<String, String>,
+    /// `host` lets the orchestrator reach a workload API on the host's 127.0.0.1.
+    pub network_mode: String,
+}
+
+/// A plan as Docker objects, in the order they are made and started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerTask {
+    pub volume: String,
+    /// Files put under `/sluice` through the init container before it starts.
+    pub files: Vec<(String, Vec<u8>)>,
+    pub containers: Vec<DockerContainer>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerContainer {
+    pub name: String,
+    /// The Engine API `ContainerCreate` body.
+    pub create: Value,
+}
+
+impl DockerTask {
+    pub fn container(&self, role: &str) -> Option<&DockerContainer> {
+        self.containers.iter().find(|c| c.name.ends_with(&format!("-{role}")))
+    }
+}
+
+fn shared(path: &str) -> String {
+    format!("{SHARED}/{path}")
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A connector container's image.
+fn image(container: &Container, settings: &DockerSettings) -> Result<String, LaunchError> {
+    match &container.runtime {
+        Runtime::Image(image) => Ok(image.clone()),
+        Runtime::Reference(name) => settings
+            .reference_images
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LaunchError(format!("no image is configured for the reference connector {name}"))),
+        Runtime::Pypi(spec) => Err(LaunchError(format!("{} comes from PyPI ({spec}); run it with the local executor", container.name))),
+        Runtime::Executable(path) => Err(LaunchError(format!("{} is the executable {path}; run it with the local executor", container.name))),
+    }
+}
+
+/// Airbyte's images name their program in `AIRBYTE_ENTRYPOINT`; ours are
+/// the program itself. Either way the protocol command follows.
+const CONNECTOR: [&str; 4] = ["/bin/sh", "-c", "exec ${AIRBYTE_ENTRYPOINT:-/connector} \"$@\"", "connector"];
+
+fn create_body(image: &str, cmd: Vec<String>, env: &BTreeMap<String, String>, plan: &TaskPlan, volume: &str, settings: &DockerSettings) -> Value {
+    let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    json!({
+        "Image": image,
+        // `[""]` resets the image's entrypoint: the command below is the whole story.
+        "Entrypoint": [""],
+        "Cmd": cmd,
+        "Env": env,
+        "WorkingDir": SHARED,
+        "Labels": {"sluice.workload": plan.workload_id, "sluice.kind": plan.kind.as_str()},
+        "HostConfig": {
+            "Mounts": [{"Type": "volume", "Source": volume, "Target": SHARED}],
+            "NanoCpus": u64::from(plan.resources.cpu_millis) * 1_000_000,
+            "Memory": u64::from(plan.resources.memory_mib) * 1024 * 1024,
+            "NetworkMode": settings.network_mode,
+            "AutoRemove": false,
+        },
+    })
+}
+
+/// The plan as Docker objects. Pure: nothing is created here.
+pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerTask, LaunchError> {
+    let volume = format!("sluice-{}", plan.workload_id.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-"));
+    let name = |role: &str| format!("{volume}-{role}");
+    let no_env = BTreeMap::new();
+    let mut task = DockerTask { volume: volume.clone(), files: Vec::new(), containers: Vec::new() };
+    match plan.kind {
+        WorkloadType::Sync => {
+            let (source, destination) = match (&plan.source, &plan.destination) {
+                (Some(s), Some(d)) => (s, d),
+                _ => return Err(LaunchError("a sync plan needs a source and a destination".into())),
+            };
+            let pipes = |side: &str| PathBuf::from(shared(&format!("pipes/{side}")));
+            let config = plan.sync_config(
+                Launch::Attach { dir: pipes("source") },
+                Launch::Attach { dir: pipes("destination") },
+                PathBuf::from(shared("work")),
+            )?;
+            task.files.push(("sync.json".into(), serde_json::to_vec(&config).expect("plain data")));
+            task.files.push(("credential".into(), plan.credential.clone().into_bytes()));
+            let mkfifo = format!(
+                "mkdir -p {p}/source {p}/destination {w} && mkfifo {p}/source/stdout {p}/source/stderr {p}/destination/stdin {p}/destination/stdout {p}/destination/stderr && chmod 0700 {s}",
+                p = shared("pipes"),
+                w = shared("work"),
+                s = SHARED
+            );
+            let init = vec!["/bin/sh".to_owned(), "-c".to_owned(), mkfifo];
+            task.containers.push(DockerContainer { name: name("init"), create: create_body(&settings.orchestrator_image, init, &no_env, plan, &volume, settings) });
+            let state_given = !config.state.is_empty();
+            for (role, container, verb, wants_stdin) in [("source", source, "read", false), ("destination", destination, "write", true)] {
+                let work = shared(&format!("work/{role}"));
+                let wrapper = sluice_orchestrator::connector::attach_wrapper(&pipes(role), &CONNECTOR.map(String::from), wants_stdin);
+                let mut args = vec![verb.to_owned(), "--config".into(), format!("{work}/config.json"), "--catalog".into(), format!("{work}/catalog.json")];
+                if role == "source" && state_given {
+                    args.extend(["--state".to_owned(), format!("{work}/state.json")]);
+                }
+                let wait = format!("while [ ! -e {} ]; do sleep 0.2; done; {wrapper}", quote(&format!("{work}/catalog.json")));
+                let mut cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), wait, role.to_owned()];
+                cmd.extend(args);
+                let create = create_body(&image(container, settings)?, cmd, &container.env, plan, &volume, settings);
+                task.containers.push(DockerContainer { name: name(role), create });
+            }
+            let cmd = vec![
+                "orchestrator".to_owned(),
+                "--config".into(),
+                shared("sync.json"),
+                "--workload-api".into(),
+                plan.workload_api_url.clone(),
+                "--workload-id".into(),
+                plan.workload_id.clone(),
+            ];
+            let env = BTreeMap::from([("SLUICE_WORKLOAD_TOKEN_FILE".to_owned(), shared("credential"))]);
+            task.containers.push(DockerContainer { name: name("orchestrator"), create: create_body(&settings.orchestrator_image, cmd, &env, plan, &volume, settings) });
+        }
+        kind => {
+            let connector = plan.connector.as_ref().ok_or_else(|| LaunchError("the plan names no connector".into()))?;
+            let mut cmd: Vec<String> = CONNECTOR.map(String::from).to_vec();
+            cmd.push(kind.as_str().to_owned());
+            if kind != WorkloadType::Spec {
+                let config = plan.file(files::CONNECTOR_CONFIG).ok_or_else(|| LaunchError("the plan has no connector config".into()))?;
+                task.files.push((files::CONNECTOR_CONFIG.into(), config.as_bytes().to_vec()));
+                cmd.extend(["--config".to_owned(), shared(files::CONNECTOR_CONFIG)]);
+            }
+            // The connector's own container receives the files: there is no init step.
+            let create = create_body(&image(connector, settings)?, cmd, &connector.env, plan, &volume, settings);
+            task.containers.push(DockerContainer { name: name("connector"), create });
+        }
+    }
+    Ok(task)
+}
+
+/// One request to the Docker Engine API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineCall {
+    pub method: &'static str,
+    pub path: String,
+    pub body: EngineBody,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineBody {
+    None,
+    Json(Value),
+    /// A tar archive (`application/x-tar`).
+    Tar(Vec<u8>),
+}
+
+/// The requests that run a task: make the volume and the containers, put
+/// the files in through the first container, start them in order, wait for
+/// the last (the orchestrator, or the lone connector), then clean up.
+pub fn engine_calls(task: &DockerTask) -> Vec<EngineCall> {
+    let call = |method, path: String, body| EngineCall { method, path, body };
+    let mut calls = vec![call("POST", "/v1.43/volumes/create".into(), EngineBody::Json(json!({"Name": task.volume, "Labels": {"sluice.volume": "task"}})))];
+    for c in &task.containers {
+        calls.push(call("POST", format!("/v1.43/containers/create?name={}", c.name), EngineBody::Json(c.create.clone())));
+    }
+    let first = &task.containers[0].name;
+    calls.push(call("PUT", format!("/v1.43/containers/{first}/archive?path={SHARED}"), EngineBody::Tar(tar(&task.files))));
+    for (i, c) in task.containers.iter().enumerate() {
+        calls.push(call("POST", format!("/v1.43/containers/{}/start", c.name), EngineBody::None));
+        // The init step must finish before the others start.
+        if i == 0 && task.containers.len() > 1 {
+            calls.push(call("POST", format!("/v1.43/containers/{}/wait", c.name), EngineBody::None));
+        }
+    }
+    let last = &task.containers[task.containers.len() - 1].name;
+    calls.push(call("POST", format!("/v1.43/containers/{last}/wait"), EngineBody::None));
+    for c in &task.containers {
+        calls.push(call("DELETE", format!("/v1.43/containers/{}?force=true", c.name), EngineBody::None));
+    }
+    calls.push(call("DELETE", format!("/v1.43/volumes/{}", task.volume), EngineBody::None));
+    calls
+}
+
+/// A POSIX tar (ustar) archive of regular files, mode 0600.
+pub fn tar(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data) in files {
+        let mut header = [0u8; 512];
+        header[..name.len().min(100)].copy_from_slice(&name.as_bytes()[..name.len().min(100)]);
+        let octal = |field: &mut [u8], value: u64| {
+            let text = format!("{value:0width$o}\0", width = field.len() - 1);
+            field.copy_from_slice(text.as_bytes());
+        };
+        octal(&mut header[100..108], 0o600);
+        octal(&mut header[108..116], 0);
+        octal(&mut header[116..124], 0);
+        octal(&mut header[124..136], data.len() as u64);
+        octal(&mut header[136..148], 0);
+        header[156] = b'0';
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u64 = header.iter().map(|&b| u64::from(b)).sum();
+        let text = format!("{sum:06o}\0 ");
+        header[148..156].copy_from_slice(text.as_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// Sends the calls to the Docker daemon at `socket` (`/var/run/docker.sock`).
+pub fn run(socket: &Path, calls: &[EngineCall]) -> Result<(), LaunchError> {
+    for call in calls {
+        let (status, body) = send(socket, call).map_err(|e| LaunchError(format!("Docker at {}: {} {}: {e}", socket.display(), call.method, call.path)))?;
+        let cleanup = call.method == "DELETE";
+        if !(200..300).contains(&status) && !(cleanup && status == 404) {
+            return Err(LaunchError(format!("Docker refused {} {} ({status}): {}", call.method, call.path, String::from_utf8_lossy(&body))));
+        }
+    }
+    Ok(())
+}
+
+fn send(socket: &Path, call: &EngineCall) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    let (content_type, body) = match &call.body {
+        EngineBody::None => ("application/json", Vec::new()),
+        EngineBody::Json(v) => ("application/json", v.to_string().into_bytes()),
+        EngineBody::Tar(t) => ("application/x-tar", t.clone()),
+    };
+    write!(stream, "{} {} HTTP/1.1\r\nHost: docker\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", call.method, call.path, body.len())?;
+    stream.write_all(&body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 4);
+    let status = std::str::from_utf8(&response[..head_end]).ok().and_then(|h| h.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, response[head_end..].to_vec()))
+}

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use sluice_api::App;
 use sluice_connectors::{Cache, ConnectorRef};
 use sluice_domain::{Version, Workload, WorkloadEvent, WorkloadType};
-use sluice_orchestrator::{ConnectorConfig, Launch, Limits, SyncConfig};
+use sluice_orchestrator::Launch;
 use sluice_platform::workload_event;
 use sluice_protocol::AirbyteMessage;
 use sluice_store::{Doc, DocKind};
@@ -85,27 +85,9 @@ impl LocalExecutor {
             (Some(s), Some(d)) => (s, d),
             _ => return Err(LaunchError("a sync plan needs a source and a destination".into())),
         };
-        let json_file = |name: &str| -> Result<Value, LaunchError> {
-            let text = plan.file(name).ok_or_else(|| LaunchError(format!("the plan has no {name}")))?;
-            serde_json::from_str(text).map_err(|e| LaunchError(format!("{name} in the plan: {e}")))
-        };
-        let config = SyncConfig {
-            source: ConnectorConfig {
-                name: source.name.clone(),
-                launch: Launch::Spawn { command: self.command(source).await?, env: source.env.clone() },
-                config: json_file(files::SOURCE_CONFIG)?,
-            },
-            destination: ConnectorConfig {
-                name: destination.name.clone(),
-                launch: Launch::Spawn { command: self.command(destination).await?, env: destination.env.clone() },
-                config: json_file(files::DESTINATION_CONFIG)?,
-            },
-            catalog: serde_json::from_value(json_file(files::CATALOG)?).map_err(|e| LaunchError(format!("catalog: {e}")))?,
-            state: serde_json::from_value(json_file(files::STATE)?).map_err(|e| LaunchError(format!("state: {e}")))?,
-            selected_fields: serde_json::from_value(json_file(files::SELECTED_FIELDS)?).map_err(|e| LaunchError(format!("selected fields: {e}")))?,
-            work_dir: dir.join("files"),
-            limits: Limits::default(),
-        };
+        let source_launch = Launch::Spawn { command: self.command(source).await?, env: source.env.clone() };
+        let destination_launch = Launch::Spawn { command: self.command(destination).await?, env: destination.env.clone() };
+        let config = plan.sync_config(source_launch, destination_launch, dir.join("files"))?;
         let config_path = dir.join("sync.json");
         write_private(&config_path, &serde_json::to_vec(&config).expect("plain data")).map_err(launch_error("cannot write sync.json"))?;
 

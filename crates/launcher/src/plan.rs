@@ -102,3 +102,37 @@ impl TaskPlan {
         self.files.iter().find(|f| f.name == name).map(|f| f.contents.as_str())
     }
 }
+
+impl TaskPlan {
+    /// The orchestrator's input for a sync plan, with each connector reached
+    /// the executor's way (started as a child, or attached through pipes).
+    pub fn sync_config(
+        &self,
+        source_launch: sluice_orchestrator::Launch,
+        destination_launch: sluice_orchestrator::Launch,
+        work_dir: std::path::PathBuf,
+    ) -> Result<sluice_orchestrator::SyncConfig, crate::LaunchError> {
+        use crate::LaunchError;
+        let (source, destination) = match (&self.source, &self.destination) {
+            (Some(s), Some(d)) => (s, d),
+            _ => return Err(LaunchError("a sync plan needs a source and a destination".into())),
+        };
+        fn parse<T: serde::de::DeserializeOwned>(plan: &TaskPlan, name: &str) -> Result<T, LaunchError> {
+            let text = plan.file(name).ok_or_else(|| LaunchError(format!("the plan has no {name}")))?;
+            serde_json::from_str(text).map_err(|e| LaunchError(format!("{name} in the plan: {e}")))
+        }
+        Ok(sluice_orchestrator::SyncConfig {
+            source: sluice_orchestrator::ConnectorConfig { name: source.name.clone(), launch: source_launch, config: parse(self, files::SOURCE_CONFIG)? },
+            destination: sluice_orchestrator::ConnectorConfig {
+                name: destination.name.clone(),
+                launch: destination_launch,
+                config: parse(self, files::DESTINATION_CONFIG)?,
+            },
+            catalog: parse(self, files::CATALOG)?,
+            state: parse(self, files::STATE)?,
+            selected_fields: parse(self, files::SELECTED_FIELDS)?,
+            work_dir,
+            limits: sluice_orchestrator::Limits::default(),
+        })
+    }
+}

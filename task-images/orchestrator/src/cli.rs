@@ -53,7 +53,13 @@ fn run(args: &[String]) -> Result<i32, String> {
     }
     let api = match (api_url, workload_id) {
         (Some(url), Some(id)) => {
-            let token = std::env::var("SLUICE_WORKLOAD_TOKEN").map_err(|_| "--workload-api needs the workload's credential in SLUICE_WORKLOAD_TOKEN")?;
+            // From a file when a container runtime put it on the shared volume, so
+            // it appears in no container's environment.
+            let token = match std::env::var_os("SLUICE_WORKLOAD_TOKEN_FILE") {
+                Some(path) => std::fs::read_to_string(&path).map_err(|e| format!("cannot read SLUICE_WORKLOAD_TOKEN_FILE: {e}"))?.trim().to_owned(),
+                None => std::env::var("SLUICE_WORKLOAD_TOKEN")
+                    .map_err(|_| "--workload-api needs the workload's credential in SLUICE_WORKLOAD_TOKEN or SLUICE_WORKLOAD_TOKEN_FILE")?,
+            };
             Some((url, id, token))
         }
         (None, None) => None,

@@ -1,0 +1,170 @@
+//! The Docker executor's specs, checked as data (no engine runs here) and
+//! then carried out: each container's command runs as a local process, with
+//! the shared volume a temporary directory, to show that the specs really
+//! move records between containers.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use serde_json::{json, Value};
+use sluice_domain::WorkloadType;
+use sluice_launcher::docker::{docker_task, engine_calls, tar, DockerSettings, EngineBody, SHARED};
+use sluice_launcher::plan::{files, Container, PlanFile, Resources, Runtime, TaskPlan};
+use support::Scratch;
+
+const SECRET: &str = "s3cret-api-key";
+const CREDENTIAL: &str = "workload-credential-abc";
+
+fn settings() -> DockerSettings {
+    DockerSettings {
+        orchestrator_image: "sluice/orchestrator:test".into(),
+        reference_images: BTreeMap::from([
+            ("source-faker".to_owned(), "sluice/source-faker:test".to_owned()),
+            ("destination-jsonl".to_owned(), "sluice/destination-jsonl:test".to_owned()),
+        ]),
+        network_mode: "host".into(),
+    }
+}
+
+fn sync_plan(out: &str, source_config: Value) -> TaskPlan {
+    let config = std::env::temp_dir().join(format!("sluice-docker-plan-{}.json", std::process::id()));
+    std::fs::write(&config, "{}").unwrap();
+    let discovered = support::sluice().args(["connector", "source-faker", "discover", "--config"]).arg(&config).output().unwrap();
+    let line = discovered.stdout.split(|&b| b == b'\n').find(|l| l.starts_with(b"{")).expect("discover prints its catalog").to_vec();
+    let catalog: Value = serde_json::from_slice(&line).unwrap();
+    let users = catalog["catalog"]["streams"].as_array().unwrap().iter().find(|s| s["name"] == "users").unwrap().clone();
+    let configured = json!({"streams": [{"stream": users, "sync_mode": "full_refresh", "destination_sync_mode": "overwrite"}]});
+    let file = |name: &str, value: Value| PlanFile { name: name.into(), contents: value.to_string() };
+    let container = |name: &str| Container { name: name.into(), runtime: Runtime::Reference(name.into()), env: BTreeMap::new() };
+    TaskPlan {
+        workload_id: "conn_7_0_sync".into(),
+        kind: WorkloadType::Sync,
+        files: vec![
+            file(files::SOURCE_CONFIG, source_config),
+            file(files::DESTINATION_CONFIG, json!({"destination_path": out})),
+            file(files::CATALOG, configured),
+            file(files::STATE, json!([])),
+            file(files::SELECTED_FIELDS, json!([])),
+        ],
+        connector: None,
+        source: Some(container("source-faker")),
+        destination: Some(container("destination-jsonl")),
+        resources: Resources { cpu_millis: 500, memory_mib: 1024 },
+        workload_api_url: "http://127.0.0.1:8000/api/internal/v1".into(),
+        credential: CREDENTIAL.into(),
+    }
+}
+
+#[test]
+fn a_sync_plan_becomes_four_containers_on_one_volume_with_no_secret_in_sight() {
+    let scratch = Scratch::new();
+    let task = docker_task(&sync_plan("/sluice/out", json!({"count": 40, "api_key": SECRET})), &settings()).unwrap();
+    let roles: Vec<&str> = task.containers.iter().map(|c| c.name.rsplit('-').next().unwrap()).collect();
+    assert_eq!(roles, ["init", "source", "destination", "orchestrator"]);
+    for c in &task.containers {
+        let spec = &c.create;
+        assert_eq!(spec["HostConfig"]["Mounts"], json!([{"Type": "volume", "Source": task.volume, "Target": SHARED}]), "{}", c.name);
+        assert_eq!(spec["HostConfig"]["NanoCpus"], 500_000_000u64);
+        assert_eq!(spec["HostConfig"]["Memory"], 1024u64 * 1024 * 1024);
+        assert_eq!(spec["Entrypoint"], json!([""]));
+        assert_eq!(spec["Labels"]["sluice.workload"], "conn_7_0_sync");
+        let visible = format!("{} {}", spec["Cmd"], spec["Env"]);
+        assert!(!visible.contains(SECRET) && !visible.contains(CREDENTIAL), "{} shows a secret: {visible}", c.name);
+    }
+    assert_eq!(task.container("source").unwrap().create["Image"], "sluice/source-faker:test");
+    assert_eq!(task.container("orchestrator").unwrap().create["Env"], json!(["SLUICE_WORKLOAD_TOKEN_FILE=/sluice/credential"]));
+    // The files carry the secrets, and go in as an archive, never as environment.
+    let names: Vec<&str> = task.files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["sync.json", "credential"]);
+
+    let calls = engine_calls(&task);
+    let position = |method: &str, path_part: &str| calls.iter().position(|c| c.method == method && c.path.contains(path_part)).unwrap();
+    assert_eq!(position("POST", "/volumes/create"), 0);
+    let archive = position("PUT", "/archive?path=/sluice");
+    assert!(calls[..archive].iter().all(|c| !c.path.ends_with("/start")), "files are in place before anything starts");
+    assert!(position("POST", "init/wait") < position("POST", "source/start"), "the init step ends before the connectors start");
+    assert_eq!(calls.last().unwrap().method, "DELETE");
+
+    // The archive is a real tar.
+    let EngineBody::Tar(bytes) = &calls[archive].body else { panic!("the archive call carries a tar") };
+    std::fs::write(scratch.path("files.tar"), bytes).unwrap();
+    std::fs::create_dir(scratch.path("untarred")).unwrap();
+    let status = Command::new("tar").arg("-xf").arg(scratch.path("files.tar")).arg("-C").arg(scratch.path("untarred")).status().unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read_to_string(scratch.path("untarred/credential")).unwrap(), CREDENTIAL);
+    assert_eq!(tar(&[]).len(), 1024, "an empty archive is its two zero blocks");
+}
+
+/// Runs the containers' commands as local processes: the volume is a
+/// directory, each image's program is `sluice connector <name>` (or
+/// `sluice orchestrate`), and the orchestrator reports to files instead of
+/// a workload API.
+#[test]
+fn the_containers_commands_move_records_through_the_shared_volume() {
+    let scratch = Scratch::new();
+    let volume = scratch.path("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let v = volume.display().to_string();
+    let task = docker_task(&sync_plan(&format!("{SHARED}/out"), json!({"count": 40})), &settings()).unwrap();
+    let local = |text: &str| text.replace(SHARED, &v);
+    for (name, bytes) in &task.files {
+        std::fs::write(volume.join(name), local(&String::from_utf8_lossy(bytes))).unwrap();
+    }
+    let sluice = env!("CARGO_BIN_EXE_sluice");
+    let command = |role: &str| -> Command {
+        let spec = &task.container(role).unwrap().create;
+        let mut cmd: Vec<String> = spec["Cmd"].as_array().unwrap().iter().map(|a| local(a.as_str().unwrap())).collect();
+        if role == "orchestrator" {
+            // No workload API here: drop its flags, so it reports to files.
+            let at = cmd.iter().position(|a| a == "--workload-api").unwrap();
+            cmd.drain(at..at + 4);
+            cmd.splice(0..1, [sluice.to_owned(), "orchestrate".to_owned()]);
+            cmd.extend(["--outcome-file".to_owned(), format!("{v}/outcome.json")]);
+        }
+        let mut c = Command::new(&cmd[0]);
+        c.args(&cmd[1..]).current_dir(&volume);
+        let image = spec["Image"].as_str().unwrap();
+        let program = if image.contains("source-faker") { "source-faker" } else { "destination-jsonl" };
+        c.env("AIRBYTE_ENTRYPOINT", format!("{sluice} connector {program}"));
+        c
+    };
+    assert!(command("init").status().unwrap().success(), "init made the pipes");
+    let mut source = command("source").spawn().unwrap();
+    let mut destination = command("destination").spawn().unwrap();
+    let orchestrator = command("orchestrator").output().unwrap();
+    assert!(orchestrator.status.success(), "{}", String::from_utf8_lossy(&orchestrator.stderr));
+    assert!(source.wait().unwrap().success() && destination.wait().unwrap().success());
+    let outcome: Value = serde_json::from_str(&std::fs::read_to_string(volume.join("outcome.json")).unwrap()).unwrap();
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    let rows = std::fs::read_to_string(volume.join("out/users.jsonl")).unwrap();
+    assert_eq!(rows.lines().count(), 40);
+}
+
+#[test]
+fn a_discover_plan_is_one_connector_container_and_pypi_connectors_are_refused() {
+    let plan = TaskPlan {
+        workload_id: "discover_1".into(),
+        kind: WorkloadType::Discover,
+        files: vec![PlanFile { name: files::CONNECTOR_CONFIG.into(), contents: json!({"token": SECRET}).to_string() }],
+        connector: Some(Container { name: "source-pokeapi".into(), runtime: Runtime::Image("airbyte/source-pokeapi:0.3.0".into()), env: BTreeMap::new() }),
+        source: None,
+        destination: None,
+        resources: Resources::default(),
+        workload_api_url: "http://127.0.0.1:8000/api/internal/v1".into(),
+        credential: CREDENTIAL.into(),
+    };
+    let task = docker_task(&plan, &settings()).unwrap();
+    assert_eq!(task.containers.len(), 1);
+    let spec = &task.containers[0].create;
+    assert_eq!(spec["Image"], "airbyte/source-pokeapi:0.3.0");
+    let cmd: Vec<&str> = spec["Cmd"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(&cmd[4..], ["discover", "--config", "/sluice/connector_config.json"]);
+    assert!(!spec.to_string().contains(SECRET));
+
+    let mut pypi = plan.clone();
+    pypi.connector = Some(Container { name: "faker".into(), runtime: Runtime::Pypi("pypi:airbyte-source-faker".into()), env: BTreeMap::new() });
+    let refused = docker_task(&pypi, &settings()).unwrap_err();
+    assert!(refused.to_string().contains("local executor"), "{refused}");
+}
