@@ -451,3 +451,32 @@ fn job_events_reach_the_workspaces_webhooks_with_retries() {
     assert_eq!(done["jobId"], job["jobId"]);
     assert_eq!(done["rowsSynced"], 10);
 }
+
+/// Schemathesis (PyPI) generates requests from the served OpenAPI document,
+/// valid and not, against a platform with one of everything: no request may
+/// get a 5xx, and every response must match the document.
+#[test]
+fn schemathesis_finds_no_server_error_and_no_response_off_the_document() {
+    let cache = sluice_connectors::Cache { root: support::cache_dir() };
+    let venv = cache.python_env("schemathesis", Some("4.32.5"), &mut |_| {}).expect("schemathesis installs from PyPI");
+    let scratch = Scratch::new();
+    let p = Platform::start(&scratch.path("data"), &[]);
+    let workspace = p.workspace("fuzzed");
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 5}));
+    let destination = p.actor("destination", &workspace, "dev-null", json!({}));
+    let connection = connection(&p, &source, &destination, json!([{"name": "users", "syncMode": "full_refresh_overwrite"}]));
+    assert_eq!(p.wait_job(sync(&p, &connection), Duration::from_secs(60))["status"], "succeeded");
+
+    let output = std::process::Command::new(venv.join("bin/st"))
+        .current_dir(scratch.path("."))
+        .args(["--config-file", &fixture("schemathesis.toml"), "run"])
+        .arg(format!("{}/openapi.json", p.base))
+        .args(["--url", &p.base, "-H", &format!("Authorization: Bearer {}", p.token)])
+        .args(["--max-examples", "20", "--request-timeout", "60", "--seed", "1"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "schemathesis found problems:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(report.contains("passed"), "{report}");
+}

@@ -22,6 +22,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 Problem::bad_field("body", e.body_text())
             }
         })?;
+        // Every body of this API is an object; serde would also read a struct from an array.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{') {
+            return Err(Problem::bad_field("body", "must be a JSON object"));
+        }
         parse_json(&bytes).map(JsonBody)
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use jiff::Timestamp;
 use sluice_domain::RetryPolicy;
@@ -90,8 +90,31 @@ pub fn router(app: Arc<App>) -> Router {
         .nest("/v1", api)
         .nest("/api/internal/v1", workloads::routes())
         .fallback(|| async { Problem::new(axum::http::StatusCode::NOT_FOUND, "Not found", "no such route; see /api/public/v1/openapi.json") })
+        .layer(axum::middleware::map_response(problems_everywhere))
         .layer(axum::extract::DefaultBodyLimit::max(app.settings.max_body_bytes))
         .with_state(app)
+}
+
+/// Errors that axum produces itself (a path that is not UTF-8, a method a
+/// route does not have, a body over the limit on a form route) come as plain
+/// text; clients of this API get every error as problem+json.
+async fn problems_everywhere(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let detail = if text.trim().is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    let mut rebuilt = Problem::new(status, status.canonical_reason().unwrap_or("Error"), detail).into_response();
+    // Keep what the original said besides its body (e.g. `Allow` on a 405).
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rebuilt.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rebuilt
 }
 
 /// Every Config API route but `/health`, `/openapi.json` and the token

@@ -43,6 +43,10 @@ impl AttemptLogs for FileLogs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), offset)),
             Err(e) => return Err(io_error(e)),
         };
+        let length = file.metadata().map_err(io_error)?.len();
+        if offset >= length {
+            return Ok((String::new(), offset));
+        }
         file.seek(SeekFrom::Start(offset)).map_err(io_error)?;
         let mut buf = Vec::with_capacity(max.min(1 << 20));
         file.take(max as u64).read_to_end(&mut buf).map_err(io_error)?;

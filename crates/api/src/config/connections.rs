@@ -142,6 +142,9 @@ async fn create_connection(State(app): AppState, JsonBody(body): JsonBody<Connec
     let behavior = body.non_breaking_schema_updates_behavior.unwrap_or_else(|| "ignore".into());
     one_of("nonBreakingSchemaUpdatesBehavior", &behavior, &SCHEMA_BEHAVIORS)?;
     let status = status(body.status.as_deref().unwrap_or("active"))?;
+    if let Some(name) = &body.name {
+        super::check_name("name", name)?;
+    }
     let _ = (body.data_residency, body.tags);
     let streams = checked_streams(&app, &source.id, body.configurations.unwrap_or_default().streams).await?;
     let connection = Connection {

@@ -183,6 +183,7 @@ struct ApplicationCreate {
 }
 
 async fn create_application(State(app): AppState, JsonBody(body): JsonBody<ApplicationCreate>) -> ApiResult<impl IntoResponse> {
+    check_name("name", &body.name)?;
     let (application, secret) = new_application(&app, &body.name).await?;
     let mut out = application_json(&application);
     out["clientSecret"] = Value::String(secret);
@@ -212,11 +213,11 @@ struct WorkspaceCreate {
     notification_urls: Vec<String>,
 }
 
-fn check_name(field: &str, name: &str) -> ApiResult<()> {
+pub(crate) fn check_name(field: &str, name: &str) -> ApiResult<()> {
     if name.trim().is_empty() {
         return Err(Problem::bad_field(field, "must not be empty"));
     }
-    if name.len() > 256 {
+    if name.chars().count() > 256 {
         return Err(Problem::bad_field(field, "must be at most 256 characters"));
     }
     Ok(())
@@ -426,16 +427,29 @@ pub(crate) async fn definition(app: &App, workspace_id: &str, id: &str) -> ApiRe
     Ok((d, version))
 }
 
-async fn get_definition(State(app): AppState, Path((ws, id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
-    Ok(Json(definition_json(&definition(&app, &ws, &id).await?.0)))
+/// The definition a `/workspaces/{ws}/definitions/{sources|destinations}/{id}`
+/// path names: the workspace must exist and the kind must match.
+async fn definition_at(app: &App, uri: &OriginalUri, workspace_id: &str, id: &str) -> ApiResult<(Definition, Version)> {
+    workspace(app, workspace_id).await?;
+    let kind = if uri.0.path().contains("/definitions/destinations/") { ActorKind::Destination } else { ActorKind::Source };
+    let found = definition(app, workspace_id, id).await?;
+    if found.0.kind != kind {
+        return Err(Problem::not_found(&format!("{} definition", kind.as_str()), id));
+    }
+    Ok(found)
+}
+
+async fn get_definition(State(app): AppState, uri: OriginalUri, Path((ws, id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    Ok(Json(definition_json(&definition_at(&app, &uri, &ws, &id).await?.0)))
 }
 
 async fn update_definition(
     State(app): AppState,
+    uri: OriginalUri,
     Path((ws, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<DefinitionCreate>,
 ) -> ApiResult<Json<Value>> {
-    let (mut d, version) = definition(&app, &ws, &id).await?;
+    let (mut d, version) = definition_at(&app, &uri, &ws, &id).await?;
     if d.workspace_id.is_none() {
         return Err(Problem::conflict(format!("definition {id} is built in and cannot be changed; create your own")));
     }
@@ -450,8 +464,8 @@ async fn update_definition(
     Ok(Json(definition_json(&d)))
 }
 
-async fn delete_definition(State(app): AppState, Path((ws, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
-    let (d, version) = definition(&app, &ws, &id).await?;
+async fn delete_definition(State(app): AppState, uri: OriginalUri, Path((ws, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let (d, version) = definition_at(&app, &uri, &ws, &id).await?;
     if d.workspace_id.is_none() {
         return Err(Problem::conflict(format!("definition {id} is built in and cannot be deleted")));
     }
