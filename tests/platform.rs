@@ -295,7 +295,7 @@ fn bad_input_gets_a_problem_naming_the_field() {
     let scratch = Scratch::new();
     // A small body limit, so that the oversized body below fits in the socket's buffer and the
     // client reads the 413 instead of a reset.
-    let p = Platform::start(&scratch.path("data"), &["--max-body-bytes", "4096"]);
+    let p = Platform::start(&scratch.path("data"), &["--max-body-bytes", "4096", "--docker-socket", "/nonexistent/docker.sock"]);
     let workspace = p.workspace("bad input");
     let field = |(status, body): (u16, Value)| -> (u16, String) {
         (status, body["errors"][0]["field"].as_str().unwrap_or_else(|| panic!("no field in {body}")).to_owned())
@@ -336,6 +336,12 @@ fn bad_input_gets_a_problem_naming_the_field() {
     assert_eq!(field(bad_cron), (400, "schedule.cronExpression".into()));
     let bad_stream = post("/connections", json!({"sourceId": source, "destinationId": destination, "configurations": {"streams": [{"name": "nope", "syncMode": "full_refresh_append"}]}}));
     assert_eq!(field(bad_stream), (400, "configurations.streams[0].name".into()));
+
+    // A connector that exists only as an image, with no Docker daemon: a 422 saying so.
+    p.post(&format!("/workspaces/{workspace}/definitions/sources"), json!({"name": "PokeAPI", "dockerRepository": "airbyte/source-pokeapi", "dockerImageTag": "0.3.0", "typeKey": "pokeapi"}));
+    let (status, body) = post("/sources", json!({"name": "s", "workspaceId": workspace, "configuration": {"sourceType": "pokeapi"}}));
+    assert_eq!(status, 422, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("no Docker daemon at /nonexistent/docker.sock"), "{body}");
 
     // Unknown ids and job ids that are not numbers.
     assert_eq!(p.call("GET", "/sources/00000000-0000-0000-0000-000000000000", None, Some(&p.token)).0, 404);

@@ -250,6 +250,106 @@ pub fn tar(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
+/// Runs plans on a Docker daemon, for connectors that exist only as images.
+pub struct DockerExecutor {
+    /// The daemon's socket, `/var/run/docker.sock` by default.
+    pub socket: PathBuf,
+    pub settings: DockerSettings,
+}
+
+impl DockerExecutor {
+    pub async fn run(&self, app: &sluice_api::App, w: &sluice_domain::Workload, plan: &TaskPlan) -> Result<(), LaunchError> {
+        if !self.socket.exists() {
+            return Err(LaunchError(format!(
+                "a connector of this workload exists only as an image, and there is no Docker daemon at {}; start Docker, or define the connector by a PyPI package or an executable",
+                self.socket.display()
+            )));
+        }
+        let task = docker_task(plan, &self.settings)?;
+        let calls = engine_calls(&task);
+        // Everything up to the last container's start, then "launched", then the wait and cleanup.
+        let last_start = calls.iter().rposition(|c| c.path.ends_with("/start")).expect("a task starts its containers");
+        let (start, finish) = calls.split_at(last_start + 1);
+        let socket = self.socket.clone();
+        let blocking = |calls: Vec<EngineCall>| {
+            let socket = socket.clone();
+            tokio::task::spawn_blocking(move || run(&socket, &calls))
+        };
+        blocking(start.to_vec()).await.map_err(|e| LaunchError(e.to_string()))??;
+        let last = task.containers.last().expect("one container at least").name.clone();
+        let launched = sluice_domain::WorkloadEvent::Launched { task_ref: Some(format!("docker:{last}")) };
+        sluice_platform::workload_event(&app.ports(), &w.id, &launched, jiff::Timestamp::now()).await.map_err(|e| LaunchError(e.to_string()))?;
+        if plan.kind != WorkloadType::Sync {
+            sluice_platform::workload_event(&app.ports(), &w.id, &sluice_domain::WorkloadEvent::Running, jiff::Timestamp::now())
+                .await
+                .map_err(|e| LaunchError(e.to_string()))?;
+        }
+        let (waits, cleanup): (Vec<EngineCall>, Vec<EngineCall>) = finish.iter().cloned().partition(|c| c.method != "DELETE");
+        let waited = blocking(waits).await.map_err(|e| LaunchError(e.to_string()))?;
+        let output = if plan.kind == WorkloadType::Sync || waited.is_err() {
+            None
+        } else {
+            let (socket, name) = (self.socket.clone(), last.clone());
+            Some(tokio::task::spawn_blocking(move || container_output(&socket, &name)).await.map_err(|e| LaunchError(e.to_string()))??)
+        };
+        let cleaned = blocking(cleanup).await.map_err(|e| LaunchError(e.to_string()))?;
+        waited?;
+        if let Err(e) = cleaned {
+            eprintln!("sluice: cleaning up after {}: {e}", w.id);
+        }
+        if let Some((stdout, stderr)) = output {
+            let name = plan.connector.as_ref().map_or("connector", |c| c.name.as_str());
+            crate::local::record_answer(app, w, plan.kind, name, &stdout, &stderr, "container exited").await?;
+        } else {
+            // A sync's orchestrator reports its own end; an active workload means it died first.
+            let current = app.workloads.get_workload(&w.id).await?;
+            if current.status.is_active() {
+                return Err(LaunchError(format!("the orchestrator container {last} exited without reporting the attempt's end")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stopped container's stdout and stderr, from the Engine API's
+/// multiplexed log stream (8-byte frame headers: stream, 0, 0, 0, length).
+fn container_output(socket: &Path, name: &str) -> Result<(Vec<u8>, Vec<u8>), LaunchError> {
+    let call = EngineCall { method: "GET", path: format!("/v1.43/containers/{name}/logs?stdout=1&stderr=1"), body: EngineBody::None };
+    let (status, body) = send(socket, &call).map_err(|e| LaunchError(format!("reading the logs of {name}: {e}")))?;
+    if status != 200 {
+        return Err(LaunchError(format!("Docker would not give the logs of {name} ({status})")));
+    }
+    let body = dechunk(&body);
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut rest = &body[..];
+    while rest.len() >= 8 {
+        let length = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        let frame = &rest[8..(8 + length).min(rest.len())];
+        if rest[0] == 2 { stderr.extend_from_slice(frame) } else { stdout.extend_from_slice(frame) }
+        rest = &rest[(8 + length).min(rest.len())..];
+    }
+    Ok((stdout, stderr))
+}
+
+/// Undoes HTTP/1.1 chunked transfer encoding, if the body uses it.
+fn dechunk(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    loop {
+        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else { return body.to_vec() };
+        let Ok(size) = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap_or("x").trim(), 16) else { return body.to_vec() };
+        if size == 0 {
+            return out;
+        }
+        let start = line_end + 2;
+        if rest.len() < start + size {
+            return body.to_vec();
+        }
+        out.extend_from_slice(&rest[start..start + size]);
+        rest = &rest[(start + size + 2).min(rest.len())..];
+    }
+}
+
 /// Sends the calls to the Docker daemon at `socket` (`/var/run/docker.sock`).
 pub fn run(socket: &Path, calls: &[EngineCall]) -> Result<(), LaunchError> {
     for call in calls {
@@ -278,4 +378,30 @@ fn send(socket: &Path, call: &EngineCall) -> std::io::Result<(u16, Vec<u8>)> {
     let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 4);
     let status = std::str::from_utf8(&response[..head_end]).ok().and_then(|h| h.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
     Ok((status, response[head_end..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_frames_split_into_stdout_and_stderr_through_chunking() {
+        let mut frames = Vec::new();
+        for (stream, text) in [(1u8, "{\"type\":\"SPEC\"}\n"), (2, "warming up\n"), (1, "done\n")] {
+            frames.extend_from_slice(&[stream, 0, 0, 0]);
+            frames.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            frames.extend_from_slice(text.as_bytes());
+        }
+        let (a, b) = frames.split_at(10);
+        let mut chunked = Vec::new();
+        for part in [a, b] {
+            chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            chunked.extend_from_slice(part);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let body = dechunk(&chunked);
+        assert_eq!(body, frames);
+        assert_eq!(dechunk(&frames), frames, "a body that is not chunked stays as it is");
+    }
 }

@@ -207,28 +207,41 @@ impl LocalExecutor {
             .map_err(|_| LaunchError(format!("{} {} took longer than {:?}", container.name, plan.kind.as_str(), app.settings.connector_timeout)))?
             .map_err(launch_error(&format!("cannot start {}", container.name)))?;
 
-        let (found, errors) = read_answer(plan.kind, &output.stdout);
-        let (body, succeeded) = match found {
-            Some(body) => (body, true),
-            None => {
-                let why = if errors.is_empty() { sluice_connectors::last_lines(&output.stderr, 10) } else { errors.join("; ") };
-                (json!({"message": format!("{} {} gave no answer ({}): {why}", container.name, plan.kind.as_str(), output.status)}), false)
-            }
-        };
-        if let (true, Some(path)) = (succeeded, &cached_spec) {
+        let status = output.status.to_string();
+        let body = record_answer(app, w, plan.kind, &container.name, &output.stdout, &output.stderr, &status).await?;
+        if let (Some(body), Some(path)) = (body, &cached_spec) {
             let _ = std::fs::create_dir_all(path.parent().expect("has a parent"));
             let _ = std::fs::write(path, body.to_string());
         }
-        let doc = Doc { id: w.id.clone(), workspace_id: None, body: body.clone(), version: Version::INITIAL };
-        app.config.insert_doc(DocKind::Output, &doc).await?;
-        let event = if succeeded {
-            WorkloadEvent::Succeed
-        } else {
-            WorkloadEvent::Fail { reason: body["message"].as_str().unwrap_or_default().to_owned() }
-        };
-        workload_event(&app.ports(), &w.id, &event, now()).await.map_err(|e| LaunchError(e.to_string()))?;
         Ok(())
     }
+}
+
+/// Stores what a spec, check or discover answered (or why it gave no
+/// answer) as the workload's output, and ends the workload. Returns the
+/// answer, if there was one.
+pub(crate) async fn record_answer(
+    app: &App,
+    w: &Workload,
+    kind: WorkloadType,
+    name: &str,
+    stdout: &[u8],
+    stderr: &[u8],
+    exit: &str,
+) -> Result<Option<Value>, LaunchError> {
+    let (found, errors) = read_answer(kind, stdout);
+    let body = found.clone().unwrap_or_else(|| {
+        let why = if errors.is_empty() { sluice_connectors::last_lines(stderr, 10) } else { errors.join("; ") };
+        json!({"message": format!("{name} {} gave no answer ({exit}): {why}", kind.as_str())})
+    });
+    let doc = Doc { id: w.id.clone(), workspace_id: None, body: body.clone(), version: Version::INITIAL };
+    app.config.insert_doc(DocKind::Output, &doc).await?;
+    let event = match &found {
+        Some(_) => WorkloadEvent::Succeed,
+        None => WorkloadEvent::Fail { reason: body["message"].as_str().unwrap_or_default().to_owned() },
+    };
+    workload_event(&app.ports(), &w.id, &event, jiff::Timestamp::now()).await.map_err(|e| LaunchError(e.to_string()))?;
+    Ok(found)
 }
 
 /// The answer a spec, check or discover gives on stdout, and the TRACE
@@ -253,10 +266,12 @@ fn read_answer(kind: WorkloadType, stdout: &[u8]) -> (Option<Value>, Vec<String>
     (None, errors)
 }
 
-/// Runs one claimed workload with the local executor; a failure to launch
-/// fails the workload (and its attempt) with the reason.
-pub async fn run_claimed(executor: &LocalExecutor, app: &App, w: Workload, api_url: &str) {
+/// Runs one claimed workload: with Docker when a connector exists only as
+/// an image, else as local processes. A failure to launch fails the
+/// workload (and its attempt) with the reason.
+pub async fn run_claimed(executor: &LocalExecutor, docker: &crate::docker::DockerExecutor, app: &App, w: Workload, api_url: &str) {
     let result = match crate::build_plan(app, &w, api_url).await {
+        Ok(plan) if plan.needs_images() => docker.run(app, &w, &plan).await,
         Ok(plan) => executor.run(app, &w, &plan).await,
         Err(e) => Err(e),
     };

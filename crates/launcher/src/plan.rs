@@ -98,6 +98,11 @@ pub mod files {
 }
 
 impl TaskPlan {
+    /// Whether a connector of the plan exists only as a container image.
+    pub fn needs_images(&self) -> bool {
+        [&self.connector, &self.source, &self.destination].into_iter().flatten().any(|c| matches!(c.runtime, Runtime::Image(_)))
+    }
+
     pub fn file(&self, name: &str) -> Option<&str> {
         self.files.iter().find(|f| f.name == name).map(|f| f.contents.as_str())
     }

@@ -236,6 +236,17 @@ impl WorkloadStore for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
     }
+
+    async fn purge_finished_workloads(&self, before: Timestamp) -> Result<usize, StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let finished = "SELECT id FROM workloads WHERE status IN ('success', 'failure', 'cancelled') AND updated_ns < ?1";
+            tx.execute(&format!("DELETE FROM docs WHERE kind = 'output' AND id IN ({finished})"), [ns(before)]).map_err(unavailable)?;
+            let deleted = tx.execute(&format!("DELETE FROM workloads WHERE id IN ({finished})"), [ns(before)]).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(deleted)
+        })
+    }
 }
 
 #[async_trait]

@@ -62,6 +62,11 @@ pub async fn workloads_queries(store: &dyn WorkloadStore) {
     assert_eq!(overdue, ["k2", "k3"], "terminal workloads are never overdue");
     // The end of time is a valid bound: every active workload, as restart recovery lists them.
     assert_eq!(store.overdue_workloads(Timestamp::MAX).await.unwrap().len(), 2);
+    // Retention removes finished workloads only, and only old ones.
+    assert_eq!(store.purge_finished_workloads(t(1)).await.unwrap(), 0, "k1 finished at t(1), not before");
+    assert_eq!(store.purge_finished_workloads(t(2)).await.unwrap(), 1);
+    assert!(matches!(store.get_workload("k1").await, Err(StoreError::NotFound { .. })));
+    assert!(store.get_workload("k2").await.is_ok());
 }
 
 /// At-least-once delivery with a visibility timeout, as SQS does it.

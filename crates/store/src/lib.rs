@@ -42,6 +42,9 @@ pub trait WorkloadStore: Send + Sync {
     async fn active_workloads(&self, mutex_key: &str) -> Result<Vec<Workload>, StoreError>;
     /// Active workloads whose deadline is before `now`: the monitor's work.
     async fn overdue_workloads(&self, now: Timestamp) -> Result<Vec<Workload>, StoreError>;
+    /// Deletes finished workloads last changed before `before`, with what
+    /// they output; returns how many. (DynamoDB does this with TTL.)
+    async fn purge_finished_workloads(&self, before: Timestamp) -> Result<usize, StoreError>;
 }
 
 /// Which jobs to list, newest first.

@@ -17,6 +17,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use sluice_api::{App, Keys, Settings};
 use sluice_domain::{Version, WorkloadStatus};
+use sluice_launcher::docker::{DockerExecutor, DockerSettings};
 use sluice_launcher::local::LocalExecutor;
 use sluice_store::{Doc, DocKind, StoreError};
 use sluice_store_sqlite::{FileLogs, FileSecrets, SqliteStore};
@@ -47,6 +48,12 @@ pub struct UpArgs {
     /// Seconds an access token lives
     #[arg(long, default_value_t = 900)]
     token_ttl_secs: u64,
+    /// The Docker daemon that runs connectors published only as images
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    docker_socket: PathBuf,
+    /// The image with the orchestrator, for tasks run with Docker
+    #[arg(long, default_value = concat!("sluice/orchestrator:", env!("CARGO_PKG_VERSION")))]
+    orchestrator_image: String,
     /// The largest request body accepted, in bytes
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -108,8 +115,13 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
         heartbeat_secs: args.heartbeat_secs,
         stop_grace: Duration::from_secs(30),
     });
+    let reference_images = sluice_connectors::REFERENCE_CONNECTORS.iter().map(|n| (n.to_string(), format!("sluice/{n}:{}", env!("CARGO_PKG_VERSION")))).collect();
+    let docker = Arc::new(DockerExecutor {
+        socket: args.docker_socket.clone(),
+        settings: DockerSettings { orchestrator_image: args.orchestrator_image.clone(), reference_images, network_mode: "host".into() },
+    });
     let api_url = format!("http://{address}/api/internal/v1");
-    tokio::spawn(launch_loop(app.clone(), executor, launcher_id, api_url));
+    tokio::spawn(launch_loop(app.clone(), executor, docker, launcher_id, api_url));
     tokio::spawn(ticker.run(app.clone()));
     tokio::spawn(scheduler_loop(app.clone()));
     tokio::spawn(learn_specs(app.clone()));
@@ -184,12 +196,12 @@ async fn recover(app: &App) -> anyhow::Result<usize> {
     Ok(active.len())
 }
 
-async fn launch_loop(app: Arc<App>, executor: Arc<LocalExecutor>, launcher_id: String, api_url: String) {
+async fn launch_loop(app: Arc<App>, executor: Arc<LocalExecutor>, docker: Arc<DockerExecutor>, launcher_id: String, api_url: String) {
     loop {
         match sluice_launcher::claim_next(&app, &launcher_id).await {
             Ok(Some(Some(w))) => {
-                let (app, executor, api_url) = (app.clone(), executor.clone(), api_url.clone());
-                tokio::spawn(async move { sluice_launcher::local::run_claimed(&executor, &app, w, &api_url).await });
+                let (app, executor, docker, api_url) = (app.clone(), executor.clone(), docker.clone(), api_url.clone());
+                tokio::spawn(async move { sluice_launcher::local::run_claimed(&executor, &docker, &app, w, &api_url).await });
             }
             Ok(Some(None)) => {}
             Ok(None) => {
@@ -229,6 +241,9 @@ async fn monitor_loop(app: Arc<App>, every: Duration, retention_days: u64) {
         let cutoff = Timestamp::now() - SignedDuration::from_hours(24 * retention_days as i64);
         if let Err(e) = app.logs.delete_older_than(cutoff).await {
             eprintln!("sluice: monitor: cleaning logs: {e}");
+        }
+        if let Err(e) = app.workloads.purge_finished_workloads(cutoff).await {
+            eprintln!("sluice: monitor: cleaning finished workloads: {e}");
         }
     }
 }
