@@ -290,7 +290,7 @@ impl WorkloadQueue for SqliteStore {
 }
 
 mod docs;
-mod job_rows;
+
 mod logs;
 mod secrets;
 
@@ -312,7 +312,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         job_type: JobType::parse(&job_type).ok_or_else(|| bad(2, format!("unknown job type `{job_type}`")))?,
         status: JobStatus::parse(&status).ok_or_else(|| bad(3, format!("unknown job status `{status}`")))?,
         streams: serde_json::from_str(&streams).map_err(|e| bad(4, e.to_string()))?,
-        attempts: job_rows::attempts_from_json(&attempts).map_err(|e| bad(5, e))?,
+        attempts: sluice_store::job_json::attempts_from_json(&attempts).map_err(|e| bad(5, e))?,
         created_at: from_ns(row.get(6)?),
         updated_at: from_ns(row.get(7)?),
         retry_at: row.get::<_, Option<i64>>(8)?.map(from_ns),
@@ -360,7 +360,7 @@ impl JobStore for SqliteStore {
                     params![
                         written.status.as_str(),
                         serde_json::to_string(&written.streams).expect("strings"),
-                        job_rows::attempts_to_json(&written.attempts),
+                        sluice_store::job_json::attempts_to_json(&written.attempts),
                         ns(written.updated_at),
                         written.retry_at.map(ns),
                         written.version.get() as i64,

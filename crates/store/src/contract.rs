@@ -69,6 +69,32 @@ pub async fn workloads_queries(store: &dyn WorkloadStore) {
     assert!(store.get_workload("k2").await.is_ok());
 }
 
+/// The queue's promises on its own clock, for queues that ignore `now`
+/// (SQS): at-least-once delivery, invisible while received, delivered
+/// again after the visibility timeout (1 s here) with a higher count.
+/// Standard SQS queues do not keep order, so neither does this check.
+pub async fn queue_delivery_realtime(queue: &dyn WorkloadQueue) {
+    let visibility = SignedDuration::from_secs(1);
+    let now = Timestamp::now;
+    assert_eq!(queue.receive(now(), visibility).await.unwrap(), None);
+    queue.enqueue("w1", now()).await.unwrap();
+    queue.enqueue("w2", now()).await.unwrap();
+    let first = queue.receive(now(), visibility).await.unwrap().expect("a message");
+    let second = queue.receive(now(), visibility).await.unwrap().expect("the other message");
+    let mut ids = [first.workload_id.clone(), second.workload_id.clone()];
+    ids.sort();
+    assert_eq!(ids, ["w1", "w2"], "a received message is invisible to others");
+    assert_eq!((first.receive_count, second.receive_count), (1, 1));
+    assert_eq!(queue.receive(now(), visibility).await.unwrap(), None);
+    queue.acknowledge(&second.receipt).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let again = queue.receive(now(), visibility).await.unwrap().expect("redelivery");
+    assert_eq!((again.workload_id.as_str(), again.receive_count), (first.workload_id.as_str(), 2));
+    queue.acknowledge(&again.receipt).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    assert_eq!(queue.receive(now(), visibility).await.unwrap(), None, "acknowledged messages are gone");
+}
+
 /// At-least-once delivery with a visibility timeout, as SQS does it.
 pub async fn queue_delivery(queue: &dyn WorkloadQueue) {
     let visibility = SignedDuration::from_secs(30);

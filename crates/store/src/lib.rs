@@ -8,6 +8,7 @@
 //! writers racing on one record cannot both win.
 
 pub mod contract;
+pub mod job_json;
 
 use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};

@@ -1,5 +1,5 @@
-//! A job's attempts as the JSON column that holds them. The mapping lives
-//! here, with the adapter: domain types do not know how they are stored.
+//! A job's attempts as JSON, as every adapter stores them (a column in
+//! SQLite, an attribute in DynamoDB): domain types do not know how they are stored.
 
 use jiff::Timestamp;
 use serde_json::{json, Value};

@@ -1,0 +1,66 @@
+//! The AWS adapters of the platform's ports: the store on DynamoDB, the
+//! queue on SQS, secrets on Secrets Manager. They meet the same contract
+//! as the SQLite adapters (`sluice_store::contract`), against any endpoint
+//! `aws-config` finds: real AWS, LocalStack, or moto (`AWS_ENDPOINT_URL`).
+//!
+//! Every transition is a conditional write on the item's `version`; a
+//! failed condition is read back to tell a conflict from a missing item.
+//! Where two items change together (a job and its connection's lock) the
+//! write is one `TransactWriteItems`.
+
+mod dynamo;
+pub mod provision;
+mod secrets;
+mod sqs;
+
+pub use dynamo::DynamoStore;
+pub use secrets::SecretsManagerStore;
+pub use sqs::SqsQueue;
+
+use sluice_store::StoreError;
+
+/// The names of our resources, all derived from one prefix so that several
+/// platforms (or tests) can share an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub config_table: String,
+    pub jobs_table: String,
+    pub workloads_table: String,
+    pub queue: String,
+    pub dead_letter_queue: String,
+    /// Secrets are named `<prefix>/<hint>-<unique>`.
+    pub secrets_prefix: String,
+}
+
+impl Names {
+    pub fn with_prefix(prefix: &str) -> Names {
+        Names {
+            config_table: format!("{prefix}-config"),
+            jobs_table: format!("{prefix}-jobs"),
+            workloads_table: format!("{prefix}-workloads"),
+            queue: format!("{prefix}-workloads"),
+            dead_letter_queue: format!("{prefix}-workloads-dlq"),
+            secrets_prefix: prefix.to_owned(),
+        }
+    }
+}
+
+/// The SDK configuration from the environment (`AWS_ENDPOINT_URL`,
+/// `AWS_REGION`, credentials ...), loaded once at start.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// Any SDK failure that is not a condition we asked for.
+pub(crate) fn unavailable<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+/// The service's own message for an SDK error, for errors people read.
+pub(crate) fn describe<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(e: aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError {
+    let text = match &e {
+        aws_sdk_dynamodb::error::SdkError::ServiceError(service) => format!("{}", service.err()),
+        other => format!("{other}"),
+    };
+    StoreError::Unavailable(Box::new(std::io::Error::other(format!("{text} ({})", aws_sdk_dynamodb::error::DisplayErrorContext(&e)))))
+}

@@ -1,0 +1,126 @@
+//! Creates what the AWS adapters need, idempotently: running it twice
+//! changes nothing. `sluice provision` and the tests use it; the SAM and CDK
+//! stacks declare the same resources.
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType, ScalarAttributeType,
+    TimeToLiveSpecification,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use sluice_store::StoreError;
+
+use crate::Names;
+
+fn failed(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(Box::new(std::io::Error::other(e.to_string())))
+}
+
+/// An attribute of a key, and its type.
+type KeyAttribute<'a> = (&'a str, ScalarAttributeType);
+
+/// A table: its partition key `pk` (string) and its GSIs as
+/// (name, partition attribute, optional sort attribute).
+struct Table<'a> {
+    name: &'a str,
+    indexes: Vec<(&'a str, KeyAttribute<'a>, Option<KeyAttribute<'a>>)>,
+}
+
+/// How many messages a workload delivery may fail before it goes to the dead-letter queue.
+pub const MAX_RECEIVES: u32 = 5;
+
+/// What `provision` made or found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Provisioned {
+    pub created: Vec<String>,
+    pub existing: Vec<String>,
+    pub queue_url: String,
+}
+
+pub async fn provision(config: &aws_config::SdkConfig, names: &Names) -> Result<Provisioned, StoreError> {
+    use ScalarAttributeType::{N, S};
+    let mut done = Provisioned::default();
+    let tables = [
+        Table { name: &names.config_table, indexes: vec![("by-kind", ("kind", S), Some(("seq", N))), ("by-workspace", ("kindWs", S), Some(("seq", N)))] },
+        Table {
+            name: &names.jobs_table,
+            indexes: vec![("by-connection", ("connectionId", S), Some(("id", N))), ("by-status", ("status", S), Some(("id", N))), ("by-all", ("entity", S), Some(("id", N)))],
+        },
+        Table { name: &names.workloads_table, indexes: vec![("by-mutex", ("activeMutex", S), None), ("by-deadline", ("active", S), Some(("deadline", N)))] },
+    ];
+    let dynamo = aws_sdk_dynamodb::Client::new(config);
+    for table in &tables {
+        let mut attributes = vec![("pk", S)];
+        for (_, partition, sort) in &table.indexes {
+            attributes.push(partition.clone());
+            attributes.extend(sort.clone());
+        }
+        attributes.sort_by(|a, b| a.0.cmp(b.0));
+        attributes.dedup_by(|a, b| a.0 == b.0);
+        let mut create = dynamo
+            .create_table()
+            .table_name(table.name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().map_err(failed)?);
+        for (name, kind) in attributes {
+            create = create.attribute_definitions(AttributeDefinition::builder().attribute_name(name).attribute_type(kind).build().map_err(failed)?);
+        }
+        for (index, (partition, _), sort) in &table.indexes {
+            let mut keys = vec![KeySchemaElement::builder().attribute_name(*partition).key_type(KeyType::Hash).build().map_err(failed)?];
+            if let Some((sort, _)) = sort {
+                keys.push(KeySchemaElement::builder().attribute_name(*sort).key_type(KeyType::Range).build().map_err(failed)?);
+            }
+            let gsi = GlobalSecondaryIndex::builder()
+                .index_name(*index)
+                .set_key_schema(Some(keys))
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .build()
+                .map_err(failed)?;
+            create = create.global_secondary_indexes(gsi);
+        }
+        match create.send().await {
+            Ok(_) => done.created.push(format!("table {}", table.name)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => done.existing.push(format!("table {}", table.name)),
+            Err(e) => return Err(failed(aws_sdk_dynamodb::error::DisplayErrorContext(e))),
+        }
+    }
+    // Finished workloads expire by themselves on AWS.
+    let ttl = TimeToLiveSpecification::builder().attribute_name("expiresAt").enabled(true).build().map_err(failed)?;
+    if let Err(e) = dynamo.update_time_to_live().table_name(&names.workloads_table).time_to_live_specification(ttl).send().await {
+        let already = e.as_service_error().map(|s| s.to_string()).unwrap_or_default().contains("already enabled");
+        if !already {
+            return Err(failed(aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+        }
+    }
+
+    let sqs = aws_sdk_sqs::Client::new(config);
+    let dlq = sqs
+        .create_queue()
+        .queue_name(&names.dead_letter_queue)
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+        .send()
+        .await
+        .map_err(|e| failed(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+    let dlq_url = dlq.queue_url.ok_or_else(|| failed("SQS gave no URL for the dead-letter queue"))?;
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| failed(aws_sdk_sqs::error::DisplayErrorContext(e)))?
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .ok_or_else(|| failed("SQS gave no ARN for the dead-letter queue"))?;
+    let redrive = format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"{MAX_RECEIVES}"}}"#);
+    let queue = sqs
+        .create_queue()
+        .queue_name(&names.queue)
+        .attributes(QueueAttributeName::VisibilityTimeout, "120")
+        .attributes(QueueAttributeName::RedrivePolicy, redrive)
+        .send()
+        .await
+        .map_err(|e| failed(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+    done.queue_url = queue.queue_url.ok_or_else(|| failed("SQS gave no URL for the workload queue"))?;
+    done.existing.push(format!("queues {} and {}", names.queue, names.dead_letter_queue));
+    Ok(done)
+}
