@@ -19,6 +19,8 @@ pub enum CronError {
     DayQuestionMark,
     #[error("unknown time zone `{0}`: use an IANA name such as UTC or Europe/Paris")]
     TimeZone(String),
+    #[error("seconds field `{0}`: on AWS a schedule fires on whole minutes (EventBridge's finest unit); use `0` for the seconds")]
+    SubMinute(String),
 }
 
 /// A parsed Quartz cron expression.
@@ -264,9 +266,33 @@ fn parse_value(value: &str, spec: &Spec, text: &str) -> Result<u32, CronError> {
     })
 }
 
+/// The expression in EventBridge Scheduler's form, `cron(min hour dom
+/// month dow year)`. Both forms number weekdays 1-7 from Sunday and need
+/// one `?` among the day fields, so the fields carry over as written; the
+/// seconds must be `0`, since EventBridge fires on whole minutes.
+pub fn to_eventbridge(expression: &str) -> Result<String, CronError> {
+    Cron::parse(expression)?;
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    if fields[0] != "0" {
+        return Err(CronError::SubMinute(fields[0].to_owned()));
+    }
+    let year = fields.get(6).copied().unwrap_or("*");
+    Ok(format!("cron({} {} {} {} {} {year})", fields[1], fields[2], fields[3], fields[4], fields[5]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quartz_becomes_eventbridge_cron_on_whole_minutes() {
+        assert_eq!(to_eventbridge("0 */15 * * * ?").unwrap(), "cron(*/15 * * * ? *)");
+        assert_eq!(to_eventbridge("0 30 9 ? * MON-FRI 2027").unwrap(), "cron(30 9 ? * MON-FRI 2027)");
+        assert_eq!(to_eventbridge("0 0 12 L * ?").unwrap(), "cron(0 12 L * ? *)");
+        assert!(matches!(to_eventbridge("*/5 * * * * ?"), Err(CronError::SubMinute(s)) if s == "*/5"));
+        assert!(to_eventbridge("30 0 12 * * ?").unwrap_err().to_string().contains("whole minutes"));
+        assert!(matches!(to_eventbridge("0 0 12 * * *"), Err(CronError::DayQuestionMark)));
+    }
 
     fn at(text: &str) -> Timestamp {
         text.parse().unwrap()

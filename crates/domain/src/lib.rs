@@ -10,7 +10,7 @@ pub mod resources;
 pub mod workload;
 
 pub use connection::{ConnectionStatus, Schedule};
-pub use cron::{CronError, CronSchedule};
+pub use cron::{to_eventbridge, CronError, CronSchedule};
 pub use job::{Attempt, AttemptStatus, FailureReason, Job, JobStatus, JobType, Retry, RetryPolicy, StreamStats, SyncStats};
 pub use workload::{sync_workload_id, Deadlines, Workload, WorkloadEvent, WorkloadStatus, WorkloadType};
 

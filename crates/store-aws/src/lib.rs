@@ -9,11 +9,15 @@
 //! write is one `TransactWriteItems`.
 
 mod dynamo;
+mod events;
 pub mod provision;
+mod schedules;
 mod secrets;
 mod sqs;
 
 pub use dynamo::DynamoStore;
+pub use events::EventBridgeEvents;
+pub use schedules::{EventBridgeSchedules, ScheduleTarget};
 pub use secrets::SecretsManagerStore;
 pub use sqs::SqsQueue;
 
@@ -30,6 +34,10 @@ pub struct Names {
     pub dead_letter_queue: String,
     /// Secrets are named `<prefix>/<hint>-<unique>`.
     pub secrets_prefix: String,
+    /// The EventBridge Scheduler group holding one schedule per connection.
+    pub schedule_group: String,
+    /// The EventBridge bus job events are published on.
+    pub event_bus: String,
 }
 
 impl Names {
@@ -41,6 +49,8 @@ impl Names {
             queue: format!("{prefix}-workloads"),
             dead_letter_queue: format!("{prefix}-workloads-dlq"),
             secrets_prefix: prefix.to_owned(),
+            schedule_group: prefix.to_owned(),
+            event_bus: format!("{prefix}-events"),
         }
     }
 }

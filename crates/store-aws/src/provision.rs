@@ -121,6 +121,27 @@ pub async fn provision(config: &aws_config::SdkConfig, names: &Names) -> Result<
         .await
         .map_err(|e| failed(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
     done.queue_url = queue.queue_url.ok_or_else(|| failed("SQS gave no URL for the workload queue"))?;
+
+    let scheduler = aws_sdk_scheduler::Client::new(config);
+    // Looked up first: not every endpoint refuses a second group of the same name.
+    let group = scheduler.get_schedule_group().name(&names.schedule_group).send().await;
+    match group {
+        Ok(_) => done.existing.push(format!("schedule group {}", names.schedule_group)),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+            match scheduler.create_schedule_group().name(&names.schedule_group).send().await {
+                Ok(_) => done.created.push(format!("schedule group {}", names.schedule_group)),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => done.existing.push(format!("schedule group {}", names.schedule_group)),
+                Err(e) => return Err(failed(aws_sdk_scheduler::error::DisplayErrorContext(e))),
+            }
+        }
+        Err(e) => return Err(failed(aws_sdk_scheduler::error::DisplayErrorContext(e))),
+    }
+    let events = aws_sdk_eventbridge::Client::new(config);
+    match events.create_event_bus().name(&names.event_bus).send().await {
+        Ok(_) => done.created.push(format!("event bus {}", names.event_bus)),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_already_exists_exception()) => done.existing.push(format!("event bus {}", names.event_bus)),
+        Err(e) => return Err(failed(aws_sdk_eventbridge::error::DisplayErrorContext(e))),
+    }
     done.existing.push(format!("queues {} and {}", names.queue, names.dead_letter_queue));
     Ok(done)
 }

@@ -104,3 +104,75 @@ async fn provisioning_twice_changes_nothing() {
     let again = provision(&config, &names).await.unwrap();
     assert!(again.created.is_empty(), "{again:?}");
 }
+
+#[tokio::test]
+async fn schedules_are_eventbridge_crons_targeting_the_scheduler() {
+    use sluice_store::Schedules;
+    let (config, names) = aws("schedules").await;
+    let target = sluice_store_aws::ScheduleTarget {
+        function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sluice-scheduler".into(),
+        role_arn: "arn:aws:iam::123456789012:role/sluice-scheduler-invoke".into(),
+    };
+    let schedules = sluice_store_aws::EventBridgeSchedules::new(&config, &names.schedule_group, target);
+    let every_quarter = sluice_domain::CronSchedule::new("0 */15 * * * ?", "Europe/Paris").unwrap();
+    schedules.put_schedule("conn-1", &every_quarter).await.unwrap();
+    let (expression, zone, input) = schedules.describe("conn-1").await.unwrap().expect("a schedule");
+    assert_eq!((expression.as_str(), zone.as_str()), ("cron(*/15 * * * ? *)", "Europe/Paris"));
+    let input: serde_json::Value = serde_json::from_str(&input).unwrap();
+    assert_eq!(input["connectionId"], "conn-1");
+
+    // Putting again replaces; deleting twice is fine.
+    let noon = sluice_domain::CronSchedule::new("0 0 12 ? * MON-FRI", "UTC").unwrap();
+    schedules.put_schedule("conn-1", &noon).await.unwrap();
+    assert_eq!(schedules.describe("conn-1").await.unwrap().unwrap().0, "cron(0 12 ? * MON-FRI *)");
+    schedules.delete_schedule("conn-1").await.unwrap();
+    schedules.delete_schedule("conn-1").await.unwrap();
+    assert_eq!(schedules.describe("conn-1").await.unwrap(), None);
+
+    let every_five_seconds = sluice_domain::CronSchedule::new("*/5 * * * * ?", "UTC").unwrap();
+    assert!(schedules.refuse(&every_five_seconds).unwrap().contains("whole minutes"));
+    assert!(schedules.put_schedule("conn-2", &every_five_seconds).await.is_err());
+}
+
+#[tokio::test]
+async fn job_events_reach_a_rule_on_our_bus() {
+    use sluice_store::Events;
+    let (config, names) = aws("events").await;
+    // A user's rule: every succeeded job to a queue of theirs.
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let inbox = sqs.create_queue().queue_name(format!("{}-inbox", names.event_bus)).send().await.unwrap().queue_url.unwrap();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&inbox)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let bridge = aws_sdk_eventbridge::Client::new(&config);
+    bridge
+        .put_rule()
+        .name("succeeded")
+        .event_bus_name(&names.event_bus)
+        .event_pattern(r#"{"source": ["sluice"], "detail-type": ["job.succeeded"]}"#)
+        .send()
+        .await
+        .unwrap();
+    let target = aws_sdk_eventbridge::types::Target::builder().id("inbox").arn(arn).build().unwrap();
+    bridge.put_targets().rule("succeeded").event_bus_name(&names.event_bus).targets(target).send().await.unwrap();
+
+    let events = sluice_store_aws::EventBridgeEvents::new(&config, &names.event_bus);
+    let mut job = sluice_domain::Job::new(42, "conn-9", sluice_domain::JobType::Sync, vec![], jiff::Timestamp::now());
+    events.publish(sluice_store::JobEvent { kind: sluice_store::JobEventKind::Started, job: job.clone() }).await;
+    job.status = sluice_domain::JobStatus::Succeeded;
+    events.publish(sluice_store::JobEvent { kind: sluice_store::JobEventKind::Succeeded, job }).await;
+
+    let received = sqs.receive_message().queue_url(&inbox).max_number_of_messages(10).wait_time_seconds(2).send().await.unwrap();
+    let bodies: Vec<serde_json::Value> = received.messages().iter().map(|m| serde_json::from_str(m.body().unwrap()).unwrap()).collect();
+    assert_eq!(bodies.len(), 1, "only the rule's events: {bodies:?}");
+    assert_eq!(bodies[0]["detail-type"], "job.succeeded");
+    assert_eq!(bodies[0]["detail"]["jobId"], 42);
+    assert_eq!(bodies[0]["detail"]["connectionId"], "conn-9");
+}

@@ -186,6 +186,11 @@ pub trait Schedules: Send + Sync {
     async fn put_schedule(&self, connection_id: &str, schedule: &sluice_domain::CronSchedule) -> Result<(), StoreError>;
     /// Removes it; removing a schedule that does not exist is fine.
     async fn delete_schedule(&self, connection_id: &str) -> Result<(), StoreError>;
+    /// Why this adapter cannot run `schedule`, if it cannot (EventBridge
+    /// fires on whole minutes only): the API refuses such a connection.
+    fn refuse(&self, _schedule: &sluice_domain::CronSchedule) -> Option<String> {
+        None
+    }
 }
 
 /// What happened to a job, for notifications: webhooks on one machine,

@@ -117,6 +117,16 @@ async fn checked_streams(app: &App, source_id: &str, streams: Vec<StreamConfigur
     Ok(streams)
 }
 
+/// The schedule, if this platform's schedules port can run it.
+fn runnable(app: &App, config: &ScheduleConfig) -> ApiResult<()> {
+    if let Schedule::Cron(cron) = schedule(config)? {
+        if let Some(why) = app.schedules.refuse(&cron) {
+            return Err(Problem::bad_field("schedule.cronExpression", why));
+        }
+    }
+    Ok(())
+}
+
 /// Keeps the schedules port in step with a connection.
 async fn sync_schedule(app: &App, c: &Connection) -> ApiResult<()> {
     match (c.status, schedule(&c.schedule)?) {
@@ -136,7 +146,7 @@ async fn create_connection(State(app): AppState, JsonBody(body): JsonBody<Connec
         return Err(Problem::bad_field("destinationId", "the source and the destination are in different workspaces"));
     }
     let schedule_config = body.schedule.unwrap_or_else(ScheduleConfig::manual);
-    schedule(&schedule_config)?;
+    runnable(&app, &schedule_config)?;
     let namespace_definition = body.namespace_definition.unwrap_or_else(|| "destination".into());
     one_of("namespaceDefinition", &namespace_definition, &NAMESPACE_DEFINITIONS)?;
     let behavior = body.non_breaking_schema_updates_behavior.unwrap_or_else(|| "ignore".into());
@@ -234,7 +244,7 @@ async fn update_connection(State(app): AppState, Path(id): Path<String>, JsonBod
         c.name = name;
     }
     if let Some(config) = body.schedule {
-        schedule(&config)?;
+        runnable(&app, &config)?;
         c.schedule = config;
     }
     if let Some(ns) = body.namespace_definition {
