@@ -14,6 +14,7 @@ pub struct Platform {
     pub token: String,
     child: Option<Child>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     agent: ureq::Agent,
 }
 
@@ -28,6 +29,11 @@ pub fn agent() -> ureq::Agent {
 impl Platform {
     /// Starts `sluice up` with `args` on top of fast test settings.
     pub fn start(data: &Path, args: &[&str]) -> Platform {
+        Platform::start_with_env(data, args, &[])
+    }
+
+    /// With extra environment, e.g. `AWS_ENDPOINT_URL` for `--aws`.
+    pub fn start_with_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Platform {
         let mut platform = Platform {
             data: data.to_path_buf(),
             base: String::new(),
@@ -35,6 +41,7 @@ impl Platform {
             token: String::new(),
             child: None,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             agent: agent(),
         };
         platform.base = format!("http://127.0.0.1:{}/api/public/v1", platform.port);
@@ -52,6 +59,7 @@ impl Platform {
             .arg(format!("127.0.0.1:{}", self.port))
             .args(["--heartbeat-secs", "1", "--retry-backoff-secs", "1"])
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -77,6 +77,8 @@ enum Commands {
         #[command(subcommand)]
         verb: remote::JobVerb,
     },
+    /// Create (or find) the AWS resources the platform needs: tables, queues, bus, schedule group
+    Provision(up::AwsArgs),
     /// Run one attempt from a sync config file, as the task's orchestrator does
     #[command(disable_help_flag = true)]
     Orchestrate {
@@ -93,6 +95,7 @@ fn main() {
         Commands::Sync(args) => report(sync::run(args)),
         Commands::Bench(args) => report(bench::run(args)),
         Commands::Up(args) => report(up::run(args)),
+        Commands::Provision(args) => report(up::provision(args)),
         Commands::Workspaces { target, verb } => report(remote::common(&target, "/workspaces", &["workspaceId", "name", "dataResidency"], verb)),
         Commands::Definitions { target, verb } => report(remote::definitions(&target, verb)),
         Commands::Sources { target, verb } => report(remote::sources(&target, verb)),

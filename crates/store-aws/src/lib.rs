@@ -10,6 +10,7 @@
 
 mod dynamo;
 mod events;
+pub mod moto;
 pub mod provision;
 mod schedules;
 mod secrets;

@@ -2,44 +2,18 @@
 //! from PyPI) on 127.0.0.1: one server for this test binary, one set of
 //! tables, queues and secrets per test.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region};
 use sluice_store::contract;
 use sluice_store_aws::{provision::provision, DynamoStore, Names, SecretsManagerStore, SqsQueue};
 
-/// The moto server's URL, started on first use by a thread that lives as
-/// long as the tests, so that the server stops with them.
+/// One moto server for this test binary, started on first use.
 fn moto() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        let cache = sluice_connectors::Cache::from_env();
-        let venv = cache.python_env("moto[server]", Some("5.2.5"), &mut |_| {}).expect("moto installs from PyPI");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let (started, ready) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut child: Child = Command::new(venv.join("bin/moto_server"))
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("moto_server starts");
-            started.send(child.id()).unwrap();
-            // Stops moto when the test process ends: the reaper outlives no one.
-            let pid = child.id();
-            let _ = Command::new("sh").arg("-c").arg(format!("while kill -0 {} 2>/dev/null; do sleep 1; done; kill {pid}", std::process::id())).spawn();
-            let _ = child.wait();
-        });
-        ready.recv().unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        url
+        let venv = sluice_connectors::Cache::from_env().python_env("moto[server]", Some("5.2.5"), &mut |_| {}).expect("moto installs from PyPI");
+        sluice_store_aws::moto::start(&venv.join("bin/moto_server")).expect("moto_server starts")
     })
 }
 

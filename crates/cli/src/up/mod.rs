@@ -57,6 +57,104 @@ pub struct UpArgs {
     /// The largest request body accepted, in bytes
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Keep everything on AWS (DynamoDB, SQS, Secrets Manager, EventBridge)
+    /// instead of the data directory; the endpoint comes from AWS_ENDPOINT_URL
+    /// (moto, LocalStack) or the usual AWS settings. Run `sluice provision` first.
+    #[arg(long)]
+    aws: bool,
+    #[command(flatten)]
+    aws_names: AwsArgs,
+}
+
+/// Which AWS resources are ours.
+#[derive(clap::Args, Clone)]
+pub struct AwsArgs {
+    /// The prefix of every table, queue, bus, schedule group and secret
+    #[arg(long, default_value = "sluice")]
+    pub prefix: String,
+    /// The function EventBridge Scheduler invokes for a connection's schedule
+    #[arg(long)]
+    pub scheduler_function_arn: Option<String>,
+    /// The role EventBridge Scheduler assumes to invoke it
+    #[arg(long)]
+    pub scheduler_role_arn: Option<String>,
+}
+
+impl AwsArgs {
+    pub fn names(&self) -> sluice_store_aws::Names {
+        sluice_store_aws::Names::with_prefix(&self.prefix)
+    }
+
+    fn target(&self) -> sluice_store_aws::ScheduleTarget {
+        let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
+        sluice_store_aws::ScheduleTarget {
+            function_arn: self
+                .scheduler_function_arn
+                .clone()
+                .unwrap_or_else(|| format!("arn:aws:lambda:{region}:000000000000:function:{}-scheduler", self.prefix)),
+            role_arn: self.scheduler_role_arn.clone().unwrap_or_else(|| format!("arn:aws:iam::000000000000:role/{}-scheduler-invoke", self.prefix)),
+        }
+    }
+}
+
+/// `sluice provision`: creates (or finds) every AWS resource the platform needs.
+pub fn provision(args: AwsArgs) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let config = sluice_store_aws::sdk_config().await;
+        let done = sluice_store_aws::provision::provision(&config, &args.names()).await.context("provisioning failed; check AWS_ENDPOINT_URL, AWS_REGION and the credentials")?;
+        for created in &done.created {
+            println!("created {created}");
+        }
+        for existing in &done.existing {
+            println!("exists  {existing}");
+        }
+        println!("queue   {}", done.queue_url);
+        Ok(0)
+    })
+}
+
+/// The ports a platform runs on: one SQLite file and directories, or AWS.
+struct Parts {
+    config: Arc<dyn sluice_store::ConfigStore>,
+    jobs: Arc<dyn sluice_store::JobStore>,
+    workloads: Arc<dyn sluice_store::WorkloadStore>,
+    queue: Arc<dyn sluice_store::WorkloadQueue>,
+    secrets: Arc<dyn sluice_store::SecretStore>,
+    schedules: Arc<dyn sluice_store::Schedules>,
+    events: Arc<dyn sluice_store::Events>,
+}
+
+async fn embedded_parts(data: &Path, ticker: &ticker::Ticker) -> anyhow::Result<Parts> {
+    let store = Arc::new(SqliteStore::open(&data.join("sluice.db")).context("cannot open the database")?);
+    let secrets = Arc::new(FileSecrets::open(data.join("secrets")).context("cannot open the secrets directory")?);
+    Ok(Parts {
+        config: store.clone(),
+        jobs: store.clone(),
+        workloads: store.clone(),
+        queue: store.clone(),
+        secrets,
+        schedules: Arc::new(ticker.clone()),
+        events: Arc::new(webhooks::Webhooks::new(store)),
+    })
+}
+
+async fn aws_parts(args: &AwsArgs) -> anyhow::Result<Parts> {
+    let config = sluice_store_aws::sdk_config().await;
+    let names = args.names();
+    let queue_url = sluice_store_aws::SqsQueue::url_of(&config, &names.queue)
+        .await
+        .with_context(|| format!("cannot find the queue {}; run `sluice provision --prefix {}` first", names.queue, args.prefix))?;
+    let store = Arc::new(sluice_store_aws::DynamoStore::new(&config, names.clone()));
+    Ok(Parts {
+        config: store.clone(),
+        jobs: store.clone(),
+        workloads: store,
+        queue: Arc::new(sluice_store_aws::SqsQueue::new(&config, queue_url)),
+        secrets: Arc::new(sluice_store_aws::SecretsManagerStore::new(&config, &names.secrets_prefix)),
+        schedules: Arc::new(sluice_store_aws::EventBridgeSchedules::new(&config, &names.schedule_group, args.target())),
+        events: Arc::new(sluice_store_aws::EventBridgeEvents::new(&config, &names.event_bus)),
+    })
 }
 
 /// The file with the first application's credentials, which the CLI reads.
@@ -73,37 +171,37 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
     let data = &args.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("cannot create the data directory {}", data.display()))?;
     let data = std::fs::canonicalize(data)?;
-    let store = Arc::new(SqliteStore::open(&data.join("sluice.db")).context("cannot open the database")?);
-    let secrets = Arc::new(FileSecrets::open(data.join("secrets")).context("cannot open the secrets directory")?);
     let logs_dir = data.join("logs");
     let ticker = ticker::Ticker::default();
+    let parts = if args.aws { aws_parts(&args.aws_names).await? } else { embedded_parts(&data, &ticker).await? };
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!("cannot listen on {}; is another `sluice up` running? Choose another address with --listen", args.listen)
     })?;
     let address = listener.local_addr()?;
 
-    let key = signing_key(&store, &secrets).await?;
+    let key = signing_key(&*parts.config, &*parts.secrets).await?;
     let mut settings = Settings::default();
     settings.retry.backoff_initial = SignedDuration::from_secs(args.retry_backoff_secs as i64);
     settings.deadlines.heartbeat = SignedDuration::from_secs(args.heartbeat_timeout_secs as i64);
     settings.token_ttl = Duration::from_secs(args.token_ttl_secs);
     settings.max_body_bytes = args.max_body_bytes;
     let app = Arc::new(App {
-        config: store.clone(),
-        jobs: store.clone(),
-        workloads: store.clone(),
-        queue: store.clone(),
-        secrets: secrets.clone(),
+        config: parts.config,
+        jobs: parts.jobs,
+        workloads: parts.workloads,
+        queue: parts.queue,
+        secrets: parts.secrets,
         logs: Arc::new(FileLogs::new(logs_dir.clone())),
-        schedules: Arc::new(ticker.clone()),
-        events: Arc::new(webhooks::Webhooks::new(store.clone())),
+        schedules: parts.schedules,
+        events: parts.events,
         keys: Keys::new(key.into_bytes()),
         settings,
         work_queued: Arc::new(tokio::sync::Notify::new()),
     });
     sluice_api::config::builtin::seed(&app).await?;
     let credentials = first_application(&app, &data, address).await?;
-    let scheduled = ticker.load(&app).await?;
+    // On AWS, EventBridge Scheduler fires the schedules (it invokes the scheduler function).
+    let scheduled = if args.aws { 0 } else { ticker.load(&app).await? };
     let recovered = recover(&app).await?;
 
     let launcher_id = format!("local-{}-{}", std::process::id(), Timestamp::now().as_second());
@@ -122,12 +220,15 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
     });
     let api_url = format!("http://{address}/api/internal/v1");
     tokio::spawn(launch_loop(app.clone(), executor, docker, launcher_id, api_url));
-    tokio::spawn(ticker.run(app.clone()));
+    if !args.aws {
+        tokio::spawn(ticker.run(app.clone()));
+    }
     tokio::spawn(scheduler_loop(app.clone()));
     tokio::spawn(learn_specs(app.clone()));
     tokio::spawn(monitor_loop(app.clone(), Duration::from_secs(args.monitor_secs), args.retention_days));
 
-    eprintln!("sluice: listening on http://{address} (Config API at /api/public/v1), data in {}", data.display());
+    let kept = if args.aws { format!("state on AWS under the prefix `{}`", args.aws_names.prefix) } else { format!("data in {}", data.display()) };
+    eprintln!("sluice: listening on http://{address} (Config API at /api/public/v1), {kept}");
     if let Some(path) = credentials {
         eprintln!("sluice: created an application; its client id and secret are in {}", path.display());
     }
@@ -147,8 +248,7 @@ async fn shutdown_signal() {
 
 /// The key that signs tokens and workload credentials: made once, kept in
 /// the secrets store, found again through a setting.
-async fn signing_key(store: &SqliteStore, secrets: &FileSecrets) -> anyhow::Result<String> {
-    use sluice_store::{ConfigStore, SecretStore};
+async fn signing_key(store: &dyn sluice_store::ConfigStore, secrets: &dyn sluice_store::SecretStore) -> anyhow::Result<String> {
     match store.get_doc(DocKind::Setting, SIGNING_KEY).await {
         Ok(doc) => {
             let reference = doc.body["secret"].as_str().context("the signing key setting is damaged")?;

@@ -1,0 +1,102 @@
+//! `sluice up --aws`: the same platform on the AWS adapters (DynamoDB, SQS,
+//! Secrets Manager, EventBridge Scheduler and EventBridge) against moto on
+//! 127.0.0.1, driven over HTTP only.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::json;
+use support::platform::Platform;
+use support::{fixture, Scratch};
+
+fn moto() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let cache = sluice_connectors::Cache { root: support::cache_dir() };
+        let venv = cache.python_env("moto[server]", Some("5.2.5"), &mut |_| {}).expect("moto installs from PyPI");
+        sluice_store_aws::moto::start(&venv.join("bin/moto_server")).expect("moto_server starts")
+    })
+}
+
+fn aws_env() -> Vec<(&'static str, &'static str)> {
+    vec![("AWS_ENDPOINT_URL", moto()), ("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")]
+}
+
+fn provision(prefix: &str) -> String {
+    let output = support::sluice().args(["provision", "--prefix", prefix]).envs(aws_env()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn the_platform_on_aws_adapters_syncs_resumes_cancels_and_schedules() {
+    let prefix = format!("e2e{}", std::process::id());
+    let first = provision(&prefix);
+    assert!(first.contains(&format!("created table {prefix}-jobs")), "{first}");
+    let second = provision(&prefix);
+    assert!(!second.contains("created"), "provisioning twice changes nothing:\n{second}");
+
+    let scratch = Scratch::new();
+    let p = Platform::start_with_env(&scratch.path("data"), &["--aws", "--prefix", &prefix], &aws_env());
+    let workspace = p.workspace("on aws");
+    p.post(&format!("/workspaces/{workspace}/definitions/sources"), json!({"name": "Scripted", "runtime": fixture("scripted_source.py"), "typeKey": "scripted"}));
+    const SECRET: &str = "sk-aws-0123456789";
+    let source = p.actor("source", &workspace, "scripted", json!({"records": 300, "state_every": 10, "delay_secs": 0.01, "api_key": SECRET}));
+    assert_eq!(p.get(&format!("/sources/{source}"))["configuration"]["api_key"], "**********");
+    let out = scratch.path("out");
+    let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": out.display().to_string()}));
+    let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
+        "configurations": {"streams": [{"name": "items", "syncMode": "incremental_append"}]}}))["connectionId"].as_str().unwrap().to_owned();
+
+    // A first sync to the end, then one that resumes from the committed state.
+    let sync = |p: &Platform| p.post("/jobs", json!({"connectionId": connection, "jobType": "sync"}))["jobId"].as_i64().unwrap();
+    let cursor = |p: &Platform| -> i64 {
+        let states = p.get(&format!("/connections/{connection}/state"))["states"].clone();
+        states.as_array().and_then(|s| s.first()).map(|s| s["stream"]["stream_state"]["cursor"].as_i64().unwrap()).unwrap_or(0)
+    };
+    let job = p.wait_job(sync(&p), Duration::from_secs(120));
+    assert_eq!(job["status"], "succeeded", "{job}\n{}", p.log());
+    assert_eq!(cursor(&p), 300);
+    let job = p.wait_job(sync(&p), Duration::from_secs(120));
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(cursor(&p), 600, "the second sync resumed after the first");
+    assert_eq!(scratch.read_lines("out/items.jsonl").len(), 600);
+
+    // One job at a time, then cancel: the committed state stays.
+    let running = sync(&p);
+    let (status, refused) = p.call("POST", "/jobs", Some(&json!({"connectionId": connection, "jobType": "sync"})), Some(&p.token));
+    assert_eq!(status, 409, "{refused}");
+    p.wait_for("a committed state", Duration::from_secs(60), |p| cursor(p) >= 620);
+    assert_eq!(p.ok("DELETE", &format!("/jobs/{running}"), None)["status"], "cancelled");
+    assert_eq!(p.wait_job(running, Duration::from_secs(60))["status"], "cancelled");
+    let kept = cursor(&p);
+    assert!((620..900).contains(&kept), "{kept}");
+
+    // A cron schedule becomes an EventBridge schedule; one that needs seconds is refused.
+    let (status, body) = p.call("PATCH", &format!("/connections/{connection}"), Some(&json!({"schedule": {"scheduleType": "cron", "cronExpression": "*/5 * * * * ?"}})), Some(&p.token));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("whole minutes"), "{body}");
+    p.ok("PATCH", &format!("/connections/{connection}"), Some(json!({"schedule": {"scheduleType": "cron", "cronExpression": "0 0 6 * * ?"}})));
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(moto())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "moto"))
+            .load()
+            .await;
+        let schedule = aws_sdk_scheduler::Client::new(&config).get_schedule().group_name(&prefix).name(&connection).send().await.unwrap();
+        assert_eq!(schedule.schedule_expression(), Some("cron(0 6 * * ? *)"));
+        // The secret is in Secrets Manager, and in no DynamoDB item.
+        let dynamo = aws_sdk_dynamodb::Client::new(&config);
+        for table in ["config", "jobs", "workloads"] {
+            let items = dynamo.scan().table_name(format!("{prefix}-{table}")).send().await.unwrap();
+            assert!(!format!("{:?}", items.items()).contains(SECRET), "{table} holds the secret");
+        }
+        let secrets = aws_sdk_secretsmanager::Client::new(&config).list_secrets().send().await.unwrap();
+        assert!(secrets.secret_list().iter().any(|s| s.name().unwrap_or_default().starts_with(&format!("{prefix}/"))));
+    });
+}
