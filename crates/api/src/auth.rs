@@ -5,6 +5,8 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use sluice_domain::Version;
+use sluice_store::{ConfigStore, Doc, DocKind, SecretStore, StoreError};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -80,6 +82,38 @@ impl Keys {
     pub fn check_secret(&self, client_secret: &str, hash: &str) -> bool {
         self.verify("client-secret", client_secret, hash)
     }
+}
+
+const SIGNING_KEY: &str = "signing-key";
+
+/// The key that signs tokens and workload credentials: made once, kept in
+/// the secrets port, found again through a setting. Of two instances that
+/// start together, the first to record its key wins and the other uses it.
+pub async fn signing_key(store: &dyn ConfigStore, secrets: &dyn SecretStore) -> Result<String, StoreError> {
+    for _ in 0..3 {
+        match store.get_doc(DocKind::Setting, SIGNING_KEY).await {
+            Ok(doc) => {
+                let Some(reference) = doc.body["secret"].as_str() else {
+                    return Err(StoreError::Unavailable(Box::new(std::io::Error::other("the signing key setting is damaged"))));
+                };
+                return secrets.get_secret(reference).await;
+            }
+            Err(StoreError::NotFound { .. }) => {
+                let key = Keys::generate();
+                let reference = secrets.put_secret(SIGNING_KEY, &key).await?;
+                let doc = Doc { id: SIGNING_KEY.into(), workspace_id: None, body: serde_json::json!({"secret": reference}), version: Version::INITIAL };
+                match store.insert_doc(DocKind::Setting, &doc).await {
+                    Ok(_) => return Ok(key),
+                    Err(StoreError::Duplicate { .. }) => {
+                        let _ = secrets.delete_secret(&reference).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Unavailable(Box::new(std::io::Error::other("the signing key setting kept changing"))))
 }
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {

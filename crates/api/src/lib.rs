@@ -80,15 +80,32 @@ pub fn now() -> Timestamp {
     Timestamp::now()
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface: `sluice up` serves it from one process.
 pub fn router(app: Arc<App>) -> Router {
-    let public = config::routes().layer(axum::middleware::from_fn_with_state(app.clone(), require_token));
-    let open = config::open_routes();
-    let api = open.merge(public);
-    Router::new()
-        .nest("/api/public/v1", api.clone())
-        .nest("/v1", api)
-        .nest("/api/internal/v1", workloads::routes())
+    surface(app, true, true)
+}
+
+/// The Config API alone (the `config-api` function).
+pub fn config_router(app: Arc<App>) -> Router {
+    surface(app, true, false)
+}
+
+/// The workload API alone (the `workload-api` function).
+pub fn workload_router(app: Arc<App>) -> Router {
+    surface(app, false, true)
+}
+
+fn surface(app: Arc<App>, config_api: bool, workload_api: bool) -> Router {
+    let mut router = Router::new();
+    if config_api {
+        let public = config::routes().layer(axum::middleware::from_fn_with_state(app.clone(), require_token));
+        let api = config::open_routes().merge(public);
+        router = router.nest("/api/public/v1", api.clone()).nest("/v1", api);
+    }
+    if workload_api {
+        router = router.nest("/api/internal/v1", workloads::routes());
+    }
+    router
         .fallback(|| async { Problem::new(axum::http::StatusCode::NOT_FOUND, "Not found", "no such route; see /api/public/v1/openapi.json") })
         .layer(axum::middleware::map_response(problems_everywhere))
         .layer(axum::extract::DefaultBodyLimit::max(app.settings.max_body_bytes))

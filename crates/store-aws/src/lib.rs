@@ -10,6 +10,7 @@
 
 mod dynamo;
 mod events;
+mod logs;
 pub mod moto;
 pub mod provision;
 mod schedules;
@@ -18,6 +19,7 @@ mod sqs;
 
 pub use dynamo::DynamoStore;
 pub use events::EventBridgeEvents;
+pub use logs::CloudWatchLogs;
 pub use schedules::{EventBridgeSchedules, ScheduleTarget};
 pub use secrets::SecretsManagerStore;
 pub use sqs::SqsQueue;
@@ -39,6 +41,8 @@ pub struct Names {
     pub schedule_group: String,
     /// The EventBridge bus job events are published on.
     pub event_bus: String,
+    /// The CloudWatch Logs group of attempt logs.
+    pub log_group: String,
 }
 
 impl Names {
@@ -52,6 +56,7 @@ impl Names {
             secrets_prefix: prefix.to_owned(),
             schedule_group: prefix.to_owned(),
             event_bus: format!("{prefix}-events"),
+            log_group: format!("/{prefix}/attempts"),
         }
     }
 }

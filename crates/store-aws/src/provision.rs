@@ -28,6 +28,9 @@ struct Table<'a> {
 /// How many messages a workload delivery may fail before it goes to the dead-letter queue.
 pub const MAX_RECEIVES: u32 = 5;
 
+/// How long attempt logs are kept.
+pub const LOG_RETENTION_DAYS: i32 = 30;
+
 /// What `provision` made or found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Provisioned {
@@ -136,6 +139,19 @@ pub async fn provision(config: &aws_config::SdkConfig, names: &Names) -> Result<
         }
         Err(e) => return Err(failed(aws_sdk_scheduler::error::DisplayErrorContext(e))),
     }
+    let logs = aws_sdk_cloudwatchlogs::Client::new(config);
+    match logs.create_log_group().log_group_name(&names.log_group).send().await {
+        Ok(_) => done.created.push(format!("log group {}", names.log_group)),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_already_exists_exception()) => done.existing.push(format!("log group {}", names.log_group)),
+        Err(e) => return Err(failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e))),
+    }
+    // Attempt logs expire by themselves: the retention the monitor enforces on one machine.
+    logs.put_retention_policy()
+        .log_group_name(&names.log_group)
+        .retention_in_days(LOG_RETENTION_DAYS)
+        .send()
+        .await
+        .map_err(|e| failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e)))?;
     let events = aws_sdk_eventbridge::Client::new(config);
     match events.create_event_bus().name(&names.event_bus).send().await {
         Ok(_) => done.created.push(format!("event bus {}", names.event_bus)),

@@ -150,3 +150,18 @@ async fn job_events_reach_a_rule_on_our_bus() {
     assert_eq!(bodies[0]["detail"]["jobId"], 42);
     assert_eq!(bodies[0]["detail"]["connectionId"], "conn-9");
 }
+
+#[tokio::test]
+async fn attempt_logs_on_cloudwatch_read_back_from_an_offset() {
+    use sluice_store::AttemptLogs;
+    let (config, names) = aws("logs").await;
+    let logs = sluice_store_aws::CloudWatchLogs::new(&config, &names.log_group);
+    assert_eq!(logs.read(7, 0, 0, 1 << 20).await.unwrap(), (String::new(), 0), "no log yet reads as empty");
+    logs.append(7, 0, "first line\nsecond line\n").await.unwrap();
+    let (text, next) = logs.read(7, 0, 0, 1 << 20).await.unwrap();
+    assert_eq!(text, "first line\nsecond line\n");
+    logs.append(7, 0, "third line\n").await.unwrap();
+    let (more, after) = logs.read(7, 0, next, 1 << 20).await.unwrap();
+    assert_eq!((more.as_str(), after), ("third line\n", 3), "following the log returns only what is new");
+    assert_eq!(logs.read(7, 1, 0, 1 << 20).await.unwrap().0, "", "attempts have their own logs");
+}

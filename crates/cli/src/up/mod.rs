@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use sluice_api::{App, Keys, Settings};
-use sluice_domain::{Version, WorkloadStatus};
+use sluice_domain::WorkloadStatus;
 use sluice_launcher::docker::{DockerExecutor, DockerSettings};
 use sluice_launcher::local::LocalExecutor;
-use sluice_store::{Doc, DocKind, StoreError};
+use sluice_store::DocKind;
 use sluice_store_sqlite::{FileLogs, FileSecrets, SqliteStore};
 
 #[derive(clap::Args)]
@@ -159,7 +159,6 @@ async fn aws_parts(args: &AwsArgs) -> anyhow::Result<Parts> {
 
 /// The file with the first application's credentials, which the CLI reads.
 pub const CREDENTIALS_FILE: &str = "credentials.json";
-const SIGNING_KEY: &str = "signing-key";
 
 pub fn run(args: UpArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start the async runtime")?;
@@ -179,7 +178,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
     })?;
     let address = listener.local_addr()?;
 
-    let key = signing_key(&*parts.config, &*parts.secrets).await?;
+    let key = sluice_api::auth::signing_key(&*parts.config, &*parts.secrets).await?;
     let mut settings = Settings::default();
     settings.retry.backoff_initial = SignedDuration::from_secs(args.retry_backoff_secs as i64);
     settings.deadlines.heartbeat = SignedDuration::from_secs(args.heartbeat_timeout_secs as i64);
@@ -243,27 +242,6 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-/// The key that signs tokens and workload credentials: made once, kept in
-/// the secrets store, found again through a setting.
-async fn signing_key(store: &dyn sluice_store::ConfigStore, secrets: &dyn sluice_store::SecretStore) -> anyhow::Result<String> {
-    match store.get_doc(DocKind::Setting, SIGNING_KEY).await {
-        Ok(doc) => {
-            let reference = doc.body["secret"].as_str().context("the signing key setting is damaged")?;
-            Ok(secrets.get_secret(reference).await?)
-        }
-        Err(StoreError::NotFound { .. }) => {
-            let key = Keys::generate();
-            let reference = secrets.put_secret(SIGNING_KEY, &key).await?;
-            let doc = Doc { id: SIGNING_KEY.into(), workspace_id: None, body: json!({"secret": reference}), version: Version::INITIAL };
-            match store.insert_doc(DocKind::Setting, &doc).await {
-                Ok(_) => Ok(key),
-                Err(e) => bail!("cannot keep the signing key: {e}"),
-            }
-        }
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -1,0 +1,90 @@
+//! What Sluice's Lambda functions share. Each function in `functions/` is
+//! a `main` that builds the platform once per container ([`app_from_env`],
+//! outside the handler) and hands events to a handler here or to the API's
+//! router. [`runtime_api`] serves the Lambda Runtime API on 127.0.0.1, so
+//! the real function binaries run (and are tested) on one machine.
+
+pub mod runtime_api;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use sluice_api::{App, Keys, Settings};
+use sluice_domain::JobType;
+use sluice_store_aws::{CloudWatchLogs, DynamoStore, EventBridgeEvents, EventBridgeSchedules, Names, ScheduleTarget, SecretsManagerStore, SqsQueue};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Error(pub String);
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The platform on its AWS adapters, named by `SLUICE_PREFIX` (default
+/// `sluice`), the queue by `SLUICE_QUEUE_URL` (else looked up by name), the
+/// schedules' target by `SLUICE_SCHEDULER_FUNCTION_ARN` and
+/// `SLUICE_SCHEDULER_ROLE_ARN`.
+pub async fn app_from_env() -> Result<Arc<App>, Error> {
+    let config = sluice_store_aws::sdk_config().await;
+    let prefix = var("SLUICE_PREFIX").unwrap_or_else(|| "sluice".into());
+    app_for(&config, &prefix).await
+}
+
+/// The platform on the AWS resources named by `prefix`.
+pub async fn app_for(config: &aws_config::SdkConfig, prefix: &str) -> Result<Arc<App>, Error> {
+    let config = config.clone();
+    let names = Names::with_prefix(prefix);
+    let queue_url = match var("SLUICE_QUEUE_URL") {
+        Some(url) => url,
+        None => SqsQueue::url_of(&config, &names.queue).await.map_err(|e| Error(format!("cannot find the workload queue {}: {e}", names.queue)))?,
+    };
+    let target = ScheduleTarget {
+        function_arn: var("SLUICE_SCHEDULER_FUNCTION_ARN").unwrap_or_default(),
+        role_arn: var("SLUICE_SCHEDULER_ROLE_ARN").unwrap_or_default(),
+    };
+    let store = Arc::new(DynamoStore::new(&config, names.clone()));
+    let secrets = Arc::new(SecretsManagerStore::new(&config, &names.secrets_prefix));
+    let key = sluice_api::auth::signing_key(&*store, &*secrets).await.map_err(|e| Error(format!("cannot read the signing key: {e}")))?;
+    Ok(Arc::new(App {
+        config: store.clone(),
+        jobs: store.clone(),
+        workloads: store,
+        queue: Arc::new(SqsQueue::new(&config, queue_url)),
+        secrets,
+        logs: Arc::new(CloudWatchLogs::new(&config, &names.log_group)),
+        schedules: Arc::new(EventBridgeSchedules::new(&config, &names.schedule_group, target)),
+        events: Arc::new(EventBridgeEvents::new(&config, &names.event_bus)),
+        keys: Keys::new(key.into_bytes()),
+        settings: Settings::default(),
+        work_queued: Arc::new(tokio::sync::Notify::new()),
+    }))
+}
+
+/// The scheduler function: a schedule's fire (`{"connectionId": ...}`)
+/// starts a sync job; a retry's fire (`{"jobId": ...}`) or any other event
+/// starts the attempts whose backoff has passed. Returns what it did.
+pub async fn scheduler(app: &App, event: &Value) -> Result<Value, Error> {
+    if let Some(connection_id) = event["connectionId"].as_str() {
+        let job_type = event["jobType"].as_str().and_then(JobType::parse).unwrap_or(JobType::Sync);
+        return match sluice_api::config::jobs::start(app, connection_id, job_type, Vec::new()).await {
+            Ok(job) => Ok(json!({"started": job.id})),
+            // A fire while the previous sync still runs is skipped, as Airbyte does.
+            Err(p) if p.status.as_u16() == 409 => Ok(json!({"skipped": p.detail})),
+            Err(p) => Err(Error(p.detail)),
+        };
+    }
+    let started = sluice_platform::start_due_attempts(&app.ports(), jiff::Timestamp::now()).await.map_err(|e| Error(e.to_string()))?;
+    Ok(json!({"retried": started.iter().map(|j| j.id).collect::<Vec<_>>()}))
+}
+
+/// The monitor function, every minute: fails workloads past their deadline
+/// (their attempts retry), starts retries that are due, and drops finished
+/// workloads past the retention where no TTL does it.
+pub async fn monitor(app: &App, retention: jiff::SignedDuration) -> Result<Value, Error> {
+    let now = jiff::Timestamp::now();
+    let failed = sluice_platform::monitor_sweep(&app.ports(), &app.settings.retry, now).await.map_err(|e| Error(e.to_string()))?;
+    let retried = sluice_platform::start_due_attempts(&app.ports(), now).await.map_err(|e| Error(e.to_string()))?;
+    let purged = app.workloads.purge_finished_workloads(now - retention).await.map_err(|e| Error(e.to_string()))?;
+    Ok(json!({"failed": failed, "retried": retried.iter().map(|j| j.id).collect::<Vec<_>>(), "purged": purged}))
+}

@@ -1,0 +1,17 @@
+//! The monitor on Lambda, invoked every minute by a schedule.
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::Value;
+
+/// How long finished workloads are kept where no TTL removes them.
+const RETENTION: jiff::SignedDuration = jiff::SignedDuration::from_hours(30 * 24);
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let app = sluice_lambda::app_from_env().await?;
+    lambda_runtime::run(service_fn(|_: LambdaEvent<Value>| {
+        let app = app.clone();
+        async move { Ok::<_, Error>(sluice_lambda::monitor(&app, RETENTION).await?) }
+    }))
+    .await
+}
