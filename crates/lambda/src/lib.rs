@@ -66,6 +66,12 @@ pub async fn app_for(config: &aws_config::SdkConfig, prefix: &str) -> Result<Arc
 /// starts the attempts whose backoff has passed. Returns what it did.
 pub async fn scheduler(app: &App, event: &Value) -> Result<Value, Error> {
     if let Some(connection_id) = event["connectionId"].as_str() {
+        let (connection, _) = sluice_api::config::connections::connection(app, connection_id).await.map_err(|p| Error(p.detail))?;
+        if !connection.status.can_run_jobs() {
+            // A schedule that outlived its connection's activity: remove it.
+            app.schedules.delete_schedule(connection_id).await.map_err(|e| Error(e.to_string()))?;
+            return Ok(json!({"skipped": format!("connection {connection_id} is {}", connection.status.as_str())}));
+        }
         let job_type = event["jobType"].as_str().and_then(JobType::parse).unwrap_or(JobType::Sync);
         return match sluice_api::config::jobs::start(app, connection_id, job_type, Vec::new()).await {
             Ok(job) => Ok(json!({"started": job.id})),

@@ -109,3 +109,18 @@ async fn init_error(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) 
     shared.answered.notify_waiters();
     StatusCode::ACCEPTED
 }
+
+impl LocalRuntime {
+    /// A function binary set up as Lambda starts it, pointed at this runtime.
+    pub fn function(&self, binary: &str, name: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .env("AWS_LAMBDA_RUNTIME_API", &self.address)
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true")
+            .kill_on_drop(true);
+        command
+    }
+}

@@ -23,3 +23,24 @@ pub fn start(moto_server: &Path) -> std::io::Result<String> {
     }
     Ok(format!("http://127.0.0.1:{port}"))
 }
+
+/// An SDK configuration for the moto at `url`: its endpoint, a region and
+/// the dummy credentials moto accepts.
+pub async fn sdk_config(url: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "moto"))
+        .load()
+        .await
+}
+
+/// The environment that points a process's AWS SDK at the moto at `url`.
+pub fn env(url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", url.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ]
+}

@@ -35,12 +35,7 @@ async fn the_config_api_function_answers_api_gateway_events() {
     let cache = sluice_connectors::Cache::from_env();
     let venv = tokio::task::spawn_blocking(move || cache.python_env("moto[server]", Some("5.2.5"), &mut |_| {})).await.unwrap().expect("moto installs");
     let moto = sluice_store_aws::moto::start(&venv.join("bin/moto_server")).expect("moto starts");
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&moto)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "moto"))
-        .load()
-        .await;
+    let config = sluice_store_aws::moto::sdk_config(&moto).await;
     let prefix = "fn";
     sluice_store_aws::provision::provision(&config, &sluice_store_aws::Names::with_prefix(prefix)).await.unwrap();
     let app = sluice_lambda::app_for(&config, prefix).await.unwrap();
@@ -48,20 +43,7 @@ async fn the_config_api_function_answers_api_gateway_events() {
 
     let runtime = LocalRuntime::start().await.unwrap();
     let started = Instant::now();
-    let mut function = tokio::process::Command::new(env!("CARGO_BIN_EXE_config-api"))
-        .env("AWS_LAMBDA_RUNTIME_API", runtime.address())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "config-api")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true")
-        .env("AWS_ENDPOINT_URL", &moto)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("SLUICE_PREFIX", prefix)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut function = runtime.function(env!("CARGO_BIN_EXE_config-api"), "config-api").envs(sluice_store_aws::moto::env(&moto)).env("SLUICE_PREFIX", prefix).spawn().unwrap();
     let call = |event: Value| runtime.invoke(event, Duration::from_secs(60));
 
     let health = call(rest_event("GET", "/api/public/v1/health", &[], None)).await.unwrap().unwrap();
