@@ -22,11 +22,10 @@ use serde_json::{json, Value};
 use sluice_domain::WorkloadType;
 use sluice_orchestrator::Launch;
 
+use crate::containers::{connector_command, orchestrator_command, pipes, pipes_script, shared, CONNECTOR};
+pub use crate::containers::SHARED;
 use crate::plan::{files, Container, Runtime, TaskPlan};
 use crate::LaunchError;
-
-/// Where the shared volume is mounted in every container.
-pub const SHARED: &str = "/sluice";
 
 #[derive(Debug, Clone)]
 pub struct DockerSettings {
@@ -60,14 +59,6 @@ impl DockerTask {
     }
 }
 
-fn shared(path: &str) -> String {
-    format!("{SHARED}/{path}")
-}
-
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// A connector container's image.
 fn image(container: &Container, settings: &DockerSettings) -> Result<String, LaunchError> {
     match &container.runtime {
@@ -81,10 +72,6 @@ fn image(container: &Container, settings: &DockerSettings) -> Result<String, Lau
         Runtime::Executable(path) => Err(LaunchError(format!("{} is the executable {path}; run it with the local executor", container.name))),
     }
 }
-
-/// Airbyte's images name their program in `AIRBYTE_ENTRYPOINT`; ours are
-/// the program itself. Either way the protocol command follows.
-const CONNECTOR: [&str; 4] = ["/bin/sh", "-c", "exec ${AIRBYTE_ENTRYPOINT:-/connector} \"$@\"", "connector"];
 
 fn create_body(image: &str, cmd: Vec<String>, env: &BTreeMap<String, String>, plan: &TaskPlan, volume: &str, settings: &DockerSettings) -> Value {
     let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -118,45 +105,16 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
                 (Some(s), Some(d)) => (s, d),
                 _ => return Err(LaunchError("a sync plan needs a source and a destination".into())),
             };
-            let pipes = |side: &str| PathBuf::from(shared(&format!("pipes/{side}")));
-            let config = plan.sync_config(
-                Launch::Attach { dir: pipes("source") },
-                Launch::Attach { dir: pipes("destination") },
-                PathBuf::from(shared("work")),
-            )?;
+            let config = plan.sync_config(Launch::Attach { dir: pipes("source") }, Launch::Attach { dir: pipes("destination") }, PathBuf::from(shared("work")))?;
             task.files.push(("sync.json".into(), serde_json::to_vec(&config).expect("plain data")));
             task.files.push(("credential".into(), plan.credential.clone().into_bytes()));
-            let mkfifo = format!(
-                "mkdir -p {p}/source {p}/destination {w} && mkfifo {p}/source/stdout {p}/source/stderr {p}/destination/stdin {p}/destination/stdout {p}/destination/stderr && chmod 0700 {s}",
-                p = shared("pipes"),
-                w = shared("work"),
-                s = SHARED
-            );
-            let init = vec!["/bin/sh".to_owned(), "-c".to_owned(), mkfifo];
+            let init = vec!["/bin/sh".to_owned(), "-c".to_owned(), pipes_script()];
             task.containers.push(DockerContainer { name: name("init"), create: create_body(&settings.orchestrator_image, init, &no_env, plan, &volume, settings) });
-            let state_given = !config.state.is_empty();
-            for (role, container, verb, wants_stdin) in [("source", source, "read", false), ("destination", destination, "write", true)] {
-                let work = shared(&format!("work/{role}"));
-                let wrapper = sluice_orchestrator::connector::attach_wrapper(&pipes(role), &CONNECTOR.map(String::from), wants_stdin);
-                let mut args = vec![verb.to_owned(), "--config".into(), format!("{work}/config.json"), "--catalog".into(), format!("{work}/catalog.json")];
-                if role == "source" && state_given {
-                    args.extend(["--state".to_owned(), format!("{work}/state.json")]);
-                }
-                let wait = format!("while [ ! -e {} ]; do sleep 0.2; done; {wrapper}", quote(&format!("{work}/catalog.json")));
-                let mut cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), wait, role.to_owned()];
-                cmd.extend(args);
-                let create = create_body(&image(container, settings)?, cmd, &container.env, plan, &volume, settings);
+            for (role, container) in [("source", source), ("destination", destination)] {
+                let create = create_body(&image(container, settings)?, connector_command(role), &container.env, plan, &volume, settings);
                 task.containers.push(DockerContainer { name: name(role), create });
             }
-            let cmd = vec![
-                "orchestrator".to_owned(),
-                "--config".into(),
-                shared("sync.json"),
-                "--workload-api".into(),
-                plan.workload_api_url.clone(),
-                "--workload-id".into(),
-                plan.workload_id.clone(),
-            ];
+            let cmd = orchestrator_command(&plan.workload_api_url, &plan.workload_id);
             let env = BTreeMap::from([("SLUICE_WORKLOAD_TOKEN_FILE".to_owned(), shared("credential"))]);
             task.containers.push(DockerContainer { name: name("orchestrator"), create: create_body(&settings.orchestrator_image, cmd, &env, plan, &volume, settings) });
         }

@@ -5,6 +5,7 @@
 //! [`build_plan`] is shared by every executor; [`local`] runs a plan as
 //! processes on this machine, [`docker`] describes it as containers.
 
+pub mod containers;
 pub mod docker;
 pub mod local;
 pub mod plan;
