@@ -7,6 +7,7 @@
 
 pub mod containers;
 pub mod docker;
+pub mod ecs;
 pub mod local;
 pub mod plan;
 

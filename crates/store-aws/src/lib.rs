@@ -9,6 +9,7 @@
 //! write is one `TransactWriteItems`.
 
 mod dynamo;
+mod ecs;
 mod events;
 mod logs;
 pub mod moto;
@@ -18,6 +19,7 @@ mod secrets;
 mod sqs;
 
 pub use dynamo::DynamoStore;
+pub use ecs::{EcsPlacement, EcsTasks};
 pub use events::EventBridgeEvents;
 pub use logs::CloudWatchLogs;
 pub use schedules::{EventBridgeSchedules, ScheduleTarget};
@@ -43,6 +45,9 @@ pub struct Names {
     pub event_bus: String,
     /// The CloudWatch Logs group of attempt logs.
     pub log_group: String,
+    /// The ECS cluster tasks run in, and their `awslogs` group.
+    pub cluster: String,
+    pub task_log_group: String,
 }
 
 impl Names {
@@ -57,6 +62,8 @@ impl Names {
             schedule_group: prefix.to_owned(),
             event_bus: format!("{prefix}-events"),
             log_group: format!("/{prefix}/attempts"),
+            cluster: prefix.to_owned(),
+            task_log_group: format!("/{prefix}/tasks"),
         }
     }
 }

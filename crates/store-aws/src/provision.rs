@@ -152,6 +152,19 @@ pub async fn provision(config: &aws_config::SdkConfig, names: &Names) -> Result<
         .send()
         .await
         .map_err(|e| failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e)))?;
+    match logs.create_log_group().log_group_name(&names.task_log_group).send().await {
+        Ok(_) => done.created.push(format!("log group {}", names.task_log_group)),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_already_exists_exception()) => done.existing.push(format!("log group {}", names.task_log_group)),
+        Err(e) => return Err(failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e))),
+    }
+    let ecs = aws_sdk_ecs::Client::new(config);
+    let clusters = ecs.describe_clusters().clusters(&names.cluster).send().await.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
+    if clusters.clusters().iter().any(|c| c.status() == Some("ACTIVE")) {
+        done.existing.push(format!("cluster {}", names.cluster));
+    } else {
+        ecs.create_cluster().cluster_name(&names.cluster).send().await.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
+        done.created.push(format!("cluster {}", names.cluster));
+    }
     let events = aws_sdk_eventbridge::Client::new(config);
     match events.create_event_bus().name(&names.event_bus).send().await {
         Ok(_) => done.created.push(format!("event bus {}", names.event_bus)),

@@ -165,3 +165,87 @@ async fn attempt_logs_on_cloudwatch_read_back_from_an_offset() {
     assert_eq!((more.as_str(), after), ("third line\n", 3), "following the log returns only what is new");
     assert_eq!(logs.read(7, 1, 0, 1 << 20).await.unwrap().0, "", "attempts have their own logs");
 }
+
+/// The default VPC's first subnet and security group, as moto makes them.
+fn default_network() -> (String, String) {
+    let venv = sluice_connectors::Cache::from_env().python_env("moto[server]", Some("5.2.5"), &mut |_| {}).unwrap();
+    let script = "import boto3, sys\nec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nprint(ec2.describe_subnets()['Subnets'][0]['SubnetId'], ec2.describe_security_groups()['SecurityGroups'][0]['GroupId'])";
+    let output = std::process::Command::new(venv.join("bin/python")).args(["-c", script, moto()]).output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut parts = text.split_whitespace().map(str::to_owned);
+    (parts.next().expect("a subnet"), parts.next().expect("a security group"))
+}
+
+#[tokio::test]
+async fn a_sync_plan_becomes_one_reused_fargate_task_definition_with_no_secret_in_it() {
+    use sluice_launcher::ecs::{ecs_task, EcsSettings};
+    use sluice_launcher::plan::{files, Container, PlanFile, Resources, Runtime, TaskPlan};
+    let (config, names) = aws("ecs").await;
+    const SECRET: &str = "s3cret-in-config";
+    const CREDENTIAL: &str = "workload-credential-xyz";
+    let plan = |workload: &str| TaskPlan {
+        workload_id: workload.into(),
+        kind: sluice_domain::WorkloadType::Sync,
+        files: vec![PlanFile { name: files::SOURCE_CONFIG.into(), contents: serde_json::json!({"api_key": SECRET}).to_string() }],
+        connector: None,
+        source: Some(Container { name: "source-pokeapi".into(), runtime: Runtime::Image("airbyte/source-pokeapi:0.3.0".into()), env: Default::default() }),
+        destination: Some(Container { name: "destination-jsonl".into(), runtime: Runtime::Reference("destination-jsonl".into()), env: Default::default() }),
+        resources: Resources::default(),
+        workload_api_url: "https://api.example/api/internal/v1".into(),
+        credential: CREDENTIAL.into(),
+    };
+    let settings = EcsSettings {
+        orchestrator_image: "sluice/orchestrator:0.1.0".into(),
+        reference_images: [("destination-jsonl".to_owned(), "sluice/destination-jsonl:0.1.0".to_owned())].into(),
+        family_prefix: "sluice".into(),
+        log_group: names.task_log_group.clone(),
+        region: "us-east-1".into(),
+        launch_key_secret_arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:sluice/launch-key".into(),
+    };
+    let (subnet, group) = default_network();
+    let placement = sluice_store_aws::EcsPlacement {
+        cluster: names.cluster.clone(),
+        subnets: vec![subnet],
+        security_groups: vec![group],
+        execution_role_arn: "arn:aws:iam::123456789012:role/sluice-task-execution".into(),
+        task_role_arn: "arn:aws:iam::123456789012:role/sluice-task".into(),
+        assign_public_ip: false,
+    };
+    let tasks = sluice_store_aws::EcsTasks::new(&config, placement);
+    let first = ecs_task(&plan("conn_1_0_sync"), &settings).unwrap();
+    let second = ecs_task(&plan("conn_2_0_sync"), &settings).unwrap();
+    assert_eq!(first.definition, second.definition, "the same images and resources make the same definition");
+    let task_a = tasks.run(&first).await.unwrap();
+    let task_b = tasks.run(&second).await.unwrap();
+    assert_ne!(task_a, task_b);
+
+    // Read back what ECS holds: one revision, reused.
+    let ecs = aws_sdk_ecs::Client::new(&config);
+    let listed = ecs.list_task_definitions().family_prefix(&first.definition.family).send().await.unwrap();
+    assert_eq!(listed.task_definition_arns().len(), 1, "registered once: {:?}", listed.task_definition_arns());
+    let definition = ecs.describe_task_definition().task_definition(&first.definition.family).send().await.unwrap().task_definition.unwrap();
+    let names_in: Vec<&str> = definition.container_definitions().iter().filter_map(|c| c.name()).collect();
+    assert_eq!(names_in, ["init", "source", "destination", "orchestrator"]);
+    assert_eq!(definition.volumes().iter().filter_map(|v| v.name()).collect::<Vec<_>>(), ["shared"]);
+    assert_eq!(definition.requires_compatibilities(), [aws_sdk_ecs::types::Compatibility::Fargate]);
+    for c in definition.container_definitions() {
+        assert_eq!(c.mount_points()[0].container_path(), Some("/sluice"), "{:?}", c.name());
+        let log = c.log_configuration().expect("awslogs");
+        assert_eq!(log.log_driver(), &aws_sdk_ecs::types::LogDriver::Awslogs);
+        assert_eq!(log.options().unwrap()["awslogs-group"], names.task_log_group);
+        if c.name() != Some("init") {
+            let depends: Vec<_> = c.depends_on().iter().map(|d| (d.container_name(), d.condition().as_str())).collect();
+            assert_eq!(depends, [("init", "SUCCESS")], "{:?}", c.name());
+        }
+    }
+    let init = &definition.container_definitions()[0];
+    assert_eq!(init.secrets()[0].value_from(), settings.launch_key_secret_arn.as_str());
+    assert_eq!(definition.container_definitions()[3].essential(), Some(true));
+
+    // Nothing secret anywhere ECS keeps: the definition, the task and its overrides.
+    let described = ecs.describe_tasks().cluster(&names.cluster).tasks(&task_a).send().await.unwrap();
+    let everything = format!("{definition:?} {described:?}");
+    assert!(!everything.contains(SECRET) && !everything.contains(CREDENTIAL), "a secret reached ECS");
+    assert!(everything.contains("conn_1_0_sync"), "the task says which workload it runs");
+    tasks.stop(&task_a, "the job was cancelled").await.unwrap();
+}

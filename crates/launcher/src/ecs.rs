@@ -1,0 +1,160 @@
+//! The plan as an ECS task: one task definition per (images, resources),
+//! registered once under a family named by its content and reused, and a
+//! RunTask whose overrides say which workload it runs. Plain data here;
+//! `sluice-store-aws` registers and runs it.
+//!
+//! Containers share the ephemeral volume `shared` at `/sluice`:
+//! - `init` (the orchestrator image) fetches the task's files from the
+//!   workload API with the launch key (an ECS secret from Secrets Manager)
+//!   and makes the pipes; it must succeed before the others start;
+//! - `source` and `destination` run the connectors on the pipes;
+//! - `orchestrator` runs the attempt; it is the essential container.
+//!
+//! Nothing secret is in the task definition or the overrides: the launch
+//! key comes from Secrets Manager, the configs and the workload credential
+//! from the workload API, onto the shared volume.
+
+use serde::Serialize;
+use sluice_domain::WorkloadType;
+
+use crate::containers::{connector_command, pipes_script, shared, SHARED};
+use crate::plan::{Container, Runtime, TaskPlan};
+use crate::LaunchError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcsSettings {
+    pub orchestrator_image: String,
+    /// Images of our reference connectors, by name.
+    pub reference_images: std::collections::BTreeMap<String, String>,
+    /// The task definitions' family prefix, e.g. `sluice`.
+    pub family_prefix: String,
+    /// The `awslogs` group and region.
+    pub log_group: String,
+    pub region: String,
+    /// The ARN of the Secrets Manager secret holding the launch key.
+    pub launch_key_secret_arn: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EcsContainer {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub environment: Vec<(String, String)>,
+    /// (variable, Secrets Manager ARN): ECS puts the value in the variable.
+    pub secrets: Vec<(String, String)>,
+    /// (container, condition), e.g. ("init", "SUCCESS").
+    pub depends_on: Vec<(String, String)>,
+    pub essential: bool,
+    pub memory_reservation_mib: i32,
+}
+
+/// A task definition's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EcsTaskDefinition {
+    pub family: String,
+    pub cpu: String,
+    pub memory: String,
+    /// The one ephemeral volume, mounted at [`SHARED`] in every container.
+    pub volume: String,
+    pub containers: Vec<EcsContainer>,
+    pub log_group: String,
+    pub region: String,
+}
+
+/// One run of a task definition for one workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcsRun {
+    pub definition: EcsTaskDefinition,
+    /// Environment added to every container: which workload, where to report.
+    pub environment: Vec<(String, String)>,
+    /// Recorded on the task, to find it from the workload.
+    pub started_by: String,
+}
+
+/// 64-bit FNV-1a: a stable name for a definition's content.
+fn fingerprint(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    format!("{hash:016x}")
+}
+
+fn image(container: &Container, settings: &EcsSettings) -> Result<String, LaunchError> {
+    match &container.runtime {
+        Runtime::Image(image) => Ok(image.clone()),
+        Runtime::Reference(name) => settings.reference_images.get(name).cloned().ok_or_else(|| LaunchError(format!("no image is configured for the reference connector {name}"))),
+        Runtime::Pypi(spec) => Err(LaunchError(format!("{} comes from PyPI ({spec}); ECS runs images only: publish it as an image", container.name))),
+        Runtime::Executable(path) => Err(LaunchError(format!("{} is the executable {path}; ECS runs images only", container.name))),
+    }
+}
+
+/// The Fargate size that holds the plan's resources (CPU units, MiB).
+fn fargate_size(cpu_millis: u32, memory_mib: u32) -> (u32, u32) {
+    let cpu = [256, 512, 1024, 2048, 4096].into_iter().find(|&c| c >= cpu_millis * 1024 / 1000).unwrap_or(4096);
+    let min_memory = cpu * 2;
+    let memory = memory_mib.max(min_memory).div_ceil(1024) * 1024;
+    (cpu, memory.max(512))
+}
+
+pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, LaunchError> {
+    if plan.kind != WorkloadType::Sync {
+        return Err(LaunchError(format!("the ECS executor runs syncs; run the {} workload {} with the local or Docker executor", plan.kind.as_str(), plan.workload_id)));
+    }
+    let (source, destination) = match (&plan.source, &plan.destination) {
+        (Some(s), Some(d)) => (s, d),
+        _ => return Err(LaunchError("a sync plan needs a source and a destination".into())),
+    };
+    // Each container gets an equal share; ECS needs a memory floor per container.
+    let (cpu, memory) = fargate_size(plan.resources.cpu_millis * 3, plan.resources.memory_mib * 2);
+    let share = (memory / 4) as i32;
+    let init_script = format!("orchestrator fetch-files --dir {SHARED} && {}", pipes_script());
+    let mut containers = vec![EcsContainer {
+        name: "init".into(),
+        image: settings.orchestrator_image.clone(),
+        command: vec!["/bin/sh".into(), "-c".into(), init_script],
+        environment: vec![],
+        secrets: vec![("SLUICE_LAUNCH_KEY".into(), settings.launch_key_secret_arn.clone())],
+        depends_on: vec![],
+        essential: false,
+        memory_reservation_mib: 64,
+    }];
+    for (role, container) in [("source", source), ("destination", destination)] {
+        let mut environment: Vec<(String, String)> = container.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        environment.sort();
+        containers.push(EcsContainer {
+            name: role.into(),
+            image: image(container, settings)?,
+            command: connector_command(role),
+            environment,
+            secrets: vec![],
+            depends_on: vec![("init".into(), "SUCCESS".into())],
+            essential: false,
+            memory_reservation_mib: share,
+        });
+    }
+    containers.push(EcsContainer {
+        name: "orchestrator".into(),
+        image: settings.orchestrator_image.clone(),
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("exec orchestrator --config {} --workload-api \"$SLUICE_WORKLOAD_API\" --workload-id \"$SLUICE_WORKLOAD_ID\"", shared("sync.json")),
+        ],
+        environment: vec![("SLUICE_WORKLOAD_TOKEN_FILE".into(), shared("credential"))],
+        secrets: vec![],
+        depends_on: vec![("init".into(), "SUCCESS".into())],
+        essential: true,
+        memory_reservation_mib: 64,
+    });
+    let mut definition = EcsTaskDefinition {
+        family: String::new(),
+        cpu: cpu.to_string(),
+        memory: memory.to_string(),
+        volume: "shared".into(),
+        containers,
+        log_group: settings.log_group.clone(),
+        region: settings.region.clone(),
+    };
+    definition.family = format!("{}-sync-{}", settings.family_prefix, fingerprint(&serde_json::to_string(&definition).expect("plain data")));
+    let environment = vec![("SLUICE_WORKLOAD_ID".into(), plan.workload_id.clone()), ("SLUICE_WORKLOAD_API".into(), plan.workload_api_url.clone())];
+    Ok(EcsRun { definition, environment, started_by: plan.workload_id.chars().take(128).collect() })
+}

@@ -1,0 +1,135 @@
+//! The launcher's ECS side: task definitions registered once per content
+//! (the family names it) and reused, RunTask on Fargate with the
+//! workload's environment as overrides, StopTask to cancel.
+
+use aws_sdk_ecs::types::{
+    AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerCondition, ContainerDefinition, ContainerDependency, ContainerOverride, KeyValuePair,
+    LaunchType, LogConfiguration, LogDriver, MountPoint, NetworkConfiguration, NetworkMode, Secret, TaskOverride, Volume,
+};
+use aws_sdk_ecs::Client;
+use sluice_launcher::containers::SHARED;
+use sluice_launcher::ecs::{EcsRun, EcsTaskDefinition};
+use sluice_store::StoreError;
+
+fn failed(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(Box::new(std::io::Error::other(e.to_string())))
+}
+
+/// Where tasks run and with which roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcsPlacement {
+    pub cluster: String,
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub execution_role_arn: String,
+    pub task_role_arn: String,
+    pub assign_public_ip: bool,
+}
+
+pub struct EcsTasks {
+    client: Client,
+    placement: EcsPlacement,
+}
+
+impl EcsTasks {
+    pub fn new(config: &aws_config::SdkConfig, placement: EcsPlacement) -> Self {
+        EcsTasks { client: Client::new(config), placement }
+    }
+
+    /// The ARN of the definition's newest revision, registering it first if
+    /// its family does not exist yet.
+    pub async fn ensure_definition(&self, definition: &EcsTaskDefinition) -> Result<String, StoreError> {
+        let existing = self.client.describe_task_definition().task_definition(&definition.family).send().await;
+        if let Ok(found) = existing {
+            if let Some(arn) = found.task_definition.and_then(|d| d.task_definition_arn) {
+                return Ok(arn);
+            }
+        }
+        let mut register = self
+            .client
+            .register_task_definition()
+            .family(&definition.family)
+            .requires_compatibilities(Compatibility::Fargate)
+            .network_mode(NetworkMode::Awsvpc)
+            .cpu(&definition.cpu)
+            .memory(&definition.memory)
+            .execution_role_arn(&self.placement.execution_role_arn)
+            .task_role_arn(&self.placement.task_role_arn)
+            .volumes(Volume::builder().name(&definition.volume).build());
+        for c in &definition.containers {
+            let logs = LogConfiguration::builder()
+                .log_driver(LogDriver::Awslogs)
+                .options("awslogs-group", &definition.log_group)
+                .options("awslogs-region", &definition.region)
+                .options("awslogs-stream-prefix", &c.name)
+                .build()
+                .map_err(failed)?;
+            let mut container = ContainerDefinition::builder()
+                .name(&c.name)
+                .image(&c.image)
+                .set_command(Some(c.command.clone()))
+                .essential(c.essential)
+                .memory_reservation(c.memory_reservation_mib)
+                .mount_points(MountPoint::builder().source_volume(&definition.volume).container_path(SHARED).read_only(false).build())
+                .log_configuration(logs);
+            for (name, value) in &c.environment {
+                container = container.environment(KeyValuePair::builder().name(name).value(value).build());
+            }
+            for (name, arn) in &c.secrets {
+                container = container.secrets(Secret::builder().name(name).value_from(arn).build().map_err(failed)?);
+            }
+            for (name, condition) in &c.depends_on {
+                let condition = ContainerCondition::from(condition.as_str());
+                container = container.depends_on(ContainerDependency::builder().container_name(name).condition(condition).build().map_err(failed)?);
+            }
+            register = register.container_definitions(container.build());
+        }
+        let registered = register.send().await.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
+        registered.task_definition.and_then(|d| d.task_definition_arn).ok_or_else(|| failed("ECS registered the task definition without an ARN"))
+    }
+
+    /// Starts the task; returns its ARN.
+    pub async fn run(&self, run: &EcsRun) -> Result<String, StoreError> {
+        let definition = self.ensure_definition(&run.definition).await?;
+        let network = AwsVpcConfiguration::builder()
+            .set_subnets(Some(self.placement.subnets.clone()))
+            .set_security_groups(Some(self.placement.security_groups.clone()))
+            .assign_public_ip(if self.placement.assign_public_ip { AssignPublicIp::Enabled } else { AssignPublicIp::Disabled })
+            .build()
+            .map_err(failed)?;
+        let environment: Vec<KeyValuePair> = run.environment.iter().map(|(k, v)| KeyValuePair::builder().name(k).value(v).build()).collect();
+        let mut overrides = TaskOverride::builder();
+        for c in &run.definition.containers {
+            overrides = overrides.container_overrides(ContainerOverride::builder().name(&c.name).set_environment(Some(environment.clone())).build());
+        }
+        let started = self
+            .client
+            .run_task()
+            .cluster(&self.placement.cluster)
+            .task_definition(definition)
+            .launch_type(LaunchType::Fargate)
+            .network_configuration(NetworkConfiguration::builder().awsvpc_configuration(network).build())
+            .overrides(overrides.build())
+            .started_by(&run.started_by)
+            .send()
+            .await
+            .map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
+        if let Some(failure) = started.failures().first() {
+            return Err(failed(format!("ECS could not start the task: {} {}", failure.reason().unwrap_or_default(), failure.detail().unwrap_or_default())));
+        }
+        started.tasks().first().and_then(|t| t.task_arn().map(str::to_owned)).ok_or_else(|| failed("ECS started no task"))
+    }
+
+    /// Stops a task (a cancel); stopping one that already stopped is fine.
+    pub async fn stop(&self, task_arn: &str, reason: &str) -> Result<(), StoreError> {
+        self.client
+            .stop_task()
+            .cluster(&self.placement.cluster)
+            .task(task_arn)
+            .reason(reason)
+            .send()
+            .await
+            .map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
+        Ok(())
+    }
+}
