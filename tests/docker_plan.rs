@@ -77,7 +77,7 @@ fn a_sync_plan_becomes_four_containers_on_one_volume_with_no_secret_in_sight() {
     assert_eq!(task.container("orchestrator").unwrap().create["Env"], json!(["SLUICE_WORKLOAD_TOKEN_FILE=/sluice/credential"]));
     // The files carry the secrets, and go in as an archive, never as environment.
     let names: Vec<&str> = task.files.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["sync.json", "credential"]);
+    assert_eq!(names, ["credential", "sync.json"]);
 
     let calls = engine_calls(&task);
     let position = |method: &str, path_part: &str| calls.iter().position(|c| c.method == method && c.path.contains(path_part)).unwrap();

@@ -100,3 +100,47 @@ fn the_platform_on_aws_adapters_syncs_resumes_cancels_and_schedules() {
         assert!(secrets.secret_list().iter().any(|s| s.name().unwrap_or_default().starts_with(&format!("{prefix}/"))));
     });
 }
+
+/// The init step of an ECS task: `orchestrator fetch-files` gets the task's
+/// files from the workload API with the launch key, once, and writes them 0600.
+#[test]
+fn a_tasks_init_step_fetches_its_files_once_with_the_launch_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let prefix = format!("files{}", std::process::id());
+    provision(&prefix);
+    let scratch = Scratch::new();
+    let p = Platform::start_with_env(&scratch.path("data"), &["--aws", "--prefix", &prefix], &aws_env());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (workload, launch_key) = runtime.block_on(async {
+        let config = sluice_store_aws::moto::sdk_config(moto()).await;
+        let app = sluice_lambda::app_for(&config, &prefix).await.unwrap();
+        let now = jiff::Timestamp::now();
+        let w = sluice_domain::Workload::new("c_9_0_sync".into(), sluice_domain::WorkloadType::Sync, Some("c".into()), "{}".into(), now);
+        let w = app.workloads.insert_workload(&w).await.unwrap();
+        let claimed = w.apply(&sluice_domain::WorkloadEvent::Claim { by: "test".into() }, now).unwrap().unwrap();
+        app.workloads.update_workload(&claimed).await.unwrap();
+        let files = [("sync.json".to_owned(), "{\"secret\": \"s3\"}".to_owned()), ("credential".to_owned(), "cred-1".to_owned())].into();
+        sluice_api::workloads::stash_task_files(&app, &w.id, &files).await.unwrap();
+        (w.id, app.launch_key.clone().expect("provisioning made a launch key"))
+    });
+    let fetch = |key: &str, dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        support::sluice()
+            .args(["orchestrate", "fetch-files", "--dir"])
+            .arg(dir)
+            .env("SLUICE_WORKLOAD_API", format!("http://127.0.0.1:{}/api/internal/v1", p.port))
+            .env("SLUICE_WORKLOAD_ID", &workload)
+            .env("SLUICE_LAUNCH_KEY", key)
+            .output()
+            .unwrap()
+    };
+    let wrong = fetch("not-the-key", &scratch.path("wrong"));
+    assert!(!wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("401"), "{}", String::from_utf8_lossy(&wrong.stderr));
+    let fetched = fetch(&launch_key, &scratch.path("volume"));
+    assert!(fetched.status.success(), "{}", String::from_utf8_lossy(&fetched.stderr));
+    assert_eq!(std::fs::read_to_string(scratch.path("volume/credential")).unwrap(), "cred-1");
+    let mode = std::fs::metadata(scratch.path("volume/sync.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = fetch(&launch_key, &scratch.path("again"));
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("404"), "only once: {}", String::from_utf8_lossy(&again.stderr));
+}

@@ -44,6 +44,9 @@ pub struct App {
     pub settings: Settings,
     /// Told whenever work is queued, so an in-process launcher starts at once.
     pub work_queued: Arc<tokio::sync::Notify>,
+    /// What a task's init step presents to fetch its files, where tasks do
+    /// (ECS); `None` where files reach tasks another way.
+    pub launch_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]

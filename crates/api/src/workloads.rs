@@ -30,6 +30,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/workloads/{id}/state", post(commit_state))
         .route("/workloads/{id}/output", post(output))
         .route("/workloads/{id}/config", post(config_update))
+        .route("/workloads/{id}/files", get(task_files))
         .route("/workloads/{id}/logs", post(logs))
         .route("/workloads/{id}/success", post(success))
         .route("/workloads/{id}/failure", post(failure))
@@ -348,4 +349,48 @@ async fn config_update(State(app): AppState, Path(id): Path<String>, headers: He
         let _ = app.secrets.delete_secret(&reference).await;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn task_files_setting(workload_id: &str) -> String {
+    format!("task-files:{workload_id}")
+}
+
+/// Keeps a task's files (its configs, with secrets, and its credential) in
+/// the secrets port until the task's init step fetches them, once.
+pub async fn stash_task_files(app: &App, workload_id: &str, files: &std::collections::BTreeMap<String, String>) -> ApiResult<()> {
+    let reference = app.secrets.put_secret(&format!("task-files/{workload_id}"), &serde_json::to_string(files).expect("strings")).await?;
+    let doc = Doc { id: task_files_setting(workload_id), workspace_id: None, body: json!({"secret": reference}), version: Version::INITIAL };
+    app.config.insert_doc(DocKind::Setting, &doc).await?;
+    Ok(())
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// A task's init step fetches its files with the launch key: once, while
+/// the workload is being launched; the stash is gone afterwards.
+async fn task_files(State(app): AppState, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let Some(expected) = &app.launch_key else {
+        return Err(Problem::unauthorized("this platform hands no files to tasks"));
+    };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|h| h.strip_prefix("Launch ")).unwrap_or("");
+    if !same(given.trim().as_bytes(), expected.as_bytes()) {
+        return Err(Problem::unauthorized("task files need `Authorization: Launch <launch key>`"));
+    }
+    let w = app.workloads.get_workload(&id).await?;
+    if !matches!(w.status, WorkloadStatus::Claimed | WorkloadStatus::Launched) {
+        return Err(Problem::conflict(format!("workload {id} is {}: its files are handed out only while it is launched", w.status.as_str())));
+    }
+    let doc = app.config.get_doc(DocKind::Setting, &task_files_setting(&id)).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => Problem::not_found("task files of workload", &id),
+        other => other.into(),
+    })?;
+    let reference = doc.body["secret"].as_str().unwrap_or_default().to_owned();
+    // Only the first fetch wins the delete; a second gets a conflict.
+    app.config.delete_doc(DocKind::Setting, &doc.id, doc.version).await?;
+    let text = app.secrets.get_secret(&reference).await?;
+    let _ = app.secrets.delete_secret(&reference).await;
+    let files: Value = serde_json::from_str(&text).map_err(|e| Problem::unavailable(format!("the stashed files of workload {id} are unreadable: {e}")))?;
+    Ok(Json(json!({ "files": files })))
 }

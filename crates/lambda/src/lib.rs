@@ -46,6 +46,7 @@ pub async fn app_for(config: &aws_config::SdkConfig, prefix: &str) -> Result<Arc
     let store = Arc::new(DynamoStore::new(&config, names.clone()));
     let secrets = Arc::new(SecretsManagerStore::new(&config, &names.secrets_prefix));
     let key = sluice_api::auth::signing_key(&*store, &*secrets).await.map_err(|e| Error(format!("cannot read the signing key: {e}")))?;
+    let launch_key = sluice_store::SecretStore::get_secret(&*secrets, &sluice_store_aws::provision::launch_key_name(&names.secrets_prefix)).await.ok();
     Ok(Arc::new(App {
         config: store.clone(),
         jobs: store.clone(),
@@ -58,6 +59,7 @@ pub async fn app_for(config: &aws_config::SdkConfig, prefix: &str) -> Result<Arc
         keys: Keys::new(key.into_bytes()),
         settings: Settings::default(),
         work_queued: Arc::new(tokio::sync::Notify::new()),
+        launch_key,
     }))
 }
 

@@ -53,3 +53,12 @@ pub fn connector_command(role: &str) -> Vec<String> {
 pub fn orchestrator_command(workload_api_url: &str, workload_id: &str) -> Vec<String> {
     ["orchestrator", "--config", &shared("sync.json"), "--workload-api", workload_api_url, "--workload-id", workload_id].map(String::from).to_vec()
 }
+
+/// The files a sync task's containers need on the shared volume: the
+/// orchestrator's config (connectors attached through the pipes) and the
+/// workload credential. Both are secret.
+pub fn task_files(plan: &crate::TaskPlan) -> Result<std::collections::BTreeMap<String, String>, crate::LaunchError> {
+    use sluice_orchestrator::Launch;
+    let config = plan.sync_config(Launch::Attach { dir: pipes("source") }, Launch::Attach { dir: pipes("destination") }, PathBuf::from(shared("work")))?;
+    Ok([("sync.json".to_owned(), serde_json::to_string(&config).expect("plain data")), ("credential".to_owned(), plan.credential.clone())].into())
+}

@@ -20,9 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use sluice_domain::WorkloadType;
-use sluice_orchestrator::Launch;
 
-use crate::containers::{connector_command, orchestrator_command, pipes, pipes_script, shared, CONNECTOR};
+use crate::containers::{connector_command, orchestrator_command, pipes_script, shared, task_files, CONNECTOR};
 pub use crate::containers::SHARED;
 use crate::plan::{files, Container, Runtime, TaskPlan};
 use crate::LaunchError;
@@ -105,9 +104,8 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
                 (Some(s), Some(d)) => (s, d),
                 _ => return Err(LaunchError("a sync plan needs a source and a destination".into())),
             };
-            let config = plan.sync_config(Launch::Attach { dir: pipes("source") }, Launch::Attach { dir: pipes("destination") }, PathBuf::from(shared("work")))?;
-            task.files.push(("sync.json".into(), serde_json::to_vec(&config).expect("plain data")));
-            task.files.push(("credential".into(), plan.credential.clone().into_bytes()));
+            // Sorted by name, so `credential` comes before `sync.json`.
+            task.files.extend(task_files(plan)?.into_iter().map(|(name, contents)| (name, contents.into_bytes())));
             let init = vec!["/bin/sh".to_owned(), "-c".to_owned(), pipes_script()];
             task.containers.push(DockerContainer { name: name("init"), create: create_body(&settings.orchestrator_image, init, &no_env, plan, &volume, settings) });
             for (role, container) in [("source", source), ("destination", destination)] {

@@ -28,6 +28,11 @@ struct Table<'a> {
 /// How many messages a workload delivery may fail before it goes to the dead-letter queue.
 pub const MAX_RECEIVES: u32 = 5;
 
+/// The name of the secret holding the launch key.
+pub fn launch_key_name(secrets_prefix: &str) -> String {
+    format!("{secrets_prefix}/launch-key")
+}
+
 /// How long attempt logs are kept.
 pub const LOG_RETENTION_DAYS: i32 = 30;
 
@@ -164,6 +169,25 @@ pub async fn provision(config: &aws_config::SdkConfig, names: &Names) -> Result<
     } else {
         ecs.create_cluster().cluster_name(&names.cluster).send().await.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
         done.created.push(format!("cluster {}", names.cluster));
+    }
+    // The key a task's init step presents to fetch its files (an ECS secret in the task definition).
+    let secrets = aws_sdk_secretsmanager::Client::new(config);
+    let launch_key = launch_key_name(&names.secrets_prefix);
+    match secrets.describe_secret().secret_id(&launch_key).send().await {
+        Ok(_) => done.existing.push(format!("secret {launch_key}")),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+            let random = secrets
+                .get_random_password()
+                .password_length(48)
+                .exclude_punctuation(true)
+                .send()
+                .await
+                .map_err(|e| failed(aws_sdk_secretsmanager::error::DisplayErrorContext(e)))?;
+            let value = random.random_password.ok_or_else(|| failed("Secrets Manager gave no random password"))?;
+            secrets.create_secret().name(&launch_key).secret_string(value).send().await.map_err(|e| failed(aws_sdk_secretsmanager::error::DisplayErrorContext(e)))?;
+            done.created.push(format!("secret {launch_key}"));
+        }
+        Err(e) => return Err(failed(aws_sdk_secretsmanager::error::DisplayErrorContext(e))),
     }
     let events = aws_sdk_eventbridge::Client::new(config);
     match events.create_event_bus().name(&names.event_bus).send().await {

@@ -29,6 +29,9 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 fn run(args: &[String]) -> Result<i32, String> {
+    if args.first().map(String::as_str) == Some("fetch-files") {
+        return fetch_files(&args[1..]);
+    }
     let mut args = args.iter();
     let (mut config, mut state_file, mut outcome_file) = (None, None, None);
     let (mut api_url, mut workload_id) = (None, None);
@@ -93,4 +96,35 @@ fn run(args: &[String]) -> Result<i32, String> {
         AttemptStatus::Failed => 1,
         AttemptStatus::Cancelled => 3,
     })
+}
+
+/// `orchestrator fetch-files --dir DIR`: the init step of a task on ECS.
+/// Fetches the task's files (sync config, credential) from the workload API
+/// with the launch key, once, and writes them 0600 into the shared volume.
+/// Reads `SLUICE_WORKLOAD_API`, `SLUICE_WORKLOAD_ID` and `SLUICE_LAUNCH_KEY`.
+fn fetch_files(args: &[String]) -> Result<i32, String> {
+    let dir = match args {
+        [flag, dir] if flag == "--dir" => PathBuf::from(dir),
+        _ => return Err("usage: orchestrator fetch-files --dir DIR".into()),
+    };
+    let var = |name: &str| std::env::var(name).map_err(|_| format!("fetch-files needs {name}"));
+    let (api, id, key) = (var("SLUICE_WORKLOAD_API")?, var("SLUICE_WORKLOAD_ID")?, var("SLUICE_LAUNCH_KEY")?);
+    let url = format!("{}/workloads/{id}/files", api.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).http_status_as_error(false).build().into();
+    let mut response = agent.get(&url).header("authorization", &format!("Launch {key}")).call().map_err(|e| format!("{url}: {e}"))?;
+    let text = response.body_mut().read_to_string().map_err(|e| format!("{url}: {e}"))?;
+    if response.status() != 200 {
+        return Err(format!("{url} answered {}: {text}", response.status()));
+    }
+    let body: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{url} gave no JSON: {e}"))?;
+    let files = body["files"].as_object().ok_or_else(|| format!("{url} gave no files"))?;
+    for (name, contents) in files {
+        // Plain names only: nothing written outside the shared directory.
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(format!("refusing the file name `{name}`"));
+        }
+        let contents = contents.as_str().ok_or_else(|| format!("file {name} is not text"))?;
+        crate::report::write_atomically(&dir.join(name), contents.as_bytes()).map_err(|e| format!("cannot write {name}: {e}"))?;
+    }
+    Ok(0)
 }

@@ -123,6 +123,7 @@ struct Parts {
     secrets: Arc<dyn sluice_store::SecretStore>,
     schedules: Arc<dyn sluice_store::Schedules>,
     events: Arc<dyn sluice_store::Events>,
+    launch_key: Option<String>,
 }
 
 async fn embedded_parts(data: &Path, ticker: &ticker::Ticker) -> anyhow::Result<Parts> {
@@ -136,6 +137,7 @@ async fn embedded_parts(data: &Path, ticker: &ticker::Ticker) -> anyhow::Result<
         secrets,
         schedules: Arc::new(ticker.clone()),
         events: Arc::new(webhooks::Webhooks::new(store)),
+        launch_key: None,
     })
 }
 
@@ -146,14 +148,17 @@ async fn aws_parts(args: &AwsArgs) -> anyhow::Result<Parts> {
         .await
         .with_context(|| format!("cannot find the queue {}; run `sluice provision --prefix {}` first", names.queue, args.prefix))?;
     let store = Arc::new(sluice_store_aws::DynamoStore::new(&config, names.clone()));
+    let secrets = sluice_store_aws::SecretsManagerStore::new(&config, &names.secrets_prefix);
+    let launch_key = sluice_store::SecretStore::get_secret(&secrets, &sluice_store_aws::provision::launch_key_name(&names.secrets_prefix)).await.ok();
     Ok(Parts {
         config: store.clone(),
         jobs: store.clone(),
         workloads: store,
         queue: Arc::new(sluice_store_aws::SqsQueue::new(&config, queue_url)),
-        secrets: Arc::new(sluice_store_aws::SecretsManagerStore::new(&config, &names.secrets_prefix)),
+        secrets: Arc::new(secrets),
         schedules: Arc::new(sluice_store_aws::EventBridgeSchedules::new(&config, &names.schedule_group, args.target())),
         events: Arc::new(sluice_store_aws::EventBridgeEvents::new(&config, &names.event_bus)),
+        launch_key,
     })
 }
 
@@ -196,6 +201,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
         keys: Keys::new(key.into_bytes()),
         settings,
         work_queued: Arc::new(tokio::sync::Notify::new()),
+        launch_key: parts.launch_key,
     });
     sluice_api::config::builtin::seed(&app).await?;
     let credentials = first_application(&app, &data, address).await?;
