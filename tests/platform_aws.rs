@@ -144,3 +144,118 @@ fn a_tasks_init_step_fetches_its_files_once_with_the_launch_key() {
     let again = fetch(&launch_key, &scratch.path("again"));
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("404"), "only once: {}", String::from_utf8_lossy(&again.stderr));
 }
+
+/// The default VPC's first subnet and security group, as moto makes them.
+fn default_network() -> (String, String) {
+    let cache = sluice_connectors::Cache { root: support::cache_dir() };
+    let venv = cache.python_env("moto[server]", Some("5.2.5"), &mut |_| {}).unwrap();
+    let script = "import boto3, sys\nec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nprint(ec2.describe_subnets()['Subnets'][0]['SubnetId'], ec2.describe_security_groups()['SecurityGroups'][0]['GroupId'])";
+    let output = std::process::Command::new(venv.join("bin/python")).args(["-c", script, moto()]).output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut parts = text.split_whitespace().map(str::to_owned);
+    (parts.next().expect("a subnet"), parts.next().expect("a security group"))
+}
+
+/// Plays ECS for moto, which runs no containers: every task RunTask made is
+/// read back (its task definition, its overrides, the secrets its
+/// definition names) and exactly that is executed as local processes, with
+/// the shared volume a directory and each image's program a local one.
+fn run_ecs_tasks_locally(cluster: String, scratch: std::path::PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let sluice = env!("CARGO_BIN_EXE_sluice");
+    let bin = scratch.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let orchestrator = bin.join("orchestrator");
+    std::fs::write(&orchestrator, format!("#!/bin/sh\nexec {sluice} orchestrate \"$@\"\n")).unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&orchestrator).unwrap().permissions(), 0o755);
+    std::fs::set_permissions(&orchestrator, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let config = sluice_store_aws::moto::sdk_config(moto()).await;
+        let ecs = aws_sdk_ecs::Client::new(&config);
+        let secrets = aws_sdk_secretsmanager::Client::new(&config);
+        let mut seen = std::collections::HashSet::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Ok(listed) = ecs.list_tasks().cluster(&cluster).send().await else { continue };
+            for arn in listed.task_arns().iter().filter(|a| seen.insert(a.to_string())) {
+                let task = ecs.describe_tasks().cluster(&cluster).tasks(arn).send().await.unwrap().tasks()[0].clone();
+                let overrides: Vec<(String, String)> = task.overrides().unwrap().container_overrides()[0]
+                    .environment()
+                    .iter()
+                    .map(|kv| (kv.name().unwrap().to_owned(), kv.value().unwrap().to_owned()))
+                    .collect();
+                let definition = ecs.describe_task_definition().task_definition(task.task_definition_arn().unwrap()).send().await.unwrap().task_definition.unwrap();
+                let volume = scratch.join(arn.rsplit('/').next().unwrap());
+                std::fs::create_dir_all(&volume).unwrap();
+                let local = |text: &str| text.replace("/sluice", &volume.display().to_string());
+                let mut children = Vec::new();
+                for c in definition.container_definitions() {
+                    let mut command: Vec<String> = c.command().iter().map(|a| local(a)).collect();
+                    let mut process = std::process::Command::new(command.remove(0));
+                    process.args(&command).current_dir(&volume).env("PATH", &path).envs(overrides.iter().map(|(k, v)| (k, local(v))));
+                    for kv in c.environment() {
+                        process.env(kv.name().unwrap(), local(kv.value().unwrap()));
+                    }
+                    for secret in c.secrets() {
+                        let value = secrets.get_secret_value().secret_id(secret.value_from()).send().await.unwrap().secret_string.unwrap();
+                        process.env(secret.name(), value);
+                    }
+                    let image = c.image().unwrap();
+                    let program = ["source-faker", "destination-jsonl", "destination-dev-null"].into_iter().find(|p| image.contains(p));
+                    if let Some(program) = program {
+                        process.env("AIRBYTE_ENTRYPOINT", format!("{sluice} connector {program}"));
+                    }
+                    if c.name() == Some("init") {
+                        let status = process.status().unwrap();
+                        assert!(status.success(), "the init container failed");
+                        // The files name the volume by its mount point; here it is a directory.
+                        let sync = volume.join("sync.json");
+                        std::fs::write(&sync, local(&std::fs::read_to_string(&sync).unwrap())).unwrap();
+                    } else {
+                        children.push(process.spawn().unwrap());
+                    }
+                }
+                // The orchestrator is essential: when it exits, ECS stops the task's other containers.
+                let mut orchestrator = children.pop().expect("the orchestrator container");
+                let _ = orchestrator.wait();
+                for mut child in children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn syncs_run_as_the_ecs_tasks_that_moto_holds() {
+    let prefix = format!("ecs{}", std::process::id());
+    provision(&prefix);
+    let (subnet, group) = default_network();
+    let scratch = Scratch::new();
+    let args = ["--aws", "--prefix", &prefix, "--executor", "ecs", "--ecs-subnets", &subnet, "--ecs-security-groups", &group];
+    let p = Platform::start_with_env(&scratch.path("data"), &args, &aws_env());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runner = {
+        let (cluster, dir, stop) = (prefix.clone(), scratch.path("tasks"), stop.clone());
+        std::thread::spawn(move || run_ecs_tasks_locally(cluster, dir, stop))
+    };
+
+    let workspace = p.workspace("ecs");
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 30}));
+    let out = scratch.path("out");
+    let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": out.display().to_string()}));
+    let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
+        "configurations": {"streams": [{"name": "users", "syncMode": "incremental_append"}]}}))["connectionId"].as_str().unwrap().to_owned();
+    let sync = |p: &Platform| p.post("/jobs", json!({"connectionId": connection, "jobType": "sync"}))["jobId"].as_i64().unwrap();
+    let first = p.wait_job(sync(&p), Duration::from_secs(120));
+    assert_eq!(first["status"], "succeeded", "{first}\n{}", p.log());
+    assert_eq!(first["rowsSynced"], 30);
+    assert_eq!(scratch.read_lines("out/users.jsonl").len(), 30);
+    let second = p.wait_job(sync(&p), Duration::from_secs(120));
+    assert_eq!(second["status"], "succeeded", "{second}");
+    assert_eq!(second["rowsSynced"], 0, "the second task resumed from the committed state");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    runner.join().unwrap();
+}

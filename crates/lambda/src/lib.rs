@@ -96,3 +96,36 @@ pub async fn monitor(app: &App, retention: jiff::SignedDuration) -> Result<Value
     let purged = app.workloads.purge_finished_workloads(now - retention).await.map_err(|e| Error(e.to_string()))?;
     Ok(json!({"failed": failed, "retried": retried.iter().map(|j| j.id).collect::<Vec<_>>(), "purged": purged}))
 }
+
+/// Runs sync workloads as ECS tasks: the plan becomes a task definition
+/// (registered once) and a RunTask; the task's files wait in the secrets
+/// port for its init step.
+pub struct EcsLauncher {
+    pub tasks: sluice_store_aws::EcsTasks,
+    pub settings: sluice_launcher::ecs::EcsSettings,
+    /// The workload API as tasks reach it.
+    pub api_url: String,
+}
+
+impl EcsLauncher {
+    /// Launches a claimed workload; a failure fails it (and its attempt, which retries).
+    pub async fn launch(&self, app: &App, w: &sluice_domain::Workload) -> Result<String, Error> {
+        let launched = async {
+            let plan = sluice_launcher::build_plan(app, w, &self.api_url).await?;
+            let run = sluice_launcher::ecs::ecs_task(&plan, &self.settings)?;
+            let files = sluice_launcher::containers::task_files(&plan)?;
+            sluice_api::workloads::stash_task_files(app, &w.id, &files).await?;
+            let arn = self.tasks.run(&run).await?;
+            let event = sluice_domain::WorkloadEvent::Launched { task_ref: Some(arn.clone()) };
+            sluice_platform::workload_event(&app.ports(), &w.id, &event, jiff::Timestamp::now()).await.map_err(|e| sluice_launcher::LaunchError(e.to_string()))?;
+            Ok::<_, sluice_launcher::LaunchError>(arn)
+        };
+        match launched.await {
+            Ok(arn) => Ok(arn),
+            Err(e) => {
+                sluice_launcher::fail_launch(app, w, &e.0).await.map_err(|f| Error(format!("{}; and recording the failure failed: {f}", e.0)))?;
+                Err(Error(e.0))
+            }
+        }
+    }
+}

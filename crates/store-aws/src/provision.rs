@@ -198,3 +198,15 @@ pub async fn provision(config: &aws_config::SdkConfig, names: &Names) -> Result<
     done.existing.push(format!("queues {} and {}", names.queue, names.dead_letter_queue));
     Ok(done)
 }
+
+/// The ARN of the launch key's secret, which task definitions name.
+pub async fn launch_key_arn(config: &aws_config::SdkConfig, names: &Names) -> Result<String, StoreError> {
+    let secrets = aws_sdk_secretsmanager::Client::new(config);
+    let described = secrets
+        .describe_secret()
+        .secret_id(launch_key_name(&names.secrets_prefix))
+        .send()
+        .await
+        .map_err(|e| failed(aws_sdk_secretsmanager::error::DisplayErrorContext(e)))?;
+    described.arn.ok_or_else(|| failed("Secrets Manager gave no ARN for the launch key"))
+}

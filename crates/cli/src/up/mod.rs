@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use sluice_api::{App, Keys, Settings};
@@ -64,6 +64,35 @@ pub struct UpArgs {
     aws: bool,
     #[command(flatten)]
     aws_names: AwsArgs,
+    /// Where syncs run: `local` processes, or `ecs` tasks on Fargate (with --aws)
+    #[arg(long, default_value = "local")]
+    executor: Executor,
+    #[command(flatten)]
+    ecs: EcsArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Executor {
+    Local,
+    Ecs,
+}
+
+/// Where ECS tasks run.
+#[derive(clap::Args, Clone)]
+struct EcsArgs {
+    /// Subnets of the tasks (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    ecs_subnets: Vec<String>,
+    /// Security groups of the tasks (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    ecs_security_groups: Vec<String>,
+    #[arg(long, default_value = "arn:aws:iam::000000000000:role/sluice-task-execution")]
+    ecs_execution_role_arn: String,
+    #[arg(long, default_value = "arn:aws:iam::000000000000:role/sluice-task")]
+    ecs_task_role_arn: String,
+    /// The workload API as tasks reach it (default: this server's)
+    #[arg(long)]
+    task_api_url: Option<String>,
 }
 
 /// Which AWS resources are ours.
@@ -224,7 +253,12 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
         settings: DockerSettings { orchestrator_image: args.orchestrator_image.clone(), reference_images, network_mode: "host".into() },
     });
     let api_url = format!("http://{address}/api/internal/v1");
-    tokio::spawn(launch_loop(app.clone(), executor, docker, launcher_id, api_url));
+    let ecs = match args.executor {
+        Executor::Local => None,
+        Executor::Ecs if !args.aws => bail!("--executor ecs runs tasks on AWS: add --aws"),
+        Executor::Ecs => Some(Arc::new(ecs_launcher(&args, &api_url).await?)),
+    };
+    tokio::spawn(launch_loop(app.clone(), executor, docker, ecs, launcher_id, api_url));
     if !args.aws {
         tokio::spawn(ticker.run(app.clone()));
     }
@@ -280,9 +314,54 @@ async fn recover(app: &App) -> anyhow::Result<usize> {
     Ok(active.len())
 }
 
-async fn launch_loop(app: Arc<App>, executor: Arc<LocalExecutor>, docker: Arc<DockerExecutor>, launcher_id: String, api_url: String) {
+async fn ecs_launcher(args: &UpArgs, api_url: &str) -> anyhow::Result<sluice_lambda::EcsLauncher> {
+    let config = sluice_store_aws::sdk_config().await;
+    let names = args.aws_names.names();
+    let launch_key_secret_arn = sluice_store_aws::provision::launch_key_arn(&config, &names)
+        .await
+        .with_context(|| format!("cannot find the launch key; run `sluice provision --prefix {}` first", args.aws_names.prefix))?;
+    let version = env!("CARGO_PKG_VERSION");
+    let settings = sluice_launcher::ecs::EcsSettings {
+        orchestrator_image: args.orchestrator_image.clone(),
+        reference_images: sluice_connectors::REFERENCE_CONNECTORS.iter().map(|n| (n.to_string(), format!("sluice/{n}:{version}"))).collect(),
+        family_prefix: args.aws_names.prefix.clone(),
+        log_group: names.task_log_group.clone(),
+        region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+        launch_key_secret_arn,
+    };
+    let placement = sluice_store_aws::EcsPlacement {
+        cluster: names.cluster.clone(),
+        subnets: args.ecs.ecs_subnets.clone(),
+        security_groups: args.ecs.ecs_security_groups.clone(),
+        execution_role_arn: args.ecs.ecs_execution_role_arn.clone(),
+        task_role_arn: args.ecs.ecs_task_role_arn.clone(),
+        assign_public_ip: false,
+    };
+    Ok(sluice_lambda::EcsLauncher {
+        tasks: sluice_store_aws::EcsTasks::new(&config, placement),
+        settings,
+        api_url: args.ecs.task_api_url.clone().unwrap_or_else(|| api_url.to_owned()),
+    })
+}
+
+async fn launch_loop(
+    app: Arc<App>,
+    executor: Arc<LocalExecutor>,
+    docker: Arc<DockerExecutor>,
+    ecs: Option<Arc<sluice_lambda::EcsLauncher>>,
+    launcher_id: String,
+    api_url: String,
+) {
     loop {
         match sluice_launcher::claim_next(&app, &launcher_id).await {
+            Ok(Some(Some(w))) if w.kind == sluice_domain::WorkloadType::Sync && ecs.is_some() => {
+                let (app, ecs) = (app.clone(), ecs.clone().expect("checked"));
+                tokio::spawn(async move {
+                    if let Err(e) = ecs.launch(&app, &w).await {
+                        eprintln!("sluice: could not launch {} on ECS: {e}", w.id);
+                    }
+                });
+            }
             Ok(Some(Some(w))) => {
                 let (app, executor, docker, api_url) = (app.clone(), executor.clone(), docker.clone(), api_url.clone());
                 tokio::spawn(async move { sluice_launcher::local::run_claimed(&executor, &docker, &app, w, &api_url).await });
