@@ -129,3 +129,67 @@ impl EcsLauncher {
         }
     }
 }
+
+/// The launcher function, on an SQS batch (`{"Records": [{"messageId",
+/// "body": <workload id>}, ...]}`): claims each workload (a conditional
+/// write, so a redelivered message launches nothing twice) and launches it
+/// on ECS. Returns the partial batch response: only messages that hit a
+/// transient failure (the store or ECS unavailable) are retried; a workload
+/// that cannot be launched is failed, and its message is done.
+pub async fn launcher(app: &App, ecs: &EcsLauncher, event: &Value) -> Value {
+    let mut retry = Vec::new();
+    for record in event["Records"].as_array().into_iter().flatten() {
+        let (Some(message_id), Some(workload_id)) = (record["messageId"].as_str(), record["body"].as_str()) else { continue };
+        let by = format!("lambda/{message_id}");
+        match sluice_launcher::claim(app, workload_id.trim(), &by).await {
+            Ok(Some(w)) if w.kind == sluice_domain::WorkloadType::Sync => {
+                if let Err(e) = ecs.launch(app, &w).await {
+                    eprintln!("sluice: workload {} failed to launch: {e}", w.id);
+                }
+            }
+            Ok(Some(w)) => {
+                let why = format!("{} workloads run with `sluice up`; the ECS launcher runs syncs", w.kind.as_str());
+                if sluice_launcher::fail_launch(app, &w, &why).await.is_err() {
+                    retry.push(json!({"itemIdentifier": message_id}));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("sluice: cannot claim workload {workload_id}: {e}");
+                retry.push(json!({"itemIdentifier": message_id}));
+            }
+        }
+    }
+    json!({"batchItemFailures": retry})
+}
+
+/// The ECS launcher from the environment: `SLUICE_ORCHESTRATOR_IMAGE`,
+/// `SLUICE_TASK_SUBNETS`, `SLUICE_TASK_SECURITY_GROUPS` (comma-separated),
+/// `SLUICE_TASK_EXECUTION_ROLE_ARN`, `SLUICE_TASK_ROLE_ARN`,
+/// `SLUICE_WORKLOAD_API_URL` (as tasks reach it), `SLUICE_REFERENCE_IMAGE_PREFIX`.
+pub async fn ecs_launcher_from_env() -> Result<EcsLauncher, Error> {
+    let config = sluice_store_aws::sdk_config().await;
+    let prefix = var("SLUICE_PREFIX").unwrap_or_else(|| "sluice".into());
+    let names = Names::with_prefix(&prefix);
+    let need = |name: &str| var(name).ok_or_else(|| Error(format!("the launcher needs {name}")));
+    let list = |name: &str| -> Result<Vec<String>, Error> { Ok(need(name)?.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()) };
+    let version = env!("CARGO_PKG_VERSION");
+    let image_prefix = var("SLUICE_REFERENCE_IMAGE_PREFIX").unwrap_or_else(|| "sluice/".into());
+    let settings = sluice_launcher::ecs::EcsSettings {
+        orchestrator_image: var("SLUICE_ORCHESTRATOR_IMAGE").unwrap_or_else(|| format!("{image_prefix}orchestrator:{version}")),
+        reference_images: ["source-faker", "destination-jsonl", "destination-dev-null", "source-empty"].iter().map(|n| (n.to_string(), format!("{image_prefix}{n}:{version}"))).collect(),
+        family_prefix: prefix.clone(),
+        log_group: names.task_log_group.clone(),
+        region: var("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
+        launch_key_secret_arn: sluice_store_aws::provision::launch_key_arn(&config, &names).await.map_err(|e| Error(format!("cannot find the launch key: {e}")))?,
+    };
+    let placement = sluice_store_aws::EcsPlacement {
+        cluster: names.cluster.clone(),
+        subnets: list("SLUICE_TASK_SUBNETS")?,
+        security_groups: list("SLUICE_TASK_SECURITY_GROUPS")?,
+        execution_role_arn: need("SLUICE_TASK_EXECUTION_ROLE_ARN")?,
+        task_role_arn: need("SLUICE_TASK_ROLE_ARN")?,
+        assign_public_ip: var("SLUICE_TASK_PUBLIC_IP").is_some_and(|v| v == "true"),
+    };
+    Ok(EcsLauncher { tasks: sluice_store_aws::EcsTasks::new(&config, placement), settings, api_url: need("SLUICE_WORKLOAD_API_URL")? })
+}

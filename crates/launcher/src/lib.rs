@@ -168,6 +168,26 @@ pub async fn fail_launch(app: &App, w: &Workload, why: &str) -> Result<(), Platf
     Ok(())
 }
 
+/// Claims a delivered workload for `by` (a launcher and its delivery):
+/// `None` if it needs no work (gone, no longer pending, or claimed by
+/// another delivery). Of two deliveries of one workload, one claim wins.
+pub async fn claim(app: &App, workload_id: &str, by: &str) -> Result<Option<Workload>, PlatformError> {
+    let now = jiff::Timestamp::now();
+    let current = match app.workloads.get_workload(workload_id).await {
+        Ok(w) => w,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if current.status != sluice_domain::WorkloadStatus::Pending {
+        return Ok(None);
+    }
+    match workload_event(&app.ports(), workload_id, &WorkloadEvent::Claim { by: by.to_owned() }, now).await {
+        Ok(w) if w.claimed_by.as_deref() == Some(by) => Ok(Some(w)),
+        Ok(_) | Err(PlatformError::Transition(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// How long a received message stays invisible before it is delivered
 /// again: enough to claim and launch; after that the claim guards it.
 pub const VISIBILITY: SignedDuration = SignedDuration::from_secs(120);
@@ -178,22 +198,7 @@ pub const VISIBILITY: SignedDuration = SignedDuration::from_secs(120);
 pub async fn claim_next(app: &Arc<App>, launcher_id: &str) -> Result<Option<Option<Workload>>, PlatformError> {
     let now = jiff::Timestamp::now();
     let Some(delivery) = app.queue.receive(now, VISIBILITY).await? else { return Ok(None) };
-    let current = match app.workloads.get_workload(&delivery.workload_id).await {
-        Ok(w) => Some(w),
-        Err(StoreError::NotFound { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let mut claimed = None;
-    if let Some(w) = current.filter(|w| w.status == sluice_domain::WorkloadStatus::Pending) {
-        // The receipt makes each delivery's claim its own: of two deliveries
-        // of one workload, only one claim succeeds.
-        let by = format!("{launcher_id}/{}", delivery.receipt);
-        match workload_event(&app.ports(), &w.id, &WorkloadEvent::Claim { by: by.clone() }, now).await {
-            Ok(w) if w.claimed_by.as_deref() == Some(by.as_str()) => claimed = Some(w),
-            Ok(_) | Err(PlatformError::Transition(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let claimed = claim(app, &delivery.workload_id, &format!("{launcher_id}/{}", delivery.receipt)).await?;
     // Claimed (or not ours to run): the claim, not the message, now guards it.
     match app.queue.acknowledge(&delivery.receipt).await {
         Ok(()) | Err(StoreError::NotFound { .. }) => {}

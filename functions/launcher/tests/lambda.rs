@@ -1,0 +1,87 @@
+//! The launcher binary as Lambda runs it, on an SQS batch from the workload
+//! queue, launching on ECS (moto).
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_domain::resources::{Actor, ActorKind, Connection, ScheduleConfig, StreamConfiguration, SyncMode};
+use sluice_domain::{ConnectionStatus, JobType, Version, WorkloadStatus};
+use sluice_lambda::runtime_api::LocalRuntime;
+use sluice_store::{Doc, DocKind};
+
+fn doc(id: &str, body: serde_json::Value) -> Doc {
+    Doc { id: id.into(), workspace_id: Some("w".into()), body, version: Version::INITIAL }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_batch_becomes_one_ecs_task_per_workload_even_when_redelivered() {
+    let cache = sluice_connectors::Cache::from_env();
+    let venv = tokio::task::spawn_blocking(move || cache.python_env("moto[server]", Some("5.2.5"), &mut |_| {})).await.unwrap().expect("moto installs");
+    let moto = sluice_store_aws::moto::start(&venv.join("bin/moto_server")).expect("moto starts");
+    let config = sluice_store_aws::moto::sdk_config(&moto).await;
+    let names = sluice_store_aws::Names::with_prefix("launch");
+    let provisioned = sluice_store_aws::provision::provision(&config, &names).await.unwrap();
+    let app = sluice_lambda::app_for(&config, "launch").await.unwrap();
+    sluice_api::config::builtin::seed(&app).await.unwrap();
+
+    // A connection from our faker to dev-null, with its catalog already discovered.
+    let actor = |id: &str, kind, definition: &str| Actor {
+        id: id.into(), kind, name: id.into(), workspace_id: "w".into(), definition_id: definition.into(), configuration: json!({}), created_at: 0,
+    };
+    app.config.insert_doc(DocKind::Source, &doc("src", serde_json::to_value(actor("src", ActorKind::Source, "5c1b0e7a-2d5e-4f0b-8a57-1f2f4b0c6e11")).unwrap())).await.unwrap();
+    app.config.insert_doc(DocKind::Destination, &doc("dst", serde_json::to_value(actor("dst", ActorKind::Destination, "e2a4c6d8-1b3f-4a5c-8e7d-9f0a1b2c3d33")).unwrap())).await.unwrap();
+    let catalog = json!({"catalog": {"streams": [{"name": "users", "json_schema": {"properties": {"id": {}, "updated_at": {}}},
+        "supported_sync_modes": ["full_refresh", "incremental"], "source_defined_cursor": true,
+        "default_cursor_field": ["updated_at"], "source_defined_primary_key": [["id"]]}]}});
+    app.config.insert_doc(DocKind::Catalog, &Doc { id: "src".into(), workspace_id: None, body: catalog, version: Version::INITIAL }).await.unwrap();
+    let connection = Connection {
+        connection_id: "conn".into(), name: "c".into(), workspace_id: "w".into(), source_id: "src".into(), destination_id: "dst".into(),
+        streams: vec![StreamConfiguration { name: "users".into(), namespace: None, sync_mode: SyncMode::IncrementalAppend, cursor_field: vec![], primary_key: vec![], selected_fields: vec![] }],
+        schedule: ScheduleConfig::manual(), status: ConnectionStatus::Active, namespace_definition: "destination".into(), namespace_format: None,
+        prefix: String::new(), non_breaking_schema_updates_behavior: "ignore".into(), created_at: 0,
+    };
+    app.config.insert_doc(DocKind::Connection, &doc("conn", serde_json::to_value(connection).unwrap())).await.unwrap();
+    let job = sluice_platform::start_job(&app.ports(), "conn", JobType::Sync, vec![], jiff::Timestamp::now()).await.unwrap();
+    let workload = job.attempts[0].workload_id.clone();
+
+    // The batch the event source mapping would deliver.
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let received = sqs.receive_message().queue_url(&provisioned.queue_url).send().await.unwrap();
+    let message = received.messages()[0].clone();
+    assert_eq!(message.body(), Some(workload.as_str()));
+    let batch = json!({"Records": [{"messageId": message.message_id(), "receiptHandle": message.receipt_handle(), "body": message.body(),
+        "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:launch-workloads"}]});
+
+    let (subnet, group) = {
+        let script = "import boto3, sys\nec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nprint(ec2.describe_subnets()['Subnets'][0]['SubnetId'], ec2.describe_security_groups()['SecurityGroups'][0]['GroupId'])";
+        let out = std::process::Command::new(venv.join("bin/python")).args(["-c", script, &moto]).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let parts: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+        (parts[0].clone(), parts[1].clone())
+    };
+    let runtime = LocalRuntime::start().await.unwrap();
+    let _function = runtime
+        .function(env!("CARGO_BIN_EXE_launcher"), "launcher")
+        .envs(sluice_store_aws::moto::env(&moto))
+        .env("SLUICE_PREFIX", "launch")
+        .env("SLUICE_TASK_SUBNETS", &subnet)
+        .env("SLUICE_TASK_SECURITY_GROUPS", &group)
+        .env("SLUICE_TASK_EXECUTION_ROLE_ARN", "arn:aws:iam::123456789012:role/launch-task-execution")
+        .env("SLUICE_TASK_ROLE_ARN", "arn:aws:iam::123456789012:role/launch-task")
+        .env("SLUICE_WORKLOAD_API_URL", "https://api.example/api/internal/v1")
+        .spawn()
+        .unwrap();
+    let answer = runtime.invoke(batch.clone(), Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    let launched = app.workloads.get_workload(&workload).await.unwrap();
+    assert_eq!(launched.status, WorkloadStatus::Launched);
+    let task_arn = launched.task_ref.clone().expect("the task's ARN");
+    assert!(task_arn.starts_with("arn:aws:ecs:"), "{task_arn}");
+
+    // Delivered again: the claim refuses, no second task starts.
+    let again = runtime.invoke(batch, Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!(again, json!({"batchItemFailures": []}));
+    let tasks = aws_sdk_ecs::Client::new(&config).list_tasks().cluster(&names.cluster).send().await.unwrap();
+    assert_eq!(tasks.task_arns(), [task_arn]);
+}
