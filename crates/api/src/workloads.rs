@@ -292,7 +292,12 @@ async fn end(app: &App, id: &str, headers: &HeaderMap, event: WorkloadEvent, bod
         };
         // A cancelled job stays cancelled; the attempt's end changes nothing then.
         match sluice_platform::finish_attempt(&app.ports(), job_id, id, &attempt_end, &app.settings.retry, now()).await {
-            Ok(_) | Err(PlatformError::Transition(_)) => {}
+            Ok(job) => {
+                if let (sluice_domain::JobStatus::Incomplete, Some(at)) = (job.status, job.retry_at) {
+                    app.schedules.retry_at(job.id, job.attempts.len(), at).await?;
+                }
+            }
+            Err(PlatformError::Transition(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }

@@ -3,7 +3,7 @@
 //! scheduler function with `{"connectionId": ...}`.
 
 use async_trait::async_trait;
-use aws_sdk_scheduler::types::{FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target};
+use aws_sdk_scheduler::types::{ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target};
 use aws_sdk_scheduler::Client;
 use sluice_domain::CronSchedule;
 use sluice_store::{Schedules, StoreError};
@@ -88,6 +88,32 @@ impl Schedules for EventBridgeSchedules {
         match self.client.delete_schedule().group_name(&self.group).name(connection_id).send().await {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(()),
+            Err(e) => Err(failed(aws_sdk_scheduler::error::DisplayErrorContext(e))),
+        }
+    }
+
+    /// A one-time `at()` schedule that deletes itself once it has fired.
+    async fn retry_at(&self, job_id: i64, attempt: usize, at: jiff::Timestamp) -> Result<(), StoreError> {
+        let when = at.strftime("%Y-%m-%dT%H:%M:%S").to_string();
+        let input = serde_json::json!({"jobId": job_id, "source": "retry"}).to_string();
+        let target = Target::builder().arn(&self.target.function_arn).role_arn(&self.target.role_arn).input(input).build().map_err(failed)?;
+        let window = FlexibleTimeWindow::builder().mode(FlexibleTimeWindowMode::Off).build().map_err(failed)?;
+        let created = self
+            .client
+            .create_schedule()
+            .group_name(&self.group)
+            .name(format!("retry-{job_id}-{attempt}"))
+            .schedule_expression(format!("at({when})"))
+            .schedule_expression_timezone("UTC")
+            .action_after_completion(ActionAfterCompletion::Delete)
+            .flexible_time_window(window)
+            .target(target)
+            .send()
+            .await;
+        match created {
+            // Asked twice for the same retry: once is enough.
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => Ok(()),
             Err(e) => Err(failed(aws_sdk_scheduler::error::DisplayErrorContext(e))),
         }
     }

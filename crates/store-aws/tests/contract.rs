@@ -103,6 +103,14 @@ async fn schedules_are_eventbridge_crons_targeting_the_scheduler() {
     schedules.delete_schedule("conn-1").await.unwrap();
     assert_eq!(schedules.describe("conn-1").await.unwrap(), None);
 
+    // A retry is a one-time schedule that deletes itself after firing.
+    let at = jiff::Timestamp::from_second(1_900_000_000).unwrap();
+    schedules.retry_at(42, 1, at).await.unwrap();
+    schedules.retry_at(42, 1, at).await.unwrap();
+    let (expression, zone, input) = schedules.describe("retry-42-1").await.unwrap().expect("a retry schedule");
+    assert_eq!((expression.as_str(), zone.as_str()), ("at(2030-03-17T17:46:40)", "UTC"));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&input).unwrap()["jobId"], 42);
+
     let every_five_seconds = sluice_domain::CronSchedule::new("*/5 * * * * ?", "UTC").unwrap();
     assert!(schedules.refuse(&every_five_seconds).unwrap().contains("whole minutes"));
     assert!(schedules.put_schedule("conn-2", &every_five_seconds).await.is_err());

@@ -191,6 +191,12 @@ pub trait Schedules: Send + Sync {
     fn refuse(&self, _schedule: &sluice_domain::CronSchedule) -> Option<String> {
         None
     }
+    /// Asks for the scheduler to run at `at`, when job `job_id`'s next
+    /// attempt is due (a retry after backoff). On one machine the scheduler
+    /// loop looks every second, so there is nothing to arrange.
+    async fn retry_at(&self, _job_id: i64, _attempt: usize, _at: Timestamp) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// What happened to a job, for notifications: webhooks on one machine,
