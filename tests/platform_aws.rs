@@ -15,7 +15,7 @@ fn moto() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
         let cache = sluice_connectors::Cache { root: support::cache_dir() };
-        let venv = cache.python_env("moto[server]", Some("5.2.5"), &mut |_| {}).expect("moto installs from PyPI");
+        let venv = cache.python_env(sluice_store_aws::moto::PACKAGE, Some(sluice_store_aws::moto::VERSION), &mut |_| {}).expect("moto installs from PyPI");
         sluice_store_aws::moto::start(&venv.join("bin/moto_server")).expect("moto_server starts")
     })
 }
@@ -148,12 +148,8 @@ fn a_tasks_init_step_fetches_its_files_once_with_the_launch_key() {
 /// The default VPC's first subnet and security group, as moto makes them.
 fn default_network() -> (String, String) {
     let cache = sluice_connectors::Cache { root: support::cache_dir() };
-    let venv = cache.python_env("moto[server]", Some("5.2.5"), &mut |_| {}).unwrap();
-    let script = "import boto3, sys\nec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nprint(ec2.describe_subnets()['Subnets'][0]['SubnetId'], ec2.describe_security_groups()['SecurityGroups'][0]['GroupId'])";
-    let output = std::process::Command::new(venv.join("bin/python")).args(["-c", script, moto()]).output().unwrap();
-    let text = String::from_utf8(output.stdout).unwrap();
-    let mut parts = text.split_whitespace().map(str::to_owned);
-    (parts.next().expect("a subnet"), parts.next().expect("a security group"))
+    let venv = cache.python_env(sluice_store_aws::moto::PACKAGE, Some(sluice_store_aws::moto::VERSION), &mut |_| {}).unwrap();
+    sluice_store_aws::moto::default_network(&venv, moto()).unwrap()
 }
 
 /// Plays ECS for moto, which runs no containers: every task RunTask made is

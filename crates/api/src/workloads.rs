@@ -134,35 +134,17 @@ async fn heartbeat(State(app): AppState, Path(id): Path<String>, headers: Header
     }
     let w = workload_event(&app.ports(), &id, &WorkloadEvent::Heartbeat, now()).await?;
     if let (Some(stats), Some(job_id)) = (&body.stats, job_of(&w)) {
-        record_progress(&app, job_id, &w.id, stats.into(), stream_stats(&body.streams)).await?;
+        // Progress is advisory: a count lost to contention comes again with the next heartbeat.
+        match sluice_platform::record_progress(&app.ports(), job_id, &w.id, stats.into(), stream_stats(&body.streams), now()).await {
+            Ok(_) | Err(PlatformError::Contended(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(Json(json!({"status": w.status.as_str(), "stop": false})))
 }
 
-async fn record_progress(app: &App, job_id: i64, workload_id: &str, stats: SyncStats, streams: Vec<StreamStats>) -> ApiResult<()> {
-    for _ in 0..5 {
-        let job = app.jobs.get_job(job_id).await?;
-        if job.running_attempt().is_none_or(|a| a.workload_id != workload_id) {
-            return Ok(());
-        }
-        let next = job.record_progress(stats.clone(), streams.clone(), now()).map_err(PlatformError::from)?;
-        match app.jobs.update_job(&next).await {
-            Err(StoreError::Conflict { .. }) => continue,
-            other => {
-                other?;
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
-}
-
-fn input(w: &Workload) -> Value {
-    serde_json::from_str(&w.input).unwrap_or(Value::Null)
-}
-
 fn job_of(w: &Workload) -> Option<i64> {
-    (w.kind == WorkloadType::Sync).then(|| input(w)["jobId"].as_i64()).flatten()
+    w.job_attempt().map(|(job, _)| job)
 }
 
 #[derive(Deserialize)]
@@ -244,10 +226,10 @@ struct LogLines {
 
 async fn logs(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<LogLines>) -> ApiResult<StatusCode> {
     let w = authorized(&app, &id, &headers).await?;
-    let (Some(job_id), Some(attempt)) = (job_of(&w), input(&w)["attempt"].as_u64()) else {
+    let Some((job_id, attempt)) = w.job_attempt() else {
         return Err(Problem::conflict(format!("workload {id} has no attempt log")));
     };
-    app.logs.append(job_id, attempt as u32, &body.text).await?;
+    app.logs.append(job_id, attempt, &body.text).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -273,7 +255,7 @@ struct Failure {
 /// Ends the workload and, for a sync, its attempt: the job then succeeds,
 /// retries or fails by the retry policy.
 async fn end(app: &App, id: &str, headers: &HeaderMap, event: WorkloadEvent, body: End) -> ApiResult<Json<Value>> {
-    let before = authorized(app, id, headers).await?;
+    authorized(app, id, headers).await?;
     let w = workload_event(&app.ports(), id, &event, now()).await?;
     if let Some(job_id) = job_of(&w) {
         let (stats, streams) = ((&body.stats).into(), stream_stats(&body.streams));
@@ -301,10 +283,8 @@ async fn end(app: &App, id: &str, headers: &HeaderMap, event: WorkloadEvent, bod
             Err(e) => return Err(e.into()),
         }
     }
-    let _ = before;
-    if w.status == WorkloadStatus::Success || w.status.is_terminal() {
-        app.work_queued.notify_one();
-    }
+    // A retry may be due at once, or a slot free for queued work.
+    app.work_queued.notify_one();
     Ok(Json(workload_json(&w)))
 }
 
@@ -345,14 +325,11 @@ async fn config_update(State(app): AppState, Path(id): Path<String>, headers: He
     let (mut actor, version) = crate::config::actors::actor(&app, kind, &actor_id).await?;
     let (definition, _) = crate::config::load::<Definition>(&app, DocKind::Definition, &actor.definition_id).await?;
     let spec = definition.connection_specification.unwrap_or(json!({}));
-    let mut old_refs = Vec::new();
-    crate::config::actors::refs_in(&actor.configuration, &mut old_refs);
+    let old_refs = sluice_domain::config::secret_refs(&actor.configuration);
     actor.configuration = crate::config::actors::store_config(&app, &actor_id, &spec, &body.config).await?;
     let doc = crate::config::doc(&actor_id, Some(&actor.workspace_id), &actor, version);
     app.config.update_doc(crate::config::actors::doc_kind(kind), &doc).await?;
-    for reference in old_refs {
-        let _ = app.secrets.delete_secret(&reference).await;
-    }
+    crate::config::actors::delete_secrets(&app, old_refs).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -114,6 +114,26 @@ pub fn restore(config: &Value, previous: Option<&Value>, lookup: &mut dyn FnMut(
     walk(config, previous, "", lookup)
 }
 
+/// Every secret reference (`{"_secret": ref}`) in a stored config.
+pub fn secret_refs(config: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    map_refs(config.clone(), &mut |reference| {
+        found.push(reference.to_owned());
+        Value::Null
+    });
+    found
+}
+
+/// The config with each `{"_secret": ref}` replaced by `f(ref)`.
+pub fn map_refs(config: Value, f: &mut dyn FnMut(&str) -> Value) -> Value {
+    match config {
+        Value::Object(o) if o.len() == 1 && o.get(SECRET_REF_KEY).is_some_and(Value::is_string) => f(o[SECRET_REF_KEY].as_str().expect("checked")),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, map_refs(v, f))).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| map_refs(v, f)).collect()),
+        other => other,
+    }
+}
+
 fn is_secret_path(spec: &Value, config: &Value, path: &str) -> bool {
     let mut found = false;
     map_secrets(spec, config, "", &mut |p, v| {

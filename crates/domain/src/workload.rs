@@ -220,6 +220,22 @@ impl Workload {
     }
 }
 
+/// The input of a sync attempt's workload: which job, which attempt.
+pub fn sync_input(job_id: i64, attempt: usize, connection_id: &str) -> String {
+    serde_json::json!({"jobId": job_id, "attempt": attempt, "connectionId": connection_id}).to_string()
+}
+
+impl Workload {
+    /// For a sync workload, the job and the attempt it runs (from [`sync_input`]).
+    pub fn job_attempt(&self) -> Option<(i64, u32)> {
+        if self.kind != WorkloadType::Sync {
+            return None;
+        }
+        let input: serde_json::Value = serde_json::from_str(&self.input).ok()?;
+        Some((input["jobId"].as_i64()?, u32::try_from(input["attempt"].as_u64()?).ok()?))
+    }
+}
+
 /// The id of a sync attempt's workload.
 pub fn sync_workload_id(connection_id: &str, job_id: i64, attempt: u32) -> String {
     format!("{connection_id}_{job_id}_{attempt}_sync")

@@ -122,7 +122,7 @@ async fn sync_plan(app: &App, w: &Workload, plan: &mut TaskPlan) -> Result<(), L
             stream.stream.name = format!("{}{}", connection.prefix, stream.stream.name);
         }
     }
-    let job_id = input(w)["jobId"].as_i64().ok_or_else(|| LaunchError(format!("sync workload {} names no job", w.id)))?;
+    let (job_id, _) = w.job_attempt().ok_or_else(|| LaunchError(format!("sync workload {} names no job", w.id)))?;
     let job = app.jobs.get_job(job_id).await?;
     let mut state = match load::<ConnectionState>(app, DocKind::State, &connection_id).await {
         Ok((state, _)) => state,
@@ -157,7 +157,7 @@ pub async fn fail_launch(app: &App, w: &Workload, why: &str) -> Result<(), Platf
         Err(PlatformError::Transition(_)) => return Ok(()),
         Err(e) => return Err(e),
     };
-    if let Some(job_id) = input(&failed)["jobId"].as_i64().filter(|_| failed.kind == WorkloadType::Sync) {
+    if let Some((job_id, _)) = failed.job_attempt() {
         let failure = FailureReason { origin: "platform".into(), failure_type: "launch_error".into(), message: why.to_owned(), stream: None };
         let end = AttemptEnd::Failed { failure, stats: Default::default(), streams: Vec::new() };
         match sluice_platform::finish_attempt(&app.ports(), job_id, &failed.id, &end, &app.settings.retry, now).await {

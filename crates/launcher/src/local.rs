@@ -91,8 +91,7 @@ impl LocalExecutor {
         let config_path = dir.join("sync.json");
         write_private(&config_path, &serde_json::to_vec(&config).expect("plain data")).map_err(launch_error("cannot write sync.json"))?;
 
-        let input: Value = serde_json::from_str(&w.input).unwrap_or(Value::Null);
-        let (job_id, attempt) = (input["jobId"].as_i64().unwrap_or(0), input["attempt"].as_u64().unwrap_or(0) as u32);
+        let (job_id, attempt) = w.job_attempt().ok_or_else(|| LaunchError(format!("sync workload {} names no job", w.id)))?;
         let log_path = self.logs.path(job_id, attempt);
         std::fs::create_dir_all(log_path.parent().expect("has a parent")).map_err(launch_error("cannot create the log directory"))?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(launch_error("cannot open the attempt log"))?;

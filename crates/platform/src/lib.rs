@@ -67,7 +67,7 @@ pub async fn start_job(ports: &Ports<'_>, connection_id: &str, job_type: JobType
 /// deadline, which retries the attempt.
 pub async fn start_attempt(ports: &Ports<'_>, job: Job, now: Timestamp) -> Result<Job, PlatformError> {
     let workload_id = sync_workload_id(&job.connection_id, job.id, job.attempts.len() as u32);
-    let input = serde_json::json!({"jobId": job.id, "attempt": job.attempts.len(), "connectionId": job.connection_id}).to_string();
+    let input = sluice_domain::sync_input(job.id, job.attempts.len(), &job.connection_id);
     let workload = Workload::new(workload_id.clone(), WorkloadType::Sync, Some(job.connection_id.clone()), input, now);
     match ports.workloads.insert_workload(&workload).await {
         // A retried request already made it: carry on with the same workload.
@@ -134,6 +134,29 @@ pub async fn finish_attempt(
     Err(PlatformError::Contended(format!("job {job_id}")))
 }
 
+/// Records the running attempt's counts so far (a heartbeat's stats). A
+/// report from an attempt that is no longer running changes nothing.
+pub async fn record_progress(
+    ports: &Ports<'_>,
+    job_id: i64,
+    workload_id: &str,
+    stats: SyncStats,
+    streams: Vec<StreamStats>,
+    now: Timestamp,
+) -> Result<Job, PlatformError> {
+    for _ in 0..MAX_RACES {
+        let job = ports.jobs.get_job(job_id).await?;
+        if job.running_attempt().is_none_or(|a| a.workload_id != workload_id) {
+            return Ok(job);
+        }
+        match ports.jobs.update_job(&job.record_progress(stats.clone(), streams.clone(), now)?).await {
+            Err(StoreError::Conflict { .. }) => continue,
+            other => return Ok(other?),
+        }
+    }
+    Err(PlatformError::Contended(format!("job {job_id}")))
+}
+
 /// Cancels a job: the job first (so no retry starts), then the workload of
 /// its running attempt, which tells the task to stop. Committed state stays.
 pub async fn cancel_job(ports: &Ports<'_>, job_id: i64, now: Timestamp) -> Result<Job, PlatformError> {
@@ -161,12 +184,6 @@ pub async fn cancel_job(ports: &Ports<'_>, job_id: i64, now: Timestamp) -> Resul
     Err(PlatformError::Contended(format!("job {job_id}")))
 }
 
-/// The job a sync workload belongs to, from its input.
-fn job_of(workload: &Workload) -> Option<i64> {
-    let input: serde_json::Value = serde_json::from_str(&workload.input).ok()?;
-    input.get("jobId")?.as_i64()
-}
-
 /// The monitor's minute: fails every workload past its deadline, and the
 /// job attempt it ran, which the policy then retries or ends. Returns the
 /// ids of the workloads it failed.
@@ -184,7 +201,7 @@ pub async fn monitor_sweep(ports: &Ports<'_>, policy: &RetryPolicy, now: Timesta
             continue;
         }
         failed.push(workload.id.clone());
-        let Some(job_id) = job_of(&workload).filter(|_| workload.kind == WorkloadType::Sync) else { continue };
+        let Some((job_id, _)) = workload.job_attempt() else { continue };
         let job = ports.jobs.get_job(job_id).await?;
         let running_this = job.running_attempt().is_some_and(|a| a.workload_id == workload.id);
         if running_this {

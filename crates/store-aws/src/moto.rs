@@ -44,3 +44,19 @@ pub fn env(url: &str) -> Vec<(&'static str, String)> {
         ("AWS_REGION", "us-east-1".to_owned()),
     ]
 }
+
+/// The moto the tests run (`tests/run` installs exactly this).
+pub const PACKAGE: &str = "moto[server]";
+pub const VERSION: &str = "5.2.5";
+
+/// The default VPC's first subnet and security group as moto makes them
+/// (ECS's RunTask needs both), asked with the boto3 that comes with moto.
+pub fn default_network(venv: &Path, url: &str) -> std::io::Result<(String, String)> {
+    let script = "import boto3, sys\nec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nprint(ec2.describe_subnets()['Subnets'][0]['SubnetId'], ec2.describe_security_groups()['SecurityGroups'][0]['GroupId'])";
+    let output = Command::new(venv.join("bin/python")).args(["-c", script, url]).output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    match text.split_whitespace().collect::<Vec<_>>()[..] {
+        [subnet, group] => Ok((subnet.to_owned(), group.to_owned())),
+        _ => Err(std::io::Error::other(format!("moto gave no default network: {}", String::from_utf8_lossy(&output.stderr)))),
+    }
+}

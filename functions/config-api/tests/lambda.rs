@@ -33,7 +33,7 @@ fn rest_event(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_api_function_answers_api_gateway_events() {
     let cache = sluice_connectors::Cache::from_env();
-    let venv = tokio::task::spawn_blocking(move || cache.python_env("moto[server]", Some("5.2.5"), &mut |_| {})).await.unwrap().expect("moto installs");
+    let venv = tokio::task::spawn_blocking(move || cache.python_env(sluice_store_aws::moto::PACKAGE, Some(sluice_store_aws::moto::VERSION), &mut |_| {})).await.unwrap().expect("moto installs");
     let moto = sluice_store_aws::moto::start(&venv.join("bin/moto_server")).expect("moto starts");
     let config = sluice_store_aws::moto::sdk_config(&moto).await;
     let prefix = "fn";

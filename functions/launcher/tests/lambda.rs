@@ -16,7 +16,7 @@ fn doc(id: &str, body: serde_json::Value) -> Doc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sqs_batch_becomes_one_ecs_task_per_workload_even_when_redelivered() {
     let cache = sluice_connectors::Cache::from_env();
-    let venv = tokio::task::spawn_blocking(move || cache.python_env("moto[server]", Some("5.2.5"), &mut |_| {})).await.unwrap().expect("moto installs");
+    let venv = tokio::task::spawn_blocking(move || cache.python_env(sluice_store_aws::moto::PACKAGE, Some(sluice_store_aws::moto::VERSION), &mut |_| {})).await.unwrap().expect("moto installs");
     let moto = sluice_store_aws::moto::start(&venv.join("bin/moto_server")).expect("moto starts");
     let config = sluice_store_aws::moto::sdk_config(&moto).await;
     let names = sluice_store_aws::Names::with_prefix("launch");
@@ -53,13 +53,7 @@ async fn an_sqs_batch_becomes_one_ecs_task_per_workload_even_when_redelivered() 
         "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "eventSource": "aws:sqs", "awsRegion": "us-east-1",
         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:launch-workloads"}]});
 
-    let (subnet, group) = {
-        let script = "import boto3, sys\nec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nprint(ec2.describe_subnets()['Subnets'][0]['SubnetId'], ec2.describe_security_groups()['SecurityGroups'][0]['GroupId'])";
-        let out = std::process::Command::new(venv.join("bin/python")).args(["-c", script, &moto]).output().unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        let parts: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
-        (parts[0].clone(), parts[1].clone())
-    };
+    let (subnet, group) = sluice_store_aws::moto::default_network(&venv, &moto).unwrap();
     let runtime = LocalRuntime::start().await.unwrap();
     let _function = runtime
         .function(env!("CARGO_BIN_EXE_launcher"), "launcher")

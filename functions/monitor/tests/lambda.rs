@@ -9,7 +9,7 @@ use sluice_lambda::runtime_api::LocalRuntime;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_fails_a_workload_past_its_deadline() {
     let cache = sluice_connectors::Cache::from_env();
-    let venv = tokio::task::spawn_blocking(move || cache.python_env("moto[server]", Some("5.2.5"), &mut |_| {})).await.unwrap().expect("moto installs");
+    let venv = tokio::task::spawn_blocking(move || cache.python_env(sluice_store_aws::moto::PACKAGE, Some(sluice_store_aws::moto::VERSION), &mut |_| {})).await.unwrap().expect("moto installs");
     let moto = sluice_store_aws::moto::start(&venv.join("bin/moto_server")).expect("moto starts");
     let config = sluice_store_aws::moto::sdk_config(&moto).await;
     sluice_store_aws::provision::provision(&config, &sluice_store_aws::Names::with_prefix("mon")).await.unwrap();

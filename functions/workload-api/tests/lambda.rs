@@ -25,7 +25,7 @@ fn rest_event(method: &str, path: &str, token: &str, body: Option<&str>) -> Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tasks_credential_opens_its_own_workload_only() {
     let cache = sluice_connectors::Cache::from_env();
-    let venv = tokio::task::spawn_blocking(move || cache.python_env("moto[server]", Some("5.2.5"), &mut |_| {})).await.unwrap().expect("moto installs");
+    let venv = tokio::task::spawn_blocking(move || cache.python_env(sluice_store_aws::moto::PACKAGE, Some(sluice_store_aws::moto::VERSION), &mut |_| {})).await.unwrap().expect("moto installs");
     let moto = sluice_store_aws::moto::start(&venv.join("bin/moto_server")).expect("moto starts");
     let config = sluice_store_aws::moto::sdk_config(&moto).await;
     sluice_store_aws::provision::provision(&config, &sluice_store_aws::Names::with_prefix("wl")).await.unwrap();

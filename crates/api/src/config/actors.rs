@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
-use sluice_domain::config::{mask, restore, split_secrets, validate};
+use serde_json::{json, Value};
+use sluice_domain::config::{map_refs, mask, restore, secret_refs, split_secrets, validate, MASK, SECRET_REF_KEY};
 use sluice_domain::resources::{Actor, ActorKind, Connection, Definition};
 use sluice_domain::{ConnectionStatus, Version};
 use sluice_store::DocKind;
@@ -51,7 +51,7 @@ async fn actor_json(app: &App, actor: &Actor) -> ApiResult<Value> {
     let spec = definition.connection_specification.clone().unwrap_or(json!({}));
     let mut configuration = mask(&spec, &actor.configuration);
     // A reference left by a spec that changed since is a secret all the same.
-    configuration = hide_refs(configuration);
+    configuration = map_refs(configuration, &mut |_| Value::String(MASK.into()));
     if let Value::Object(fields) = &mut configuration {
         fields.insert(actor.kind.type_key().into(), Value::String(definition.type_key.clone()));
     }
@@ -64,15 +64,6 @@ async fn actor_json(app: &App, actor: &Actor) -> ApiResult<Value> {
         "configuration": configuration,
         "createdAt": actor.created_at,
     }))
-}
-
-fn hide_refs(value: Value) -> Value {
-    match value {
-        Value::Object(o) if o.len() == 1 && o.contains_key(sluice_domain::config::SECRET_REF_KEY) => Value::String(sluice_domain::config::MASK.into()),
-        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, hide_refs(v))).collect()),
-        Value::Array(items) => Value::Array(items.into_iter().map(hide_refs).collect()),
-        other => other,
-    }
 }
 
 #[derive(Deserialize)]
@@ -126,48 +117,27 @@ pub(crate) async fn store_config(app: &App, actor_id: &str, spec: &Value, plain:
     replace_refs(app, stripped, &secrets).await
 }
 
-/// Puts the secrets into the store and the store's references into the config.
+/// Puts the secrets into the store and the store's references (for the
+/// hints `split_secrets` left) into the config.
 async fn replace_refs(app: &App, stripped: Value, secrets: &[(String, String)]) -> ApiResult<Value> {
-    let mut refs = Map::new();
+    let mut refs = std::collections::HashMap::new();
     for (hint, value) in secrets {
-        refs.insert(hint.clone(), Value::String(app.secrets.put_secret(hint, value).await?));
+        refs.insert(hint.clone(), app.secrets.put_secret(hint, value).await?);
     }
-    Ok(swap_refs(stripped, &refs))
+    Ok(map_refs(stripped, &mut |hint| json!({ SECRET_REF_KEY: refs.get(hint).map_or(hint, String::as_str) })))
 }
 
-fn swap_refs(value: Value, refs: &Map<String, Value>) -> Value {
-    let key = sluice_domain::config::SECRET_REF_KEY;
-    match value {
-        Value::Object(o) if o.len() == 1 && o.contains_key(key) => {
-            let hint = o[key].as_str().unwrap_or_default();
-            match refs.get(hint) {
-                Some(reference) => json!({ key: reference }),
-                None => Value::Object(o),
-            }
-        }
-        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, swap_refs(v, refs))).collect()),
-        Value::Array(items) => Value::Array(items.into_iter().map(|v| swap_refs(v, refs)).collect()),
-        other => other,
-    }
-}
-
-/// Every secret reference in a stored config.
-pub(crate) fn refs_in(value: &Value, out: &mut Vec<String>) {
-    let key = sluice_domain::config::SECRET_REF_KEY;
-    match value {
-        Value::Object(o) if o.len() == 1 && o.contains_key(key) => out.extend(o[key].as_str().map(str::to_owned)),
-        Value::Object(o) => o.values().for_each(|v| refs_in(v, out)),
-        Value::Array(items) => items.iter().for_each(|v| refs_in(v, out)),
-        _ => {}
+/// Deletes secrets a config no longer refers to; one left behind is only clutter.
+pub(crate) async fn delete_secrets(app: &App, refs: Vec<String>) {
+    for reference in refs {
+        let _ = app.secrets.delete_secret(&reference).await;
     }
 }
 
 /// A stored config with its secrets put back, for a connector to run with.
 pub async fn plain_config(app: &App, stored: &Value) -> ApiResult<Value> {
-    let mut refs = Vec::new();
-    refs_in(stored, &mut refs);
     let mut values = std::collections::HashMap::new();
-    for reference in refs {
+    for reference in secret_refs(stored) {
         let value = app.secrets.get_secret(&reference).await?;
         values.insert(reference, value);
     }
@@ -257,7 +227,7 @@ async fn update(app: &App, kind: ActorKind, id: &str, body: ActorUpdate, replace
             given = Value::Object(merged);
         }
         let plain = restore(&given, Some(&previous), &mut |_| None).map_err(|e| Problem::bad_field("configuration", e))?;
-        refs_in(&actor.configuration, &mut old_refs);
+        old_refs = secret_refs(&actor.configuration);
         actor.configuration = store_config(app, id, &spec, &plain).await?;
         // The next discover must see the new config.
         if kind == ActorKind::Source {
@@ -267,9 +237,7 @@ async fn update(app: &App, kind: ActorKind, id: &str, body: ActorUpdate, replace
         }
     }
     app.config.update_doc(doc_kind(kind), &doc(id, Some(&actor.workspace_id), &actor, version)).await?;
-    for reference in old_refs {
-        let _ = app.secrets.delete_secret(&reference).await;
-    }
+    delete_secrets(app, old_refs).await;
     Ok(Json(actor_json(app, &actor).await?))
 }
 
@@ -289,11 +257,7 @@ async fn delete(app: &App, kind: ActorKind, id: &str) -> ApiResult<StatusCode> {
         }
     }
     app.config.delete_doc(doc_kind(kind), id, version).await?;
-    let mut refs = Vec::new();
-    refs_in(&actor.configuration, &mut refs);
-    for reference in refs {
-        let _ = app.secrets.delete_secret(&reference).await;
-    }
+    delete_secrets(app, secret_refs(&actor.configuration)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -96,18 +96,15 @@ pub(crate) fn list_body(headers: &HeaderMap, uri: &OriginalUri, data: Vec<Value>
         query.append_pair("limit", &limit.to_string()).append_pair("offset", &offset.to_string());
         format!("{scheme}://{host}{path}?{}", query.finish())
     };
+    let full = data.len() == limit;
     let mut body = json!({ "data": data });
-    if data_len(&body) == limit {
+    if full {
         body["next"] = Value::String(link(offset + limit));
     }
     if offset > 0 {
         body["previous"] = Value::String(link(offset.saturating_sub(limit)));
     }
     Json(body)
-}
-
-fn data_len(body: &Value) -> usize {
-    body["data"].as_array().map_or(0, Vec::len)
 }
 
 // ---- applications and tokens ------------------------------------------------
