@@ -4,31 +4,12 @@
 
 mod support;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::json;
+use support::aws::{aws_env, default_network, moto, provision, EcsPlayer};
 use support::platform::Platform;
 use support::{fixture, Scratch};
-
-fn moto() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let cache = sluice_connectors::Cache { root: support::cache_dir() };
-        let venv = cache.python_env(sluice_store_aws::moto::PACKAGE, Some(sluice_store_aws::moto::VERSION), &mut |_| {}).expect("moto installs from PyPI");
-        sluice_store_aws::moto::start(&venv.join("bin/moto_server")).expect("moto_server starts")
-    })
-}
-
-fn aws_env() -> Vec<(&'static str, &'static str)> {
-    vec![("AWS_ENDPOINT_URL", moto()), ("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")]
-}
-
-fn provision(prefix: &str) -> String {
-    let output = support::sluice().args(["provision", "--prefix", prefix]).envs(aws_env()).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 #[test]
 fn the_platform_on_aws_adapters_syncs_resumes_cancels_and_schedules() {
@@ -145,85 +126,6 @@ fn a_tasks_init_step_fetches_its_files_once_with_the_launch_key() {
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("404"), "only once: {}", String::from_utf8_lossy(&again.stderr));
 }
 
-/// The default VPC's first subnet and security group, as moto makes them.
-fn default_network() -> (String, String) {
-    let cache = sluice_connectors::Cache { root: support::cache_dir() };
-    let venv = cache.python_env(sluice_store_aws::moto::PACKAGE, Some(sluice_store_aws::moto::VERSION), &mut |_| {}).unwrap();
-    sluice_store_aws::moto::default_network(&venv, moto()).unwrap()
-}
-
-/// Plays ECS for moto, which runs no containers: every task RunTask made is
-/// read back (its task definition, its overrides, the secrets its
-/// definition names) and exactly that is executed as local processes, with
-/// the shared volume a directory and each image's program a local one.
-fn run_ecs_tasks_locally(cluster: String, scratch: std::path::PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    let sluice = env!("CARGO_BIN_EXE_sluice");
-    let bin = scratch.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let orchestrator = bin.join("orchestrator");
-    std::fs::write(&orchestrator, format!("#!/bin/sh\nexec {sluice} orchestrate \"$@\"\n")).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&orchestrator).unwrap().permissions(), 0o755);
-    std::fs::set_permissions(&orchestrator, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let config = sluice_store_aws::moto::sdk_config(moto()).await;
-        let ecs = aws_sdk_ecs::Client::new(&config);
-        let secrets = aws_sdk_secretsmanager::Client::new(&config);
-        let mut seen = std::collections::HashSet::new();
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let Ok(listed) = ecs.list_tasks().cluster(&cluster).send().await else { continue };
-            for arn in listed.task_arns().iter().filter(|a| seen.insert(a.to_string())) {
-                let task = ecs.describe_tasks().cluster(&cluster).tasks(arn).send().await.unwrap().tasks()[0].clone();
-                let overrides: Vec<(String, String)> = task.overrides().unwrap().container_overrides()[0]
-                    .environment()
-                    .iter()
-                    .map(|kv| (kv.name().unwrap().to_owned(), kv.value().unwrap().to_owned()))
-                    .collect();
-                let definition = ecs.describe_task_definition().task_definition(task.task_definition_arn().unwrap()).send().await.unwrap().task_definition.unwrap();
-                let volume = scratch.join(arn.rsplit('/').next().unwrap());
-                std::fs::create_dir_all(&volume).unwrap();
-                let local = |text: &str| text.replace("/sluice", &volume.display().to_string());
-                let mut children = Vec::new();
-                for c in definition.container_definitions() {
-                    let mut command: Vec<String> = c.command().iter().map(|a| local(a)).collect();
-                    let mut process = std::process::Command::new(command.remove(0));
-                    process.args(&command).current_dir(&volume).env("PATH", &path).envs(overrides.iter().map(|(k, v)| (k, local(v))));
-                    for kv in c.environment() {
-                        process.env(kv.name().unwrap(), local(kv.value().unwrap()));
-                    }
-                    for secret in c.secrets() {
-                        let value = secrets.get_secret_value().secret_id(secret.value_from()).send().await.unwrap().secret_string.unwrap();
-                        process.env(secret.name(), value);
-                    }
-                    let image = c.image().unwrap();
-                    let program = ["source-faker", "destination-jsonl", "destination-dev-null"].into_iter().find(|p| image.contains(p));
-                    if let Some(program) = program {
-                        process.env("AIRBYTE_ENTRYPOINT", format!("{sluice} connector {program}"));
-                    }
-                    if c.name() == Some("init") {
-                        let status = process.status().unwrap();
-                        assert!(status.success(), "the init container failed");
-                        // The files name the volume by its mount point; here it is a directory.
-                        let sync = volume.join("sync.json");
-                        std::fs::write(&sync, local(&std::fs::read_to_string(&sync).unwrap())).unwrap();
-                    } else {
-                        children.push(process.spawn().unwrap());
-                    }
-                }
-                // The orchestrator is essential: when it exits, ECS stops the task's other containers.
-                let mut orchestrator = children.pop().expect("the orchestrator container");
-                let _ = orchestrator.wait();
-                for mut child in children {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-            }
-        }
-    });
-}
-
 #[test]
 fn syncs_run_as_the_ecs_tasks_that_moto_holds() {
     let prefix = format!("ecs{}", std::process::id());
@@ -232,11 +134,9 @@ fn syncs_run_as_the_ecs_tasks_that_moto_holds() {
     let scratch = Scratch::new();
     let args = ["--aws", "--prefix", &prefix, "--executor", "ecs", "--ecs-subnets", &subnet, "--ecs-security-groups", &group];
     let p = Platform::start_with_env(&scratch.path("data"), &args, &aws_env());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let runner = {
-        let (cluster, dir, stop) = (prefix.clone(), scratch.path("tasks"), stop.clone());
-        std::thread::spawn(move || run_ecs_tasks_locally(cluster, dir, stop))
-    };
+    let sluice = env!("CARGO_BIN_EXE_sluice");
+    let programs = ["source-faker", "destination-jsonl", "destination-dev-null"].map(|p| (p.to_owned(), format!("{sluice} connector {p}")));
+    let _ecs = EcsPlayer::start(&prefix, scratch.path("tasks"), programs.to_vec());
 
     let workspace = p.workspace("ecs");
     let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 30}));
@@ -252,6 +152,4 @@ fn syncs_run_as_the_ecs_tasks_that_moto_holds() {
     let second = p.wait_job(sync(&p), Duration::from_secs(120));
     assert_eq!(second["status"], "succeeded", "{second}");
     assert_eq!(second["rowsSynced"], 0, "the second task resumed from the committed state");
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    runner.join().unwrap();
 }

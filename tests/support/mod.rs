@@ -2,6 +2,7 @@
 //! scratch directory and read back what it did.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod platform;
 
 use std::path::{Path, PathBuf};

@@ -49,6 +49,23 @@ impl Platform {
         platform
     }
 
+    /// A platform someone else runs (e.g. functions behind a gateway), at
+    /// `base` (`.../api/public/v1`), with an access token already had; its
+    /// log is read from `log`.
+    pub fn attach(base: &str, token: &str, log: &Path) -> Platform {
+        let port = base.split(':').nth(2).and_then(|p| p.split('/').next()).and_then(|p| p.parse().ok()).unwrap_or(0);
+        Platform {
+            data: log.with_extension(""),
+            base: base.to_owned(),
+            port,
+            token: token.to_owned(),
+            child: None,
+            extra_args: vec![],
+            env: vec![],
+            agent: agent(),
+        }
+    }
+
     fn launch(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data.with_extension("log")).unwrap();
         let child = super::sluice()

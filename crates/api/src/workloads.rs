@@ -210,12 +210,21 @@ async fn output(State(app): AppState, Path(id): Path<String>, headers: HeaderMap
     if w.status.is_terminal() {
         return Err(Problem::conflict(format!("workload {id} is {}", w.status.as_str())));
     }
-    let doc = Doc { id: id.clone(), workspace_id: None, body, version: Version::INITIAL };
+    store_output(&app, &w, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stores a spec, check or discover workload's output, once, and keeps
+/// what it teaches (a source's catalog, a definition's spec) right away:
+/// a request that stopped waiting for it finds it when asked again.
+pub async fn store_output(app: &App, w: &Workload, body: Value) -> ApiResult<()> {
+    let doc = Doc { id: w.id.clone(), workspace_id: None, body, version: Version::INITIAL };
     match app.config.insert_doc(DocKind::Output, &doc).await {
-        Ok(_) => Ok(StatusCode::NO_CONTENT),
-        Err(StoreError::Duplicate { .. }) => Err(Problem::conflict(format!("workload {id} already has an output"))),
-        Err(e) => Err(e.into()),
+        Ok(_) => {}
+        Err(StoreError::Duplicate { .. }) => return Err(Problem::conflict(format!("workload {} already has an output", w.id))),
+        Err(e) => return Err(e.into()),
     }
+    crate::config::connectors::remember_answer(app, w, &doc.body).await
 }
 
 #[derive(Deserialize)]

@@ -78,7 +78,7 @@ enum Commands {
         verb: remote::JobVerb,
     },
     /// Create (or find) the AWS resources the platform needs: tables, queues, bus, schedule group
-    Provision(up::AwsArgs),
+    Provision(up::ProvisionArgs),
     /// Run one attempt from a sync config file, as the task's orchestrator does
     #[command(disable_help_flag = true)]
     Orchestrate {

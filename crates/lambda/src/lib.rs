@@ -4,7 +4,15 @@
 //! router. [`runtime_api`] serves the Lambda Runtime API on 127.0.0.1, so
 //! the real function binaries run (and are tested) on one machine.
 
+pub mod gateway;
 pub mod runtime_api;
+
+/// Event payloads as AWS delivers them, captured for tests.
+pub mod events {
+    pub const REST_PROXY: &str = crate::gateway::REST_PROXY_EVENT;
+    pub const SQS_BATCH_DUPLICATED: &str = include_str!("../events/sqs-batch-duplicated.json");
+    pub const SCHEDULED_EVENT: &str = include_str!("../events/scheduled-event.json");
+}
 
 use std::sync::Arc;
 
@@ -24,11 +32,39 @@ fn var(name: &str) -> Option<String> {
 /// The platform on its AWS adapters, named by `SLUICE_PREFIX` (default
 /// `sluice`), the queue by `SLUICE_QUEUE_URL` (else looked up by name), the
 /// schedules' target by `SLUICE_SCHEDULER_FUNCTION_ARN` and
-/// `SLUICE_SCHEDULER_ROLE_ARN`.
+/// `SLUICE_SCHEDULER_ROLE_ARN`, and its settings by [`settings_from_env`].
 pub async fn app_from_env() -> Result<Arc<App>, Error> {
     let config = sluice_store_aws::sdk_config().await;
     let prefix = var("SLUICE_PREFIX").unwrap_or_else(|| "sluice".into());
-    app_for(&config, &prefix).await
+    let mut app = app_for(&config, &prefix).await?;
+    Arc::get_mut(&mut app).expect("not shared yet").settings = settings_from_env()?;
+    Ok(app)
+}
+
+/// Settings of the functions, from whole seconds in the environment:
+/// `SLUICE_CONNECTOR_WAIT_SECS` (how long a request waits for a spec,
+/// check or discover; 25 by default, inside API Gateway's 29-second limit:
+/// asked again, it joins the same workload or finds its answer),
+/// `SLUICE_RETRY_BACKOFF_SECS`, `SLUICE_HEARTBEAT_TIMEOUT_SECS`,
+/// `SLUICE_TOKEN_TTL_SECS`.
+pub fn settings_from_env() -> Result<Settings, Error> {
+    let secs = |name: &str| -> Result<Option<u64>, Error> {
+        var(name).map(|v| v.parse::<u64>().map_err(|_| Error(format!("{name} must be a whole number of seconds, not `{v}`")))).transpose()
+    };
+    let mut settings = Settings { connector_timeout: std::time::Duration::from_secs(25), ..Settings::default() };
+    if let Some(s) = secs("SLUICE_CONNECTOR_WAIT_SECS")? {
+        settings.connector_timeout = std::time::Duration::from_secs(s);
+    }
+    if let Some(s) = secs("SLUICE_RETRY_BACKOFF_SECS")? {
+        settings.retry.backoff_initial = jiff::SignedDuration::from_secs(s as i64);
+    }
+    if let Some(s) = secs("SLUICE_HEARTBEAT_TIMEOUT_SECS")? {
+        settings.deadlines.heartbeat = jiff::SignedDuration::from_secs(s as i64);
+    }
+    if let Some(s) = secs("SLUICE_TOKEN_TTL_SECS")? {
+        settings.token_ttl = std::time::Duration::from_secs(s);
+    }
+    Ok(settings)
 }
 
 /// The platform on the AWS resources named by `prefix`.
@@ -87,19 +123,51 @@ pub async fn scheduler(app: &App, event: &Value) -> Result<Value, Error> {
 }
 
 /// The monitor function, every minute: fails workloads past their deadline
-/// (their attempts retry), starts retries that are due, and drops finished
-/// workloads past the retention where no TTL does it.
-pub async fn monitor(app: &App, retention: jiff::SignedDuration) -> Result<Value, Error> {
+/// (their attempts retry), stops the ECS tasks of workloads that ended
+/// (cancelled, or failed by the monitor) while their task runs on, starts
+/// retries that are due, and drops finished workloads past the retention
+/// where no TTL does it.
+pub async fn monitor(app: &App, tasks: Option<&sluice_store_aws::EcsTasks>, retention: jiff::SignedDuration) -> Result<Value, Error> {
     let now = jiff::Timestamp::now();
     let failed = sluice_platform::monitor_sweep(&app.ports(), &app.settings.retry, now).await.map_err(|e| Error(e.to_string()))?;
+    let stopped = match tasks {
+        Some(tasks) => stop_tasks_of_ended_workloads(app, tasks).await?,
+        None => Vec::new(),
+    };
     let retried = sluice_platform::start_due_attempts(&app.ports(), now).await.map_err(|e| Error(e.to_string()))?;
     let purged = app.workloads.purge_finished_workloads(now - retention).await.map_err(|e| Error(e.to_string()))?;
-    Ok(json!({"failed": failed, "retried": retried.iter().map(|j| j.id).collect::<Vec<_>>(), "purged": purged}))
+    Ok(json!({"failed": failed, "stopped": stopped, "retried": retried.iter().map(|j| j.id).collect::<Vec<_>>(), "purged": purged}))
 }
 
-/// Runs sync workloads as ECS tasks: the plan becomes a task definition
-/// (registered once) and a RunTask; the task's files wait in the secrets
-/// port for its init step.
+/// StopTask for each running task whose workload has ended: a cancelled
+/// job's task stops itself at its next heartbeat, but a frozen or
+/// unreachable one would run (and cost) on. Returns the workloads stopped.
+pub async fn stop_tasks_of_ended_workloads(app: &App, tasks: &sluice_store_aws::EcsTasks) -> Result<Vec<String>, Error> {
+    let mut stopped = Vec::new();
+    for (arn, workload_id) in tasks.running().await.map_err(|e| Error(e.to_string()))? {
+        let ended = match app.workloads.get_workload(&workload_id).await {
+            Ok(w) => w.status.is_terminal().then(|| format!("workload {workload_id} is {}", w.status.as_str())),
+            Err(sluice_store::StoreError::NotFound { .. }) => Some(format!("workload {workload_id} no longer exists")),
+            Err(e) => return Err(Error(e.to_string())),
+        };
+        if let Some(reason) = ended {
+            tasks.stop(&arn, &reason).await.map_err(|e| Error(e.to_string()))?;
+            stopped.push(workload_id);
+        }
+    }
+    Ok(stopped)
+}
+
+/// The ECS cluster of the platform named by `SLUICE_PREFIX`, to stop tasks in.
+pub async fn ecs_cluster_from_env() -> sluice_store_aws::EcsTasks {
+    let config = sluice_store_aws::sdk_config().await;
+    let names = Names::with_prefix(&var("SLUICE_PREFIX").unwrap_or_else(|| "sluice".into()));
+    sluice_store_aws::EcsTasks::in_cluster(&config, &names.cluster)
+}
+
+/// Runs workloads as ECS tasks (syncs, and the spec, check and discover
+/// questions): the plan becomes a task definition (registered once) and a
+/// RunTask; the task's files wait in the secrets port for its init step.
 pub struct EcsLauncher {
     pub tasks: sluice_store_aws::EcsTasks,
     pub settings: sluice_launcher::ecs::EcsSettings,
@@ -133,24 +201,21 @@ impl EcsLauncher {
 /// The launcher function, on an SQS batch (`{"Records": [{"messageId",
 /// "body": <workload id>}, ...]}`): claims each workload (a conditional
 /// write, so a redelivered message launches nothing twice) and launches it
-/// on ECS. Returns the partial batch response: only messages that hit a
+/// on ECS, whatever its kind. Returns the partial batch response: only messages that hit a
 /// transient failure (the store or ECS unavailable) are retried; a workload
 /// that cannot be launched is failed, and its message is done.
 pub async fn launcher(app: &App, ecs: &EcsLauncher, event: &Value) -> Value {
     let mut retry = Vec::new();
     for record in event["Records"].as_array().into_iter().flatten() {
         let (Some(message_id), Some(workload_id)) = (record["messageId"].as_str(), record["body"].as_str()) else { continue };
-        let by = format!("lambda/{message_id}");
+        // A duplicated delivery has the same message id but its own receipt:
+        // claims by the delivery, so that only one of two can win.
+        let receipt = record["receiptHandle"].as_str().unwrap_or_default();
+        let by = format!("lambda/{message_id}/{:016x}", fnv1a(receipt));
         match sluice_launcher::claim(app, workload_id.trim(), &by).await {
-            Ok(Some(w)) if w.kind == sluice_domain::WorkloadType::Sync => {
+            Ok(Some(w)) => {
                 if let Err(e) = ecs.launch(app, &w).await {
                     eprintln!("sluice: workload {} failed to launch: {e}", w.id);
-                }
-            }
-            Ok(Some(w)) => {
-                let why = format!("{} workloads run with `sluice up`; the ECS launcher runs syncs", w.kind.as_str());
-                if sluice_launcher::fail_launch(app, &w, &why).await.is_err() {
-                    retry.push(json!({"itemIdentifier": message_id}));
                 }
             }
             Ok(None) => {}
@@ -161,6 +226,10 @@ pub async fn launcher(app: &App, ecs: &EcsLauncher, event: &Value) -> Value {
         }
     }
     json!({"batchItemFailures": retry})
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
 }
 
 /// The ECS launcher from the environment: `SLUICE_ORCHESTRATOR_IMAGE`,

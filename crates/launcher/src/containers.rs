@@ -5,6 +5,10 @@
 
 use std::path::PathBuf;
 
+use sluice_domain::WorkloadType;
+
+use crate::plan::files;
+
 /// Where the shared volume is mounted in every container.
 pub const SHARED: &str = "/sluice";
 
@@ -25,13 +29,39 @@ pub fn pipes(role: &str) -> PathBuf {
     PathBuf::from(shared(&format!("pipes/{role}")))
 }
 
-/// The init step's shell line: the named pipes the orchestrator attaches through.
-pub fn pipes_script() -> String {
+/// The init step's shell line: the named pipes the orchestrator attaches
+/// through, for a sync's two connectors or a question's one.
+pub fn pipes_script(kind: WorkloadType) -> String {
+    let p = shared("pipes");
+    let (dirs, fifos) = match kind {
+        WorkloadType::Sync => (
+            format!("{p}/source {p}/destination"),
+            format!("{p}/source/stdout {p}/source/stderr {p}/destination/stdin {p}/destination/stdout {p}/destination/stderr"),
+        ),
+        _ => (format!("{p}/connector"), format!("{p}/connector/stdout {p}/connector/stderr")),
+    };
+    format!("mkdir -p {dirs} {w} && mkfifo {fifos} && chmod 0700 {s}", w = shared("work"), s = SHARED)
+}
+
+/// A question's connector container: `spec`, `check --config ...` or
+/// `discover --config ...` on its pipes.
+pub fn question_command(kind: WorkloadType) -> Vec<String> {
+    let wrapper = sluice_orchestrator::connector::attach_wrapper(&pipes("connector"), &CONNECTOR.map(String::from), false);
+    let mut cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), wrapper, "connector".to_owned(), kind.as_str().to_owned()];
+    if kind != WorkloadType::Spec {
+        cmd.extend(["--config".to_owned(), shared(files::CONNECTOR_CONFIG)]);
+    }
+    cmd
+}
+
+/// A question's orchestrator container: reads the answer off the pipes
+/// and reports it to the workload API.
+pub fn ask_command(kind: WorkloadType, connector_name: &str) -> String {
     format!(
-        "mkdir -p {p}/source {p}/destination {w} && mkfifo {p}/source/stdout {p}/source/stderr {p}/destination/stdin {p}/destination/stdout {p}/destination/stderr && chmod 0700 {s}",
-        p = shared("pipes"),
-        w = shared("work"),
-        s = SHARED
+        "exec orchestrator ask {} --connector-dir {} --name {} --workload-api \"$SLUICE_WORKLOAD_API\" --workload-id \"$SLUICE_WORKLOAD_ID\"",
+        kind.as_str(),
+        pipes("connector").display(),
+        quote(connector_name)
     )
 }
 
@@ -54,11 +84,18 @@ pub fn orchestrator_command(workload_api_url: &str, workload_id: &str) -> Vec<St
     ["orchestrator", "--config", &shared("sync.json"), "--workload-api", workload_api_url, "--workload-id", workload_id].map(String::from).to_vec()
 }
 
-/// The files a sync task's containers need on the shared volume: the
-/// orchestrator's config (connectors attached through the pipes) and the
-/// workload credential. Both are secret.
+/// The files a task's containers need on the shared volume, all secret:
+/// the workload credential, and for a sync the orchestrator's config
+/// (connectors attached through the pipes), for a question the
+/// connector's config.
 pub fn task_files(plan: &crate::TaskPlan) -> Result<std::collections::BTreeMap<String, String>, crate::LaunchError> {
     use sluice_orchestrator::Launch;
-    let config = plan.sync_config(Launch::Attach { dir: pipes("source") }, Launch::Attach { dir: pipes("destination") }, PathBuf::from(shared("work")))?;
-    Ok([("sync.json".to_owned(), serde_json::to_string(&config).expect("plain data")), ("credential".to_owned(), plan.credential.clone())].into())
+    let mut files = std::collections::BTreeMap::from([("credential".to_owned(), plan.credential.clone())]);
+    if plan.kind == WorkloadType::Sync {
+        let config = plan.sync_config(Launch::Attach { dir: pipes("source") }, Launch::Attach { dir: pipes("destination") }, PathBuf::from(shared("work")))?;
+        files.insert("sync.json".to_owned(), serde_json::to_string(&config).expect("plain data"));
+    } else if let Some(config) = plan.file(files::CONNECTOR_CONFIG) {
+        files.insert(files::CONNECTOR_CONFIG.to_owned(), config.to_owned());
+    }
+    Ok(files)
 }

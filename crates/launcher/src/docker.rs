@@ -106,7 +106,7 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
             };
             // Sorted by name, so `credential` comes before `sync.json`.
             task.files.extend(task_files(plan)?.into_iter().map(|(name, contents)| (name, contents.into_bytes())));
-            let init = vec!["/bin/sh".to_owned(), "-c".to_owned(), pipes_script()];
+            let init = vec!["/bin/sh".to_owned(), "-c".to_owned(), pipes_script(WorkloadType::Sync)];
             task.containers.push(DockerContainer { name: name("init"), create: create_body(&settings.orchestrator_image, init, &no_env, plan, &volume, settings) });
             for (role, container) in [("source", source), ("destination", destination)] {
                 let create = create_body(&image(container, settings)?, connector_command(role), &container.env, plan, &volume, settings);

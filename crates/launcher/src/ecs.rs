@@ -1,4 +1,4 @@
-//! The plan as an ECS task: one task definition per (images, resources),
+//! The plan as an ECS task: one task definition per (kind, images, resources),
 //! registered once under a family named by its content and reused, and a
 //! RunTask whose overrides say which workload it runs. Plain data here;
 //! `sluice-store-aws` registers and runs it.
@@ -10,6 +10,9 @@
 //! - `source` and `destination` run the connectors on the pipes;
 //! - `orchestrator` runs the attempt; it is the essential container.
 //!
+//! A spec, check or discover task has one `connector` container instead,
+//! and its orchestrator (`orchestrator ask`) reports the connector's answer.
+//!
 //! Nothing secret is in the task definition or the overrides: the launch
 //! key comes from Secrets Manager, the configs and the workload credential
 //! from the workload API, onto the shared volume.
@@ -17,7 +20,7 @@
 use serde::Serialize;
 use sluice_domain::WorkloadType;
 
-use crate::containers::{connector_command, pipes_script, shared, SHARED};
+use crate::containers::{ask_command, connector_command, pipes_script, question_command, shared, SHARED};
 use crate::plan::{Container, Runtime, TaskPlan};
 use crate::LaunchError;
 
@@ -96,17 +99,7 @@ fn fargate_size(cpu_millis: u32, memory_mib: u32) -> (u32, u32) {
 }
 
 pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, LaunchError> {
-    if plan.kind != WorkloadType::Sync {
-        return Err(LaunchError(format!("the ECS executor runs syncs; run the {} workload {} with the local or Docker executor", plan.kind.as_str(), plan.workload_id)));
-    }
-    let (source, destination) = match (&plan.source, &plan.destination) {
-        (Some(s), Some(d)) => (s, d),
-        _ => return Err(LaunchError("a sync plan needs a source and a destination".into())),
-    };
-    // Each container gets an equal share; ECS needs a memory floor per container.
-    let (cpu, memory) = fargate_size(plan.resources.cpu_millis * 3, plan.resources.memory_mib * 2);
-    let share = (memory / 4) as i32;
-    let init_script = format!("orchestrator fetch-files --dir {SHARED} && {}", pipes_script());
+    let init_script = format!("orchestrator fetch-files --dir {SHARED} && {}", pipes_script(plan.kind));
     let mut containers = vec![EcsContainer {
         name: "init".into(),
         image: settings.orchestrator_image.clone(),
@@ -117,31 +110,46 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
         essential: false,
         memory_reservation_mib: 64,
     }];
-    for (role, container) in [("source", source), ("destination", destination)] {
+    let after_init = || vec![("init".to_owned(), "SUCCESS".to_owned())];
+    let connector = |role: &str, container: &Container, command: Vec<String>, share: i32| -> Result<EcsContainer, LaunchError> {
         let mut environment: Vec<(String, String)> = container.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         environment.sort();
-        containers.push(EcsContainer {
+        Ok(EcsContainer {
             name: role.into(),
             image: image(container, settings)?,
-            command: connector_command(role),
+            command,
             environment,
             secrets: vec![],
-            depends_on: vec![("init".into(), "SUCCESS".into())],
+            depends_on: after_init(),
             essential: false,
             memory_reservation_mib: share,
-        });
-    }
+        })
+    };
+    let (cpu, memory, orchestrator) = if plan.kind == WorkloadType::Sync {
+        let (source, destination) = match (&plan.source, &plan.destination) {
+            (Some(s), Some(d)) => (s, d),
+            _ => return Err(LaunchError("a sync plan needs a source and a destination".into())),
+        };
+        // Each container gets an equal share; ECS needs a memory floor per container.
+        let (cpu, memory) = fargate_size(plan.resources.cpu_millis * 3, plan.resources.memory_mib * 2);
+        let share = (memory / 4) as i32;
+        containers.push(connector("source", source, connector_command("source"), share)?);
+        containers.push(connector("destination", destination, connector_command("destination"), share)?);
+        let run = format!("exec orchestrator --config {} --workload-api \"$SLUICE_WORKLOAD_API\" --workload-id \"$SLUICE_WORKLOAD_ID\"", shared("sync.json"));
+        (cpu, memory, run)
+    } else {
+        let one = plan.connector.as_ref().ok_or_else(|| LaunchError("the plan names no connector".into()))?;
+        let (cpu, memory) = fargate_size(plan.resources.cpu_millis, plan.resources.memory_mib);
+        containers.push(connector("connector", one, question_command(plan.kind), (memory / 2) as i32)?);
+        (cpu, memory, ask_command(plan.kind, &one.name))
+    };
     containers.push(EcsContainer {
         name: "orchestrator".into(),
         image: settings.orchestrator_image.clone(),
-        command: vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            format!("exec orchestrator --config {} --workload-api \"$SLUICE_WORKLOAD_API\" --workload-id \"$SLUICE_WORKLOAD_ID\"", shared("sync.json")),
-        ],
+        command: vec!["/bin/sh".into(), "-c".into(), orchestrator],
         environment: vec![("SLUICE_WORKLOAD_TOKEN_FILE".into(), shared("credential"))],
         secrets: vec![],
-        depends_on: vec![("init".into(), "SUCCESS".into())],
+        depends_on: after_init(),
         essential: true,
         memory_reservation_mib: 64,
     });
@@ -154,7 +162,57 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
         log_group: settings.log_group.clone(),
         region: settings.region.clone(),
     };
-    definition.family = format!("{}-sync-{}", settings.family_prefix, fingerprint(&serde_json::to_string(&definition).expect("plain data")));
+    let fingerprint = fingerprint(&serde_json::to_string(&definition).expect("plain data"));
+    definition.family = format!("{}-{}-{fingerprint}", settings.family_prefix, plan.kind.as_str());
     let environment = vec![("SLUICE_WORKLOAD_ID".into(), plan.workload_id.clone()), ("SLUICE_WORKLOAD_API".into(), plan.workload_api_url.clone())];
     Ok(EcsRun { definition, environment, started_by: plan.workload_id.chars().take(128).collect() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{files, PlanFile, Resources};
+
+    fn settings() -> EcsSettings {
+        EcsSettings {
+            orchestrator_image: "sluice/orchestrator:1".into(),
+            reference_images: Default::default(),
+            family_prefix: "sluice".into(),
+            log_group: "/sluice/tasks".into(),
+            region: "us-east-1".into(),
+            launch_key_secret_arn: "arn:aws:secretsmanager:us-east-1:1:secret:sluice/launch-key".into(),
+        }
+    }
+
+    #[test]
+    fn a_discover_task_is_init_connector_and_an_asking_orchestrator_with_no_secret_in_sight() {
+        let plan = TaskPlan {
+            workload_id: "discover_1".into(),
+            kind: WorkloadType::Discover,
+            files: vec![PlanFile { name: files::CONNECTOR_CONFIG.into(), contents: r#"{"api_key": "sk-very-secret"}"#.into() }],
+            connector: Some(Container { name: "source-x".into(), runtime: Runtime::Image("airbyte/source-x:1.0".into()), env: Default::default() }),
+            source: None,
+            destination: None,
+            resources: Resources::default(),
+            workload_api_url: "https://api.example/api/internal/v1".into(),
+            credential: "credential-secret".into(),
+        };
+        let run = ecs_task(&plan, &settings()).unwrap();
+        let names: Vec<&str> = run.definition.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["init", "connector", "orchestrator"]);
+        assert!(run.definition.family.starts_with("sluice-discover-"), "{}", run.definition.family);
+        let connector = &run.definition.containers[1];
+        assert_eq!(connector.image, "airbyte/source-x:1.0");
+        assert_eq!(connector.command[4..], ["discover", "--config", "/sluice/connector_config.json"]);
+        assert_eq!(connector.depends_on, [("init".to_owned(), "SUCCESS".to_owned())]);
+        let orchestrator = &run.definition.containers[2];
+        assert!(orchestrator.essential && orchestrator.command[2].contains("orchestrator ask discover --connector-dir /sluice/pipes/connector"));
+        let everything = format!("{:?}", run);
+        assert!(!everything.contains("sk-very-secret") && !everything.contains("credential-secret"), "{everything}");
+        // A spec task runs the connector without a config.
+        let spec = TaskPlan { kind: WorkloadType::Spec, files: vec![], workload_id: "spec_1".into(), ..plan };
+        let run = ecs_task(&spec, &settings()).unwrap();
+        assert_eq!(run.definition.containers[1].command[4..], ["spec"]);
+        assert!(run.definition.family.starts_with("sluice-spec-"));
+    }
 }

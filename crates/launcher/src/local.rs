@@ -11,11 +11,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sluice_api::App;
 use sluice_connectors::{Cache, ConnectorRef};
-use sluice_domain::{Version, Workload, WorkloadEvent, WorkloadType};
+use sluice_domain::{Workload, WorkloadEvent, WorkloadType};
 use sluice_orchestrator::Launch;
 use sluice_platform::workload_event;
-use sluice_protocol::AirbyteMessage;
-use sluice_store::{Doc, DocKind};
 
 use crate::plan::{files, Container, Runtime, TaskPlan};
 use crate::{fail_launch, LaunchError};
@@ -183,8 +181,7 @@ impl LocalExecutor {
         if let Some(body) = cached_spec.as_ref().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
             let now = jiff::Timestamp::now;
             workload_event(&app.ports(), &w.id, &WorkloadEvent::Launched { task_ref: None }, now()).await.map_err(|e| LaunchError(e.to_string()))?;
-            let doc = Doc { id: w.id.clone(), workspace_id: None, body, version: Version::INITIAL };
-            app.config.insert_doc(DocKind::Output, &doc).await?;
+            sluice_api::workloads::store_output(app, w, body).await?;
             workload_event(&app.ports(), &w.id, &WorkloadEvent::Succeed, now()).await.map_err(|e| LaunchError(e.to_string()))?;
             return Ok(());
         }
@@ -228,41 +225,15 @@ pub(crate) async fn record_answer(
     stderr: &[u8],
     exit: &str,
 ) -> Result<Option<Value>, LaunchError> {
-    let (found, errors) = read_answer(kind, stdout);
-    let body = found.clone().unwrap_or_else(|| {
-        let why = if errors.is_empty() { sluice_connectors::last_lines(stderr, 10) } else { errors.join("; ") };
-        json!({"message": format!("{name} {} gave no answer ({exit}): {why}", kind.as_str())})
-    });
-    let doc = Doc { id: w.id.clone(), workspace_id: None, body: body.clone(), version: Version::INITIAL };
-    app.config.insert_doc(DocKind::Output, &doc).await?;
-    let event = match &found {
-        Some(_) => WorkloadEvent::Succeed,
-        None => WorkloadEvent::Fail { reason: body["message"].as_str().unwrap_or_default().to_owned() },
+    let question = crate::question(kind).ok_or_else(|| LaunchError(format!("a {} workload asks no question", kind.as_str())))?;
+    let answer = sluice_orchestrator::ask::answer_or_reason(question, name, stdout, &sluice_connectors::last_lines(stderr, 10), exit);
+    let (body, event) = match &answer {
+        Ok(body) => (body.clone(), WorkloadEvent::Succeed),
+        Err(message) => (json!({"message": message}), WorkloadEvent::Fail { reason: message.clone() }),
     };
+    sluice_api::workloads::store_output(app, w, body).await?;
     workload_event(&app.ports(), &w.id, &event, jiff::Timestamp::now()).await.map_err(|e| LaunchError(e.to_string()))?;
-    Ok(found)
-}
-
-/// The answer a spec, check or discover gives on stdout, and the TRACE
-/// errors it reported.
-fn read_answer(kind: WorkloadType, stdout: &[u8]) -> (Option<Value>, Vec<String>) {
-    let mut errors = Vec::new();
-    for line in stdout.split(|&b| b == b'\n').filter(|l| !l.trim_ascii().is_empty()) {
-        let Ok(message) = serde_json::from_slice::<AirbyteMessage>(line) else { continue };
-        let found = match kind {
-            WorkloadType::Spec => message.spec.map(|s| json!({"spec": s})),
-            WorkloadType::Check => message.connection_status.map(|s| json!({"connectionStatus": s})),
-            WorkloadType::Discover => message.catalog.map(|c| json!({"catalog": c})),
-            WorkloadType::Sync => None,
-        };
-        if found.is_some() {
-            return (found, errors);
-        }
-        if let Some(error) = message.trace.and_then(|t| t.error) {
-            errors.push(error.message);
-        }
-    }
-    (None, errors)
+    Ok(answer.ok())
 }
 
 /// Runs one claimed workload: with Docker when a connector exists only as

@@ -36,6 +36,41 @@ impl EcsTasks {
         EcsTasks { client: Client::new(config), placement }
     }
 
+    /// For reading and stopping a cluster's tasks only: nothing is launched with it.
+    pub fn in_cluster(config: &aws_config::SdkConfig, cluster: &str) -> Self {
+        let placement = EcsPlacement {
+            cluster: cluster.to_owned(),
+            subnets: vec![],
+            security_groups: vec![],
+            execution_role_arn: String::new(),
+            task_role_arn: String::new(),
+            assign_public_ip: false,
+        };
+        EcsTasks::new(config, placement)
+    }
+
+    /// The cluster's tasks meant to be running: (task ARN, `startedBy`, i.e. the workload).
+    pub async fn running(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut arns = Vec::new();
+        let mut pages = self.client.list_tasks().cluster(&self.placement.cluster).desired_status(aws_sdk_ecs::types::DesiredStatus::Running).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            arns.extend(page.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?.task_arns().iter().cloned());
+        }
+        let mut tasks = Vec::new();
+        for chunk in arns.chunks(100) {
+            let described = self
+                .client
+                .describe_tasks()
+                .cluster(&self.placement.cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
+            tasks.extend(described.tasks().iter().filter_map(|t| Some((t.task_arn()?.to_owned(), t.started_by()?.to_owned()))));
+        }
+        Ok(tasks)
+    }
+
     /// The ARN of the definition's newest revision, registering it first if
     /// its family does not exist yet.
     pub async fn ensure_definition(&self, definition: &EcsTaskDefinition) -> Result<String, StoreError> {

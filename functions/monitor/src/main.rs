@@ -1,4 +1,5 @@
-//! The monitor on Lambda, invoked every minute by a schedule.
+//! The monitor on Lambda, invoked every minute by a schedule: deadlines,
+//! tasks of ended workloads stopped, due retries, retention.
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
@@ -9,9 +10,10 @@ const RETENTION: jiff::SignedDuration = jiff::SignedDuration::from_hours(30 * 24
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let app = sluice_lambda::app_from_env().await?;
+    let tasks = std::sync::Arc::new(sluice_lambda::ecs_cluster_from_env().await);
     lambda_runtime::run(service_fn(|_: LambdaEvent<Value>| {
-        let app = app.clone();
-        async move { Ok::<_, Error>(sluice_lambda::monitor(&app, RETENTION).await?) }
+        let (app, tasks) = (app.clone(), tasks.clone());
+        async move { Ok::<_, Error>(sluice_lambda::monitor(&app, Some(&tasks), RETENTION).await?) }
     }))
     .await
 }

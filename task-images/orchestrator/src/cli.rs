@@ -7,6 +7,10 @@
 //! API (credential in `SLUICE_WORKLOAD_TOKEN`), state, heartbeats and the
 //! end go to the platform instead, and a cancelled workload stops the
 //! attempt. Exit status: 0 succeeded, 1 failed, 3 cancelled, 2 bad usage.
+//!
+//! Also `orchestrator fetch-files` (a container task's init step) and
+//! `orchestrator ask spec|check|discover` (a container task that asks a
+//! connector one question).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -29,8 +33,10 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 fn run(args: &[String]) -> Result<i32, String> {
-    if args.first().map(String::as_str) == Some("fetch-files") {
-        return fetch_files(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("fetch-files") => return fetch_files(&args[1..]),
+        Some("ask") => return ask(&args[1..]),
+        _ => {}
     }
     let mut args = args.iter();
     let (mut config, mut state_file, mut outcome_file) = (None, None, None);
@@ -55,24 +61,14 @@ fn run(args: &[String]) -> Result<i32, String> {
         signal_hook::flag::register(signal, cancel.clone()).map_err(|e| format!("cannot handle signals: {e}"))?;
     }
     let api = match (api_url, workload_id) {
-        (Some(url), Some(id)) => {
-            // From a file when a container runtime put it on the shared volume, so
-            // it appears in no container's environment.
-            let token = match std::env::var_os("SLUICE_WORKLOAD_TOKEN_FILE") {
-                Some(path) => std::fs::read_to_string(&path).map_err(|e| format!("cannot read SLUICE_WORKLOAD_TOKEN_FILE: {e}"))?.trim().to_owned(),
-                None => std::env::var("SLUICE_WORKLOAD_TOKEN")
-                    .map_err(|_| "--workload-api needs the workload's credential in SLUICE_WORKLOAD_TOKEN or SLUICE_WORKLOAD_TOKEN_FILE")?,
-            };
-            Some((url, id, token))
-        }
+        (Some(url), Some(id)) => Some((url, id, credential()?)),
         (None, None) => None,
         _ => return Err("--workload-api and --workload-id go together".into()),
     };
     let outcome = match api {
         Some((url, id, token)) => {
-            let heartbeat_every = std::env::var("SLUICE_HEARTBEAT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
             let api = WorkloadApi::new(&url, &id, token);
-            let mut reporter = ApiReporter::new(api, Box::new(std::io::stderr()), cancel.clone(), Duration::from_secs(heartbeat_every));
+            let mut reporter = ApiReporter::new(api, Box::new(std::io::stderr()), cancel.clone(), heartbeat_every());
             // Running only once the connectors are about to start: the platform's clock for heartbeats.
             reporter.api.post("running", &serde_json::json!({})).map_err(|e| format!("cannot reach the workload API: {e}"))?;
             let outcome = crate::run(&config, &mut reporter, &cancel);
@@ -96,6 +92,44 @@ fn run(args: &[String]) -> Result<i32, String> {
         AttemptStatus::Failed => 1,
         AttemptStatus::Cancelled => 3,
     })
+}
+
+/// The workload's credential: from a file when a container runtime put it
+/// on the shared volume, so that it appears in no container's environment.
+fn credential() -> Result<String, String> {
+    match std::env::var_os("SLUICE_WORKLOAD_TOKEN_FILE") {
+        Some(path) => Ok(std::fs::read_to_string(&path).map_err(|e| format!("cannot read SLUICE_WORKLOAD_TOKEN_FILE: {e}"))?.trim().to_owned()),
+        None => std::env::var("SLUICE_WORKLOAD_TOKEN").map_err(|_| "--workload-api needs the workload's credential in SLUICE_WORKLOAD_TOKEN or SLUICE_WORKLOAD_TOKEN_FILE".into()),
+    }
+}
+
+fn heartbeat_every() -> Duration {
+    Duration::from_secs(std::env::var("SLUICE_HEARTBEAT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10))
+}
+
+const ASK_USAGE: &str = "usage: orchestrator ask spec|check|discover --connector-dir DIR --name NAME --workload-api URL --workload-id ID";
+
+/// `orchestrator ask <question> ...`: a spec, check or discover task's
+/// orchestrator container. Exit status 0 if the connector answered, 1 if
+/// not (the workload is failed with the reason), 2 on bad usage.
+fn ask(args: &[String]) -> Result<i32, String> {
+    let question = args.first().and_then(|q| crate::ask::Question::parse(q)).ok_or(ASK_USAGE)?;
+    let (mut dir, mut name, mut url, mut id) = (None, None, None, None);
+    let mut rest = args[1..].iter();
+    while let Some(flag) = rest.next() {
+        let value = rest.next().cloned().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--connector-dir" => dir = Some(PathBuf::from(value)),
+            "--name" => name = Some(value),
+            "--workload-api" => url = Some(value),
+            "--workload-id" => id = Some(value),
+            other => return Err(format!("unexpected argument `{other}`; {ASK_USAGE}")),
+        }
+    }
+    let (Some(dir), Some(url), Some(id)) = (dir, url, id) else { return Err(ASK_USAGE.into()) };
+    let api = WorkloadApi::new(&url, &id, credential()?);
+    let answered = crate::ask::ask(question, name.as_deref().unwrap_or("connector"), &dir, api, heartbeat_every())?;
+    Ok(if answered { 0 } else { 1 })
 }
 
 /// `orchestrator fetch-files --dir DIR`: the init step of a task on ECS.

@@ -10,6 +10,7 @@
 //!   [`pump::Event`]s, commits states as the destination echoes them, watches
 //!   timeouts and cancellation, and stops the connectors when it must.
 
+pub mod ask;
 pub mod cli;
 pub mod config;
 pub mod connector;

@@ -58,7 +58,11 @@ pub async fn run(app: &App, kind: WorkloadType, input: Value, key: &str) -> ApiR
             return Err(Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "Connector timed out",
-                format!("{} workload {id} did not finish in {:?}; is a launcher running?", kind.as_str(), app.settings.connector_timeout),
+                format!(
+                    "{} workload {id} has not finished after {:?}; it goes on, and asking again waits for it or finds its answer (is a launcher running?)",
+                    kind.as_str(),
+                    app.settings.connector_timeout
+                ),
             ));
         }
         tokio::time::sleep(pause).await;
@@ -77,12 +81,6 @@ pub async fn spec(app: &App, definition: &Definition) -> ApiResult<Value> {
     if !spec.is_object() {
         return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Connector failed", format!("{} gave a spec without connectionSpecification", definition.name)));
     }
-    // Keep it; a concurrent learner wrote the same, so a conflict is fine.
-    if let Ok((mut stored, version)) = load::<Definition>(app, DocKind::Definition, &definition.id).await {
-        stored.connection_specification = Some(spec.clone());
-        stored.connector_ipc_options = stored.connector_ipc_options.or_else(|| output["spec"].get("connectorIPCOptions").cloned());
-        let _ = app.config.update_doc(DocKind::Definition, &doc(&definition.id, stored.workspace_id.as_deref(), &stored, version)).await;
-    }
     Ok(spec)
 }
 
@@ -96,18 +94,40 @@ pub async fn catalog(app: &App, source_id: &str, ignore_cache: bool) -> ApiResul
         }
     }
     let output = run(app, WorkloadType::Discover, json!({"sourceId": source_id}), source_id).await?;
-    let catalog = parse_catalog(output["catalog"].clone())?;
-    let body = json!({"catalog": output["catalog"], "discoveredAt": now().to_string()});
-    let cached = sluice_store::Doc { id: source_id.to_owned(), workspace_id: None, body, version: Version::INITIAL };
-    match app.config.get_doc(DocKind::Catalog, source_id).await {
-        Ok(old) => {
-            let _ = app.config.update_doc(DocKind::Catalog, &sluice_store::Doc { version: old.version, ..cached }).await;
+    parse_catalog(output["catalog"].clone())
+}
+
+/// Keeps what a spec or discover answered, whoever asked: the spec (and
+/// its IPC options) on the definition, the catalog as the source's cached
+/// one. Concurrent learners write the same, so a lost race is fine.
+pub async fn remember_answer(app: &App, w: &Workload, output: &Value) -> ApiResult<()> {
+    let input: Value = serde_json::from_str(&w.input).unwrap_or(Value::Null);
+    match w.kind {
+        WorkloadType::Spec if output["spec"]["connectionSpecification"].is_object() => {
+            let Some(id) = input["definitionId"].as_str() else { return Ok(()) };
+            if let Ok((mut stored, version)) = load::<Definition>(app, DocKind::Definition, id).await {
+                stored.connection_specification = Some(output["spec"]["connectionSpecification"].clone());
+                stored.connector_ipc_options = stored.connector_ipc_options.or_else(|| output["spec"].get("connectorIPCOptions").cloned());
+                let _ = app.config.update_doc(DocKind::Definition, &doc(id, stored.workspace_id.as_deref(), &stored, version)).await;
+            }
         }
-        Err(_) => {
-            let _ = app.config.insert_doc(DocKind::Catalog, &cached).await;
+        WorkloadType::Discover if output["catalog"].is_object() => {
+            let Some(source_id) = input["sourceId"].as_str() else { return Ok(()) };
+            let body = json!({"catalog": output["catalog"], "discoveredAt": now().to_string()});
+            let cached = sluice_store::Doc { id: source_id.to_owned(), workspace_id: None, body, version: Version::INITIAL };
+            match app.config.get_doc(DocKind::Catalog, source_id).await {
+                Ok(old) => {
+                    let _ = app.config.update_doc(DocKind::Catalog, &sluice_store::Doc { version: old.version, ..cached }).await;
+                }
+                Err(StoreError::NotFound { .. }) => {
+                    let _ = app.config.insert_doc(DocKind::Catalog, &cached).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+        _ => {}
     }
-    Ok(catalog)
+    Ok(())
 }
 
 fn parse_catalog(value: Value) -> ApiResult<AirbyteCatalog> {

@@ -140,8 +140,12 @@ async fn list_jobs(State(app): AppState, params: Params, headers: HeaderMap, uri
             _ => return Err(Problem::bad_field("orderBy", format!("`{order}` is not `createdAt|ASC` or `createdAt|DESC`"))),
         },
     };
+    let connection_id = params.get("connectionId").map(str::to_owned);
+    if let Some(id) = &connection_id {
+        require_uuid("connectionId", id)?;
+    }
     let mut filter = JobFilter {
-        connection_id: params.get("connectionId").map(str::to_owned),
+        connection_id,
         status,
         job_type,
         created_at_start: timestamp(&params, "createdAtStart")?,

@@ -126,12 +126,33 @@ impl AwsArgs {
     }
 }
 
-/// `sluice provision`: creates (or finds) every AWS resource the platform needs.
-pub fn provision(args: AwsArgs) -> anyhow::Result<i32> {
+#[derive(clap::Args)]
+pub struct ProvisionArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// If the platform has no application yet, create one and write its
+    /// client id and secret to this file (0600), for the CLI and SDKs
+    #[arg(long)]
+    credentials_file: Option<PathBuf>,
+    /// The Config API's URL, written into the credentials file
+    #[arg(long)]
+    api_url: Option<String>,
+}
+
+/// `sluice provision`: creates (or finds) every AWS resource the platform
+/// needs, and with `--credentials-file` the first application.
+pub fn provision(args: ProvisionArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let config = sluice_store_aws::sdk_config().await;
-        let done = sluice_store_aws::provision::provision(&config, &args.names()).await.context("provisioning failed; check AWS_ENDPOINT_URL, AWS_REGION and the credentials")?;
+        let done = sluice_store_aws::provision::provision(&config, &args.aws.names()).await.context("provisioning failed; check AWS_ENDPOINT_URL, AWS_REGION and the credentials")?;
+        if let Some(path) = &args.credentials_file {
+            let app = sluice_lambda::app_for(&config, &args.aws.prefix).await?;
+            match write_first_application(&app, path, args.api_url.as_deref()).await? {
+                true => println!("application credentials in {}", path.display()),
+                false => println!("exists  an application (no credentials written)"),
+            }
+        }
         for created in &done.created {
             println!("created {created}");
         }
@@ -288,15 +309,25 @@ async fn shutdown_signal() {
 /// At first start, an application for the CLI, its credentials in a 0600 file.
 async fn first_application(app: &App, data: &Path, address: SocketAddr) -> anyhow::Result<Option<PathBuf>> {
     let path = data.join(CREDENTIALS_FILE);
+    let written = write_first_application(app, &path, Some(&format!("http://{address}/api/public/v1"))).await?;
+    Ok(written.then_some(path))
+}
+
+/// Creates the platform's first application, if it has none, and writes
+/// its credentials to `path` (0600). Whether it did.
+async fn write_first_application(app: &App, path: &Path, api_url: Option<&str>) -> anyhow::Result<bool> {
     if !app.config.list_docs(DocKind::Application, &[], 1, 0).await?.is_empty() {
-        return Ok(None);
+        return Ok(false);
     }
     let (application, secret) = sluice_api::config::new_application(app, "sluice-cli").await?;
-    let body = json!({"client_id": application.client_id, "client_secret": secret, "api_url": format!("http://{address}/api/public/v1")});
+    let mut body = json!({"client_id": application.client_id, "client_secret": secret});
+    if let Some(url) = api_url {
+        body["api_url"] = json!(url);
+    }
     use std::io::Write;
-    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&path)?;
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path)?;
     file.write_all(serde_json::to_string_pretty(&body)?.as_bytes())?;
-    Ok(Some(path))
+    Ok(true)
 }
 
 /// After a stop of any kind: workloads that were running died with us, so
