@@ -81,6 +81,31 @@ impl Functions {
                 children.push(child);
             }
         }
+        let spawned = Instant::now();
+        // Cold starts: from the processes' start to each function's first answer, all asked at once.
+        let health: Value = serde_json::from_str(sluice_lambda::events::REST_PROXY).unwrap();
+        let mut unknown_workload = health.clone();
+        unknown_workload["path"] = json!("/api/internal/v1/workloads/none");
+        let first = |runtime: &LocalRuntime, event: Value| {
+            let timed = runtime.invoke(event, Duration::from_secs(60));
+            async move {
+                let answer = timed.await;
+                (spawned.elapsed(), answer)
+            }
+        };
+        let (config, workload, scheduler, launcher, monitor) = tokio::join!(
+            first(&functions.config, health),
+            first(&functions.workload, unknown_workload),
+            first(&functions.scheduler, json!({"jobId": 0, "source": "retry"})),
+            first(&functions.launcher, json!({"Records": []})),
+            first(&functions.monitor, serde_json::from_str(sluice_lambda::events::SCHEDULED_EVENT).unwrap()),
+        );
+        assert_eq!(config.1.as_ref().ok().and_then(|a| a.as_ref().ok()).map(|a| a["statusCode"].clone()), Some(json!(200)), "{config:?}");
+        assert_eq!(workload.1.as_ref().ok().and_then(|a| a.as_ref().ok()).map(|a| a["statusCode"].clone()), Some(json!(401)), "{workload:?}");
+        for (name, (took, answer)) in [("config-api", &config), ("workload-api", &workload), ("scheduler", &scheduler), ("launcher", &launcher), ("monitor", &monitor)] {
+            assert!(matches!(answer, Ok(Ok(_))), "{name} did not answer its first event: {answer:?}");
+            eprintln!("cold start: {name} answered its first event {} ms after its process started", took.as_millis());
+        }
         functions._children = children;
         functions
     }
@@ -274,13 +299,16 @@ fn the_platform_runs_as_its_lambda_functions() {
     rt.block_on(async {
         let config = sluice_store_aws::moto::sdk_config(moto()).await;
         let ecs_client = aws_sdk_ecs::Client::new(&config);
-        let mut workloads = Vec::new();
+        // A task may stop between the two lists: tasks are counted by ARN.
+        let mut arns = std::collections::BTreeSet::new();
         for status in [aws_sdk_ecs::types::DesiredStatus::Running, aws_sdk_ecs::types::DesiredStatus::Stopped] {
-            let arns = ecs_client.list_tasks().cluster(&prefix).desired_status(status).send().await.unwrap().task_arns().to_vec();
-            for chunk in arns.chunks(100) {
-                let tasks = ecs_client.describe_tasks().cluster(&prefix).set_tasks(Some(chunk.to_vec())).send().await.unwrap();
-                workloads.extend(tasks.tasks().iter().map(|t| t.started_by().unwrap_or_default().to_owned()));
-            }
+            arns.extend(ecs_client.list_tasks().cluster(&prefix).desired_status(status).send().await.unwrap().task_arns().iter().cloned());
+        }
+        let arns: Vec<String> = arns.into_iter().collect();
+        let mut workloads = Vec::new();
+        for chunk in arns.chunks(100) {
+            let tasks = ecs_client.describe_tasks().cluster(&prefix).set_tasks(Some(chunk.to_vec())).send().await.unwrap();
+            workloads.extend(tasks.tasks().iter().map(|t| t.started_by().unwrap_or_default().to_owned()));
         }
         let unique: std::collections::HashSet<&String> = workloads.iter().collect();
         assert_eq!(unique.len(), workloads.len(), "a workload launched twice: {workloads:?}");

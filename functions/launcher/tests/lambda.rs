@@ -49,12 +49,17 @@ async fn an_sqs_batch_becomes_one_ecs_task_per_workload_even_when_redelivered() 
     let received = sqs.receive_message().queue_url(&provisioned.queue_url).send().await.unwrap();
     let message = received.messages()[0].clone();
     assert_eq!(message.body(), Some(workload.as_str()));
-    let batch = json!({"Records": [{"messageId": message.message_id(), "receiptHandle": message.receipt_handle(), "body": message.body(),
-        "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:launch-workloads"}]});
+    // The captured batch: one message delivered twice (same id, two receipts), now carrying ours.
+    let mut batch: serde_json::Value = serde_json::from_str(sluice_lambda::events::SQS_BATCH_DUPLICATED).unwrap();
+    for (i, record) in batch["Records"].as_array_mut().unwrap().iter_mut().enumerate() {
+        record["messageId"] = json!(message.message_id());
+        record["receiptHandle"] = json!(format!("{}-{i}", message.receipt_handle().unwrap()));
+        record["body"] = json!(message.body());
+    }
 
     let (subnet, group) = sluice_store_aws::moto::default_network(&venv, &moto).unwrap();
     let runtime = LocalRuntime::start().await.unwrap();
+    let started = std::time::Instant::now();
     let _function = runtime
         .function(env!("CARGO_BIN_EXE_launcher"), "launcher")
         .envs(sluice_store_aws::moto::env(&moto))
@@ -67,6 +72,7 @@ async fn an_sqs_batch_becomes_one_ecs_task_per_workload_even_when_redelivered() 
         .spawn()
         .unwrap();
     let answer = runtime.invoke(batch.clone(), Duration::from_secs(60)).await.unwrap().unwrap();
+    eprintln!("launcher: first answer {:?} after the process started (cold start, one RunTask)", started.elapsed());
     assert_eq!(answer, json!({"batchItemFailures": []}));
     let launched = app.workloads.get_workload(&workload).await.unwrap();
     assert_eq!(launched.status, WorkloadStatus::Launched);

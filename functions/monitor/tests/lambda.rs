@@ -22,9 +22,12 @@ async fn the_monitor_fails_a_workload_past_its_deadline() {
     app.workloads.insert_workload(&fresh).await.unwrap();
 
     let runtime = LocalRuntime::start().await.unwrap();
+    let started = std::time::Instant::now();
     let _function = runtime.function(env!("CARGO_BIN_EXE_monitor"), "monitor").envs(sluice_store_aws::moto::env(&moto)).env("SLUICE_PREFIX", "mon").spawn().unwrap();
-    let tick = json!({"source": "aws.scheduler", "detail-type": "Scheduled Event", "detail": {}});
+    // The event an every-minute EventBridge rule delivers, as captured.
+    let tick: serde_json::Value = serde_json::from_str(sluice_lambda::events::SCHEDULED_EVENT).unwrap();
     let answer = runtime.invoke(tick.clone(), Duration::from_secs(60)).await.unwrap().unwrap();
+    eprintln!("monitor: first answer {:?} after the process started (cold start)", started.elapsed());
     assert_eq!(answer["failed"], json!(["check_stale"]), "{answer}");
     let failed = app.workloads.get_workload("check_stale").await.unwrap();
     assert_eq!(failed.status, WorkloadStatus::Failure);

@@ -39,9 +39,11 @@ async fn a_schedule_fire_starts_one_job_and_queues_its_workload() {
     }
 
     let runtime = LocalRuntime::start().await.unwrap();
+    let started = std::time::Instant::now();
     let _function = runtime.function(env!("CARGO_BIN_EXE_scheduler"), "scheduler").envs(sluice_store_aws::moto::env(&moto)).env("SLUICE_PREFIX", "sched").spawn().unwrap();
     let fire = |id: &str| runtime.invoke(json!({"connectionId": id, "source": "schedule"}), Duration::from_secs(60));
     let first = fire("active-conn").await.unwrap().unwrap();
+    eprintln!("scheduler: first answer {:?} after the process started (cold start)", started.elapsed());
     let job = first["started"].as_i64().expect("a job started");
     let second = fire("active-conn").await.unwrap().unwrap();
     assert!(second["skipped"].as_str().unwrap().contains(&format!("job {job}")), "{second}");

@@ -39,9 +39,11 @@ async fn a_tasks_credential_opens_its_own_workload_only() {
     let credential = app.keys.workload_token("conn_1_0_sync");
 
     let runtime = LocalRuntime::start().await.unwrap();
+    let started = std::time::Instant::now();
     let _function = runtime.function(env!("CARGO_BIN_EXE_workload-api"), "workload-api").envs(sluice_store_aws::moto::env(&moto)).env("SLUICE_PREFIX", "wl").spawn().unwrap();
     let call = |event: Value| runtime.invoke(event, Duration::from_secs(60));
     let running = call(rest_event("POST", "/api/internal/v1/workloads/conn_1_0_sync/running", &credential, Some("{}"))).await.unwrap().unwrap();
+    eprintln!("workload-api: first answer {:?} after the process started (cold start)", started.elapsed());
     assert_eq!(running["statusCode"], 200, "{running}");
     let body: Value = serde_json::from_str(running["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["status"], "running");
