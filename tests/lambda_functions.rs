@@ -21,13 +21,16 @@ use support::aws::{default_network, moto, provision, EcsPlayer};
 use support::platform::Platform;
 use support::{fixture, Scratch};
 
-/// A function's binary: `cargo test` builds every workspace binary beside
-/// this test's; `SLUICE_FUNCTIONS_DIR` points elsewhere (e.g. at the
-/// build script's output).
+/// A function's binary: the `bootstrap` of its package when
+/// `SLUICE_FUNCTIONS_DIR` names the build script's output
+/// (`task-images/build-lambdas.sh --out DIR`), else the binary `cargo test`
+/// built beside this test.
 fn function_binary(name: &str) -> PathBuf {
-    let beside = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    let path = std::env::var_os("SLUICE_FUNCTIONS_DIR").map(PathBuf::from).unwrap_or(beside).join(name);
-    assert!(path.exists(), "{} is missing: build the functions (cargo build --workspace), or set SLUICE_FUNCTIONS_DIR", path.display());
+    let path = match std::env::var_os("SLUICE_FUNCTIONS_DIR") {
+        Some(dir) => PathBuf::from(dir).join(name).join("bootstrap"),
+        None => std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join(name),
+    };
+    assert!(path.exists(), "{} is missing: build the functions (cargo build --workspace, or task-images/build-lambdas.sh)", path.display());
     path
 }
 
@@ -86,19 +89,16 @@ impl Functions {
         let health: Value = serde_json::from_str(sluice_lambda::events::REST_PROXY).unwrap();
         let mut unknown_workload = health.clone();
         unknown_workload["path"] = json!("/api/internal/v1/workloads/none");
-        let first = |runtime: &LocalRuntime, event: Value| {
-            let timed = runtime.invoke(event, Duration::from_secs(60));
-            async move {
-                let answer = timed.await;
-                (spawned.elapsed(), answer)
-            }
-        };
+        async fn first(runtime: &LocalRuntime, event: Value, since: Instant) -> (Duration, Result<sluice_lambda::runtime_api::Answer, String>) {
+            let answer = runtime.invoke(event, Duration::from_secs(60)).await;
+            (since.elapsed(), answer)
+        }
         let (config, workload, scheduler, launcher, monitor) = tokio::join!(
-            first(&functions.config, health),
-            first(&functions.workload, unknown_workload),
-            first(&functions.scheduler, json!({"jobId": 0, "source": "retry"})),
-            first(&functions.launcher, json!({"Records": []})),
-            first(&functions.monitor, serde_json::from_str(sluice_lambda::events::SCHEDULED_EVENT).unwrap()),
+            first(&functions.config, health, spawned),
+            first(&functions.workload, unknown_workload, spawned),
+            first(&functions.scheduler, json!({"jobId": 0, "source": "retry"}), spawned),
+            first(&functions.launcher, json!({"Records": []}), spawned),
+            first(&functions.monitor, serde_json::from_str(sluice_lambda::events::SCHEDULED_EVENT).unwrap(), spawned),
         );
         assert_eq!(config.1.as_ref().ok().and_then(|a| a.as_ref().ok()).map(|a| a["statusCode"].clone()), Some(json!(200)), "{config:?}");
         assert_eq!(workload.1.as_ref().ok().and_then(|a| a.as_ref().ok()).map(|a| a["statusCode"].clone()), Some(json!(401)), "{workload:?}");
@@ -222,11 +222,8 @@ fn the_platform_runs_as_its_lambda_functions() {
         "configurations": {"streams": [{"name": "items", "syncMode": "incremental_append"}]}}))["connectionId"].as_str().unwrap().to_owned();
 
     // Sync, then an incremental sync that resumes from the committed state.
-    let sync = |p: &Platform| p.post("/jobs", json!({"connectionId": connection, "jobType": "sync"}))["jobId"].as_i64().unwrap();
-    let cursor = |p: &Platform| -> i64 {
-        let states = p.get(&format!("/connections/{connection}/state"))["states"].clone();
-        states.as_array().and_then(|s| s.first()).map(|s| s["stream"]["stream_state"]["cursor"].as_i64().unwrap()).unwrap_or(0)
-    };
+    let sync = |p: &Platform| p.sync(&connection);
+    let cursor = |p: &Platform| p.cursor(&connection);
     let job = p.wait_job(sync(&p), Duration::from_secs(120));
     assert_eq!(job["status"], "succeeded", "{job}\n{}", p.log());
     assert_eq!(cursor(&p), 400);

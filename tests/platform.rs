@@ -23,10 +23,6 @@ fn connection(p: &Platform, source: &str, destination: &str, streams: Value) -> 
     body["connectionId"].as_str().unwrap().to_owned()
 }
 
-fn sync(p: &Platform, connection: &str) -> i64 {
-    p.post("/jobs", json!({"connectionId": connection, "jobType": "sync"}))["jobId"].as_i64().unwrap()
-}
-
 fn state_of(p: &Platform, connection: &str) -> Value {
     p.get(&format!("/connections/{connection}/state"))["states"].clone()
 }
@@ -49,7 +45,7 @@ fn pypi_faker_to_jsonl_over_http_then_incremental_then_cron() {
         {"name": "users", "syncMode": "incremental_append"},
         {"name": "purchases", "syncMode": "incremental_append"}
     ]));
-    let job = p.wait_job(sync(&p, &connection), Duration::from_secs(180));
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(180));
     assert_eq!(job["status"], "succeeded", "{job}\n{}", p.log());
     assert!(job["rowsSynced"].as_u64().unwrap() >= 120, "{job}");
     let users = scratch.read_lines("out/users.jsonl");
@@ -64,7 +60,7 @@ fn pypi_faker_to_jsonl_over_http_then_incremental_then_cron() {
     let streams_in_state: Vec<&str> = state.as_array().unwrap().iter().map(|s| s["stream"]["stream_descriptor"]["name"].as_str().unwrap()).collect();
     assert!(streams_in_state.contains(&"users"), "{state}");
     let purchases_before = scratch.read_lines("out/purchases.jsonl").len();
-    let second = p.wait_job(sync(&p, &connection), Duration::from_secs(180));
+    let second = p.wait_job(p.sync(&connection), Duration::from_secs(180));
     assert_eq!(second["status"], "succeeded", "{second}");
     assert_eq!(second["rowsSynced"], 0, "nothing new to sync: {second}");
     assert_eq!(scratch.read_lines("out/users.jsonl").len(), 120, "no duplicate rows");
@@ -166,7 +162,7 @@ fn one_job_at_a_time_cancel_keeps_state_and_credentials_open_only_their_workload
     assert!(rows >= kept, "every committed record is in the destination: {rows} rows, cursor {kept}");
 
     // The next sync resumes after the committed cursor and finishes the rest.
-    let next = p.wait_job(sync(&p, &connection), Duration::from_secs(60));
+    let next = p.wait_job(p.sync(&connection), Duration::from_secs(60));
     assert_eq!(next["status"], "succeeded", "{next}");
     assert_eq!(committed_cursor(&p, &connection), kept + 400);
 }
@@ -176,7 +172,7 @@ fn kill_9_mid_sync_then_restart_finishes_without_loss_or_duplicates() {
     let scratch = Scratch::new();
     let mut p = Platform::start(&scratch.path("data"), &[]);
     let connection = scripted_connection(&p, &scratch, json!({"records": 300, "state_every": 10, "delay_secs": 0.01}), "incremental_deduped_history");
-    let job = sync(&p, &connection);
+    let job = p.sync(&connection);
     p.wait_for("a committed state", Duration::from_secs(60), |p| committed_cursor(p, &connection) >= 50);
     let before = committed_cursor(&p, &connection);
     p.kill();
@@ -201,7 +197,7 @@ fn a_task_whose_heartbeats_stop_is_failed_by_the_monitor_and_retried() {
     let scratch = Scratch::new();
     let p = Platform::start(&scratch.path("data"), &["--heartbeat-timeout-secs", "3", "--monitor-secs", "1"]);
     let connection = scripted_connection(&p, &scratch, json!({"records": 200, "state_every": 10, "delay_secs": 0.02}), "incremental_append");
-    let job = sync(&p, &connection);
+    let job = p.sync(&connection);
     p.wait_for("a running task", Duration::from_secs(60), |p| !orchestrators(p.pid()).is_empty());
     let (frozen, first_workload, _) = orchestrators(p.pid())[0].clone();
     unsafe { libc::kill(-frozen, libc::SIGSTOP) };
@@ -247,11 +243,11 @@ fn a_source_secret_is_in_no_response_log_or_database_row() {
     let mut responses = vec![p.get(&format!("/sources/{source}")), p.get(&format!("/sources?workspaceIds={workspace}"))];
     assert_eq!(responses[0]["configuration"]["api_key"], "**********");
     let connection = connection(&p, &source, &destination, json!([{"name": "items", "syncMode": "incremental_append"}]));
-    let job = p.wait_job(sync(&p, &connection), Duration::from_secs(60));
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(60));
     assert_eq!(job["status"], "succeeded");
     // Sending the mask back keeps the secret; the source still works.
     responses.push(p.ok("PATCH", &format!("/sources/{source}"), Some(json!({"name": "renamed", "configuration": {"api_key": "**********", "records": 5}}))));
-    let again = p.wait_job(sync(&p, &connection), Duration::from_secs(60));
+    let again = p.wait_job(p.sync(&connection), Duration::from_secs(60));
     assert_eq!(again["status"], "succeeded", "{again}");
     responses.push(p.get(&format!("/jobs/{}/attempts", again["jobId"])));
     responses.push(p.get(&format!("/jobs/{}/attempts/0/logs", again["jobId"])));
@@ -384,7 +380,7 @@ fn reset_drops_state_and_data_and_refresh_starts_a_new_generation() {
     let scratch = Scratch::new();
     let p = Platform::start(&scratch.path("data"), &[]);
     let connection = scripted_connection(&p, &scratch, json!({"records": 20, "state_every": 5}), "incremental_append");
-    assert_eq!(p.wait_job(sync(&p, &connection), Duration::from_secs(60))["status"], "succeeded");
+    assert_eq!(p.wait_job(p.sync(&connection), Duration::from_secs(60))["status"], "succeeded");
     assert_eq!(committed_cursor(&p, &connection), 20);
     assert_eq!(scratch.read_lines("out/items.jsonl").len(), 20);
 
@@ -395,7 +391,7 @@ fn reset_drops_state_and_data_and_refresh_starts_a_new_generation() {
     assert_eq!(scratch.read_lines("out/items.jsonl").len(), 0, "and the data");
 
     // The next sync starts from scratch.
-    assert_eq!(p.wait_job(sync(&p, &connection), Duration::from_secs(60))["status"], "succeeded");
+    assert_eq!(p.wait_job(p.sync(&connection), Duration::from_secs(60))["status"], "succeeded");
     assert_eq!(committed_cursor(&p, &connection), 20);
 
     // A refresh re-reads everything under a new generation.
@@ -447,7 +443,7 @@ fn job_events_reach_the_workspaces_webhooks_with_retries() {
     let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 10}));
     let destination = p.actor("destination", &workspace, "dev-null", json!({}));
     let connection = connection(&p, &source, &destination, json!([{"name": "users", "syncMode": "full_refresh_overwrite"}]));
-    let job = p.wait_job(sync(&p, &connection), Duration::from_secs(60));
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(60));
     assert_eq!(job["status"], "succeeded");
     p.wait_for("both events", Duration::from_secs(20), |_| received.lock().unwrap().len() >= 2);
     let events = received.lock().unwrap().clone();
@@ -471,7 +467,7 @@ fn schemathesis_finds_no_server_error_and_no_response_off_the_document() {
     let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 5}));
     let destination = p.actor("destination", &workspace, "dev-null", json!({}));
     let connection = connection(&p, &source, &destination, json!([{"name": "users", "syncMode": "full_refresh_overwrite"}]));
-    assert_eq!(p.wait_job(sync(&p, &connection), Duration::from_secs(60))["status"], "succeeded");
+    assert_eq!(p.wait_job(p.sync(&connection), Duration::from_secs(60))["status"], "succeeded");
 
     let output = std::process::Command::new(venv.join("bin/st"))
         .current_dir(scratch.path("."))

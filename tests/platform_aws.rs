@@ -32,11 +32,8 @@ fn the_platform_on_aws_adapters_syncs_resumes_cancels_and_schedules() {
         "configurations": {"streams": [{"name": "items", "syncMode": "incremental_append"}]}}))["connectionId"].as_str().unwrap().to_owned();
 
     // A first sync to the end, then one that resumes from the committed state.
-    let sync = |p: &Platform| p.post("/jobs", json!({"connectionId": connection, "jobType": "sync"}))["jobId"].as_i64().unwrap();
-    let cursor = |p: &Platform| -> i64 {
-        let states = p.get(&format!("/connections/{connection}/state"))["states"].clone();
-        states.as_array().and_then(|s| s.first()).map(|s| s["stream"]["stream_state"]["cursor"].as_i64().unwrap()).unwrap_or(0)
-    };
+    let sync = |p: &Platform| p.sync(&connection);
+    let cursor = |p: &Platform| p.cursor(&connection);
     let job = p.wait_job(sync(&p), Duration::from_secs(120));
     assert_eq!(job["status"], "succeeded", "{job}\n{}", p.log());
     assert_eq!(cursor(&p), 300);

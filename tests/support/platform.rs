@@ -177,6 +177,18 @@ impl Platform {
         }
     }
 
+    /// Starts a sync job of the connection; its id.
+    pub fn sync(&self, connection: &str) -> i64 {
+        self.post("/jobs", json!({"connectionId": connection, "jobType": "sync"}))["jobId"].as_i64().unwrap()
+    }
+
+    /// The cursor of the connection's first committed stream state (the
+    /// scripted source's `items`), 0 before any.
+    pub fn cursor(&self, connection: &str) -> i64 {
+        let states = self.get(&format!("/connections/{connection}/state"))["states"].clone();
+        states.as_array().and_then(|s| s.first()).map(|s| s["stream"]["stream_state"]["cursor"].as_i64().unwrap()).unwrap_or(0)
+    }
+
     pub fn workspace(&self, name: &str) -> String {
         self.post("/workspaces", json!({"name": name}))["workspaceId"].as_str().unwrap().to_owned()
     }

@@ -33,7 +33,7 @@ pub fn launch_key_name(secrets_prefix: &str) -> String {
     format!("{secrets_prefix}/launch-key")
 }
 
-/// How long attempt logs are kept.
+/// How long attempt and task logs are kept (template.yaml's default).
 pub const LOG_RETENTION_DAYS: i32 = 30;
 
 /// What `provision` made or found.
@@ -123,7 +123,8 @@ pub async fn provision(config: &aws_config::SdkConfig, names: &Names) -> Result<
     let queue = sqs
         .create_queue()
         .queue_name(&names.queue)
-        .attributes(QueueAttributeName::VisibilityTimeout, "120")
+        // As template.yaml: six times the launcher function's timeout, as Lambda's SQS event source wants.
+        .attributes(QueueAttributeName::VisibilityTimeout, "180")
         .attributes(QueueAttributeName::RedrivePolicy, redrive)
         .send()
         .await
@@ -162,6 +163,12 @@ pub async fn provision(config: &aws_config::SdkConfig, names: &Names) -> Result<
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_already_exists_exception()) => done.existing.push(format!("log group {}", names.task_log_group)),
         Err(e) => return Err(failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e))),
     }
+    logs.put_retention_policy()
+        .log_group_name(&names.task_log_group)
+        .retention_in_days(LOG_RETENTION_DAYS)
+        .send()
+        .await
+        .map_err(|e| failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e)))?;
     let ecs = aws_sdk_ecs::Client::new(config);
     let clusters = ecs.describe_clusters().clusters(&names.cluster).send().await.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
     if clusters.clusters().iter().any(|c| c.status() == Some("ACTIVE")) {

@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1
+# One of Sluice's reference connectors as an image: the static binary at
+# /connector (where a task's connector container looks for it when
+# AIRBYTE_ENTRYPOINT is unset), on busybox for the shell of the task's
+# attach wrapper. Non-root.
+#
+#   docker build -f task-images/connector.Dockerfile --build-arg CONNECTOR=source-faker -t sluice/source-faker:0.1.0 .
+#
+# CONNECTOR is source-faker, destination-jsonl or destination-dev-null.
+FROM rust:1.95-slim-bookworm AS build
+ARG CONNECTOR=source-faker
+RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
+    && rm -rf /var/lib/apt/lists/* \
+    && rustup target add "$(uname -m)-unknown-linux-musl"
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry --mount=type=cache,target=/src/target \
+    cargo build --locked --profile lambda --target "$(uname -m)-unknown-linux-musl" -p "sluice-${CONNECTOR}" --bin "${CONNECTOR}" \
+    && cp "target/$(uname -m)-unknown-linux-musl/lambda/${CONNECTOR}" /connector
+
+FROM busybox:1.37-musl
+COPY --from=build /connector /connector
+USER 65532:65532
+WORKDIR /sluice
+ENTRYPOINT ["/connector"]
