@@ -76,6 +76,33 @@ impl Functions {
             ("launcher", &functions.launcher, 1),
             ("monitor", &functions.monitor, 1),
         ];
+        // Cold starts, one function at a time: from its process's start to
+        // its init done (its first poll for an event) and to its first answer.
+        let health: Value = serde_json::from_str(sluice_lambda::events::REST_PROXY).unwrap();
+        let mut unknown_workload = health.clone();
+        unknown_workload["path"] = json!("/api/internal/v1/workloads/none");
+        let firsts = [
+            ("config-api", health, Some(200)),
+            ("workload-api", unknown_workload, Some(401)),
+            ("scheduler", json!({"jobId": 0, "source": "retry"}), None),
+            ("launcher", json!({"Records": []}), None),
+            ("monitor", serde_json::from_str(sluice_lambda::events::SCHEDULED_EVENT).unwrap(), None),
+        ];
+        for (name, event, status) in firsts {
+            let probe = LocalRuntime::start().await.unwrap();
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+            let started = Instant::now();
+            let mut child = probe.function(function_binary(name).to_str().unwrap(), name).envs(env.iter().map(|(k, v)| (k, v))).stderr(file).spawn().unwrap();
+            let answer = probe.invoke(event, Duration::from_secs(60)).await;
+            let answered = started.elapsed();
+            let init = probe.first_poll().map(|t| t - started).unwrap_or_default();
+            let answer = answer.unwrap_or_else(|e| panic!("{name}: {e}")).unwrap_or_else(|e| panic!("{name} failed its first event: {e}"));
+            if let Some(status) = status {
+                assert_eq!(answer["statusCode"], status, "{name}: {answer}");
+            }
+            eprintln!("cold start: {name}: init done {} ms, first answer {} ms after its process started", init.as_millis(), answered.as_millis());
+            child.kill().await.unwrap();
+        }
         let mut children = Vec::new();
         for (name, runtime, instances) in plan {
             for _ in 0..instances {
@@ -83,28 +110,6 @@ impl Functions {
                 let child = runtime.function(function_binary(name).to_str().unwrap(), name).envs(env.iter().map(|(k, v)| (k, v))).stderr(file).spawn().unwrap();
                 children.push(child);
             }
-        }
-        let spawned = Instant::now();
-        // Cold starts: from the processes' start to each function's first answer, all asked at once.
-        let health: Value = serde_json::from_str(sluice_lambda::events::REST_PROXY).unwrap();
-        let mut unknown_workload = health.clone();
-        unknown_workload["path"] = json!("/api/internal/v1/workloads/none");
-        async fn first(runtime: &LocalRuntime, event: Value, since: Instant) -> (Duration, Result<sluice_lambda::runtime_api::Answer, String>) {
-            let answer = runtime.invoke(event, Duration::from_secs(60)).await;
-            (since.elapsed(), answer)
-        }
-        let (config, workload, scheduler, launcher, monitor) = tokio::join!(
-            first(&functions.config, health, spawned),
-            first(&functions.workload, unknown_workload, spawned),
-            first(&functions.scheduler, json!({"jobId": 0, "source": "retry"}), spawned),
-            first(&functions.launcher, json!({"Records": []}), spawned),
-            first(&functions.monitor, serde_json::from_str(sluice_lambda::events::SCHEDULED_EVENT).unwrap(), spawned),
-        );
-        assert_eq!(config.1.as_ref().ok().and_then(|a| a.as_ref().ok()).map(|a| a["statusCode"].clone()), Some(json!(200)), "{config:?}");
-        assert_eq!(workload.1.as_ref().ok().and_then(|a| a.as_ref().ok()).map(|a| a["statusCode"].clone()), Some(json!(401)), "{workload:?}");
-        for (name, (took, answer)) in [("config-api", &config), ("workload-api", &workload), ("scheduler", &scheduler), ("launcher", &launcher), ("monitor", &monitor)] {
-            assert!(matches!(answer, Ok(Ok(_))), "{name} did not answer its first event: {answer:?}");
-            eprintln!("cold start: {name} answered its first event {} ms after its process started", took.as_millis());
         }
         functions._children = children;
         functions

@@ -71,18 +71,23 @@ pub fn settings_from_env() -> Result<Settings, Error> {
 pub async fn app_for(config: &aws_config::SdkConfig, prefix: &str) -> Result<Arc<App>, Error> {
     let config = config.clone();
     let names = Names::with_prefix(prefix);
-    let queue_url = match var("SLUICE_QUEUE_URL") {
-        Some(url) => url,
-        None => SqsQueue::url_of(&config, &names.queue).await.map_err(|e| Error(format!("cannot find the workload queue {}: {e}", names.queue)))?,
-    };
     let target = ScheduleTarget {
         function_arn: var("SLUICE_SCHEDULER_FUNCTION_ARN").unwrap_or_default(),
         role_arn: var("SLUICE_SCHEDULER_ROLE_ARN").unwrap_or_default(),
     };
     let store = Arc::new(DynamoStore::new(&config, names.clone()));
     let secrets = Arc::new(SecretsManagerStore::new(&config, &names.secrets_prefix));
-    let key = sluice_api::auth::signing_key(&*store, &*secrets).await.map_err(|e| Error(format!("cannot read the signing key: {e}")))?;
-    let launch_key = sluice_store::SecretStore::get_secret(&*secrets, &sluice_store_aws::provision::launch_key_name(&names.secrets_prefix)).await.ok();
+    // Every round trip here is cold-start time: they go out together.
+    let queue_url = async {
+        match var("SLUICE_QUEUE_URL") {
+            Some(url) => Ok(url),
+            None => SqsQueue::url_of(&config, &names.queue).await.map_err(|e| Error(format!("cannot find the workload queue {}: {e}", names.queue))),
+        }
+    };
+    let key = async { sluice_api::auth::signing_key(&*store, &*secrets).await.map_err(|e| Error(format!("cannot read the signing key: {e}"))) };
+    let launch_key = async { sluice_store::SecretStore::get_secret(&*secrets, &sluice_store_aws::provision::launch_key_name(&names.secrets_prefix)).await.ok() };
+    let (queue_url, key, launch_key) = tokio::join!(queue_url, key, launch_key);
+    let (queue_url, key) = (queue_url?, key?);
     Ok(Arc::new(App {
         config: store.clone(),
         jobs: store.clone(),

@@ -25,6 +25,8 @@ struct Shared {
     init_error: Mutex<Option<Value>>,
     event_ready: Notify,
     answered: Notify,
+    /// When a function first asked for an event: its init was done.
+    first_poll: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 pub struct LocalRuntime {
@@ -46,6 +48,11 @@ impl LocalRuntime {
             .with_state(shared.clone());
         tokio::spawn(async move { axum::serve(listener, routes).await });
         Ok(LocalRuntime { address, shared, next_id: Default::default() })
+    }
+
+    /// When a function first asked for an event (its init done), if one has.
+    pub fn first_poll(&self) -> Option<std::time::Instant> {
+        *self.shared.first_poll.lock().expect("not poisoned")
     }
 
     /// `host:port`, the value of `AWS_LAMBDA_RUNTIME_API`.
@@ -75,6 +82,7 @@ impl LocalRuntime {
 }
 
 async fn next(State(shared): State<Arc<Shared>>) -> Response {
+    shared.first_poll.lock().expect("not poisoned").get_or_insert_with(std::time::Instant::now);
     loop {
         let ready = shared.event_ready.notified();
         if let Some((id, event)) = shared.events.lock().await.pop_front() {

@@ -1,9 +1,9 @@
 //! The Config API on Lambda behind API Gateway (REST, proxy integration):
-//! the same router as `sluice up`, built once per container.
+//! the same router as `sluice up`, built once per container. The built-in
+//! definitions are seeded by `sluice provision`, not at each cold start.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     let app = sluice_lambda::app_from_env().await?;
-    sluice_api::config::builtin::seed(&app).await?;
     lambda_http::run(sluice_api::config_router(app)).await
 }

@@ -39,6 +39,7 @@ async fn the_config_api_function_answers_api_gateway_events() {
     let prefix = "fn";
     sluice_store_aws::provision::provision(&config, &sluice_store_aws::Names::with_prefix(prefix)).await.unwrap();
     let app = sluice_lambda::app_for(&config, prefix).await.unwrap();
+    sluice_api::config::builtin::seed(&app).await.unwrap();
     let (application, secret) = sluice_api::config::new_application(&app, "test").await.unwrap();
 
     let runtime = LocalRuntime::start().await.unwrap();
@@ -69,7 +70,7 @@ async fn the_config_api_function_answers_api_gateway_events() {
     assert_eq!(refused["statusCode"], 401);
     let content_type = refused["headers"]["content-type"].as_str().or_else(|| refused["multiValueHeaders"]["content-type"][0].as_str());
     assert_eq!(content_type, Some("application/problem+json"), "{refused}");
-    // The definitions were seeded at start.
+    // The definitions provisioning seeded.
     let definitions = call(rest_event("GET", &format!("/api/public/v1/workspaces/{id}/definitions/sources"), &auth, None)).await.unwrap().unwrap();
     assert!(definitions["body"].as_str().unwrap().contains("\"faker\""), "{definitions}");
     function.kill().await.unwrap();

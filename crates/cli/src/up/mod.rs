@@ -146,8 +146,13 @@ pub fn provision(args: ProvisionArgs) -> anyhow::Result<i32> {
     runtime.block_on(async {
         let config = sluice_store_aws::sdk_config().await;
         let done = sluice_store_aws::provision::provision(&config, &args.aws.names()).await.context("provisioning failed; check AWS_ENDPOINT_URL, AWS_REGION and the credentials")?;
+        // The built-in definitions, here rather than at each cold start of the Config API.
+        let app = sluice_lambda::app_for(&config, &args.aws.prefix).await?;
+        let seeded = sluice_api::config::builtin::seed(&app).await?;
+        if seeded > 0 {
+            println!("seeded  {seeded} built-in connector definitions");
+        }
         if let Some(path) = &args.credentials_file {
-            let app = sluice_lambda::app_for(&config, &args.aws.prefix).await?;
             match write_first_application(&app, path, args.api_url.as_deref()).await? {
                 true => println!("application credentials in {}", path.display()),
                 false => println!("exists  an application (no credentials written)"),
