@@ -4,9 +4,12 @@
 #   SAM_ARCH=x86_64 sam build --parameter-overrides Architecture=x86_64
 SAM_ARCH ?= arm64
 
+# Each target packages all five in one cargo invocation (the first does the
+# work, the others find it done), so every function is built with the same
+# features, then takes its own bootstrap.
 define function
 build-$(1):
-	task-images/build-lambdas.sh --arch $(SAM_ARCH) $(2)
+	task-images/build-lambdas.sh --arch $(SAM_ARCH)
 	cp target/functions/$(2)/bootstrap "$(ARTIFACTS_DIR)/bootstrap"
 endef
 
