@@ -146,29 +146,20 @@ pub async fn provision(config: &aws_config::SdkConfig, names: &Names) -> Result<
         Err(e) => return Err(failed(aws_sdk_scheduler::error::DisplayErrorContext(e))),
     }
     let logs = aws_sdk_cloudwatchlogs::Client::new(config);
-    match logs.create_log_group().log_group_name(&names.log_group).send().await {
-        Ok(_) => done.created.push(format!("log group {}", names.log_group)),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_already_exists_exception()) => done.existing.push(format!("log group {}", names.log_group)),
-        Err(e) => return Err(failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e))),
+    for group in [&names.log_group, &names.task_log_group] {
+        match logs.create_log_group().log_group_name(group).send().await {
+            Ok(_) => done.created.push(format!("log group {group}")),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_already_exists_exception()) => done.existing.push(format!("log group {group}")),
+            Err(e) => return Err(failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e))),
+        }
+        // Logs expire by themselves: the retention the monitor enforces on one machine.
+        logs.put_retention_policy()
+            .log_group_name(group)
+            .retention_in_days(LOG_RETENTION_DAYS)
+            .send()
+            .await
+            .map_err(|e| failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e)))?;
     }
-    // Attempt logs expire by themselves: the retention the monitor enforces on one machine.
-    logs.put_retention_policy()
-        .log_group_name(&names.log_group)
-        .retention_in_days(LOG_RETENTION_DAYS)
-        .send()
-        .await
-        .map_err(|e| failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e)))?;
-    match logs.create_log_group().log_group_name(&names.task_log_group).send().await {
-        Ok(_) => done.created.push(format!("log group {}", names.task_log_group)),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_already_exists_exception()) => done.existing.push(format!("log group {}", names.task_log_group)),
-        Err(e) => return Err(failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e))),
-    }
-    logs.put_retention_policy()
-        .log_group_name(&names.task_log_group)
-        .retention_in_days(LOG_RETENTION_DAYS)
-        .send()
-        .await
-        .map_err(|e| failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e)))?;
     let ecs = aws_sdk_ecs::Client::new(config);
     let clusters = ecs.describe_clusters().clusters(&names.cluster).send().await.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
     if clusters.clusters().iter().any(|c| c.status() == Some("ACTIVE")) {
