@@ -183,16 +183,22 @@ fn access_token(base: &str, client_id: &str, secret: &str, log: &std::path::Path
     serde_json::from_str::<Value>(&text).unwrap()["access_token"].as_str().unwrap().to_owned()
 }
 
-#[test]
-fn the_platform_runs_as_its_lambda_functions() {
-    let prefix = format!("lam{}", std::process::id());
+/// A provisioned platform named `<tag><pid>` on moto, and its functions
+/// running; their log goes to `functions.log` in the scratch directory.
+fn functions_on_moto(tag: &str) -> (String, Scratch, PathBuf, tokio::runtime::Runtime, Functions) {
+    let prefix = format!("{tag}{}", std::process::id());
     provision(&prefix);
     let (subnet, group) = default_network();
     let scratch = Scratch::new();
     let log = scratch.path("functions.log");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let started = Instant::now();
     let f = rt.block_on(Functions::start(&prefix, &log, &subnet, &group));
+    (prefix, scratch, log, rt, f)
+}
+
+#[test]
+fn the_platform_runs_as_its_lambda_functions() {
+    let (prefix, scratch, log, rt, f) = functions_on_moto("lam");
 
     // A new user's first application, as `sluice provision` makes it.
     let credentials = scratch.path("credentials.json");
@@ -207,7 +213,6 @@ fn the_platform_runs_as_its_lambda_functions() {
     let credentials: Value = serde_json::from_str(&std::fs::read_to_string(&credentials).unwrap()).unwrap();
     let base = format!("{}/api/public/v1", f.gateway.url());
     let token = access_token(&base, credentials["client_id"].as_str().unwrap(), credentials["client_secret"].as_str().unwrap(), &log);
-    eprintln!("config-api through the gateway: first answer {:?} after the processes started", started.elapsed());
     let p = Platform::attach(&base, &token, &log);
 
     let ecs = tasks(&rt, &prefix, &scratch, &f);
@@ -223,18 +228,15 @@ fn the_platform_runs_as_its_lambda_functions() {
     // Discover: an ECS task asks the connector, its answer comes back through the workload API.
     let streams = p.get(&format!("/streams?sourceId={source}&destinationId={destination}"));
     assert_eq!(streams[0]["streamName"], "items", "{streams}");
-    let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
-        "configurations": {"streams": [{"name": "items", "syncMode": "incremental_append"}]}}))["connectionId"].as_str().unwrap().to_owned();
+    let connection = p.items_connection(&source, &destination);
 
     // Sync, then an incremental sync that resumes from the committed state.
-    let sync = |p: &Platform| p.sync(&connection);
-    let cursor = |p: &Platform| p.cursor(&connection);
-    let job = p.wait_job(sync(&p), Duration::from_secs(120));
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(120));
     assert_eq!(job["status"], "succeeded", "{job}\n{}", p.log());
-    assert_eq!(cursor(&p), 400);
-    let job = p.wait_job(sync(&p), Duration::from_secs(120));
+    assert_eq!(p.cursor(&connection), 400);
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(120));
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(cursor(&p), 800, "the second sync resumed after the first");
+    assert_eq!(p.cursor(&connection), 800, "the second sync resumed after the first");
     assert_eq!(scratch.read_lines("out/items.jsonl").len(), 800);
 
     // Concurrent job requests, served by two config-api instances: one job starts.
@@ -248,10 +250,10 @@ fn the_platform_runs_as_its_lambda_functions() {
     let running = started[0]["jobId"].as_i64().unwrap();
 
     // Cancel: the committed state stays, and the task is stopped.
-    p.wait_for("a committed state", Duration::from_secs(60), |p| cursor(p) >= 820);
+    p.wait_for("a committed state", Duration::from_secs(60), |p| p.cursor(&connection) >= 820);
     assert_eq!(p.ok("DELETE", &format!("/jobs/{running}"), None)["status"], "cancelled");
     assert_eq!(p.wait_job(running, Duration::from_secs(60))["status"], "cancelled");
-    let kept = cursor(&p);
+    let kept = p.cursor(&connection);
     assert!((820..1200).contains(&kept), "{kept}");
 
     // Conflicting updates of one connection: each is applied or refused with 409, never a 5xx.
@@ -278,7 +280,7 @@ fn the_platform_runs_as_its_lambda_functions() {
 
     // Its task freezes: no heartbeat. The monitor fails the workload, stops
     // the task and, since the attempt made progress, starts attempt 2 at once.
-    p.wait_for("a committed state", Duration::from_secs(60), |p| cursor(p) >= kept + 20);
+    p.wait_for("a committed state", Duration::from_secs(60), |p| p.cursor(&connection) >= kept + 20);
     let workload = format!("{connection}_{scheduled}_0_sync");
     p.wait_for("the task's processes", Duration::from_secs(30), |_| ecs.freeze(&workload) >= 3);
     std::thread::sleep(Duration::from_secs(6));
@@ -295,7 +297,7 @@ fn the_platform_runs_as_its_lambda_functions() {
     let mut ids: Vec<i64> = lines.iter().map(|l| l["_airbyte_data"]["id"].as_i64().unwrap()).collect();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids, (1..=cursor(&p)).collect::<Vec<_>>(), "every record up to the committed state arrived, none past it");
+    assert_eq!(ids, (1..=p.cursor(&connection)).collect::<Vec<_>>(), "every record up to the committed state arrived, none past it");
 
     // Each workload became one ECS task, though every message was delivered twice.
     rt.block_on(async {
@@ -333,13 +335,7 @@ fn the_platform_runs_as_its_lambda_functions() {
 fn schemathesis_finds_no_server_error_in_the_config_api_function() {
     let cache = sluice_connectors::Cache { root: support::cache_dir() };
     let venv = cache.python_env("schemathesis", Some("4.32.5"), &mut |_| {}).expect("schemathesis installs from PyPI");
-    let prefix = format!("fuzz{}", std::process::id());
-    provision(&prefix);
-    let (subnet, group) = default_network();
-    let scratch = Scratch::new();
-    let log = scratch.path("functions.log");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let f = rt.block_on(Functions::start(&prefix, &log, &subnet, &group));
+    let (prefix, scratch, log, rt, f) = functions_on_moto("fuzz");
     let (client_id, secret) = rt.block_on(async {
         let config = sluice_store_aws::moto::sdk_config(moto()).await;
         let app = sluice_lambda::app_for(&config, &prefix).await.unwrap();

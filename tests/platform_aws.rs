@@ -28,28 +28,25 @@ fn the_platform_on_aws_adapters_syncs_resumes_cancels_and_schedules() {
     assert_eq!(p.get(&format!("/sources/{source}"))["configuration"]["api_key"], "**********");
     let out = scratch.path("out");
     let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": out.display().to_string()}));
-    let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
-        "configurations": {"streams": [{"name": "items", "syncMode": "incremental_append"}]}}))["connectionId"].as_str().unwrap().to_owned();
+    let connection = p.items_connection(&source, &destination);
 
     // A first sync to the end, then one that resumes from the committed state.
-    let sync = |p: &Platform| p.sync(&connection);
-    let cursor = |p: &Platform| p.cursor(&connection);
-    let job = p.wait_job(sync(&p), Duration::from_secs(120));
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(120));
     assert_eq!(job["status"], "succeeded", "{job}\n{}", p.log());
-    assert_eq!(cursor(&p), 300);
-    let job = p.wait_job(sync(&p), Duration::from_secs(120));
+    assert_eq!(p.cursor(&connection), 300);
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(120));
     assert_eq!(job["status"], "succeeded");
-    assert_eq!(cursor(&p), 600, "the second sync resumed after the first");
+    assert_eq!(p.cursor(&connection), 600, "the second sync resumed after the first");
     assert_eq!(scratch.read_lines("out/items.jsonl").len(), 600);
 
     // One job at a time, then cancel: the committed state stays.
-    let running = sync(&p);
+    let running = p.sync(&connection);
     let (status, refused) = p.call("POST", "/jobs", Some(&json!({"connectionId": connection, "jobType": "sync"})), Some(&p.token));
     assert_eq!(status, 409, "{refused}");
-    p.wait_for("a committed state", Duration::from_secs(60), |p| cursor(p) >= 620);
+    p.wait_for("a committed state", Duration::from_secs(60), |p| p.cursor(&connection) >= 620);
     assert_eq!(p.ok("DELETE", &format!("/jobs/{running}"), None)["status"], "cancelled");
     assert_eq!(p.wait_job(running, Duration::from_secs(60))["status"], "cancelled");
-    let kept = cursor(&p);
+    let kept = p.cursor(&connection);
     assert!((620..900).contains(&kept), "{kept}");
 
     // A cron schedule becomes an EventBridge schedule; one that needs seconds is refused.
@@ -141,12 +138,11 @@ fn syncs_run_as_the_ecs_tasks_that_moto_holds() {
     let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": out.display().to_string()}));
     let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
         "configurations": {"streams": [{"name": "users", "syncMode": "incremental_append"}]}}))["connectionId"].as_str().unwrap().to_owned();
-    let sync = |p: &Platform| p.post("/jobs", json!({"connectionId": connection, "jobType": "sync"}))["jobId"].as_i64().unwrap();
-    let first = p.wait_job(sync(&p), Duration::from_secs(120));
+    let first = p.wait_job(p.sync(&connection), Duration::from_secs(120));
     assert_eq!(first["status"], "succeeded", "{first}\n{}", p.log());
     assert_eq!(first["rowsSynced"], 30);
     assert_eq!(scratch.read_lines("out/users.jsonl").len(), 30);
-    let second = p.wait_job(sync(&p), Duration::from_secs(120));
+    let second = p.wait_job(p.sync(&connection), Duration::from_secs(120));
     assert_eq!(second["status"], "succeeded", "{second}");
     assert_eq!(second["rowsSynced"], 0, "the second task resumed from the committed state");
 }

@@ -177,6 +177,13 @@ impl Platform {
         }
     }
 
+    /// A connection syncing the scripted source's `items` incrementally.
+    pub fn items_connection(&self, source: &str, destination: &str) -> String {
+        let body = json!({"sourceId": source, "destinationId": destination,
+            "configurations": {"streams": [{"name": "items", "syncMode": "incremental_append"}]}});
+        self.post("/connections", body)["connectionId"].as_str().unwrap().to_owned()
+    }
+
     /// Starts a sync job of the connection; its id.
     pub fn sync(&self, connection: &str) -> i64 {
         self.post("/jobs", json!({"connectionId": connection, "jobType": "sync"}))["jobId"].as_i64().unwrap()

@@ -16,6 +16,10 @@ pub mod events {
 
 use std::sync::Arc;
 
+/// The SDK configuration from the environment; load it once per container
+/// and hand it to [`app_from_env`] and the ECS helpers.
+pub use sluice_store_aws::sdk_config;
+
 use serde_json::{json, Value};
 use sluice_api::{App, Keys, Settings};
 use sluice_domain::JobType;
@@ -29,14 +33,17 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// `SLUICE_PREFIX`, which names every AWS resource of the platform.
+fn prefix() -> String {
+    var("SLUICE_PREFIX").unwrap_or_else(|| "sluice".into())
+}
+
 /// The platform on its AWS adapters, named by `SLUICE_PREFIX` (default
 /// `sluice`), the queue by `SLUICE_QUEUE_URL` (else looked up by name), the
 /// schedules' target by `SLUICE_SCHEDULER_FUNCTION_ARN` and
 /// `SLUICE_SCHEDULER_ROLE_ARN`, and its settings by [`settings_from_env`].
-pub async fn app_from_env() -> Result<Arc<App>, Error> {
-    let config = sluice_store_aws::sdk_config().await;
-    let prefix = var("SLUICE_PREFIX").unwrap_or_else(|| "sluice".into());
-    let mut app = app_for(&config, &prefix).await?;
+pub async fn app_from_env(config: &aws_config::SdkConfig) -> Result<Arc<App>, Error> {
+    let mut app = app_for(config, &prefix()).await?;
     Arc::get_mut(&mut app).expect("not shared yet").settings = settings_from_env()?;
     Ok(app)
 }
@@ -164,10 +171,8 @@ pub async fn stop_tasks_of_ended_workloads(app: &App, tasks: &sluice_store_aws::
 }
 
 /// The ECS cluster of the platform named by `SLUICE_PREFIX`, to stop tasks in.
-pub async fn ecs_cluster_from_env() -> sluice_store_aws::EcsTasks {
-    let config = sluice_store_aws::sdk_config().await;
-    let names = Names::with_prefix(&var("SLUICE_PREFIX").unwrap_or_else(|| "sluice".into()));
-    sluice_store_aws::EcsTasks::in_cluster(&config, &names.cluster)
+pub fn ecs_cluster_from_env(config: &aws_config::SdkConfig) -> sluice_store_aws::EcsTasks {
+    sluice_store_aws::EcsTasks::in_cluster(config, &Names::with_prefix(&prefix()).cluster)
 }
 
 /// Runs workloads as ECS tasks (syncs, and the spec, check and discover
@@ -216,7 +221,7 @@ pub async fn launcher(app: &App, ecs: &EcsLauncher, event: &Value) -> Value {
         // A duplicated delivery has the same message id but its own receipt:
         // claims by the delivery, so that only one of two can win.
         let receipt = record["receiptHandle"].as_str().unwrap_or_default();
-        let by = format!("lambda/{message_id}/{:016x}", fnv1a(receipt));
+        let by = format!("lambda/{message_id}/{}", sluice_launcher::ecs::fingerprint(receipt));
         match sluice_launcher::claim(app, workload_id.trim(), &by).await {
             Ok(Some(w)) => {
                 if let Err(e) = ecs.launch(app, &w).await {
@@ -233,17 +238,12 @@ pub async fn launcher(app: &App, ecs: &EcsLauncher, event: &Value) -> Value {
     json!({"batchItemFailures": retry})
 }
 
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
-}
-
 /// The ECS launcher from the environment: `SLUICE_ORCHESTRATOR_IMAGE`,
 /// `SLUICE_TASK_SUBNETS`, `SLUICE_TASK_SECURITY_GROUPS` (comma-separated),
 /// `SLUICE_TASK_EXECUTION_ROLE_ARN`, `SLUICE_TASK_ROLE_ARN`,
 /// `SLUICE_WORKLOAD_API_URL` (as tasks reach it), `SLUICE_REFERENCE_IMAGE_PREFIX`.
-pub async fn ecs_launcher_from_env() -> Result<EcsLauncher, Error> {
-    let config = sluice_store_aws::sdk_config().await;
-    let prefix = var("SLUICE_PREFIX").unwrap_or_else(|| "sluice".into());
+pub async fn ecs_launcher_from_env(config: &aws_config::SdkConfig) -> Result<EcsLauncher, Error> {
+    let prefix = prefix();
     let names = Names::with_prefix(&prefix);
     let need = |name: &str| var(name).ok_or_else(|| Error(format!("the launcher needs {name}")));
     let list = |name: &str| -> Result<Vec<String>, Error> { Ok(need(name)?.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()) };
@@ -255,7 +255,7 @@ pub async fn ecs_launcher_from_env() -> Result<EcsLauncher, Error> {
         family_prefix: prefix.clone(),
         log_group: names.task_log_group.clone(),
         region: var("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
-        launch_key_secret_arn: sluice_store_aws::provision::launch_key_arn(&config, &names).await.map_err(|e| Error(format!("cannot find the launch key: {e}")))?,
+        launch_key_secret_arn: sluice_store_aws::provision::launch_key_arn(config, &names).await.map_err(|e| Error(format!("cannot find the launch key: {e}")))?,
     };
     let placement = sluice_store_aws::EcsPlacement {
         cluster: names.cluster.clone(),
@@ -265,5 +265,5 @@ pub async fn ecs_launcher_from_env() -> Result<EcsLauncher, Error> {
         task_role_arn: need("SLUICE_TASK_ROLE_ARN")?,
         assign_public_ip: var("SLUICE_TASK_PUBLIC_IP").is_some_and(|v| v == "true"),
     };
-    Ok(EcsLauncher { tasks: sluice_store_aws::EcsTasks::new(&config, placement), settings, api_url: need("SLUICE_WORKLOAD_API_URL")? })
+    Ok(EcsLauncher { tasks: sluice_store_aws::EcsTasks::new(config, placement), settings, api_url: need("SLUICE_WORKLOAD_API_URL")? })
 }

@@ -75,8 +75,9 @@ pub struct EcsRun {
     pub started_by: String,
 }
 
-/// 64-bit FNV-1a: a stable name for a definition's content.
-fn fingerprint(text: &str) -> String {
+/// 64-bit FNV-1a, in hex: a stable short name for some content (a task
+/// definition's, an SQS delivery's receipt).
+pub fn fingerprint(text: &str) -> String {
     let hash = text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
     format!("{hash:016x}")
 }

@@ -43,13 +43,7 @@ impl From<StoreError> for LaunchError {
 
 /// The question a spec, check or discover workload asks its connector.
 pub fn question(kind: WorkloadType) -> Option<sluice_orchestrator::ask::Question> {
-    use sluice_orchestrator::ask::Question;
-    match kind {
-        WorkloadType::Spec => Some(Question::Spec),
-        WorkloadType::Check => Some(Question::Check),
-        WorkloadType::Discover => Some(Question::Discover),
-        WorkloadType::Sync => None,
-    }
+    sluice_orchestrator::ask::Question::parse(kind.as_str())
 }
 
 fn input(w: &Workload) -> Value {

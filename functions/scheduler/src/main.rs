@@ -6,7 +6,8 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let app = sluice_lambda::app_from_env().await?;
+    let config = sluice_lambda::sdk_config().await;
+    let app = sluice_lambda::app_from_env(&config).await?;
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
         let app = app.clone();
         async move { Ok::<_, Error>(sluice_lambda::scheduler(&app, &event.payload).await?) }

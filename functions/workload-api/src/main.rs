@@ -3,6 +3,7 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    let app = sluice_lambda::app_from_env().await?;
+    let config = sluice_lambda::sdk_config().await;
+    let app = sluice_lambda::app_from_env(&config).await?;
     lambda_http::run(sluice_api::workload_router(app)).await
 }

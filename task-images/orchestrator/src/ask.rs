@@ -1,7 +1,7 @@
 //! A connector's one-answer commands: `spec`, `check` and `discover`.
 //!
-//! [`find_answer`] reads the answer out of a connector's stdout, for every
-//! executor. [`ask`] is the orchestrator container's part in a task that
+//! [`answer_or_reason`] reads the answer out of a connector's stdout, for
+//! every executor. [`ask`] is the orchestrator container's part in a task that
 //! asks such a question on ECS: the connector runs in its own container on
 //! the shared volume's pipes, and this reads its output, keeps the workload
 //! alive with heartbeats, and reports the answer (or why there is none) to
@@ -50,7 +50,7 @@ impl Question {
 /// The answer on a connector's stdout, as the platform stores it
 /// (`{"spec": ...}`, `{"connectionStatus": ...}`, `{"catalog": ...}`), and
 /// the TRACE errors it reported before (or instead of) answering.
-pub fn find_answer(question: Question, stdout: &[u8]) -> (Option<Value>, Vec<String>) {
+fn find_answer(question: Question, stdout: &[u8]) -> (Option<Value>, Vec<String>) {
     let mut errors = Vec::new();
     for line in stdout.split(|&b| b == b'\n').filter(|l| !l.trim_ascii().is_empty()) {
         let Ok(message) = serde_json::from_slice::<AirbyteMessage>(line) else { continue };
