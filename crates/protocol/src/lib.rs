@@ -1,8 +1,11 @@
-//! The Airbyte Protocol: messages as Rust types ([`message`]) and the line
-//! codec that the data plane routes with ([`codec`]).
+//! The Airbyte Protocol: messages as Rust types ([`message`]), the line
+//! codec that the data plane routes with ([`codec`]), and socket mode's data
+//! channel ([`socket`], with its PROTOBUF framing in [`protobuf`]).
 
 pub mod codec;
 pub mod message;
+pub mod protobuf;
+pub mod socket;
 pub mod time;
 
 pub use codec::{peek, Head, Kind, LineError, LineReader, PeekError};

@@ -244,9 +244,13 @@ pub struct AirbyteStateMessage {
     pub source_stats: Option<AirbyteStateStats>,
     #[serde(default, rename = "destinationStats", skip_serializing_if = "Option::is_none")]
     pub destination_stats: Option<AirbyteStateStats>,
-    /// Added by the platform to every source STATE; the destination echoes it.
+    /// Added by the platform to every source STATE (in socket mode, by the
+    /// source); the destination echoes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
+    /// Socket mode: the source partition whose records this state covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_id: Option<String>,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -268,7 +272,7 @@ impl AirbyteStateMessage {
     /// The state as a connector's `--state` file holds it: without the
     /// platform's bookkeeping (`id`, record counts).
     pub fn without_bookkeeping(&self) -> Self {
-        AirbyteStateMessage { source_stats: None, destination_stats: None, id: None, ..self.clone() }
+        AirbyteStateMessage { source_stats: None, destination_stats: None, id: None, partition_id: None, ..self.clone() }
     }
 }
 

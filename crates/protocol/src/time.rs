@@ -31,7 +31,7 @@ fn split(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
 }
 
 // Howard Hinnant's civil-calendar algorithms.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
