@@ -278,6 +278,15 @@ impl SocketRecord<'_> {
         }
     }
 
+    /// The size of the record's data as it travelled: its JSON text, or its
+    /// encoded values.
+    pub fn data_len(&self) -> usize {
+        match self {
+            SocketRecord::Json(r) => r.data.get().len(),
+            SocketRecord::Proto(r) => r.body_len(),
+        }
+    }
+
     /// Appends the record's data as JSON: as written for JSONL, named by
     /// `properties` (the stream's, sorted) for PROTOBUF.
     pub fn write_data(&self, properties: &[String], out: &mut Vec<u8>) -> Result<(), FrameError> {

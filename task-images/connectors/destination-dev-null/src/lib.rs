@@ -1,9 +1,12 @@
 //! `destination-dev-null`: parses every message it is sent, stores nothing,
 //! and echoes each STATE at once: the fastest destination that still does
-//! the work of reading the protocol.
+//! the work of reading the protocol. In socket mode it reads every socket in
+//! parallel and releases each STATE once all its records arrived.
 
 use serde_json::json;
+use sluice_connector_kit::sockets::{self, Sink};
 use sluice_connector_kit::{each_input_message, echo_state, read_json, Command, Failure, Output};
+use sluice_protocol::socket::SocketRecord;
 use sluice_protocol::*;
 
 pub const NAME: &str = "destination-dev-null";
@@ -30,7 +33,13 @@ fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
         }
         Command::Write { config, catalog } => {
             let _: serde_json::Value = read_json("config", &config)?;
-            let _: ConfiguredAirbyteCatalog = read_json("catalog", &catalog)?;
+            let catalog: ConfiguredAirbyteCatalog = read_json("catalog", &catalog)?;
+            if let Some(channel) = socket::DataChannel::from_env().map_err(Failure::config)? {
+                let shared = std::sync::Mutex::new(std::mem::take(out));
+                let result = sockets::write(&channel, &catalog, &Discard, &shared);
+                *out = shared.into_inner().expect("stdout lock");
+                return result;
+            }
             let mut since_state = 0u64;
             each_input_message(|_, message| {
                 match (message.record, message.state) {
@@ -46,4 +55,19 @@ fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
         }
         Command::Discover { .. } | Command::Read { .. } => Err(Failure::config("destination-dev-null is a destination: it only runs spec, check and write")),
     }
+}
+
+/// Socket mode: every frame is decoded by the reader; nothing is kept.
+struct Discard;
+
+impl Sink for Discard {
+    type Local = ();
+    fn local(&self) {}
+    fn record(&self, _: &mut (), _: usize, _: &[String], _: &SocketRecord<'_>) -> Result<(), Failure> {
+        Ok(())
+    }
+    fn checkpoint(&self, _: &mut ()) -> Result<(), Failure> {
+        Ok(())
+    }
+    fn status(&self, _: usize, _: StreamStatus) {}
 }

@@ -9,15 +9,22 @@
 //! new file. The `_dedup` modes keep one line per primary
 //! key (the greatest cursor, or the last to arrive) when the sync ends. A
 //! STATE is echoed only after every record before it is on disk.
+//!
+//! In socket mode it reads every socket in parallel, each thread appending
+//! its own buffered lines to the stream's file, and releases a STATE (in id
+//! order) once the records it covers are on disk.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sluice_connector_kit::sockets::{self, Sink};
 use sluice_connector_kit::{each_input_message, echo_state, read_json, Command, Failure, Output};
+use sluice_protocol::socket::{self, SocketRecord};
 use sluice_protocol::*;
 
 pub const NAME: &str = "destination-jsonl";
@@ -88,6 +95,7 @@ pub fn stream_file(dir: &Path, stream: &StreamDescriptor) -> PathBuf {
 }
 
 struct Target {
+    descriptor: StreamDescriptor,
     /// The stream's file.
     path: PathBuf,
     /// Where records go: the stream's file, or for an overwrite the new file that will replace it.
@@ -106,7 +114,23 @@ struct Dedup {
 
 fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) -> Result<(), Failure> {
     check_writable(&config.destination_path)?;
-    let mut targets: HashMap<StreamDescriptor, Target> = HashMap::new();
+    let mut targets = open_targets(config, catalog)?;
+    match socket::DataChannel::from_env().map_err(Failure::config)? {
+        Some(channel) => {
+            let sink = Files { targets: targets.into_iter().map(Mutex::new).collect() };
+            let shared = Mutex::new(std::mem::take(out));
+            let result = sockets::write(&channel, catalog, &sink, &shared);
+            *out = shared.into_inner().expect("stdout lock");
+            result?;
+            targets = sink.targets.into_iter().map(|t| t.into_inner().expect("target lock")).collect();
+        }
+        None => write_stdin(&mut targets, out)?,
+    }
+    finish(targets)
+}
+
+fn open_targets(config: &Config, catalog: &ConfiguredAirbyteCatalog) -> Result<Vec<Target>, Failure> {
+    let mut targets = Vec::new();
     for configured in &catalog.streams {
         let descriptor = configured.stream.descriptor();
         let path = stream_file(&config.destination_path, &descriptor);
@@ -140,14 +164,19 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
             .append(true)
             .open(&writing)
             .map_err(|e| Failure::system(format!("cannot open {}: {e}", writing.display())))?;
-        targets.insert(descriptor, Target { path, writing, file: BufWriter::with_capacity(128 * 1024, file), dedup, status: None });
+        targets.push(Target { descriptor, path, writing, file: BufWriter::with_capacity(128 * 1024, file), dedup, status: None });
     }
+    Ok(targets)
+}
 
+/// Legacy mode: every message on stdin, in order.
+fn write_stdin(targets: &mut [Target], out: &mut Output) -> Result<(), Failure> {
+    let index: HashMap<StreamDescriptor, usize> = targets.iter().enumerate().map(|(i, t)| (t.descriptor.clone(), i)).collect();
     let mut since_state = 0u64;
     each_input_message(|line, message| {
         if let Some(record) = message.record {
             let descriptor = StreamDescriptor::new(record.stream, record.namespace);
-            let target = targets.get_mut(&descriptor).ok_or_else(|| {
+            let target = index.get(&descriptor).map(|&i| &mut targets[i]).ok_or_else(|| {
                 Failure::system(format!("stdin line {line}: a record of stream {descriptor}, which the configured catalog does not have"))
             })?;
             if !record.data.is_object() {
@@ -158,11 +187,11 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
             target.file.write_all(b"\n")?;
             since_state += 1;
         } else if let Some(status) = message.trace.and_then(|t| t.stream_status) {
-            if let Some(target) = targets.get_mut(&status.stream_descriptor) {
-                target.status = Some(status.status);
+            if let Some(&i) = index.get(&status.stream_descriptor) {
+                targets[i].status = Some(status.status);
             }
         } else if let Some(state) = message.state {
-            for target in targets.values_mut() {
+            for target in targets.iter_mut() {
                 target.file.flush()?;
                 target.file.get_ref().sync_data()?;
             }
@@ -170,9 +199,75 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
             since_state = 0;
         }
         Ok(())
-    })?;
+    })
+}
 
-    for target in targets.into_values() {
+/// Socket mode: each reading thread fills its own buffer per stream and
+/// appends it to the stream's file in one locked write.
+struct Files {
+    targets: Vec<Mutex<Target>>,
+}
+
+const SOCKET_BUFFER: usize = 256 * 1024;
+
+impl Files {
+    fn append(&self, stream: usize, buffer: &mut Vec<u8>) -> Result<(), Failure> {
+        let mut target = self.targets[stream].lock().expect("target lock");
+        target.file.write_all(buffer).map_err(|e| Failure::system(format!("writing {}: {e}", target.path.display())))?;
+        buffer.clear();
+        Ok(())
+    }
+}
+
+impl Sink for Files {
+    /// Lines not yet appended, and whether the stream's file has unsynced data, per stream.
+    type Local = Vec<(Vec<u8>, bool)>;
+
+    fn local(&self) -> Self::Local {
+        vec![(Vec::new(), false); self.targets.len()]
+    }
+
+    fn record(&self, local: &mut Self::Local, stream: usize, properties: &[String], record: &SocketRecord<'_>) -> Result<(), Failure> {
+        let (buffer, dirty) = &mut local[stream];
+        let start = buffer.len();
+        write!(buffer, r#"{{"_airbyte_extracted_at":{},"_airbyte_data":"#, record.emitted_at())?;
+        let data_at = buffer.len();
+        record.write_data(properties, buffer).map_err(|e| Failure::system(e.to_string()))?;
+        if buffer.get(data_at) != Some(&b'{') {
+            buffer.truncate(start);
+            return Err(Failure::system(format!("record data of stream {} is not an object", record.stream())));
+        }
+        buffer.extend_from_slice(b"}\n");
+        *dirty = true;
+        if buffer.len() >= SOCKET_BUFFER {
+            self.append(stream, buffer)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, local: &mut Self::Local) -> Result<(), Failure> {
+        for (stream, (buffer, dirty)) in local.iter_mut().enumerate() {
+            if !*dirty {
+                continue;
+            }
+            self.append(stream, buffer)?;
+            let mut target = self.targets[stream].lock().expect("target lock");
+            target.file.flush()?;
+            target.file.get_ref().sync_data()?;
+            *dirty = false;
+        }
+        Ok(())
+    }
+
+    fn status(&self, stream: usize, status: StreamStatus) {
+        self.targets[stream].lock().expect("target lock").status = Some(status);
+    }
+}
+
+/// The end of a sync: overwrites replace the old file once their stream is
+/// complete, and `_dedup` streams keep one line per key.
+fn finish(targets: Vec<Target>) -> Result<(), Failure> {
+    for target in targets {
         let file = target.file.into_inner().map_err(|e| Failure::system(format!("flushing {}: {e}", target.writing.display())))?;
         file.sync_all()?;
         let complete = matches!(target.status, None | Some(StreamStatus::Complete));

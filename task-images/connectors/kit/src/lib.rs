@@ -2,6 +2,8 @@
 //! (`spec`, `check`, `discover`, `read`, `write`), buffered protocol output,
 //! and the rule that a failure ends as a TRACE ERROR plus exit status 1.
 
+pub mod sockets;
+
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 

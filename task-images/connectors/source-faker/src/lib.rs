@@ -14,6 +14,8 @@ use sluice_connector_kit::{read_json, Command, Failure, Output};
 use sluice_protocol::time::{format_utc, parse_utc};
 use sluice_protocol::*;
 
+mod sockets;
+
 pub const NAME: &str = "source-faker";
 
 #[derive(Debug, Deserialize)]
@@ -164,91 +166,200 @@ fn purchases_of(seed: u64, id: u64) -> u64 {
 }
 
 fn read(config: &Config, catalog: &ConfiguredAirbyteCatalog, state: &Value, out: &mut Output) -> Result<(), Failure> {
-    let emitted_at = now_millis();
     let known = catalog_names();
     for configured in &catalog.streams {
         let name = configured.stream.name.as_str();
         if !known.contains(&name) {
             return Err(Failure::config(format!("catalog names stream `{name}`, which source-faker does not have (it has {known:?})")));
         }
-        let cursor = match configured.sync_mode {
-            SyncMode::Incremental => saved_cursor(state, name),
-            _ => None,
-        };
-        let descriptor = StreamDescriptor::new(name, None);
+    }
+    if let Some(channel) = sluice_protocol::socket::DataChannel::from_env().map_err(Failure::config)? {
+        return sockets::read(config, catalog, state, &channel, out);
+    }
+    let emitted_at = now_millis();
+    let padding = padding(config);
+    for configured in &catalog.streams {
+        let stream = Stream::named(&configured.stream.name);
+        let cursor = saved_cursor_for(configured, state);
+        let descriptor = StreamDescriptor::new(stream.name(), None);
         status(out, &descriptor, StreamStatus::Started)?;
-        out.log(LogLevel::Info, format!("reading stream {name} after cursor {cursor:?}"))?;
+        out.log(LogLevel::Info, format!("reading stream {} after cursor {cursor:?}", stream.name()))?;
         let mut slice = Slice { out, descriptor: &descriptor, per_slice: config.records_per_slice, in_slice: 0, last: None };
-        match name {
-            "users" => {
-                let padding = "x".repeat(config.record_size_bytes.saturating_sub(245));
-                for id in 1..=config.count {
-                    let updated = EPOCH_2020 + id as i64 * 60;
-                    if cursor.is_some_and(|c| updated <= c) {
-                        continue;
-                    }
-                    let r = mix(config.seed, 1, id);
-                    let first = FIRST_NAMES[(r % 8) as usize];
-                    let last = LAST_NAMES[((r >> 8) % 8) as usize];
-                    let w = slice.out.writer();
-                    write!(
-                        w,
-                        r#"{{"type":"RECORD","record":{{"stream":"users","emitted_at":{emitted_at},"data":{{"id":{id},"name":"{first} {last}","email":"{}.{}{id}@example.com","age":{},"bio":"{padding}","created_at":"{}","updated_at":"{}"}}}}}}"#,
-                        first.to_lowercase(),
-                        last.to_lowercase(),
-                        18 + (r >> 16) % 70,
-                        format_utc(updated - 3600),
-                        format_utc(updated),
-                    )?;
-                    w.write_all(b"\n")?;
-                    slice.record(updated)?;
-                }
+        for row in rows(config.seed, stream, stream.keys(config.count, cursor)) {
+            if row.is_before(cursor) {
+                continue;
             }
-            "purchases" => {
-                let mut purchase_id = 0;
-                for user in 1..=config.count {
-                    for n in 0..purchases_of(config.seed, user) {
-                        purchase_id += 1;
-                        let updated = EPOCH_2020 + user as i64 * 60 + n as i64 + 1;
-                        if cursor.is_some_and(|c| updated <= c) {
-                            continue;
-                        }
-                        let r = mix(config.seed, 3, purchase_id);
-                        let w = slice.out.writer();
-                        write!(
-                            w,
-                            r#"{{"type":"RECORD","record":{{"stream":"purchases","emitted_at":{emitted_at},"data":{{"id":{purchase_id},"user_id":{user},"product_id":{},"amount":{}.{:02},"created_at":"{}","updated_at":"{}"}}}}}}"#,
-                            1 + r % 10,
-                            5 + (r >> 8) % 500,
-                            (r >> 20) % 100,
-                            format_utc(updated - 60),
-                            format_utc(updated),
-                        )?;
-                        w.write_all(b"\n")?;
-                        slice.record(updated)?;
-                    }
-                }
-            }
-            _ => {
-                for id in 1..=10u64 {
-                    let r = mix(config.seed, 4, id);
-                    let w = slice.out.writer();
-                    write!(
-                        w,
-                        r#"{{"type":"RECORD","record":{{"stream":"products","emitted_at":{emitted_at},"data":{{"id":{id},"make":"{}","model":"M{}","price":{}.99}}}}}}"#,
-                        MAKES[(r % 5) as usize],
-                        r % 1000,
-                        10 + (r >> 10) % 90,
-                    )?;
-                    w.write_all(b"\n")?;
-                    slice.in_slice += 1;
-                }
+            let w = slice.out.writer();
+            row.write_json(w, emitted_at, &padding, None)?;
+            w.write_all(b"\n")?;
+            match row.cursor() {
+                Some(updated) => slice.record(updated)?,
+                None => slice.in_slice += 1,
             }
         }
         slice.finish(cursor)?;
         status(out, &descriptor, StreamStatus::Complete)?;
     }
     Ok(())
+}
+
+fn padding(config: &Config) -> String {
+    "x".repeat(config.record_size_bytes.saturating_sub(245))
+}
+
+/// The cursor to resume after, for an incremental stream.
+fn saved_cursor_for(configured: &ConfiguredAirbyteStream, state: &Value) -> Option<i64> {
+    match configured.sync_mode {
+        SyncMode::Incremental => saved_cursor(state, &configured.stream.name),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Users,
+    Purchases,
+    Products,
+}
+
+impl Stream {
+    /// Only for names `read` has checked.
+    fn named(name: &str) -> Stream {
+        match name {
+            "users" => Stream::Users,
+            "purchases" => Stream::Purchases,
+            _ => Stream::Products,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Users => "users",
+            Stream::Purchases => "purchases",
+            Stream::Products => "products",
+        }
+    }
+
+    /// The keys a read goes through: user ids for users and purchases
+    /// (purchases follow their user), product ids for products. A cursor
+    /// skips the users whose records are all at or before it.
+    fn keys(self, count: u64, cursor: Option<i64>) -> std::ops::RangeInclusive<u64> {
+        let first = cursor.map_or(1, |c| ((c - EPOCH_2020).max(0) / 60) as u64).max(1);
+        match self {
+            Stream::Products => 1..=10,
+            _ => first..=count,
+        }
+    }
+}
+
+/// One record, computed from the seed and its key.
+enum Row {
+    User { id: u64, first: &'static str, last: &'static str, age: u64, updated: i64 },
+    Purchase { id: u64, user: u64, product: u64, cents: u64, updated: i64 },
+    Product { id: u64, make: &'static str, model: u64, price: u64 },
+}
+
+/// The rows of a stream for a range of keys, in key order.
+fn rows(seed: u64, stream: Stream, keys: std::ops::RangeInclusive<u64>) -> Box<dyn Iterator<Item = Row> + Send> {
+    match stream {
+        Stream::Users => Box::new(keys.map(move |id| {
+            let r = mix(seed, 1, id);
+            let updated = EPOCH_2020 + id as i64 * 60;
+            Row::User { id, first: FIRST_NAMES[(r % 8) as usize], last: LAST_NAMES[((r >> 8) % 8) as usize], age: 18 + (r >> 16) % 70, updated }
+        })),
+        Stream::Purchases => {
+            // Purchase ids count every purchase of the users before the range.
+            let mut purchase_id: u64 = (1..*keys.start()).map(|user| purchases_of(seed, user)).sum();
+            Box::new(keys.flat_map(move |user| (0..purchases_of(seed, user)).map(move |n| (user, n))).map(move |(user, n)| {
+                purchase_id += 1;
+                let r = mix(seed, 3, purchase_id);
+                let cents = (5 + (r >> 8) % 500) * 100 + (r >> 20) % 100;
+                Row::Purchase { id: purchase_id, user, product: 1 + r % 10, cents, updated: EPOCH_2020 + user as i64 * 60 + n as i64 + 1 }
+            }))
+        }
+        Stream::Products => Box::new(keys.map(move |id| {
+            let r = mix(seed, 4, id);
+            Row::Product { id, make: MAKES[(r % 5) as usize], model: r % 1000, price: 10 + (r >> 10) % 90 }
+        })),
+    }
+}
+
+impl Row {
+    fn cursor(&self) -> Option<i64> {
+        match self {
+            Row::User { updated, .. } | Row::Purchase { updated, .. } => Some(*updated),
+            Row::Product { .. } => None,
+        }
+    }
+
+    fn is_before(&self, cursor: Option<i64>) -> bool {
+        matches!((self.cursor(), cursor), (Some(updated), Some(c)) if updated <= c)
+    }
+
+    /// The whole RECORD message as one JSON line (without its newline);
+    /// in socket mode the record names its partition.
+    fn write_json(&self, w: &mut impl Write, emitted_at: i64, padding: &str, partition: Option<&str>) -> std::io::Result<()> {
+        let stream = match self {
+            Row::User { .. } => "users",
+            Row::Purchase { .. } => "purchases",
+            Row::Product { .. } => "products",
+        };
+        write!(w, r#"{{"type":"RECORD","record":{{"stream":"{stream}","emitted_at":{emitted_at},"#)?;
+        if let Some(partition) = partition {
+            write!(w, r#""partition_id":"{partition}","#)?;
+        }
+        match self {
+            Row::User { id, first, last, age, updated } => write!(
+                w,
+                r#""data":{{"id":{id},"name":"{first} {last}","email":"{}.{}{id}@example.com","age":{age},"bio":"{padding}","created_at":"{}","updated_at":"{}"}}}}}}"#,
+                first.to_lowercase(),
+                last.to_lowercase(),
+                format_utc(updated - 3600),
+                format_utc(*updated),
+            ),
+            Row::Purchase { id, user, product, cents, updated } => write!(
+                w,
+                r#""data":{{"id":{id},"user_id":{user},"product_id":{product},"amount":{}.{:02},"created_at":"{}","updated_at":"{}"}}}}}}"#,
+                cents / 100,
+                cents % 100,
+                format_utc(updated - 60),
+                format_utc(*updated),
+            ),
+            Row::Product { id, make, model, price } => {
+                write!(w, r#""data":{{"id":{id},"make":"{make}","model":"M{model}","price":{price}.99}}}}}}"#)
+            }
+        }
+    }
+
+    /// PROTOBUF values, in alphabetical order of the stream's properties.
+    fn encode(&self, e: &mut sluice_protocol::protobuf::RecordEncoder, padding: &str) {
+        match self {
+            Row::User { id, first, last, age, updated } => {
+                e.integer(*age as i64);
+                e.string(padding);
+                e.timestamp_with_timezone(updated - 3600, 0, 0);
+                e.string(&format!("{}.{}{id}@example.com", first.to_lowercase(), last.to_lowercase()));
+                e.integer(*id as i64);
+                e.string(&format!("{first} {last}"));
+                e.timestamp_with_timezone(*updated, 0, 0);
+            }
+            Row::Purchase { id, user, product, cents, updated } => {
+                e.number(format!("{}.{:02}", cents / 100, cents % 100).parse().expect("a decimal"));
+                e.timestamp_with_timezone(updated - 60, 0, 0);
+                e.integer(*id as i64);
+                e.integer(*product as i64);
+                e.timestamp_with_timezone(*updated, 0, 0);
+                e.integer(*user as i64);
+            }
+            Row::Product { id, make, model, price } => {
+                e.integer(*id as i64);
+                e.string(make);
+                e.string(&format!("M{model}"));
+                // The very double a JSON reader makes of the JSONL text.
+                e.number(format!("{price}.99").parse().expect("a decimal"));
+            }
+        }
+    }
 }
 
 fn catalog_names() -> [&'static str; 3] {

@@ -1,0 +1,240 @@
+//! A destination's side of socket mode: connect to every socket, read them
+//! in parallel, and release the source's STATEs in `id` order once every
+//! record they cover is stored.
+//!
+//! Each STATE carries its partition and how many records of that partition
+//! came since the partition's previous STATE (`sourceStats.recordCount`).
+//! A partition travels on one socket, so the thread reading that socket
+//! holds all of them when the STATE arrives: it checks the count, stores
+//! what it buffered (`Sink::checkpoint`) and hands the STATE to the
+//! [`Releaser`], which prints STATEs on stdout strictly in `id` order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sluice_protocol::socket::{self, DataChannel, FrameReader, SocketFrame, SocketRecord};
+use sluice_protocol::{AirbyteMessage, AirbyteRecordMessage, AirbyteStateMessage, AirbyteStateStats, ConfiguredAirbyteCatalog, Extra, StreamDescriptor, StreamStatus};
+
+use crate::{Failure, Output, MAX_INPUT_LINE_BYTES};
+
+/// What a destination does with the records of one socket.
+pub trait Sink: Sync {
+    /// A reading thread's own buffers.
+    type Local: Send;
+    fn local(&self) -> Self::Local;
+    /// `stream` indexes the configured catalog; `properties` are its schema's, sorted.
+    fn record(&self, local: &mut Self::Local, stream: usize, properties: &[String], record: &SocketRecord<'_>) -> Result<(), Failure>;
+    /// Stores everything this thread buffered: a STATE is about to be released.
+    fn checkpoint(&self, local: &mut Self::Local) -> Result<(), Failure>;
+    fn status(&self, stream: usize, status: StreamStatus);
+}
+
+/// The configured streams, and each one's properties in the positional
+/// order of PROTOBUF values.
+pub struct Streams {
+    pub descriptors: Vec<StreamDescriptor>,
+    pub properties: Vec<Vec<String>>,
+}
+
+impl Streams {
+    pub fn of(catalog: &ConfiguredAirbyteCatalog) -> Streams {
+        let descriptors = catalog.streams.iter().map(|s| s.stream.descriptor()).collect();
+        let properties = catalog
+            .streams
+            .iter()
+            .map(|s| {
+                let mut names: Vec<String> =
+                    s.stream.json_schema.get("properties").and_then(|p| p.as_object()).map(|p| p.keys().cloned().collect()).unwrap_or_default();
+                names.sort();
+                names
+            })
+            .collect();
+        Streams { descriptors, properties }
+    }
+
+    fn index(&self, namespace: Option<&str>, name: &str) -> Option<usize> {
+        self.descriptors.iter().position(|d| d.name == name && d.namespace.as_deref() == namespace)
+    }
+}
+
+/// Counts per stream, cumulative, for the stats-only RECORDs.
+struct Emitted {
+    records: Vec<u64>,
+    bytes: Vec<u64>,
+}
+
+/// Prints STATEs in `id` order: the next one goes out only when every lower
+/// id has.
+pub struct Releaser<'a> {
+    out: &'a Mutex<Output>,
+    inner: Mutex<Pending>,
+}
+
+struct Pending {
+    waiting: BTreeMap<u64, AirbyteStateMessage>,
+    next: u64,
+    emitted: Emitted,
+    last_stats: Instant,
+}
+
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+impl<'a> Releaser<'a> {
+    fn new(out: &'a Mutex<Output>, streams: usize) -> Self {
+        let emitted = Emitted { records: vec![0; streams], bytes: vec![0; streams] };
+        Releaser { out, inner: Mutex::new(Pending { waiting: BTreeMap::new(), next: 1, emitted, last_stats: Instant::now() }) }
+    }
+
+    fn ready(&self, state: AirbyteStateMessage, id: u64, counts: &mut [(u64, u64)], streams: &Streams) -> Result<(), Failure> {
+        let mut pending = self.inner.lock().expect("releaser lock");
+        for (i, (records, bytes)) in counts.iter_mut().enumerate() {
+            pending.emitted.records[i] += std::mem::take(records);
+            pending.emitted.bytes[i] += std::mem::take(bytes);
+        }
+        pending.waiting.insert(id, state);
+        let mut out = self.out.lock().expect("stdout lock");
+        while let Some(state) = pending.waiting.first_key_value().filter(|(id, _)| **id <= pending.next).map(|(id, _)| *id) {
+            let state = pending.waiting.remove(&state).expect("present");
+            pending.next = pending.next.max(state.id.unwrap_or(0) + 1);
+            out.message(&AirbyteMessage::state(state))?;
+        }
+        if pending.last_stats.elapsed() >= STATS_EVERY {
+            pending.last_stats = Instant::now();
+            stats(&mut out, &pending.emitted, streams)?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// The input ended cleanly: every STATE still waiting is covered.
+    fn release_rest(&self, streams: &Streams, counts: &[(u64, u64)]) -> Result<(), Failure> {
+        let mut pending = self.inner.lock().expect("releaser lock");
+        for (i, (records, bytes)) in counts.iter().enumerate() {
+            pending.emitted.records[i] += records;
+            pending.emitted.bytes[i] += bytes;
+        }
+        let mut out = self.out.lock().expect("stdout lock");
+        for (_, state) in std::mem::take(&mut pending.waiting) {
+            out.message(&AirbyteMessage::state(state))?;
+        }
+        stats(&mut out, &pending.emitted, streams)?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// Airbyte's stats-only RECORD: no data, the stream's emitted counts so far.
+fn stats(out: &mut Output, emitted: &Emitted, streams: &Streams) -> std::io::Result<()> {
+    for (i, descriptor) in streams.descriptors.iter().enumerate() {
+        if emitted.records[i] == 0 {
+            continue;
+        }
+        let mut extra = Extra::new();
+        extra.insert("isDummyStatsMessage".into(), true.into());
+        extra.insert("emittedRecordsCount".into(), emitted.records[i].into());
+        extra.insert("emittedBytesCount".into(), emitted.bytes[i].into());
+        let record = AirbyteRecordMessage {
+            namespace: descriptor.namespace.clone(),
+            stream: descriptor.name.clone(),
+            data: serde_json::json!({}),
+            emitted_at: sluice_protocol::now_millis(),
+            meta: None,
+            extra,
+        };
+        out.message(&AirbyteMessage::record(record))?;
+    }
+    Ok(())
+}
+
+/// Reads every socket of `channel` into `sink` and releases the STATEs.
+pub fn write<S: Sink>(channel: &DataChannel, catalog: &ConfiguredAirbyteCatalog, sink: &S, out: &Mutex<Output>) -> Result<(), Failure> {
+    let streams = Streams::of(catalog);
+    let releaser = Releaser::new(out, streams.descriptors.len());
+    let results: Vec<Result<Vec<(u64, u64)>, Failure>> = std::thread::scope(|scope| {
+        let readers: Vec<_> = channel
+            .socket_paths
+            .iter()
+            .map(|path| {
+                let (streams, releaser) = (&streams, &releaser);
+                scope.spawn(move || read_socket(path, channel.format, streams, sink, releaser))
+            })
+            .collect();
+        readers.into_iter().map(|r| r.join().unwrap_or_else(|_| Err(Failure::system("a socket reader panicked")))).collect()
+    });
+    let mut left = vec![(0, 0); streams.descriptors.len()];
+    for result in results {
+        for (total, (records, bytes)) in left.iter_mut().zip(result?) {
+            total.0 += records;
+            total.1 += bytes;
+        }
+    }
+    releaser.release_rest(&streams, &left)
+}
+
+fn read_socket<S: Sink>(
+    path: &std::path::Path,
+    format: socket::Format,
+    streams: &Streams,
+    sink: &S,
+    releaser: &Releaser<'_>,
+) -> Result<Vec<(u64, u64)>, Failure> {
+    let name = path.display();
+    let stream = socket::connect(path, socket::CONNECT_GIVE_UP).map_err(|e| Failure::system(e.to_string()))?;
+    let mut reader = FrameReader::new(stream, format, MAX_INPUT_LINE_BYTES);
+    let mut local = sink.local();
+    // Records per partition since its last STATE, and per stream since the last release.
+    let mut partitions: HashMap<String, u64> = HashMap::new();
+    let mut counts = vec![(0u64, 0u64); streams.descriptors.len()];
+    let mut at = 0u64;
+    loop {
+        at += 1;
+        let frame = reader.next().map_err(|e| Failure::system(format!("socket {name} frame {at}: {e}")))?;
+        match frame {
+            None => break,
+            Some(SocketFrame::Probe) => {}
+            Some(SocketFrame::Record(record)) => {
+                let index = streams.index(record.namespace(), record.stream()).ok_or_else(|| {
+                    let stream = StreamDescriptor::new(record.stream(), record.namespace().map(String::from));
+                    Failure::system(format!("socket {name} frame {at}: a record of stream {stream}, which the configured catalog does not have"))
+                })?;
+                let partition = record.partition_id().ok_or_else(|| Failure::system(format!("socket {name} frame {at}: a record without partition_id")))?;
+                match partitions.get_mut(partition) {
+                    Some(n) => *n += 1,
+                    None => {
+                        partitions.insert(partition.to_owned(), 1);
+                    }
+                }
+                counts[index].0 += 1;
+                counts[index].1 += record.data_len() as u64;
+                sink.record(&mut local, index, &streams.properties[index], &record)
+                    .map_err(|f| Failure { message: format!("socket {name} frame {at}: {}", f.message), ..f })?;
+            }
+            Some(SocketFrame::Message(json)) => {
+                let message: AirbyteMessage = serde_json::from_slice(json)
+                    .map_err(|e| Failure::system(format!("socket {name} frame {at} is not a protocol message: {e}")))?;
+                if let Some(mut state) = message.state {
+                    let id = state.id.ok_or_else(|| Failure::system(format!("socket {name} frame {at}: a STATE without id")))?;
+                    let partition = state.partition_id.clone().unwrap_or_default();
+                    let arrived = partitions.remove(&partition).unwrap_or(0);
+                    let claimed = state.source_stats.as_ref().and_then(|s| s.record_count).unwrap_or(0.0) as u64;
+                    if arrived != claimed {
+                        return Err(Failure::system(format!(
+                            "socket {name}: STATE id {id} of partition {partition:?} covers {claimed} records, but {arrived} arrived; it is not released"
+                        )));
+                    }
+                    sink.checkpoint(&mut local)?;
+                    state.destination_stats = Some(AirbyteStateStats { record_count: Some(arrived as f64), ..Default::default() });
+                    releaser.ready(state, id, &mut counts, streams)?;
+                } else if let Some(status) = message.trace.and_then(|t| t.stream_status) {
+                    let d = &status.stream_descriptor;
+                    if let Some(index) = streams.index(d.namespace.as_deref(), &d.name) {
+                        sink.status(index, status.status);
+                    }
+                }
+            }
+        }
+    }
+    sink.checkpoint(&mut local)?;
+    Ok(counts)
+}
