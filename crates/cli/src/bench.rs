@@ -89,6 +89,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         selected_fields: Vec::new(),
         work_dir: dir.join("work"),
         limits: Limits::default(),
+        data_channel: None,
     };
     std::fs::write(&sync_file, serde_json::to_vec(&sync)?)?;
 

@@ -91,7 +91,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Commands::Connector { name, args } => run_reference_connector(&name, &args),
-        Commands::Orchestrate { args } => sluice_orchestrator::cli::main(&args),
+        Commands::Orchestrate { args } => sluice_orchestrator::cli::main_with(&args, "sluice orchestrate", run_attempt),
         Commands::Sync(args) => report(sync::run(args)),
         Commands::Bench(args) => report(bench::run(args)),
         Commands::Up(args) => report(up::run(args)),
@@ -148,4 +148,13 @@ fn empty_source(args: &[String]) -> i32 {
     };
     println!("{message}");
     0
+}
+
+/// Runs one attempt with the platform container its config calls for: the
+/// bookkeeper for socket mode, the orchestrator for legacy mode.
+pub fn run_attempt(config: &sluice_orchestrator::SyncConfig, reporter: &mut dyn sluice_orchestrator::Reporter, cancel: &std::sync::atomic::AtomicBool) -> sluice_orchestrator::Outcome {
+    match config.data_channel {
+        Some(_) => sluice_bookkeeper::run(config, reporter, cancel),
+        None => sluice_orchestrator::run(config, reporter, cancel),
+    }
 }

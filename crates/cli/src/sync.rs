@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 use sluice_connectors::{Cache, ConnectorRef};
 use sluice_orchestrator::{AttemptStatus, ConnectorConfig, FieldSelection, FileReporter, Launch, Limits, Outcome, SyncConfig};
+use sluice_protocol::socket::{DataChannel, Format};
 use sluice_protocol::*;
 
 use crate::progress::Terminal;
@@ -65,6 +66,40 @@ pub struct SyncArgs {
     /// Time a connector gets to stop after SIGTERM before SIGKILL
     #[arg(long, value_name = "SECS", default_value_t = Limits::default().shutdown_grace_secs)]
     shutdown_grace_secs: u64,
+    /// How records travel: `socket` (source to destination over Unix sockets,
+    /// the bookkeeper keeping the books), `stdio` (through the orchestrator),
+    /// or `auto` (socket when both connectors support it and no --fields)
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    data_channel: String,
+    /// Socket mode's framing: protobuf or jsonl
+    #[arg(long, value_name = "FORMAT", default_value = "protobuf")]
+    data_format: String,
+    /// Socket mode's number of sockets [default: 2 per core, as Airbyte's]
+    #[arg(long, value_name = "N")]
+    sockets: Option<usize>,
+}
+
+/// Socket mode's channel for this sync, or `None` for legacy mode.
+fn data_channel(args: &SyncArgs, source: &ConnectorRef, destination: &ConnectorRef, run_id: &str) -> anyhow::Result<Option<DataChannel>> {
+    let supports = |c: &ConnectorRef| matches!(c, ConnectorRef::Reference(_));
+    let socket = match args.data_channel.as_str() {
+        "stdio" => false,
+        "socket" if !args.fields.is_empty() => bail!("--data-channel socket: --fields needs legacy mode, where the platform sees each record"),
+        "socket" => true,
+        "auto" => supports(source) && supports(destination) && args.fields.is_empty(),
+        other => bail!("--data-channel {other}: expected auto, socket or stdio"),
+    };
+    if !socket {
+        return Ok(None);
+    }
+    let format = Format::parse(&args.data_format).with_context(|| format!("--data-format {}: expected protobuf or jsonl", args.data_format))?;
+    let sockets = args.sockets.unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if sockets == 0 {
+        bail!("--sockets must be at least 1");
+    }
+    // Short, so that every socket path fits a Unix socket address.
+    let dir = std::env::temp_dir().join(format!("sluice-{run_id}"));
+    Ok(Some(DataChannel::in_dir(&dir, sockets, format)))
 }
 
 pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
@@ -103,6 +138,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
         state.retain(|s| s.state_type() == StateType::Stream && s.stream.as_ref().is_some_and(|st| !synced.contains(&st.stream_descriptor)));
     }
     let run_id = format!("{}-{}", now_millis(), std::process::id());
+    let channel = data_channel(&args, &source_ref, &destination_ref, &run_id)?;
     let work_dir = cache.root.join("runs").join(&run_id);
     let log_file = args.log_file.clone().unwrap_or_else(|| cache.root.join("logs").join(format!("{run_id}.log")));
     if let Some(dir) = log_file.parent() {
@@ -130,6 +166,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
             shutdown_grace_secs: args.shutdown_grace_secs,
             ..Limits::default()
         },
+        data_channel: channel,
     };
 
     let cancel = Arc::new(AtomicBool::new(false));
@@ -145,9 +182,12 @@ pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
     };
     let mut reporter = Terminal::new(files, std::io::stderr().is_terminal());
     eprintln!("sluice: syncing {} -> {} ({} streams)", config.source.name, config.destination.name, config.catalog.streams.len());
-    let outcome = sluice_orchestrator::run(&config, &mut reporter, &cancel);
+    let outcome = crate::run_attempt(&config, &mut reporter, &cancel);
     reporter.clear();
     let _ = std::fs::remove_dir_all(&work_dir);
+    if let Some(dir) = config.data_channel.as_ref().and_then(|c| c.socket_paths.first()).and_then(|p| p.parent()) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     print_summary(&outcome, &state_file, &log_file);
     if args.json {

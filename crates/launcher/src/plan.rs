@@ -138,6 +138,7 @@ impl TaskPlan {
             selected_fields: parse(self, files::SELECTED_FIELDS)?,
             work_dir,
             limits: sluice_orchestrator::Limits::default(),
+            data_channel: None,
         })
     }
 }

@@ -21,18 +21,26 @@ use std::time::Duration;
 use crate::workload_api::{ApiReporter, WorkloadApi};
 use crate::{AttemptStatus, FileReporter, SyncConfig};
 
+/// Runs one attempt: the orchestrator's (legacy mode) or the bookkeeper's (socket mode).
+pub type Runner = fn(&SyncConfig, &mut dyn crate::Reporter, &AtomicBool) -> crate::Outcome;
+
 /// The orchestrator's command line; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
-    match run(args) {
+    main_with(args, "orchestrator", crate::run)
+}
+
+/// The command line of the platform container `name`, whose attempts `runner` runs.
+pub fn main_with(args: &[String], name: &str, runner: Runner) -> i32 {
+    match run(args, runner) {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("orchestrator: {message}");
+            eprintln!("{name}: {message}");
             2
         }
     }
 }
 
-fn run(args: &[String]) -> Result<i32, String> {
+fn run(args: &[String], runner: Runner) -> Result<i32, String> {
     match args.first().map(String::as_str) {
         Some("fetch-files") => return fetch_files(&args[1..]),
         Some("ask") => return ask(&args[1..]),
@@ -71,7 +79,7 @@ fn run(args: &[String]) -> Result<i32, String> {
             let mut reporter = ApiReporter::new(api, Box::new(std::io::stderr()), cancel.clone(), heartbeat_every());
             // Running only once the connectors are about to start: the platform's clock for heartbeats.
             reporter.api.post("running", &serde_json::json!({})).map_err(|e| format!("cannot reach the workload API: {e}"))?;
-            let outcome = crate::run(&config, &mut reporter, &cancel);
+            let outcome = runner(&config, &mut reporter, &cancel);
             if let Err(e) = reporter.api.report_end(&outcome) {
                 eprintln!("orchestrator: could not report the attempt's end: {e}");
             }
@@ -79,7 +87,7 @@ fn run(args: &[String]) -> Result<i32, String> {
         }
         None => {
             let mut reporter = FileReporter { log: Box::new(std::io::stderr()), state_file, source_config_file: None, destination_config_file: None };
-            crate::run(&config, &mut reporter, &cancel)
+            runner(&config, &mut reporter, &cancel)
         }
     };
     let json = serde_json::to_string_pretty(&outcome).expect("outcome serializes");

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sluice_protocol::socket::DataChannel;
 use sluice_protocol::{AirbyteStateMessage, ConfiguredAirbyteCatalog, StreamDescriptor};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +26,11 @@ pub struct SyncConfig {
     pub work_dir: PathBuf,
     #[serde(default)]
     pub limits: Limits,
+    /// Socket mode: records go from source to destination over these
+    /// sockets, and the platform container is the bookkeeper. `None`: legacy
+    /// mode, every message through the orchestrator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_channel: Option<DataChannel>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

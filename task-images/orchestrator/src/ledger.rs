@@ -51,6 +51,9 @@ pub enum Echo {
     Committed(usize),
     /// The echo matched no state waiting for one.
     Unmatched,
+    /// Socket mode: the destination stored a different number of records
+    /// than the source sent for that state.
+    Miscounted { id: u64, sent: u64, stored: u64 },
 }
 
 pub struct Ledger {
@@ -63,6 +66,11 @@ pub struct Ledger {
     pub states_committed: u64,
     /// Records of streams outside the catalog, dropped before the destination.
     pub records_filtered: u64,
+    /// Socket mode: the source gives the ids and counts, and the
+    /// destination may release a state before its copy reaches us.
+    socket: bool,
+    /// Socket mode: the highest id the destination released.
+    released: u64,
 }
 
 impl Ledger {
@@ -88,7 +96,17 @@ impl Ledger {
             states_emitted: 0,
             states_committed: 0,
             records_filtered: 0,
+            socket: false,
+            released: 0,
         }
+    }
+
+    /// The books of a socket-mode attempt: states are matched by the
+    /// source's ids, and each covers the `sourceStats.recordCount` records
+    /// of its partition.
+    pub fn for_sockets(mut self) -> Self {
+        self.socket = true;
+        self
     }
 
     pub fn emitted(&mut self, delta: &[(usize, Counts)]) {
@@ -100,14 +118,46 @@ impl Ledger {
 
     /// The source emitted a STATE: it covers everything emitted since the last one.
     pub fn source_state(&mut self, id: u64, state: AirbyteStateMessage) {
-        let counts = std::mem::replace(&mut self.uncommitted, vec![Counts::default(); self.streams.len()]);
-        self.pending.push_back(Pending { id, state, counts });
         self.states_emitted += 1;
+        if !self.socket {
+            let counts = std::mem::replace(&mut self.uncommitted, vec![Counts::default(); self.streams.len()]);
+            self.pending.push_back(Pending { id, state, counts });
+            return;
+        }
+        // Socket mode: the records of the state's partition, in its stream.
+        let mut counts = vec![Counts::default(); self.streams.len()];
+        let records = state.source_stats.as_ref().and_then(|s| s.record_count).unwrap_or(0.0) as u64;
+        let stream = state.stream.as_ref().map(|s| &s.stream_descriptor);
+        if let Some(index) = stream.and_then(|d| self.streams.iter().position(|s| &s.stream == d)).or((self.streams.len() == 1).then_some(0)) {
+            counts[index].records = records;
+        }
+        // Copies arrive from the source's threads in about, not exactly, id order.
+        let at = self.pending.iter().rposition(|p| p.id < id).map_or(0, |p| p + 1);
+        self.pending.insert(at, Pending { id, state, counts });
+        if id <= self.released {
+            self.commit_through(self.released);
+        }
     }
 
     /// The destination echoed a STATE. Matched by the `id` we gave it, or,
-    /// for a destination that drops unknown fields, by its content.
+    /// for a destination that drops unknown fields, by its content. In
+    /// socket mode the destination releases states in id order, so a release
+    /// commits every state up to its id, including those whose copy from the
+    /// source comes later; a release whose count differs from the source's is
+    /// refused.
     pub fn destination_echo(&mut self, echoed: &AirbyteStateMessage) -> Echo {
+        if self.socket {
+            let Some(id) = echoed.id else { return Echo::Unmatched };
+            if let Some(pending) = self.pending.iter().find(|p| p.id == id) {
+                let count = |stats: &Option<sluice_protocol::AirbyteStateStats>| stats.as_ref().and_then(|s| s.record_count);
+                let (sent, stored) = (count(&pending.state.source_stats), count(&echoed.destination_stats));
+                if stored.is_some() && sent != stored {
+                    return Echo::Miscounted { id, sent: sent.unwrap_or(0.0) as u64, stored: stored.unwrap_or(0.0) as u64 };
+                }
+            }
+            self.released = self.released.max(id);
+            return Echo::Committed(self.commit_through(id));
+        }
         let position = match echoed.id {
             Some(id) => self.pending.iter().position(|p| p.id == id),
             None => {
@@ -117,14 +167,28 @@ impl Ledger {
         };
         let Some(position) = position else { return Echo::Unmatched };
         // An echo acknowledges every state before it as well.
-        for pending in self.pending.drain(..=position) {
+        Echo::Committed(self.commit_through(self.pending[position].id))
+    }
+
+    fn commit_through(&mut self, id: u64) -> usize {
+        let upto = self.pending.iter().take_while(|p| p.id <= id).count();
+        for pending in self.pending.drain(..upto) {
             self.committed.apply(&pending.state);
             for (summary, counts) in self.streams.iter_mut().zip(pending.counts) {
                 summary.committed.add(counts);
+                summary.emitted.records = summary.emitted.records.max(summary.committed.records);
             }
             self.states_committed += 1;
         }
-        Echo::Committed(position + 1)
+        upto
+    }
+
+    /// Socket mode: a destination's count of a stream so far.
+    pub fn destination_stats(&mut self, stream: &StreamDescriptor, counts: Counts) {
+        if let Some(summary) = self.streams.iter_mut().find(|s| &s.stream == stream) {
+            summary.emitted.records = summary.emitted.records.max(counts.records);
+            summary.emitted.bytes = summary.emitted.bytes.max(counts.bytes);
+        }
     }
 
     /// The destination ended successfully after reading all input and

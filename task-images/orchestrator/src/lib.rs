@@ -44,12 +44,65 @@ const STDERR_TAIL_LINES: usize = 20;
 /// How long a waiter holds a connector's exit back for its last stderr lines.
 const STDERR_SETTLE: Duration = Duration::from_secs(2);
 
-/// Runs one attempt to its end. `cancel` is raised (by SIGTERM, in the
-/// binary) to stop both connectors and keep the state committed so far.
+/// Runs one legacy-mode attempt to its end. `cancel` is raised (by SIGTERM,
+/// in the binary) to stop both connectors and keep the state committed so far.
 pub fn run(config: &SyncConfig, reporter: &mut dyn Reporter, cancel: &AtomicBool) -> Outcome {
-    let started = Instant::now();
-    let (routes, streams) = Routes::new(config);
+    if config.data_channel.is_some() {
+        return refuse(config, "this sync config names a socket-mode data channel: the bookkeeper runs it, not the orchestrator");
+    }
+    coordinate(config, reporter, cancel, legacy_plane)
+}
+
+/// A failed attempt that started nothing, saying why.
+pub fn refuse(config: &SyncConfig, why: &str) -> Outcome {
+    let (_, streams) = Routes::new(config);
     let mut attempt = Attempt::new(config, Ledger::new(streams, &config.state));
+    attempt.fail(AttemptFailure::new(Side::Orchestrator, "orchestrator", FailureKind::Io, why.to_owned()));
+    attempt.finish(Instant::now())
+}
+
+/// What a data plane is handed: the connectors' stdio, with the probes it
+/// bumps and the channel it reports on. It starts its threads and returns;
+/// they end with `PumpEnded` (the source's output is done) and
+/// `DestinationOutputEnded`.
+pub struct PlaneIo {
+    pub source_stdout: Box<dyn std::io::Read + Send>,
+    pub destination_stdin: Box<dyn std::io::Write + Send>,
+    pub destination_stdout: Box<dyn std::io::Read + Send>,
+    pub probes: Arc<Probes>,
+    pub events: mpsc::Sender<Event>,
+}
+
+pub type Plane = fn(&SyncConfig, PlaneIo);
+
+/// Legacy mode: every message through the pump.
+fn legacy_plane(config: &SyncConfig, io: PlaneIo) {
+    let (routes, _) = Routes::new(config);
+    let limit = config.limits.max_line_bytes;
+    {
+        let (events, probes) = (io.events.clone(), io.probes.clone());
+        let name = config.source.name.clone();
+        let (stdout, stdin) = (io.source_stdout, io.destination_stdin);
+        thread::spawn(move || {
+            let result = pump::source_to_destination(stdout, stdin, routes, limit, &name, &probes, &events);
+            let _ = events.send(Event::PumpEnded(result));
+        });
+    }
+    let (events, probes, stdout) = (io.events, io.probes, io.destination_stdout);
+    thread::spawn(move || {
+        let result = pump::destination_output(stdout, limit, &probes, &events);
+        let _ = events.send(Event::DestinationOutputEnded(result));
+    });
+}
+
+/// Runs one attempt with the given data plane: the books, timeouts,
+/// cancellation and the end are the same in both modes.
+pub fn coordinate(config: &SyncConfig, reporter: &mut dyn Reporter, cancel: &AtomicBool, plane: Plane) -> Outcome {
+    let started = Instant::now();
+    let (_, streams) = Routes::new(config);
+    let ledger = Ledger::new(streams, &config.state);
+    let ledger = if config.data_channel.is_some() { ledger.for_sockets() } else { ledger };
+    let mut attempt = Attempt::new(config, ledger);
     let (source, destination) = match start_connectors(config) {
         Ok(connectors) => connectors,
         Err(failure) => {
@@ -60,26 +113,16 @@ pub fn run(config: &SyncConfig, reporter: &mut dyn Reporter, cancel: &AtomicBool
     let probes = Arc::new(Probes::default());
     let (events, inbox) = mpsc::channel();
     let stoppers = [source.stopper.clone(), destination.stopper.clone()];
-    let limit = config.limits.max_line_bytes;
-
-    // The data plane.
-    {
-        let (events, probes) = (events.clone(), probes.clone());
-        let name = config.source.name.clone();
-        let (stdout, stdin) = (source.stdout, destination.stdin.expect("destination has stdin"));
-        thread::spawn(move || {
-            let result = pump::source_to_destination(stdout, stdin, routes, limit, &name, &probes, &events);
-            let _ = events.send(Event::PumpEnded(result));
-        });
-    }
-    {
-        let (events, probes) = (events.clone(), probes.clone());
-        let stdout = destination.stdout;
-        thread::spawn(move || {
-            let result = pump::destination_output(stdout, limit, &probes, &events);
-            let _ = events.send(Event::DestinationOutputEnded(result));
-        });
-    }
+    plane(
+        config,
+        PlaneIo {
+            source_stdout: source.stdout,
+            destination_stdin: destination.stdin.expect("destination has stdin"),
+            destination_stdout: destination.stdout,
+            probes: probes.clone(),
+            events: events.clone(),
+        },
+    );
     for (side, stderr, exit) in [(Side::Source, source.stderr, source.exit), (Side::Destination, destination.stderr, destination.exit)] {
         let e = events.clone();
         let stderr_reader = thread::spawn(move || pump::stderr_lines(stderr, side, &e));
@@ -181,8 +224,15 @@ fn start_connectors(config: &SyncConfig) -> Result<Started, AttemptFailure> {
     let destination_files = [("config", &config.destination.config), ("catalog", &catalog)];
     let destination_args = connector::prepare_files(&config.work_dir.join("destination"), &destination_files)
         .map_err(|e| io_failure(Side::Destination, &config.destination.name, e))?;
-    let source = connector::start(&config.source, "read", &source_args, false).map_err(|e| io_failure(Side::Source, &config.source.name, e))?;
-    match connector::start(&config.destination, "write", &destination_args, true) {
+    let (source_config, destination_config) = match &config.data_channel {
+        Some(channel) => {
+            prepare_socket_dir(channel).map_err(|e| io_failure(Side::Orchestrator, "bookkeeper", e))?;
+            (with_channel(&config.source, channel), with_channel(&config.destination, channel))
+        }
+        None => (config.source.clone(), config.destination.clone()),
+    };
+    let source = connector::start(&source_config, "read", &source_args, false).map_err(|e| io_failure(Side::Source, &config.source.name, e))?;
+    match connector::start(&destination_config, "write", &destination_args, true) {
         Ok(destination) => Ok((source, destination)),
         Err(e) => {
             source.stopper.kill();
@@ -190,6 +240,26 @@ fn start_connectors(config: &SyncConfig) -> Result<Started, AttemptFailure> {
             Err(io_failure(Side::Destination, &config.destination.name, e))
         }
     }
+}
+
+/// A spawned connector gets the data channel in its environment; an
+/// attached one got it from the task's plan.
+fn with_channel(connector: &ConnectorConfig, channel: &sluice_protocol::socket::DataChannel) -> ConnectorConfig {
+    let mut connector = connector.clone();
+    if let Launch::Spawn { env, .. } = &mut connector.launch {
+        env.extend(channel.env());
+    }
+    connector
+}
+
+/// The sockets' directory, private to the task; stale sockets of an earlier
+/// attempt are removed by the source when it listens.
+fn prepare_socket_dir(channel: &sluice_protocol::socket::DataChannel) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    for dir in channel.socket_paths.iter().filter_map(|p| p.parent()) {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    Ok(())
 }
 
 /// What the coordinator knows of one connector.
@@ -325,7 +395,12 @@ impl<'a> Attempt<'a> {
             Event::Echo(state) => match self.ledger.destination_echo(&state) {
                 Echo::Committed(_) => self.state_dirty = true,
                 Echo::Unmatched => self.log(reporter, Side::Destination, LogLevel::Warn, "echoed a STATE that matches no state sent to it; ignored"),
+                Echo::Miscounted { id, sent, stored } => {
+                    let message = format!("released STATE id {id} after storing {stored} records, but the source sent {sent}; it is not committed");
+                    self.fail(AttemptFailure::new(Side::Destination, self.name(Side::Destination), FailureKind::InvalidMessage, message));
+                }
             },
+            Event::DestinationStats { stream, counts } => self.ledger.destination_stats(&stream, counts),
             Event::Message(side, message) => self.connector_message(reporter, side, *message),
             Event::Stderr(side, line) => {
                 self.log(reporter, side, LogLevel::Info, &line);

@@ -24,6 +24,8 @@ pub enum Event {
     Note(Side, sluice_protocol::LogLevel, String),
     SourceState { id: u64, state: Box<sluice_protocol::AirbyteStateMessage> },
     Echo(Box<sluice_protocol::AirbyteStateMessage>),
+    /// Socket mode: the destination's stats-only RECORD, its counts of a stream so far.
+    DestinationStats { stream: StreamDescriptor, counts: Counts },
     /// LOG, TRACE or CONTROL from a connector.
     Message(Side, Box<AirbyteMessage>),
     Stderr(Side, String),
@@ -258,7 +260,7 @@ fn destination_gone(error: Option<io::Error>, source_line: u64) -> AttemptFailur
     )
 }
 
-fn kind_name(kind: Kind<'_>) -> String {
+pub fn kind_name(kind: Kind<'_>) -> String {
     match kind {
         Kind::Record => "RECORD".into(),
         Kind::State => "STATE".into(),
@@ -295,6 +297,17 @@ pub fn destination_output(stdout: Box<dyn Read + Send>, max_line_bytes: usize, p
         probes.destination_activity.fetch_add(1, Relaxed);
         let message = match peek(line) {
             Ok(head) if matches!(head.kind, Kind::State | Kind::Log | Kind::Trace | Kind::Control) => serde_json::from_slice::<AirbyteMessage>(line),
+            Ok(head) if head.kind == Kind::Record => {
+                match serde_json::from_slice::<AirbyteMessage>(line).ok().and_then(|m| m.record).and_then(stats_only) {
+                    Some((stream, counts)) => {
+                        let _ = events.send(Event::DestinationStats { stream, counts });
+                    }
+                    None => {
+                        let _ = events.send(Event::Ignored { side: Side::Destination, kind: "RECORD".into(), line: number });
+                    }
+                }
+                continue;
+            }
             Ok(head) => {
                 let _ = events.send(Event::Ignored { side: Side::Destination, kind: kind_name(head.kind), line: number });
                 continue;
@@ -315,6 +328,18 @@ pub fn destination_output(stdout: Box<dyn Read + Send>, max_line_bytes: usize, p
             Err(e) => note(format!("stdout line {number} is not a valid message: {e}")),
         }
     }
+}
+
+/// Airbyte's stats-only RECORD (`isDummyStatsMessage`): a socket-mode
+/// destination's counts of a stream so far.
+fn stats_only(record: sluice_protocol::AirbyteRecordMessage) -> Option<(StreamDescriptor, Counts)> {
+    let extra = &record.extra;
+    if extra.get("isDummyStatsMessage").and_then(|v| v.as_bool()) != Some(true) {
+        return None;
+    }
+    let count = |key: &str| extra.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+    let counts = Counts { records: count("emittedRecordsCount"), bytes: count("emittedBytesCount") };
+    Some((StreamDescriptor::new(record.stream, record.namespace), counts))
 }
 
 /// Forwards a connector's stderr, line by line, as log lines.
