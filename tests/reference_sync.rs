@@ -19,6 +19,9 @@ fn faker_sync(s: &Scratch, count: u64, extra: &[&str]) -> Synced {
         "--destination", "destination-jsonl",
         "--destination-config", destination.to_str().unwrap(),
         "--state-file", state.to_str().unwrap(),
+        // Records in key order, which socket mode's parallel partitions do not keep
+        // (tests/socket_mode.rs checks that one).
+        "--data-channel", "stdio",
     ];
     args.extend_from_slice(extra);
     run_sync(&args)

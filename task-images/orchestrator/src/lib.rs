@@ -103,6 +103,11 @@ pub fn coordinate(config: &SyncConfig, reporter: &mut dyn Reporter, cancel: &Ato
     let ledger = Ledger::new(streams, &config.state);
     let ledger = if config.data_channel.is_some() { ledger.for_sockets() } else { ledger };
     let mut attempt = Attempt::new(config, ledger);
+    let mode = match &config.data_channel {
+        Some(c) => format!("socket mode: records go from source to destination in {} over {} sockets; the bookkeeper keeps the books", c.format, c.socket_paths.len()),
+        None => "legacy mode: records go through the orchestrator over stdio".to_owned(),
+    };
+    attempt.log(reporter, Side::Orchestrator, LogLevel::Info, &mode);
     let (source, destination) = match start_connectors(config) {
         Ok(connectors) => connectors,
         Err(failure) => {
