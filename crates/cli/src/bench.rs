@@ -1,10 +1,16 @@
 //! `sluice bench`: how close the orchestrator comes to the physical limit.
 //!
 //! The same generator (`source-faker`, users padded to the record size) feeds
-//! the same `destination-dev-null` three ways in one run:
-//! 1. a raw pipe, `source | destination`: nothing in between, the baseline;
-//! 2. our orchestrator, as its own process (so its peak RSS is its own);
-//! 3. PyAirbyte's `destination.write(source)`, when a Python with the
+//! the same `destination-dev-null` in one run:
+//! 1. a raw pipe, `source | destination`: nothing in between, legacy mode's
+//!    baseline;
+//! 2. our orchestrator (legacy mode), as its own process (so its peak RSS is
+//!    its own);
+//! 3. a raw Unix-socket copy: the source in socket mode on one socket, its
+//!    bytes read and dropped, per framing: socket mode's baseline;
+//! 4. socket mode with the bookkeeper, over 1, 2, 4 and 8 sockets, in both
+//!    framings;
+//! 5. PyAirbyte's `destination.write(source)`, when a Python with the
 //!    `airbyte` package is at hand.
 //!
 //! Each way runs `--runs` times; the median is reported, with ratios.
@@ -18,6 +24,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use sluice_connectors::Cache;
 use sluice_orchestrator::{ConnectorConfig, Launch, Limits, SyncConfig};
+use sluice_protocol::socket::{DataChannel, Format};
 use sluice_protocol::{ConfiguredAirbyteCatalog, ConfiguredAirbyteStream, DestinationSyncMode, SyncMode};
 
 #[derive(clap::Args)]
@@ -93,19 +100,37 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     };
     std::fs::write(&sync_file, serde_json::to_vec(&sync)?)?;
 
-    eprintln!("sluice bench: {} records of {} bytes, {} runs each", args.records, args.record_size, args.runs);
+    eprintln!("sluice bench: {} records of {} bytes, {} runs each, {} cores", args.records, args.record_size, args.runs, cores());
     let (mut pipe, mut orchestrated) = (Vec::new(), Vec::new());
     let mut bytes = 0;
     for run in 1..=args.runs {
         pipe.push(raw_pipe(&source, &destination, &raw_files)?);
         let (measured, outcome) = orchestrator(&sluice, &sync_file, &dir)?;
-        let committed: u64 = outcome["streams"][0]["committed"]["records"].as_u64().unwrap_or(0);
-        if outcome["status"] != "succeeded" || committed != args.records {
-            bail!("orchestrator run {run} did not move every record: {}", outcome);
-        }
+        check_moved(&outcome, args.records, "orchestrator", run)?;
         bytes = outcome["streams"][0]["emitted"]["bytes"].as_u64().unwrap_or(0);
         orchestrated.push(measured);
         eprintln!("  run {run}: raw pipe {:.2} s, orchestrator {:.2} s", pipe.last().unwrap().secs, orchestrated.last().unwrap().secs);
+    }
+
+    // Socket mode: per framing, the raw socket copy, then the bookkeeper over 1..8 sockets.
+    let mut socket_rows = Vec::new();
+    for format in [Format::Protobuf, Format::Jsonl] {
+        let raw: Vec<Measured> = (0..args.runs).map(|_| raw_socket(&source, &raw_files, format, &dir)).collect::<anyhow::Result<_>>()?;
+        let mut counts = Vec::new();
+        for sockets in SOCKET_COUNTS {
+            let file = dir.join(format!("sync-{format}-{sockets}.json"));
+            let channel = DataChannel::in_dir(&socket_dir(&dir), sockets, format);
+            std::fs::write(&file, serde_json::to_vec(&SyncConfig { data_channel: Some(channel), ..sync.clone() })?)?;
+            let mut runs = Vec::new();
+            for run in 1..=args.runs {
+                let (measured, outcome) = orchestrator(&sluice, &file, &dir)?;
+                check_moved(&outcome, args.records, &format!("socket mode {format} x{sockets}"), run)?;
+                runs.push(measured);
+            }
+            eprintln!("  {format} over {sockets} sockets: {:.2} s (raw socket copy {:.2} s)", median(&runs), median(&raw));
+            counts.push((sockets, runs));
+        }
+        socket_rows.push((format, raw, counts));
     }
 
     let mut pyairbyte = None;
@@ -124,21 +149,76 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let rate = |records: u64, secs: f64| records as f64 / secs;
     let pipe_rate = rate(args.records, pipe);
     let orchestrator_rate = rate(args.records, orchestrated);
-    println!("{:<16} {:>10} {:>14} {:>10} {:>12} {:>12}", "way", "records", "records/s", "MB/s", "peak RSS", "vs pipe");
-    let row = |way: &str, records: u64, r: f64, rss: Option<u64>| {
+    println!("{} cores; records of {} bytes; median of {} runs", cores(), args.record_size, args.runs);
+    // MB/s counts the records' JSON size, whatever the framing carried.
+    println!("{:<34} {:>10} {:>12} {:>9} {:>10} {:>16}", "way", "records", "records/s", "MB/s", "peak RSS", "vs baseline");
+    let row = |way: &str, records: u64, r: f64, rss: Option<u64>, baseline: Option<(&str, f64)>| {
         let rss = rss.map(|b| format!("{:.1} MB", b as f64 / 1e6)).unwrap_or_else(|| "-".into());
-        println!("{way:<16} {records:>10} {r:>14.0} {:>10.1} {rss:>12} {:>11.2}x", r * per_record / 1e6, r / pipe_rate);
+        let versus = baseline.map(|(name, b)| format!("{:.2}x {name}", r / b)).unwrap_or_else(|| "(baseline)".into());
+        println!("{way:<34} {records:>10} {r:>12.0} {:>9.1} {rss:>10} {versus:>16}", r * per_record / 1e6);
     };
-    row("raw pipe", args.records, pipe_rate, None);
-    row("orchestrator", args.records, orchestrator_rate, orchestrated_rss);
+    row("raw pipe", args.records, pipe_rate, None, None);
+    row("legacy (orchestrator)", args.records, orchestrator_rate, orchestrated_rss, Some(("pipe", pipe_rate)));
+    let mut best_protobuf = 0f64;
+    for (format, raw, counts) in &socket_rows {
+        let raw_rate = rate(args.records, median(raw));
+        row(&format!("raw socket copy {format}"), args.records, raw_rate, None, None);
+        for (sockets, runs) in counts {
+            let r = rate(args.records, median(runs));
+            let rss = runs.iter().filter_map(|m| m.peak_rss_bytes).max();
+            row(&format!("socket {format} x{sockets} (bookkeeper)"), args.records, r, rss, Some(("raw", raw_rate)));
+            if *format == Format::Protobuf {
+                best_protobuf = best_protobuf.max(r);
+            }
+        }
+    }
+    println!("socket mode PROTOBUF (best socket count) / legacy mode: {:.2}x", best_protobuf / orchestrator_rate);
     if let Some((records, secs)) = pyairbyte {
-        row("pyairbyte", records, rate(records, secs), None);
+        row("pyairbyte", records, rate(records, secs), None, Some(("pipe", pipe_rate)));
         println!("orchestrator / pyairbyte: {:.1}x", orchestrator_rate / rate(records, secs));
     } else {
         println!("pyairbyte: not measured (no Python with `airbyte`; use --install-pyairbyte or --pyairbyte-python)");
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(0)
+}
+
+const SOCKET_COUNTS: [usize; 4] = [1, 2, 4, 8];
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn check_moved(outcome: &Value, records: u64, way: &str, run: usize) -> anyhow::Result<()> {
+    let committed: u64 = outcome["streams"][0]["committed"]["records"].as_u64().unwrap_or(0);
+    if outcome["status"] != "succeeded" || committed != records {
+        bail!("{way} run {run} did not move every record: {outcome}");
+    }
+    Ok(())
+}
+
+/// Short, so that every socket path fits a Unix socket address.
+fn socket_dir(dir: &Path) -> PathBuf {
+    std::env::temp_dir().join(format!("sluice-bench-{}", dir.file_name().and_then(|n| n.to_str()).unwrap_or("run")))
+}
+
+/// The source in socket mode on one socket, its bytes read and dropped:
+/// generating and moving the bytes, nothing else.
+fn raw_socket(source: &Path, files: &RawFiles, format: Format, dir: &Path) -> anyhow::Result<Measured> {
+    let channel = DataChannel::in_dir(&socket_dir(dir), 1, format);
+    std::fs::create_dir_all(socket_dir(dir))?;
+    let _ = std::fs::remove_file(&channel.socket_paths[0]);
+    let started = Instant::now();
+    let mut src = Command::new(source).args(&files.source_args).envs(channel.env()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let mut stream = sluice_protocol::socket::connect(&channel.socket_paths[0], std::time::Duration::from_secs(60))?;
+    // Read as a destination would, in large blocks.
+    let mut block = vec![0u8; 256 * 1024];
+    while std::io::Read::read(&mut stream, &mut block)? > 0 {}
+    let status = src.wait()?;
+    if !status.success() {
+        bail!("raw socket copy failed: source {status}");
+    }
+    Ok(Measured { secs: started.elapsed().as_secs_f64(), peak_rss_bytes: None })
 }
 
 /// A one-line executable for a reference connector, so that every way runs the same program.

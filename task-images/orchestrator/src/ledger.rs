@@ -71,6 +71,8 @@ pub struct Ledger {
     socket: bool,
     /// Socket mode: the highest id the destination released.
     released: u64,
+    /// Socket mode: the id of the last state committed (ids start at 1).
+    last_committed_id: u64,
 }
 
 impl Ledger {
@@ -98,6 +100,7 @@ impl Ledger {
             records_filtered: 0,
             socket: false,
             released: 0,
+            last_committed_id: 0,
         }
     }
 
@@ -134,9 +137,7 @@ impl Ledger {
         // Copies arrive from the source's threads in about, not exactly, id order.
         let at = self.pending.iter().rposition(|p| p.id < id).map_or(0, |p| p + 1);
         self.pending.insert(at, Pending { id, state, counts });
-        if id <= self.released {
-            self.commit_through(self.released);
-        }
+        self.commit_through(self.released);
     }
 
     /// The destination echoed a STATE. Matched by the `id` we gave it, or,
@@ -156,7 +157,7 @@ impl Ledger {
                 }
             }
             self.released = self.released.max(id);
-            return Echo::Committed(self.commit_through(id));
+            return Echo::Committed(self.commit_through(self.released));
         }
         let position = match echoed.id {
             Some(id) => self.pending.iter().position(|p| p.id == id),
@@ -171,7 +172,19 @@ impl Ledger {
     }
 
     fn commit_through(&mut self, id: u64) -> usize {
-        let upto = self.pending.iter().take_while(|p| p.id <= id).count();
+        let mut upto = 0;
+        for pending in self.pending.iter().take_while(|p| p.id <= id) {
+            // Socket mode: only in unbroken id order. A copy still on its way
+            // from the source holds back the later ones, so that an older state
+            // of a stream never overwrites a newer one.
+            if self.socket && pending.id != self.last_committed_id + 1 + upto as u64 {
+                break;
+            }
+            upto += 1;
+        }
+        if upto > 0 {
+            self.last_committed_id = self.pending[upto - 1].id;
+        }
         for pending in self.pending.drain(..upto) {
             self.committed.apply(&pending.state);
             for (summary, counts) in self.streams.iter_mut().zip(pending.counts) {
@@ -326,5 +339,34 @@ mod tests {
         l.source_state(1, s.clone());
         l.destination_echo(&s);
         assert_eq!(l.committed_state(), vec![stream_state("a", 5), stream_state("z", 7)]);
+    }
+
+    fn partition_state(name: &str, cursor: i64, id: u64, records: f64) -> AirbyteStateMessage {
+        AirbyteStateMessage {
+            id: Some(id),
+            partition_id: Some(format!("p{id}")),
+            source_stats: Some(sluice_protocol::AirbyteStateStats { record_count: Some(records), ..Default::default() }),
+            ..stream_state(name, cursor)
+        }
+    }
+
+    fn released(state: &AirbyteStateMessage, stored: f64) -> AirbyteStateMessage {
+        AirbyteStateMessage { destination_stats: Some(sluice_protocol::AirbyteStateStats { record_count: Some(stored), ..Default::default() }), ..state.clone() }
+    }
+
+    #[test]
+    fn socket_mode_commits_by_the_sources_ids_even_when_the_release_comes_first() {
+        let mut l = ledger().for_sockets();
+        let (one, two, three) = (partition_state("a", 10, 1, 10.0), partition_state("b", 4, 2, 4.0), partition_state("a", 20, 3, 10.0));
+        // The destination released 2 before the bookkeeper read the source's copies.
+        assert_eq!(l.destination_echo(&released(&two, 4.0)), Echo::Committed(0));
+        l.source_state(2, two.clone());
+        assert_eq!(l.states_committed, 0, "state 1 is not released yet");
+        l.source_state(1, one.clone());
+        assert_eq!(l.states_committed, 2, "1 arrived, and 2 was already released");
+        assert_eq!((l.streams[0].committed.records, l.streams[1].committed.records), (10, 4));
+        l.source_state(3, three.clone());
+        assert_eq!(l.destination_echo(&released(&three, 9.0)), Echo::Miscounted { id: 3, sent: 10, stored: 9 });
+        assert_eq!(l.committed_state(), vec![stream_state("a", 10), stream_state("b", 4)], "a miscounted release commits nothing");
     }
 }
