@@ -98,6 +98,9 @@ pub enum LineError {
     Io(#[from] io::Error),
 }
 
+/// A line's number, its bytes, and whether it ended the stream without a newline.
+pub type NumberedLine<'a> = (u64, &'a [u8], bool);
+
 /// Splits a byte stream into lines without copying them, up to a size limit.
 ///
 /// Lines are returned as slices of the reader's own buffer, which grows only
@@ -148,6 +151,15 @@ impl<R: Read> LineReader<R> {
     /// that line and can go on.
     pub fn next_line(&mut self, before_block: impl FnMut() -> io::Result<()>) -> Result<Option<(u64, &[u8])>, LineError> {
         Ok(self.next_range(before_block)?.map(|(start, end)| (self.line_number, trim_cr(&self.buf[start..end]))))
+    }
+
+    /// Like [`Self::next_line`], also saying whether the line ended the
+    /// stream without its newline: the writer may have stopped mid-line.
+    pub fn next_line_or_cut(&mut self, before_block: impl FnMut() -> io::Result<()>) -> Result<Option<NumberedLine<'_>>, LineError> {
+        let Some((start, end)) = self.next_range(before_block)? else { return Ok(None) };
+        // A line ended by its newline leaves `start` past that newline.
+        let cut = self.start == end;
+        Ok(Some((self.line_number, trim_cr(&self.buf[start..end]), cut)))
     }
 
     fn next_range(&mut self, mut before_block: impl FnMut() -> io::Result<()>) -> Result<Option<(usize, usize)>, LineError> {

@@ -310,6 +310,9 @@ pub enum FrameError {
     Protobuf(#[from] DecodeError),
     #[error("a frame of {0} bytes is longer than the limit of {1}")]
     TooLong(u64, usize),
+    /// The stream ended inside its last frame: the writer stopped mid-message.
+    #[error("the stream ended inside a frame: its writer stopped mid-message")]
+    Truncated,
 }
 
 /// A destination's end of one socket.
@@ -337,26 +340,35 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// The next frame, or `None` at the end of the stream.
-    pub fn next(&mut self) -> Result<Option<SocketFrame<'_>>, FrameError> {
+    pub fn read_frame(&mut self) -> Result<Option<SocketFrame<'_>>, FrameError> {
         match self {
             FrameReader::Jsonl(lines) => {
-                let Some((_, line)) = lines.next_line(|| Ok(()))? else { return Ok(None) };
+                let Some((_, line, cut)) = lines.next_line_or_cut(|| Ok(()))? else { return Ok(None) };
                 if line.iter().all(u8::is_ascii_whitespace) {
                     return Ok(Some(SocketFrame::Probe));
                 }
-                let parsed: JsonLine<'_> = serde_json::from_slice(line)?;
+                let parsed: JsonLine<'_> = match serde_json::from_slice(line) {
+                    Ok(parsed) => parsed,
+                    Err(e) if e.is_eof() && cut => return Err(FrameError::Truncated),
+                    Err(e) => return Err(e.into()),
+                };
                 Ok(Some(match (parsed.kind.as_ref(), parsed.record) {
                     ("RECORD", Some(record)) => SocketFrame::Record(SocketRecord::Json(record)),
                     _ => SocketFrame::Message(line),
                 }))
             }
             FrameReader::Protobuf { input, frame, limit, frames } => {
-                let Some(len) = read_varint(input)? else { return Ok(None) };
+                let len = match read_varint(input) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => return Ok(None),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Truncated),
+                    Err(e) => return Err(e.into()),
+                };
                 if len > *limit as u64 {
                     return Err(FrameError::TooLong(len, *limit));
                 }
                 frame.resize(len as usize, 0);
-                input.read_exact(frame)?;
+                input.read_exact(frame).map_err(|e| if e.kind() == io::ErrorKind::UnexpectedEof { FrameError::Truncated } else { e.into() })?;
                 *frames += 1;
                 Ok(Some(match protobuf::decode_frame(frame)? {
                     protobuf::Frame::Record(record) => SocketFrame::Record(SocketRecord::Proto(record)),
@@ -375,7 +387,7 @@ fn read_varint(input: &mut impl BufRead) -> io::Result<Option<u64>> {
         let byte = match input.fill_buf()?.first() {
             Some(&b) => b,
             None if i == 0 => return Ok(None),
-            None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended inside a frame's length")),
+            None => return Err(io::ErrorKind::UnexpectedEof.into()),
         };
         input.consume(1);
         value |= u64::from(byte & 0x7f) << (7 * i);
@@ -427,34 +439,39 @@ mod tests {
             let bytes = writer.out.into_inner().unwrap();
 
             let mut reader = FrameReader::new(&bytes[..], format, 1 << 20);
-            let Some(SocketFrame::Record(record)) = reader.next().unwrap() else { panic!("{format}: not a record") };
+            let Some(SocketFrame::Record(record)) = reader.read_frame().unwrap() else { panic!("{format}: not a record") };
             assert_eq!((record.stream(), record.partition_id(), record.emitted_at()), ("users", Some("p1"), 5));
             let mut data = Vec::new();
             record.write_data(&["id".into(), "name".into()], &mut data).unwrap();
             assert_eq!(serde_json::from_slice::<serde_json::Value>(&data).unwrap(), serde_json::json!({"id": 1, "name": "Ada"}));
             if format == Format::Protobuf {
                 // A JSONL probe is a blank line, which the line reader skips.
-                assert!(matches!(reader.next().unwrap(), Some(SocketFrame::Probe)));
+                assert!(matches!(reader.read_frame().unwrap(), Some(SocketFrame::Probe)));
             }
-            let Some(SocketFrame::Message(json)) = reader.next().unwrap() else { panic!("{format}: not a message") };
+            let Some(SocketFrame::Message(json)) = reader.read_frame().unwrap() else { panic!("{format}: not a message") };
             let message: AirbyteMessage = serde_json::from_slice(json).unwrap();
             assert_eq!(message.state.unwrap().id, Some(1));
-            assert!(reader.next().unwrap().is_none());
+            assert!(reader.read_frame().unwrap().is_none());
         }
     }
 
     #[test]
-    fn a_cut_frame_is_an_error_not_an_end() {
+    fn a_cut_frame_is_told_from_a_clean_end() {
         let mut writer = FrameWriter::new(Vec::new(), Format::Protobuf);
         writer.probe().unwrap();
         let mut bytes = writer.out.into_inner().unwrap();
         bytes.push(0x05);
         bytes.push(0x0a);
         let mut reader = FrameReader::new(&bytes[..], Format::Protobuf, 1 << 20);
-        assert!(reader.next().unwrap().is_some());
-        assert!(matches!(reader.next(), Err(FrameError::Io(_))));
+        assert!(reader.read_frame().unwrap().is_some());
+        assert!(matches!(reader.read_frame(), Err(FrameError::Truncated)));
         let mut reader = FrameReader::new(&[0xff, 0xff, 0x03][..], Format::Protobuf, 1024);
-        assert!(matches!(reader.next(), Err(FrameError::TooLong(..))));
+        assert!(matches!(reader.read_frame(), Err(FrameError::TooLong(..))));
+        let mut reader = FrameReader::new(&b"{\"type\":\"RECORD\"}\n{\"type\":\"REC"[..], Format::Jsonl, 1024);
+        assert!(matches!(reader.read_frame(), Ok(Some(SocketFrame::Message(_)))));
+        assert!(matches!(reader.read_frame(), Err(FrameError::Truncated)));
+        let mut reader = FrameReader::new(&b"{\"type\":\"RECORD\"\n{}"[..], Format::Jsonl, 1024);
+        assert!(matches!(reader.read_frame(), Err(FrameError::Json(_))), "a broken line with more after it is garbage, not a cut");
     }
 
     #[test]

@@ -161,12 +161,37 @@ fn open_targets(config: &Config, catalog: &ConfiguredAirbyteCatalog) -> Result<V
         };
         let file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&writing)
             .map_err(|e| Failure::system(format!("cannot open {}: {e}", writing.display())))?;
+        cut_partial_line(&file).map_err(|e| Failure::system(format!("cannot repair {}: {e}", writing.display())))?;
         targets.push(Target { descriptor, path, writing, file: BufWriter::with_capacity(128 * 1024, file), dedup, status: None });
     }
     Ok(targets)
+}
+
+/// A write that died mid-line left a partial last line. No STATE covers it
+/// (a STATE is released only after complete lines are on disk), so it goes.
+fn cut_partial_line(file: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut tail = [0u8; 1];
+    if len == 0 || (file.read_at(&mut tail, len - 1)? == 1 && tail[0] == b'\n') {
+        return Ok(());
+    }
+    let mut block = vec![0u8; 64 * 1024];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(newline) = chunk.iter().rposition(|&b| b == b'\n') {
+            return file.set_len(start + newline as u64 + 1);
+        }
+        end = start;
+    }
+    file.set_len(0)
 }
 
 /// Legacy mode: every message on stdin, in order.

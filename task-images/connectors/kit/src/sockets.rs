@@ -189,7 +189,12 @@ fn read_socket<S: Sink>(
     let mut at = 0u64;
     loop {
         at += 1;
-        let frame = reader.next().map_err(|e| Failure::system(format!("socket {name} frame {at}: {e}")))?;
+        let frame = match reader.read_frame() {
+            // The source stopped mid-message (it crashed): no STATE can cover
+            // that record, so nothing released is lost; the platform sees why.
+            Err(socket::FrameError::Truncated) => break,
+            other => other.map_err(|e| Failure::system(format!("socket {name} frame {at}: {e}")))?,
+        };
         match frame {
             None => break,
             Some(SocketFrame::Probe) => {}
