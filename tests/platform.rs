@@ -482,3 +482,60 @@ fn schemathesis_finds_no_server_error_and_no_response_off_the_document() {
     assert!(output.status.success(), "schemathesis found problems:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(report.contains("passed"), "{report}");
 }
+
+fn attempt_log(p: &Platform, job: &Value) -> String {
+    p.get(&format!("/jobs/{}/attempts/0/logs", job["jobId"]))["text"].as_str().unwrap().to_owned()
+}
+
+/// Socket mode chosen by the platform: our reference definitions declare
+/// `connectorIPCOptions.dataChannel`, so their syncs go source -> destination
+/// over sockets with the bookkeeper; a connection can force legacy mode or
+/// set the socket count, and resets always run in legacy mode.
+#[test]
+fn reference_connectors_sync_in_socket_mode_unless_the_connection_or_the_job_says_otherwise() {
+    let scratch = Scratch::new();
+    let p = Platform::start(&scratch.path("data"), &[]);
+    let workspace = p.workspace("sockets");
+    let definition = p.get(&format!("/workspaces/{workspace}/definitions/sources"))["data"]
+        .as_array().unwrap().iter().find(|d| d["sourceType"] == "sluice-faker").cloned().unwrap();
+    assert_eq!(definition["connectorIPCOptions"]["dataChannel"]["supportedTransport"], json!(["SOCKET", "STDIO"]));
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 400, "seed": 2, "records_per_slice": 30}));
+    let out = scratch.path("out");
+    let destination = jsonl_destination(&p, &workspace, &out);
+    let connection = connection(&p, &source, &destination, json!([{"name": "users", "syncMode": "incremental_append"}]));
+
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(60));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let log = attempt_log(&p, &job);
+    // One CPU per connector by default: Airbyte's rule gives two sockets.
+    assert!(log.contains("data channel: SOCKET PROTOBUF over 2 sockets (both connectors support SOCKET with PROTOBUF)"), "{log}");
+    assert!(log.contains("socket mode: records go from source to destination in PROTOBUF over 2 sockets"), "{log}");
+    let mut ids: Vec<i64> = scratch.read_lines("out/users.jsonl").iter().map(|u| u["_airbyte_data"]["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, (1..=400).collect::<Vec<_>>(), "each user exactly once");
+    assert_eq!(job["rowsSynced"], 400);
+
+    // The connection's own setting: more sockets, then legacy mode.
+    let bad = p.call("PATCH", &format!("/connections/{connection}"), Some(&json!({"dataChannel": {"socketCount": 0}})), Some(&p.token));
+    assert_eq!(bad.0, 400, "{}", bad.1);
+    assert!(bad.1.to_string().contains("dataChannel.socketCount"), "{}", bad.1);
+    let patched = p.ok("PATCH", &format!("/connections/{connection}"), Some(json!({"dataChannel": {"socketCount": 4}})));
+    assert_eq!(patched["dataChannel"], json!({"mode": "auto", "socketCount": 4}));
+    p.ok("PATCH", &format!("/sources/{source}"), Some(json!({"configuration": {"count": 500, "seed": 2, "records_per_slice": 30}})));
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(60));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(attempt_log(&p, &job).contains("data channel: SOCKET PROTOBUF over 4 sockets"));
+    assert_eq!(job["rowsSynced"], 100, "resumed from the committed state");
+
+    p.ok("PATCH", &format!("/connections/{connection}"), Some(json!({"dataChannel": {"mode": "stdio"}})));
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(60));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let log = attempt_log(&p, &job);
+    assert!(log.contains("data channel: STDIO (the connection's dataChannel.mode is stdio)") && log.contains("legacy mode"), "{log}");
+
+    p.ok("PATCH", &format!("/connections/{connection}"), Some(json!({"dataChannel": {"mode": "auto"}})));
+    let reset = p.post("/jobs", json!({"connectionId": connection, "jobType": "reset"}));
+    let job = p.wait_job(reset["jobId"].as_i64().unwrap(), Duration::from_secs(60));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(attempt_log(&p, &job).contains("data channel: STDIO (reset and clear jobs run in legacy mode)"));
+}

@@ -2,6 +2,7 @@
 //! their schedules, connector configs and their secrets. Plain data and pure transition functions, no I/O: the
 //! store persists what these functions return, conditionally on `Version`.
 
+pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod cron;

@@ -201,6 +201,9 @@ pub struct Connection {
     pub prefix: String,
     pub non_breaking_schema_updates_behavior: String,
     pub created_at: i64,
+    /// Ours: socket mode or not, and how many sockets.
+    #[serde(default, skip_serializing_if = "crate::channel::ChannelSetting::is_default")]
+    pub data_channel: crate::channel::ChannelSetting,
 }
 
 mod status_text {

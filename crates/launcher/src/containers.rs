@@ -24,6 +24,30 @@ fn quote(s: &str) -> String {
 /// the program itself at `/connector`. Either way the protocol command follows.
 pub const CONNECTOR: [&str; 4] = ["/bin/sh", "-c", "exec ${AIRBYTE_ENTRYPOINT:-/connector} \"$@\"", "connector"];
 
+/// Socket mode's sockets, on the shared volume.
+pub fn sockets() -> PathBuf {
+    PathBuf::from(shared("sockets"))
+}
+
+/// The platform container's program: the bookkeeper in socket mode, the
+/// orchestrator otherwise (Airbyte's `PLATFORM_MODE`).
+pub fn platform_program(plan: &crate::TaskPlan) -> &'static str {
+    if plan.data_channel.is_some() {
+        "bookkeeper"
+    } else {
+        "orchestrator"
+    }
+}
+
+/// A connector container's environment: its own, plus socket mode's channel.
+pub fn connector_env(plan: &crate::TaskPlan, container: &crate::plan::Container) -> std::collections::BTreeMap<String, String> {
+    let mut env = container.env.clone();
+    if let Some(channel) = &plan.data_channel {
+        env.extend(channel.in_dir(&sockets()).env());
+    }
+    env
+}
+
 /// The directory of a connector's pipes (`source`, `destination`).
 pub fn pipes(role: &str) -> PathBuf {
     PathBuf::from(shared(&format!("pipes/{role}")))
@@ -35,7 +59,7 @@ pub fn pipes_script(kind: WorkloadType) -> String {
     let p = shared("pipes");
     let (dirs, fifos) = match kind {
         WorkloadType::Sync => (
-            format!("{p}/source {p}/destination"),
+            format!("{p}/source {p}/destination {}", sockets().display()),
             format!("{p}/source/stdout {p}/source/stderr {p}/destination/stdin {p}/destination/stdout {p}/destination/stderr"),
         ),
         _ => (format!("{p}/connector"), format!("{p}/connector/stdout {p}/connector/stderr")),
@@ -79,9 +103,11 @@ pub fn connector_command(role: &str) -> Vec<String> {
     cmd
 }
 
-/// The orchestrator container's command for one workload.
-pub fn orchestrator_command(workload_api_url: &str, workload_id: &str) -> Vec<String> {
-    ["orchestrator", "--config", &shared("sync.json"), "--workload-api", workload_api_url, "--workload-id", workload_id].map(String::from).to_vec()
+/// The platform container's command for one sync workload.
+pub fn orchestrator_command(plan: &crate::TaskPlan) -> Vec<String> {
+    [platform_program(plan), "--config", &shared("sync.json"), "--workload-api", &plan.workload_api_url, "--workload-id", &plan.workload_id]
+        .map(String::from)
+        .to_vec()
 }
 
 /// The files a task's containers need on the shared volume, all secret:
@@ -92,7 +118,7 @@ pub fn task_files(plan: &crate::TaskPlan) -> Result<std::collections::BTreeMap<S
     use sluice_orchestrator::Launch;
     let mut files = std::collections::BTreeMap::from([("credential".to_owned(), plan.credential.clone())]);
     if plan.kind == WorkloadType::Sync {
-        let config = plan.sync_config(Launch::Attach { dir: pipes("source") }, Launch::Attach { dir: pipes("destination") }, PathBuf::from(shared("work")))?;
+        let config = plan.sync_config(Launch::Attach { dir: pipes("source") }, Launch::Attach { dir: pipes("destination") }, PathBuf::from(shared("work")), &sockets())?;
         files.insert("sync.json".to_owned(), serde_json::to_string(&config).expect("plain data"));
     } else if let Some(config) = plan.file(files::CONNECTOR_CONFIG) {
         files.insert(files::CONNECTOR_CONFIG.to_owned(), config.to_owned());

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use sluice_domain::WorkloadType;
 
-use crate::containers::{connector_command, orchestrator_command, pipes_script, shared, task_files, CONNECTOR};
+use crate::containers::{connector_command, connector_env, orchestrator_command, pipes_script, shared, task_files, CONNECTOR};
 pub use crate::containers::SHARED;
 use crate::plan::{files, Container, Runtime, TaskPlan};
 use crate::LaunchError;
@@ -109,10 +109,10 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
             let init = vec!["/bin/sh".to_owned(), "-c".to_owned(), pipes_script(WorkloadType::Sync)];
             task.containers.push(DockerContainer { name: name("init"), create: create_body(&settings.orchestrator_image, init, &no_env, plan, &volume, settings) });
             for (role, container) in [("source", source), ("destination", destination)] {
-                let create = create_body(&image(container, settings)?, connector_command(role), &container.env, plan, &volume, settings);
+                let create = create_body(&image(container, settings)?, connector_command(role), &connector_env(plan, container), plan, &volume, settings);
                 task.containers.push(DockerContainer { name: name(role), create });
             }
-            let cmd = orchestrator_command(&plan.workload_api_url, &plan.workload_id);
+            let cmd = orchestrator_command(plan);
             let env = BTreeMap::from([("SLUICE_WORKLOAD_TOKEN_FILE".to_owned(), shared("credential"))]);
             task.containers.push(DockerContainer { name: name("orchestrator"), create: create_body(&settings.orchestrator_image, cmd, &env, plan, &volume, settings) });
         }

@@ -20,7 +20,7 @@
 use serde::Serialize;
 use sluice_domain::WorkloadType;
 
-use crate::containers::{ask_command, connector_command, pipes_script, question_command, shared, SHARED};
+use crate::containers::{ask_command, connector_command, connector_env, pipes_script, platform_program, question_command, shared, SHARED};
 use crate::plan::{Container, Runtime, TaskPlan};
 use crate::LaunchError;
 
@@ -113,7 +113,7 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
     }];
     let after_init = || vec![("init".to_owned(), "SUCCESS".to_owned())];
     let connector = |role: &str, container: &Container, command: Vec<String>, share: i32| -> Result<EcsContainer, LaunchError> {
-        let mut environment: Vec<(String, String)> = container.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut environment: Vec<(String, String)> = connector_env(plan, container).into_iter().collect();
         environment.sort();
         Ok(EcsContainer {
             name: role.into(),
@@ -136,7 +136,11 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
         let share = (memory / 4) as i32;
         containers.push(connector("source", source, connector_command("source"), share)?);
         containers.push(connector("destination", destination, connector_command("destination"), share)?);
-        let run = format!("exec orchestrator --config {} --workload-api \"$SLUICE_WORKLOAD_API\" --workload-id \"$SLUICE_WORKLOAD_ID\"", shared("sync.json"));
+        let run = format!(
+            "exec {} --config {} --workload-api \"$SLUICE_WORKLOAD_API\" --workload-id \"$SLUICE_WORKLOAD_ID\"",
+            platform_program(plan),
+            shared("sync.json")
+        );
         (cpu, memory, run)
     } else {
         let one = plan.connector.as_ref().ok_or_else(|| LaunchError("the plan names no connector".into()))?;
@@ -195,6 +199,7 @@ mod tests {
             source: None,
             destination: None,
             resources: Resources::default(),
+            data_channel: None,
             workload_api_url: "https://api.example/api/internal/v1".into(),
             credential: "credential-secret".into(),
         };

@@ -17,7 +17,9 @@ use jiff::SignedDuration;
 use serde_json::{json, Value};
 use sluice_api::config::{actors, connections, load};
 use sluice_api::App;
+use sluice_domain::channel::ForcesStdio;
 use sluice_domain::resources::{ActorKind, ConnectionState, Definition};
+use sluice_protocol::socket::Format;
 use sluice_domain::{FailureReason, Workload, WorkloadEvent, WorkloadType};
 use sluice_platform::{workload_event, AttemptEnd, PlatformError};
 use sluice_store::{DocKind, StoreError};
@@ -79,6 +81,7 @@ pub async fn build_plan(app: &App, w: &Workload, api_url: &str) -> Result<TaskPl
         source: None,
         destination: None,
         resources: Resources::default(),
+        data_channel: None,
         workload_api_url: api_url.to_owned(),
         credential: app.keys.workload_token(&w.id),
     };
@@ -150,6 +153,32 @@ async fn sync_plan(app: &App, w: &Workload, plan: &mut TaskPlan) -> Result<(), L
         sluice_platform::catalog::Feed::Empty => Container { name: "source-empty".into(), runtime: Runtime::Reference("source-empty".into()), env: Default::default() },
     });
     plan.destination = Some(container(&destination_definition));
+    let mut forced = Vec::new();
+    if feed == sluice_platform::catalog::Feed::Empty {
+        forced.push(ForcesStdio::ResetOrClear);
+    }
+    if !selected.is_empty() {
+        forced.push(ForcesStdio::FieldSelection);
+    }
+    let cpus = f64::from(plan.resources.cpu_millis) / 1000.0;
+    let choice = sluice_domain::channel::choose(
+        source_definition.connector_ipc_options.as_ref(),
+        destination_definition.connector_ipc_options.as_ref(),
+        &connection.data_channel,
+        &forced,
+        (cpus, cpus),
+    );
+    if let (Some(format), Some(socket_count)) = (choice.format.as_deref().and_then(Format::parse), choice.socket_count) {
+        plan.data_channel = Some(plan::PlanChannel { format, socket_count });
+    }
+    // The attempt's log says which channel and why, before the task's own lines.
+    let detail = match (&choice.format, choice.socket_count) {
+        (Some(format), Some(n)) => format!("{} {format} over {n} sockets", choice.medium),
+        _ => choice.medium.clone(),
+    };
+    let (job_id, attempt) = w.job_attempt().expect("checked above");
+    let line = format!("{} launcher INFO data channel: {detail} ({})\n", jiff::Timestamp::now(), choice.reason);
+    app.logs.append(job_id, attempt, &line).await?;
     Ok(())
 }
 

@@ -35,6 +35,12 @@ fn launch_error(what: &str) -> impl Fn(std::io::Error) -> LaunchError + '_ {
     move |e| LaunchError(format!("{what}: {e}"))
 }
 
+/// A socket-mode task's sockets: short, so that every path fits a Unix
+/// socket address (the work root may be deep); the bookkeeper makes it 0700.
+fn socket_dir(plan: &TaskPlan) -> PathBuf {
+    std::env::temp_dir().join(format!("sluice-{}", crate::ecs::fingerprint(&plan.workload_id)))
+}
+
 /// Writes a file only its owner can read: configs hold secrets.
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -75,6 +81,9 @@ impl LocalExecutor {
             _ => self.run_connector_command(app, w, plan, &dir).await,
         };
         let _ = std::fs::remove_dir_all(&dir);
+        if plan.data_channel.is_some() {
+            let _ = std::fs::remove_dir_all(socket_dir(plan));
+        }
         result
     }
 
@@ -85,7 +94,7 @@ impl LocalExecutor {
         };
         let source_launch = Launch::Spawn { command: self.command(source).await?, env: source.env.clone() };
         let destination_launch = Launch::Spawn { command: self.command(destination).await?, env: destination.env.clone() };
-        let config = plan.sync_config(source_launch, destination_launch, dir.join("files"))?;
+        let config = plan.sync_config(source_launch, destination_launch, dir.join("files"), &socket_dir(plan))?;
         let config_path = dir.join("sync.json");
         write_private(&config_path, &serde_json::to_vec(&config).expect("plain data")).map_err(launch_error("cannot write sync.json"))?;
 

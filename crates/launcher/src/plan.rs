@@ -22,9 +22,28 @@ pub struct TaskPlan {
     pub source: Option<Container>,
     pub destination: Option<Container>,
     pub resources: Resources,
+    /// Socket mode: records go from source to destination over this many
+    /// sockets in this framing, and the bookkeeper runs instead of the
+    /// orchestrator. `None`: legacy mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_channel: Option<PlanChannel>,
     /// Where the task reports, and the credential that opens its workload only.
     pub workload_api_url: String,
     pub credential: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanChannel {
+    pub format: sluice_protocol::socket::Format,
+    pub socket_count: u32,
+}
+
+impl PlanChannel {
+    /// The channel with its sockets in `dir`, which every container of the task shares.
+    pub fn in_dir(&self, dir: &std::path::Path) -> sluice_protocol::socket::DataChannel {
+        sluice_protocol::socket::DataChannel::in_dir(dir, self.socket_count as usize, self.format)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,13 +128,15 @@ impl TaskPlan {
 }
 
 impl TaskPlan {
-    /// The orchestrator's input for a sync plan, with each connector reached
-    /// the executor's way (started as a child, or attached through pipes).
+    /// The orchestrator's (or bookkeeper's) input for a sync plan, with each
+    /// connector reached the executor's way (started as a child, or attached
+    /// through pipes), and in socket mode the sockets in `socket_dir`.
     pub fn sync_config(
         &self,
         source_launch: sluice_orchestrator::Launch,
         destination_launch: sluice_orchestrator::Launch,
         work_dir: std::path::PathBuf,
+        socket_dir: &std::path::Path,
     ) -> Result<sluice_orchestrator::SyncConfig, crate::LaunchError> {
         use crate::LaunchError;
         let (source, destination) = match (&self.source, &self.destination) {
@@ -138,7 +159,7 @@ impl TaskPlan {
             selected_fields: parse(self, files::SELECTED_FIELDS)?,
             work_dir,
             limits: sluice_orchestrator::Limits::default(),
-            data_channel: None,
+            data_channel: self.data_channel.as_ref().map(|c| c.in_dir(socket_dir)),
         })
     }
 }

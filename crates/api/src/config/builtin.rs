@@ -77,6 +77,11 @@ const BUILTINS: [Builtin; 6] = [
     },
 ];
 
+/// Airbyte's `connectorIPCOptions` for a connector that speaks socket mode.
+pub fn reference_ipc_options() -> serde_json::Value {
+    serde_json::json!({"dataChannel": {"version": "0.0.2", "supportedSerialization": ["JSONL", "PROTOBUF"], "supportedTransport": ["SOCKET", "STDIO"]}})
+}
+
 /// Stores the built-in definitions that are not there yet; returns how many.
 pub async fn seed(app: &App) -> Result<usize, StoreError> {
     let mut added = 0;
@@ -90,7 +95,8 @@ pub async fn seed(app: &App) -> Result<usize, StoreError> {
             docker_repository: b.repository.to_owned(),
             docker_image_tag: b.tag.to_owned(),
             protocol_version: "0.2.0".into(),
-            connector_ipc_options: None,
+            // Our reference connectors speak socket mode (both framings) and stdio.
+            connector_ipc_options: b.repository.starts_with("sluice/").then(reference_ipc_options),
             connection_specification: None,
             workspace_id: None,
         };

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
+use sluice_domain::channel::ChannelSetting;
 use serde_json::{json, Value};
 use sluice_domain::resources::{ActorKind, Connection, ScheduleConfig, StreamConfiguration};
 use sluice_domain::{ConnectionStatus, Schedule, Version};
@@ -43,6 +44,7 @@ pub(crate) fn connection_json(c: &Connection) -> Value {
         "configurations": { "streams": c.streams },
         "createdAt": c.created_at,
         "tags": [],
+        "dataChannel": c.data_channel,
     })
 }
 
@@ -82,6 +84,8 @@ struct ConnectionCreate {
     non_breaking_schema_updates_behavior: Option<String>,
     #[serde(default)]
     tags: Option<Value>,
+    #[serde(default)]
+    data_channel: Option<ChannelSetting>,
 }
 
 const NAMESPACE_DEFINITIONS: [&str; 3] = ["source", "destination", "custom_format"];
@@ -171,6 +175,7 @@ async fn create_connection(State(app): AppState, JsonBody(body): JsonBody<Connec
         prefix: body.prefix.unwrap_or_default(),
         non_breaking_schema_updates_behavior: behavior,
         created_at: now().as_second(),
+        data_channel: checked_channel(body.data_channel.unwrap_or_default())?,
     };
     app.config.insert_doc(DocKind::Connection, &doc(&connection.connection_id, Some(&connection.workspace_id), &connection, Version::INITIAL)).await?;
     sync_schedule(&app, &connection).await?;
@@ -235,6 +240,13 @@ struct ConnectionUpdate {
     non_breaking_schema_updates_behavior: Option<String>,
     #[serde(default)]
     tags: Option<Value>,
+    #[serde(default)]
+    data_channel: Option<ChannelSetting>,
+}
+
+fn checked_channel(setting: ChannelSetting) -> ApiResult<ChannelSetting> {
+    setting.check().map_err(|e| Problem::bad_field("dataChannel.socketCount", e))?;
+    Ok(setting)
 }
 
 async fn update_connection(State(app): AppState, Path(id): Path<String>, JsonBody(body): JsonBody<ConnectionUpdate>) -> ApiResult<Json<Value>> {
@@ -266,6 +278,9 @@ async fn update_connection(State(app): AppState, Path(id): Path<String>, JsonBod
     }
     if let Some(configurations) = body.configurations {
         c.streams = checked_streams(&app, &c.source_id, configurations.streams).await?;
+    }
+    if let Some(setting) = body.data_channel {
+        c.data_channel = checked_channel(setting)?;
     }
     let _ = (body.data_residency, body.tags);
     app.config.update_doc(DocKind::Connection, &doc(&id, Some(&c.workspace_id), &c, version)).await?;
