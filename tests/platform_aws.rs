@@ -142,6 +142,10 @@ fn syncs_run_as_the_ecs_tasks_that_moto_holds() {
     assert_eq!(first["status"], "succeeded", "{first}\n{}", p.log());
     assert_eq!(first["rowsSynced"], 30);
     assert_eq!(scratch.read_lines("out/users.jsonl").len(), 30);
+    // Both reference definitions speak socket mode: the task's platform
+    // container is the bookkeeper, the connectors share sockets on the volume.
+    let log = p.get(&format!("/jobs/{}/attempts/0/logs", first["jobId"]))["text"].as_str().unwrap().to_owned();
+    assert!(log.contains("data channel: SOCKET PROTOBUF over 2 sockets"), "{log}");
     let second = p.wait_job(p.sync(&connection), Duration::from_secs(120));
     assert_eq!(second["status"], "succeeded", "{second}");
     assert_eq!(second["rowsSynced"], 0, "the second task resumed from the committed state");

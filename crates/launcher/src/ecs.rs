@@ -221,4 +221,33 @@ mod tests {
         assert_eq!(run.definition.containers[1].command[4..], ["spec"]);
         assert!(run.definition.family.starts_with("sluice-spec-"));
     }
+
+    #[test]
+    fn a_socket_mode_sync_runs_the_bookkeeper_and_tells_both_connectors_the_channel() {
+        let reference = |name: &str| Container { name: name.into(), runtime: Runtime::Image(format!("sluice/{name}:1")), env: Default::default() };
+        let plan = TaskPlan {
+            workload_id: "c_1_0_sync".into(),
+            kind: WorkloadType::Sync,
+            files: vec![],
+            connector: None,
+            source: Some(reference("source-faker")),
+            destination: Some(reference("destination-jsonl")),
+            resources: Resources::default(),
+            data_channel: Some(crate::plan::PlanChannel { format: sluice_protocol::socket::Format::Protobuf, socket_count: 2 }),
+            workload_api_url: "https://api.example/api/internal/v1".into(),
+            credential: "c".into(),
+        };
+        let run = ecs_task(&plan, &settings()).unwrap();
+        let paths = "/sluice/sockets/airbyte_socket_1.sock,/sluice/sockets/airbyte_socket_2.sock";
+        for connector in &run.definition.containers[1..3] {
+            let env: std::collections::BTreeMap<_, _> = connector.environment.iter().cloned().collect();
+            assert_eq!(env["DATA_CHANNEL_MEDIUM"], "SOCKET", "{}", connector.name);
+            assert_eq!(env["DATA_CHANNEL_FORMAT"], "PROTOBUF");
+            assert_eq!(env["DATA_CHANNEL_SOCKET_PATHS"], paths);
+        }
+        assert!(run.definition.containers[0].command[2].contains("/sluice/sockets"), "the init step makes the sockets' directory");
+        assert!(run.definition.containers[3].command[2].starts_with("exec bookkeeper --config /sluice/sync.json"));
+        let legacy = ecs_task(&TaskPlan { data_channel: None, ..plan }, &settings()).unwrap();
+        assert!(legacy.definition.containers[3].command[2].starts_with("exec orchestrator --config"));
+    }
 }
