@@ -52,6 +52,7 @@ fn sync_plan(out: &str, source_config: Value) -> TaskPlan {
         source: Some(container("source-faker")),
         destination: Some(container("destination-jsonl")),
         resources: Resources { cpu_millis: 500, memory_mib: 1024 },
+        data_channel: None,
         workload_api_url: "http://127.0.0.1:8000/api/internal/v1".into(),
         credential: CREDENTIAL.into(),
     }
@@ -152,6 +153,7 @@ fn a_discover_plan_is_one_connector_container_and_pypi_connectors_are_refused() 
         source: None,
         destination: None,
         resources: Resources::default(),
+        data_channel: None,
         workload_api_url: "http://127.0.0.1:8000/api/internal/v1".into(),
         credential: CREDENTIAL.into(),
     };

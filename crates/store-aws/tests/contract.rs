@@ -195,6 +195,7 @@ async fn a_sync_plan_becomes_one_reused_fargate_task_definition_with_no_secret_i
         source: Some(Container { name: "source-pokeapi".into(), runtime: Runtime::Image("airbyte/source-pokeapi:0.3.0".into()), env: Default::default() }),
         destination: Some(Container { name: "destination-jsonl".into(), runtime: Runtime::Reference("destination-jsonl".into()), env: Default::default() }),
         resources: Resources::default(),
+        data_channel: None,
         workload_api_url: "https://api.example/api/internal/v1".into(),
         credential: CREDENTIAL.into(),
     };

@@ -32,6 +32,7 @@ async fn a_schedule_fire_starts_one_job_and_queues_its_workload() {
         prefix: String::new(),
         non_breaking_schema_updates_behavior: "ignore".into(),
         created_at: 0,
+        data_channel: Default::default(),
     };
     for (id, status) in [("active-conn", ConnectionStatus::Active), ("paused-conn", ConnectionStatus::Inactive)] {
         let doc = Doc { id: id.into(), workspace_id: Some("w".into()), body: serde_json::to_value(connection(id, status)).unwrap(), version: Version::INITIAL };
