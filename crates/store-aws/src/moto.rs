@@ -5,12 +5,36 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+const SERIALIZED_DYNAMODB: &str = r#"
+import sys, threading
+from moto.dynamodb.responses import DynamoHandler
+lock, call = threading.Lock(), DynamoHandler.call_action
+def serialized(self):
+    with lock:
+        return call(self)
+DynamoHandler.call_action = serialized
+from moto.server import main
+sys.argv[0] = "moto_server"
+main(sys.argv[1:])
+"#;
+
 /// Starts `moto_server` on a free port of 127.0.0.1 and returns its URL
 /// once it answers. It stops when this process ends: a watcher thread owns
 /// it, and a shell reaper kills it if this process dies first.
 pub fn start(moto_server: &Path) -> std::io::Result<String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut child = Command::new(moto_server).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    // moto_server's own Python, running moto's server with DynamoDB's requests
+    // serialized: moto undoes a failed TransactWriteItems by restoring whole
+    // tables from a copy taken before it, which loses the writes other
+    // requests made meanwhile (a job created concurrently vanished). DynamoDB
+    // itself has no such window; our code still races, between calls.
+    let python = moto_server.with_file_name("python");
+    let mut child = Command::new(&python)
+        .args(["-c", SERIALIZED_DYNAMODB, "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start moto with {}: {e}", python.display())))?;
     let reaper = format!("while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null", std::process::id(), child.id());
     Command::new("sh").arg("-c").arg(reaper).stdin(Stdio::null()).spawn()?;
     std::thread::spawn(move || child.wait());
