@@ -510,6 +510,8 @@ fn reference_connectors_sync_in_socket_mode_unless_the_connection_or_the_job_say
     // One CPU per connector by default: Airbyte's rule gives two sockets.
     assert!(log.contains("data channel: SOCKET PROTOBUF over 2 sockets (both connectors support SOCKET with PROTOBUF)"), "{log}");
     assert!(log.contains("socket mode: records go from source to destination in PROTOBUF over 2 sockets"), "{log}");
+    let details = p.get(&format!("/jobs/{}/attempts", job["jobId"]))["attempts"][0]["dataChannel"].clone();
+    assert_eq!(details, json!({"medium": "SOCKET", "format": "PROTOBUF", "socketCount": 2, "reason": "both connectors support SOCKET with PROTOBUF"}));
     let mut ids: Vec<i64> = scratch.read_lines("out/users.jsonl").iter().map(|u| u["_airbyte_data"]["id"].as_i64().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, (1..=400).collect::<Vec<_>>(), "each user exactly once");
@@ -532,6 +534,7 @@ fn reference_connectors_sync_in_socket_mode_unless_the_connection_or_the_job_say
     assert_eq!(job["status"], "succeeded", "{job}");
     let log = attempt_log(&p, &job);
     assert!(log.contains("data channel: STDIO (the connection's dataChannel.mode is stdio)") && log.contains("legacy mode"), "{log}");
+    assert_eq!(p.get(&format!("/jobs/{}/attempts", job["jobId"]))["attempts"][0]["dataChannel"]["medium"], "STDIO");
 
     p.ok("PATCH", &format!("/connections/{connection}"), Some(json!({"dataChannel": {"mode": "auto"}})));
     let reset = p.post("/jobs", json!({"connectionId": connection, "jobType": "reset"}));

@@ -119,6 +119,8 @@ pub struct Attempt {
     pub stats: SyncStats,
     pub streams: Vec<StreamStats>,
     pub failure: Option<FailureReason>,
+    /// How its records travelled, as the launcher chose.
+    pub data_channel: Option<crate::channel::ChannelChoice>,
 }
 
 impl Attempt {
@@ -248,11 +250,25 @@ impl Job {
             stats: SyncStats::default(),
             streams: Vec::new(),
             failure: None,
+            data_channel: None,
         });
         job.status = JobStatus::Running;
         job.retry_at = None;
         job.updated_at = now;
         Ok(job)
+    }
+
+    /// Notes the data channel the running attempt of `workload_id` got.
+    pub fn record_data_channel(&self, workload_id: &str, choice: crate::channel::ChannelChoice, now: Timestamp) -> Result<Job, TransitionError> {
+        match self.running_attempt() {
+            Some(a) if a.workload_id == workload_id => {
+                let mut job = self.clone();
+                job.attempts.last_mut().expect("running").data_channel = Some(choice);
+                job.updated_at = now;
+                Ok(job)
+            }
+            _ => Err(self.refuse("note the data channel of an attempt that is not running")),
+        }
     }
 
     /// Records progress of the running attempt (stats as reported so far).
@@ -398,6 +414,7 @@ mod tests {
             workload_id: String::new(),
             stats: SyncStats { records_committed: progress, ..Default::default() },
             streams: vec![],
+            data_channel: None,
             failure: None,
         };
         let waits: Vec<Retry> = (1..=5).map(|n| policy.decide(&vec![attempt(0); n])).collect();

@@ -31,6 +31,7 @@ pub fn attempts_to_json(attempts: &[Attempt]) -> String {
                 "stats": stats_to_json(&a.stats),
                 "streams": a.streams.iter().map(|s| json!({"namespace": s.namespace, "name": s.name, "stats": stats_to_json(&s.stats)})).collect::<Vec<_>>(),
                 "failure": a.failure.as_ref().map(|f| json!({"origin": f.origin, "failure_type": f.failure_type, "message": f.message, "stream": f.stream})),
+                "data_channel": a.data_channel,
             })
         })
         .collect();
@@ -76,6 +77,11 @@ pub fn attempts_from_json(text: &str) -> Result<Vec<Attempt>, String> {
                 stats: stats_from_json(&a["stats"])?,
                 streams,
                 failure,
+                // Absent in attempts stored before socket mode.
+                data_channel: match &a["data_channel"] {
+                    Value::Null => None,
+                    v => Some(serde_json::from_value(v.clone()).map_err(|e| format!("attempt data_channel: {e}"))?),
+                },
             })
         })
         .collect()

@@ -191,6 +191,7 @@ async fn attempts(State(app): AppState, Path(id): Path<String>) -> ApiResult<Jso
                 "failure": a.failure.as_ref().map(|f| json!({
                     "origin": f.origin, "type": f.failure_type, "message": f.message, "stream": f.stream,
                 })),
+                "dataChannel": a.data_channel,
             })
         })
         .collect();
