@@ -6,8 +6,10 @@
 //!    baseline;
 //! 2. our orchestrator (legacy mode), as its own process (so its peak RSS is
 //!    its own);
-//! 3. a raw Unix-socket copy: the source in socket mode on one socket, its
-//!    bytes read and dropped, per framing: socket mode's baseline;
+//! 3. per framing, a raw Unix-socket copy (the source in socket mode on one
+//!    socket, its bytes read and dropped) and the two connectors on one
+//!    socket with nothing else (no platform container): socket mode's
+//!    baselines;
 //! 4. socket mode with the bookkeeper, over 1, 2, 4 and 8 sockets, in both
 //!    framings;
 //! 5. PyAirbyte's `destination.write(source)`, when a Python with the
@@ -116,6 +118,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let mut socket_rows = Vec::new();
     for format in [Format::Protobuf, Format::Jsonl] {
         let raw: Vec<Measured> = (0..args.runs).map(|_| raw_socket(&source, &raw_files, format, &dir)).collect::<anyhow::Result<_>>()?;
+        let direct: Vec<Measured> =
+            (0..args.runs).map(|_| direct_sockets(&source, &destination, &raw_files, format, &dir)).collect::<anyhow::Result<_>>()?;
         let mut counts = Vec::new();
         for sockets in SOCKET_COUNTS {
             let file = dir.join(format!("sync-{format}-{sockets}.json"));
@@ -130,7 +134,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             eprintln!("  {format} over {sockets} sockets: {:.2} s (raw socket copy {:.2} s)", median(&runs), median(&raw));
             counts.push((sockets, runs));
         }
-        socket_rows.push((format, raw, counts));
+        socket_rows.push((format, raw, direct, counts));
     }
 
     let mut pyairbyte = None;
@@ -160,13 +164,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     row("raw pipe", args.records, pipe_rate, None, None);
     row("legacy (orchestrator)", args.records, orchestrator_rate, orchestrated_rss, Some(("pipe", pipe_rate)));
     let mut best_protobuf = 0f64;
-    for (format, raw, counts) in &socket_rows {
+    for (format, raw, direct, counts) in &socket_rows {
         let raw_rate = rate(args.records, median(raw));
         row(&format!("raw socket copy {format}"), args.records, raw_rate, None, None);
+        let direct_rate = rate(args.records, median(direct));
+        row(&format!("direct {format} x1 (no platform)"), args.records, direct_rate, None, Some(("raw", raw_rate)));
         for (sockets, runs) in counts {
             let r = rate(args.records, median(runs));
             let rss = runs.iter().filter_map(|m| m.peak_rss_bytes).max();
-            row(&format!("socket {format} x{sockets} (bookkeeper)"), args.records, r, rss, Some(("raw", raw_rate)));
+            row(&format!("socket {format} x{sockets} (bookkeeper)"), args.records, r, rss, Some(("direct", direct_rate)));
+            if *sockets == 1 {
+                println!("{:<34} one socket with the bookkeeper / raw socket copy: {:.2}x", "", r / raw_rate);
+            }
             if *format == Format::Protobuf {
                 best_protobuf = best_protobuf.max(r);
             }
@@ -217,6 +226,21 @@ fn raw_socket(source: &Path, files: &RawFiles, format: Format, dir: &Path) -> an
     let status = src.wait()?;
     if !status.success() {
         bail!("raw socket copy failed: source {status}");
+    }
+    Ok(Measured { secs: started.elapsed().as_secs_f64(), peak_rss_bytes: None })
+}
+
+/// Source and destination on one socket with nothing else: no platform
+/// container reads their stdout. What the bookkeeper costs is the gap to this.
+fn direct_sockets(source: &Path, destination: &Path, files: &RawFiles, format: Format, dir: &Path) -> anyhow::Result<Measured> {
+    let channel = DataChannel::in_dir(&socket_dir(dir), 1, format);
+    std::fs::create_dir_all(socket_dir(dir))?;
+    let started = Instant::now();
+    let mut src = Command::new(source).args(&files.source_args).envs(channel.env()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let mut dst = Command::new(destination).args(&files.destination_args).envs(channel.env()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let (a, b) = (src.wait()?, dst.wait()?);
+    if !a.success() || !b.success() {
+        bail!("direct socket run failed: source {a}, destination {b}");
     }
     Ok(Measured { secs: started.elapsed().as_secs_f64(), peak_rss_bytes: None })
 }
