@@ -191,3 +191,34 @@ fn a_destination_that_dies_keeps_the_released_state_and_the_retry_resumes_from_i
     assert_eq!(unique, (1..=3000).collect::<Vec<_>>(), "nothing is lost");
     assert!(all.windows(2).filter(|w| w[0] == w[1]).all(|w| w[0] > kept_id), "nothing at or before the released cursor twice");
 }
+
+#[test]
+fn sigterm_cancels_a_socket_mode_sync_and_keeps_the_released_state() {
+    let s = Scratch::new();
+    let source = s.json("source.json", &json!({"records": 100000, "state_every": 5, "delay_secs": 0.002}));
+    let destination = s.json("jsonl.json", &json!({"destination_path": s.path("out")}));
+    let state = s.path("state.json");
+    let child = sluice()
+        .args(["sync", "--json", "--source", &fixture("socket_source.py"), "--destination", "destination-jsonl"])
+        .args(["--data-channel", "socket", "--data-format", "jsonl", "--sockets", "2"])
+        .arg("--source-config").arg(&source)
+        .arg("--destination-config").arg(&destination)
+        .arg("--state-file").arg(&state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let released = |s: &Scratch| std::fs::read_to_string(s.path("state.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).map(|v| cursor(&v, "items")["cursor"].as_i64().unwrap_or(0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while released(&s).is_none_or(|c| c < 10) {
+        assert!(std::time::Instant::now() < deadline, "no state released in time");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let synced = parse_sync(child.wait_with_output().unwrap());
+    assert_eq!(synced.outcome["status"], "cancelled", "{}", synced.stderr);
+    let kept = released(&s).unwrap();
+    assert_eq!(synced.outcome["state"][0]["stream"]["stream_state"]["cursor"], kept, "the file holds the final committed state");
+    let stored = ids(&s.read_lines("out/items.jsonl"));
+    assert!((1..=kept).all(|id| stored.binary_search(&id).is_ok()), "every record up to the committed cursor {kept} is stored");
+}
