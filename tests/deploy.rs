@@ -239,3 +239,55 @@ fn the_cdk_app_synthesizes_passes_its_assertions_and_matches_the_sam_template() 
     assert_eq!(keys(&cdk["Outputs"]), keys(&sam["Outputs"]), "outputs");
     assert_eq!(function_settings(&cdk, &Value::Null), function_settings(&sam, &sam["Globals"]), "the functions' environment");
 }
+
+/// `localstack/docker-compose.yml`: it parses, names only flags `sluice`
+/// has, asks LocalStack for every service the platform uses, and its
+/// provisioning command makes on moto what the template declares but the
+/// ECS cluster. (No Docker engine runs here to try `docker compose up`.)
+#[test]
+fn the_localstack_compose_file_provisions_everything_but_ecs() {
+    let script = "import json, sys, yaml\nprint(json.dumps(yaml.safe_load(open(sys.argv[1]))))";
+    let text = run(Command::new(cfn_lint().with_file_name("python")).args(["-c", script]).arg(repo().join("localstack/docker-compose.yml")));
+    let compose: Value = serde_json::from_str(&text).unwrap();
+    let services: Vec<&str> = compose["services"]["localstack"]["environment"]["SERVICES"].as_str().unwrap().split(',').collect();
+    for needed in ["dynamodb", "sqs", "secretsmanager", "events", "scheduler", "logs"] {
+        assert!(services.contains(&needed), "LocalStack must run {needed}: {services:?}");
+    }
+    let sluice_service = &compose["services"]["sluice"];
+    assert_eq!(sluice_service["environment"]["AWS_ENDPOINT_URL"], "http://localstack:4566");
+    assert_eq!(sluice_service["build"]["dockerfile"], "task-images/sluice.Dockerfile");
+    assert!(repo().join("task-images/sluice.Dockerfile").exists());
+    let command = sluice_service["command"][0].as_str().unwrap();
+    let (provision_line, up_line) = command.split_once("&&").unwrap();
+    // Every flag the compose file passes is one the commands take.
+    for (line, verb) in [(provision_line, "provision"), (up_line, "up")] {
+        let help = run(support::sluice().args([verb, "--help"]));
+        for flag in line.split_whitespace().filter(|w| w.starts_with("--")) {
+            assert!(help.contains(flag), "`sluice {verb}` has no {flag}");
+        }
+    }
+
+    // The provisioning command, against moto instead of LocalStack.
+    let prefix = format!("ls{}", std::process::id());
+    let scratch = support::Scratch::new();
+    let credentials = scratch.path("credentials.json");
+    let mut args: Vec<String> = provision_line.split_whitespace().skip(1).map(String::from).collect();
+    let at = |flag: &str, args: &[String]| args.iter().position(|a| a == flag).unwrap() + 1;
+    let p = at("--prefix", &args);
+    args[p] = prefix.clone();
+    let c = at("--credentials-file", &args);
+    args[c] = credentials.display().to_string();
+    run(support::sluice().args(&args).envs(support::aws::aws_env()));
+    assert!(std::fs::read_to_string(&credentials).unwrap().contains("client_secret"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let config = sluice_store_aws::moto::sdk_config(moto()).await;
+        let names = sluice_store_aws::Names::with_prefix(&prefix);
+        let clusters = aws_sdk_ecs::Client::new(&config).describe_clusters().clusters(&names.cluster).send().await.unwrap();
+        assert!(clusters.clusters().iter().all(|c| c.status() != Some("ACTIVE")), "no ECS cluster with --no-ecs");
+        let tables = aws_sdk_dynamodb::Client::new(&config).list_tables().send().await.unwrap();
+        for table in [&names.config_table, &names.jobs_table, &names.workloads_table] {
+            assert!(tables.table_names().contains(table), "{table} was provisioned");
+        }
+    });
+}

@@ -45,6 +45,18 @@ pub struct Provisioned {
 }
 
 pub async fn provision(config: &aws_config::SdkConfig, names: &Names) -> Result<Provisioned, StoreError> {
+    provision_with(config, names, WithEcs::Cluster).await
+}
+
+/// Whether to make the ECS cluster: LocalStack's community edition has no
+/// ECS, and there tasks run with the local or Docker executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithEcs {
+    Cluster,
+    NoCluster,
+}
+
+pub async fn provision_with(config: &aws_config::SdkConfig, names: &Names, ecs: WithEcs) -> Result<Provisioned, StoreError> {
     use ScalarAttributeType::{N, S};
     let mut done = Provisioned::default();
     let tables = [
@@ -160,13 +172,15 @@ pub async fn provision(config: &aws_config::SdkConfig, names: &Names) -> Result<
             .await
             .map_err(|e| failed(aws_sdk_cloudwatchlogs::error::DisplayErrorContext(e)))?;
     }
-    let ecs = aws_sdk_ecs::Client::new(config);
-    let clusters = ecs.describe_clusters().clusters(&names.cluster).send().await.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
-    if clusters.clusters().iter().any(|c| c.status() == Some("ACTIVE")) {
-        done.existing.push(format!("cluster {}", names.cluster));
-    } else {
-        ecs.create_cluster().cluster_name(&names.cluster).send().await.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
-        done.created.push(format!("cluster {}", names.cluster));
+    if ecs == WithEcs::Cluster {
+        let ecs = aws_sdk_ecs::Client::new(config);
+        let clusters = ecs.describe_clusters().clusters(&names.cluster).send().await.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
+        if clusters.clusters().iter().any(|c| c.status() == Some("ACTIVE")) {
+            done.existing.push(format!("cluster {}", names.cluster));
+        } else {
+            ecs.create_cluster().cluster_name(&names.cluster).send().await.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
+            done.created.push(format!("cluster {}", names.cluster));
+        }
     }
     // The key a task's init step presents to fetch its files (an ECS secret in the task definition).
     let secrets = aws_sdk_secretsmanager::Client::new(config);

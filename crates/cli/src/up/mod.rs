@@ -137,6 +137,10 @@ pub struct ProvisionArgs {
     /// The Config API's URL, written into the credentials file
     #[arg(long)]
     api_url: Option<String>,
+    /// Make no ECS cluster: for LocalStack's community edition, which has no
+    /// ECS; syncs then run with `sluice up --aws` and its local executor
+    #[arg(long)]
+    no_ecs: bool,
 }
 
 /// `sluice provision`: creates (or finds) every AWS resource the platform
@@ -145,7 +149,9 @@ pub fn provision(args: ProvisionArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let config = sluice_store_aws::sdk_config().await;
-        let done = sluice_store_aws::provision::provision(&config, &args.aws.names()).await.context("provisioning failed; check AWS_ENDPOINT_URL, AWS_REGION and the credentials")?;
+        use sluice_store_aws::provision::{provision_with, WithEcs};
+        let ecs = if args.no_ecs { WithEcs::NoCluster } else { WithEcs::Cluster };
+        let done = provision_with(&config, &args.aws.names(), ecs).await.context("provisioning failed; check AWS_ENDPOINT_URL, AWS_REGION and the credentials")?;
         // The built-in definitions, here rather than at each cold start of the Config API.
         let app = sluice_lambda::app_for(&config, &args.aws.prefix).await?;
         let seeded = sluice_api::config::builtin::seed(&app).await?;
