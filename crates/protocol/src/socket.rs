@@ -318,7 +318,7 @@ pub enum FrameError {
 /// A destination's end of one socket.
 pub enum FrameReader<R: Read> {
     Jsonl(LineReader<R>),
-    Protobuf { input: BufReader<R>, frame: Vec<u8>, limit: usize, frames: u64 },
+    Protobuf { input: BufReader<R>, frame: Vec<u8>, limit: usize },
 }
 
 impl<R: Read> FrameReader<R> {
@@ -326,16 +326,8 @@ impl<R: Read> FrameReader<R> {
         match format {
             Format::Jsonl => FrameReader::Jsonl(LineReader::new(inner, limit)),
             Format::Protobuf => {
-                FrameReader::Protobuf { input: BufReader::with_capacity(256 * 1024, inner), frame: Vec::new(), limit, frames: 0 }
+                FrameReader::Protobuf { input: BufReader::with_capacity(256 * 1024, inner), frame: Vec::new(), limit }
             }
-        }
-    }
-
-    /// The number of the frame last read, for error messages.
-    pub fn position(&self) -> u64 {
-        match self {
-            FrameReader::Jsonl(lines) => lines.line_number(),
-            FrameReader::Protobuf { frames, .. } => *frames,
         }
     }
 
@@ -357,7 +349,7 @@ impl<R: Read> FrameReader<R> {
                     _ => SocketFrame::Message(line),
                 }))
             }
-            FrameReader::Protobuf { input, frame, limit, frames } => {
+            FrameReader::Protobuf { input, frame, limit } => {
                 let len = match read_varint(input) {
                     Ok(Some(len)) => len,
                     Ok(None) => return Ok(None),
@@ -369,7 +361,6 @@ impl<R: Read> FrameReader<R> {
                 }
                 frame.resize(len as usize, 0);
                 input.read_exact(frame).map_err(|e| if e.kind() == io::ErrorKind::UnexpectedEof { FrameError::Truncated } else { e.into() })?;
-                *frames += 1;
                 Ok(Some(match protobuf::decode_frame(frame)? {
                     protobuf::Frame::Record(record) => SocketFrame::Record(SocketRecord::Proto(record)),
                     protobuf::Frame::ProtocolMessage(json) => SocketFrame::Message(json.as_bytes()),
