@@ -75,7 +75,22 @@ fn a_sync_plan_becomes_four_containers_on_one_volume_with_no_secret_in_sight() {
         assert!(!visible.contains(SECRET) && !visible.contains(CREDENTIAL), "{} shows a secret: {visible}", c.name);
     }
     assert_eq!(task.container("source").unwrap().create["Image"], "sluice/source-faker:test");
-    assert_eq!(task.container("orchestrator").unwrap().create["Env"], json!(["SLUICE_WORKLOAD_TOKEN_FILE=/sluice/credential"]));
+    assert_eq!(task.container("orchestrator").unwrap().create["Env"], json!(["PLATFORM_MODE=ORCHESTRATOR", "SLUICE_WORKLOAD_TOKEN_FILE=/sluice/credential"]));
+    assert_eq!(task.container("orchestrator").unwrap().create["Cmd"][0], "orchestrator");
+
+    // Socket mode: the bookkeeper, and both connectors told the channel on the volume.
+    let mut socket_plan = sync_plan("/sluice/out", json!({"count": 40}));
+    socket_plan.data_channel = Some(sluice_launcher::plan::PlanChannel { format: sluice_protocol::socket::Format::Jsonl, socket_count: 2 });
+    let socket_task = docker_task(&socket_plan, &settings()).unwrap();
+    let platform = &socket_task.container("orchestrator").unwrap().create;
+    assert_eq!((&platform["Cmd"][0], &platform["Env"][0]), (&json!("bookkeeper"), &json!("PLATFORM_MODE=BOOKKEEPER")));
+    for role in ["source", "destination"] {
+        let env = socket_task.container(role).unwrap().create["Env"].to_string();
+        assert!(env.contains("DATA_CHANNEL_MEDIUM=SOCKET") && env.contains("DATA_CHANNEL_FORMAT=JSONL"), "{role}: {env}");
+        assert!(env.contains("DATA_CHANNEL_SOCKET_PATHS=/sluice/sockets/airbyte_socket_1.sock,/sluice/sockets/airbyte_socket_2.sock"), "{role}: {env}");
+    }
+    let sync_json = socket_task.files.iter().find(|(n, _)| n == "sync.json").map(|(_, b)| String::from_utf8_lossy(b).into_owned()).unwrap();
+    assert!(sync_json.contains(r#""data_channel":{"format":"JSONL","socket_paths":["/sluice/sockets/airbyte_socket_1.sock""#), "{sync_json}");
     // The files carry the secrets, and go in as an archive, never as environment.
     let names: Vec<&str> = task.files.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["credential", "sync.json"]);

@@ -39,6 +39,11 @@ pub fn platform_program(plan: &crate::TaskPlan) -> &'static str {
     }
 }
 
+/// Airbyte's `PLATFORM_MODE` for the platform container of a sync.
+pub fn platform_mode(plan: &crate::TaskPlan) -> (String, String) {
+    ("PLATFORM_MODE".to_owned(), platform_program(plan).to_ascii_uppercase())
+}
+
 /// A connector container's environment: its own, plus socket mode's channel.
 pub fn connector_env(plan: &crate::TaskPlan, container: &crate::plan::Container) -> std::collections::BTreeMap<String, String> {
     let mut env = container.env.clone();

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use sluice_domain::WorkloadType;
 
-use crate::containers::{connector_command, connector_env, orchestrator_command, pipes_script, shared, task_files, CONNECTOR};
+use crate::containers::{connector_command, connector_env, orchestrator_command, platform_mode, pipes_script, shared, task_files, CONNECTOR};
 pub use crate::containers::SHARED;
 use crate::plan::{files, Container, Runtime, TaskPlan};
 use crate::LaunchError;
@@ -113,7 +113,7 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
                 task.containers.push(DockerContainer { name: name(role), create });
             }
             let cmd = orchestrator_command(plan);
-            let env = BTreeMap::from([("SLUICE_WORKLOAD_TOKEN_FILE".to_owned(), shared("credential"))]);
+            let env = BTreeMap::from([("SLUICE_WORKLOAD_TOKEN_FILE".to_owned(), shared("credential")), platform_mode(plan)]);
             task.containers.push(DockerContainer { name: name("orchestrator"), create: create_body(&settings.orchestrator_image, cmd, &env, plan, &volume, settings) });
         }
         kind => {

@@ -20,7 +20,7 @@
 use serde::Serialize;
 use sluice_domain::WorkloadType;
 
-use crate::containers::{ask_command, connector_command, connector_env, pipes_script, platform_program, question_command, shared, SHARED};
+use crate::containers::{ask_command, connector_command, connector_env, pipes_script, platform_mode, platform_program, question_command, shared, SHARED};
 use crate::plan::{Container, Runtime, TaskPlan};
 use crate::LaunchError;
 
@@ -152,7 +152,7 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
         name: "orchestrator".into(),
         image: settings.orchestrator_image.clone(),
         command: vec!["/bin/sh".into(), "-c".into(), orchestrator],
-        environment: vec![("SLUICE_WORKLOAD_TOKEN_FILE".into(), shared("credential"))],
+        environment: [("SLUICE_WORKLOAD_TOKEN_FILE".to_owned(), shared("credential"))].into_iter().chain((plan.kind == WorkloadType::Sync).then(|| platform_mode(plan))).collect(),
         secrets: vec![],
         depends_on: after_init(),
         essential: true,
@@ -247,6 +247,7 @@ mod tests {
         }
         assert!(run.definition.containers[0].command[2].contains("/sluice/sockets"), "the init step makes the sockets' directory");
         assert!(run.definition.containers[3].command[2].starts_with("exec bookkeeper --config /sluice/sync.json"));
+        assert!(run.definition.containers[3].environment.contains(&("PLATFORM_MODE".to_owned(), "BOOKKEEPER".to_owned())));
         let legacy = ecs_task(&TaskPlan { data_channel: None, ..plan }, &settings()).unwrap();
         assert!(legacy.definition.containers[3].command[2].starts_with("exec orchestrator --config"));
     }
