@@ -53,12 +53,13 @@ done
 # One cargo invocation for all of them: shared dependencies build once. For
 # this machine's own target, no --target, so that the tests' builds are reused.
 dir="$profile"; [ "$profile" = dev ] && dir=debug
+target="${CARGO_TARGET_DIR:-target}"
 if [ "$triple" = "$(rustc -vV | sed -n 's/^host: //p')" ]; then
     [ "$build" = no ] || cargo build --locked --profile "$profile" "${packages[@]}"
-    built="target/$dir"
+    built="$target/$dir"
 else
     [ "$build" = no ] || cargo build --locked --profile "$profile" --target "$triple" "${packages[@]}"
-    built="target/$triple/$dir"
+    built="$target/$triple/$dir"
 fi
 
 # provided.al2023 has glibc 2.34: a binary that needs newer symbols would not start there.
