@@ -83,13 +83,12 @@ fn play(cluster: String, scratch: PathBuf, programs: Vec<(String, String)>, stop
     let sluice = env!("CARGO_BIN_EXE_sluice");
     let bin = scratch.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let orchestrator = bin.join("orchestrator");
-    std::fs::write(&orchestrator, format!("#!/bin/sh\nexec {sluice} orchestrate \"$@\"\n")).unwrap();
-    std::fs::set_permissions(&orchestrator, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    // The platform container's other program: `sluice orchestrate` runs the bookkeeper for socket mode.
-    let bookkeeper = bin.join("bookkeeper");
-    std::fs::write(&bookkeeper, format!("#!/bin/sh\nexec {sluice} orchestrate \"$@\"\n")).unwrap();
-    std::fs::set_permissions(&bookkeeper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The platform container's programs: `sluice orchestrate` runs the bookkeeper for socket mode.
+    for program in ["orchestrator", "bookkeeper"] {
+        let shim = bin.join(program);
+        std::fs::write(&shim, format!("#!/bin/sh\nexec {sluice} orchestrate \"$@\"\n")).unwrap();
+        std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {

@@ -93,7 +93,8 @@ fn data_channel(args: &SyncArgs, source: &ConnectorRef, destination: &ConnectorR
         return Ok(None);
     }
     let format = Format::parse(&args.data_format).with_context(|| format!("--data-format {}: expected protobuf or jsonl", args.data_format))?;
-    let sockets = args.sockets.unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let sockets = args.sockets.unwrap_or_else(|| sluice_domain::channel::socket_count(cores, cores) as usize);
     if sockets == 0 {
         bail!("--sockets must be at least 1");
     }

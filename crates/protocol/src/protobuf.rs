@@ -147,18 +147,16 @@ impl RecordEncoder {
     }
 
     pub fn timestamp_with_timezone(&mut self, epoch_second: i64, nano: u32, offset_seconds: i32) {
-        let mut inner = Vec::with_capacity(16);
-        put_tag(&mut inner, 1, VARINT);
-        put_varint(&mut inner, zigzag(epoch_second));
-        if nano != 0 {
-            put_tag(&mut inner, 2, VARINT);
-            put_varint(&mut inner, u64::from(nano));
+        // Fields 1..3 as varints (zeros left out), each after a one-byte tag.
+        let fields = [(1, zigzag(epoch_second)), (2, u64::from(nano)), (3, zigzag(i64::from(offset_seconds)))];
+        let present = |&&(n, v): &&(u32, u64)| n == 1 || v != 0;
+        let len: usize = fields.iter().filter(present).map(|&(_, v)| 1 + varint_len(v)).sum();
+        put_tag(&mut self.value, field::TIMESTAMP_WITH_TIMEZONE, LEN);
+        put_varint(&mut self.value, len as u64);
+        for &(n, v) in fields.iter().filter(present) {
+            put_tag(&mut self.value, n, VARINT);
+            put_varint(&mut self.value, v);
         }
-        if offset_seconds != 0 {
-            put_tag(&mut inner, 3, VARINT);
-            put_varint(&mut inner, zigzag(i64::from(offset_seconds)));
-        }
-        put_len(&mut self.value, field::TIMESTAMP_WITH_TIMEZONE, &inner);
         self.push_value();
     }
 

@@ -47,11 +47,7 @@ fn socket_plane(config: &SyncConfig, io: PlaneIo) {
             let _ = events.send(Event::PumpEnded(result));
         });
     }
-    let (events, probes, stdout) = (io.events, io.probes, io.destination_stdout);
-    thread::spawn(move || {
-        let result = pump::destination_output(stdout, limit, &probes, &events);
-        let _ = events.send(Event::DestinationOutputEnded(result));
-    });
+    sluice_orchestrator::read_destination_output(io.destination_stdout, limit, io.probes, io.events);
 }
 
 /// Reads the source's stdout in socket mode. A RECORD here is an error: in

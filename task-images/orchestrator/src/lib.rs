@@ -88,7 +88,12 @@ fn legacy_plane(config: &SyncConfig, io: PlaneIo) {
             let _ = events.send(Event::PumpEnded(result));
         });
     }
-    let (events, probes, stdout) = (io.events, io.probes, io.destination_stdout);
+    read_destination_output(io.destination_stdout, limit, io.probes, io.events);
+}
+
+/// Both planes read the destination's stdout alike: released STATEs, stats,
+/// logs and traces, then `DestinationOutputEnded`.
+pub fn read_destination_output(stdout: Box<dyn std::io::Read + Send>, limit: usize, probes: Arc<Probes>, events: mpsc::Sender<Event>) {
     thread::spawn(move || {
         let result = pump::destination_output(stdout, limit, &probes, &events);
         let _ = events.send(Event::DestinationOutputEnded(result));

@@ -64,6 +64,15 @@ struct Emitted {
     bytes: Vec<u64>,
 }
 
+impl Emitted {
+    fn add(&mut self, counts: &[(u64, u64)]) {
+        for (i, (records, bytes)) in counts.iter().enumerate() {
+            self.records[i] += records;
+            self.bytes[i] += bytes;
+        }
+    }
+}
+
 /// Prints STATEs in `id` order: the next one goes out only when every lower
 /// id has.
 pub struct Releaser<'a> {
@@ -88,10 +97,8 @@ impl<'a> Releaser<'a> {
 
     fn ready(&self, state: AirbyteStateMessage, id: u64, counts: &mut [(u64, u64)], streams: &Streams) -> Result<(), Failure> {
         let mut pending = self.inner.lock().expect("releaser lock");
-        for (i, (records, bytes)) in counts.iter_mut().enumerate() {
-            pending.emitted.records[i] += std::mem::take(records);
-            pending.emitted.bytes[i] += std::mem::take(bytes);
-        }
+        pending.emitted.add(counts);
+        counts.iter_mut().for_each(|c| *c = (0, 0));
         pending.waiting.insert(id, state);
         let mut out = self.out.lock().expect("stdout lock");
         while let Some(state) = pending.waiting.first_key_value().filter(|(id, _)| **id <= pending.next).map(|(id, _)| *id) {
@@ -107,17 +114,13 @@ impl<'a> Releaser<'a> {
         Ok(())
     }
 
-    /// The input ended cleanly: every STATE still waiting is covered.
-    fn release_rest(&self, streams: &Streams, counts: &[(u64, u64)]) -> Result<(), Failure> {
+    /// The input ended: the last counts. A STATE still waiting sits behind
+    /// an id that never came (lost with a crashed source), so it stays
+    /// unreleased, as `ready` would have kept it.
+    fn finish(&self, streams: &Streams, counts: &[(u64, u64)]) -> Result<(), Failure> {
         let mut pending = self.inner.lock().expect("releaser lock");
-        for (i, (records, bytes)) in counts.iter().enumerate() {
-            pending.emitted.records[i] += records;
-            pending.emitted.bytes[i] += bytes;
-        }
+        pending.emitted.add(counts);
         let mut out = self.out.lock().expect("stdout lock");
-        for (_, state) in std::mem::take(&mut pending.waiting) {
-            out.message(&AirbyteMessage::state(state))?;
-        }
         stats(&mut out, &pending.emitted, streams)?;
         out.flush()?;
         Ok(())
@@ -169,7 +172,7 @@ pub fn write<S: Sink>(channel: &DataChannel, catalog: &ConfiguredAirbyteCatalog,
             total.1 += bytes;
         }
     }
-    releaser.release_rest(&streams, &left)
+    releaser.finish(&streams, &left)
 }
 
 fn read_socket<S: Sink>(

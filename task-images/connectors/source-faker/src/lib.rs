@@ -344,7 +344,8 @@ impl Row {
                 e.timestamp_with_timezone(*updated, 0, 0);
             }
             Row::Purchase { id, user, product, cents, updated } => {
-                e.number(format!("{}.{:02}", cents / 100, cents % 100).parse().expect("a decimal"));
+                // Both exact integers: the division rounds to the double that "d.cc" parses to.
+                e.number(*cents as f64 / 100.0);
                 e.timestamp_with_timezone(updated - 60, 0, 0);
                 e.integer(*id as i64);
                 e.integer(*product as i64);
@@ -355,8 +356,7 @@ impl Row {
                 e.integer(*id as i64);
                 e.string(make);
                 e.string(&format!("M{model}"));
-                // The very double a JSON reader makes of the JSONL text.
-                e.number(format!("{price}.99").parse().expect("a decimal"));
+                e.number((price * 100 + 99) as f64 / 100.0);
             }
         }
     }

@@ -158,7 +158,7 @@ fn serve(listener: UnixListener, path: &std::path::Path, shared: &Shared<'_>) ->
 /// One STATE of a partition, on its socket and on stdout; after the last
 /// partition of a stream, the stream's COMPLETE as well.
 fn checkpoint(shared: &Shared<'_>, writer: &mut FrameWriter<std::os::unix::net::UnixStream>, work: &Work, records: u64, cursor: Option<i64>, finished: bool) -> std::io::Result<()> {
-    let (state, complete) = {
+    let (state, stream, complete) = {
         let mut books = shared.books.lock().expect("books lock");
         let id = books.next_id;
         books.next_id += 1;
@@ -174,10 +174,12 @@ fn checkpoint(shared: &Shared<'_>, writer: &mut FrameWriter<std::os::unix::net::
         state.id = Some(id);
         state.partition_id = Some(work.id.clone());
         state.source_stats = Some(AirbyteStateStats { record_count: Some(records as f64), ..Default::default() });
-        (AirbyteMessage::state(state), book.partitions.iter().all(|p| p.1) && finished)
+        (AirbyteMessage::state(state), book.stream, book.partitions.iter().all(|p| p.1) && finished)
     };
-    let descriptor = StreamDescriptor::new(state.state.as_ref().and_then(|s| s.stream.as_ref()).map_or("", |s| &s.stream_descriptor.name), None);
-    let completed = complete.then(|| AirbyteMessage::trace(AirbyteTraceMessage::stream_status(now_millis() as f64, descriptor, StreamStatus::Complete)));
+    let completed = complete.then(|| {
+        let descriptor = StreamDescriptor::new(stream.name(), None);
+        AirbyteMessage::trace(AirbyteTraceMessage::stream_status(now_millis() as f64, descriptor, StreamStatus::Complete))
+    });
     writer.message(&state)?;
     if let Some(completed) = &completed {
         writer.message(completed)?;
