@@ -219,6 +219,9 @@ fn sigterm_cancels_a_socket_mode_sync_and_keeps_the_released_state() {
     assert_eq!(synced.outcome["status"], "cancelled", "{}", synced.stderr);
     let kept = released(&s).unwrap();
     assert_eq!(synced.outcome["state"][0]["stream"]["stream_state"]["cursor"], kept, "the file holds the final committed state");
-    let stored = ids(&s.read_lines("out/items.jsonl"));
+    // The stopped destination may leave a partial last line (the next run cuts it); no state covers it.
+    let text = std::fs::read_to_string(s.path("out/items.jsonl")).unwrap();
+    let complete = &text[..text.rfind('\n').map_or(0, |n| n + 1)];
+    let stored = ids(&complete.lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<Value>>());
     assert!((1..=kept).all(|id| stored.binary_search(&id).is_ok()), "every record up to the committed cursor {kept} is stored");
 }

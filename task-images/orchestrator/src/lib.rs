@@ -527,6 +527,13 @@ impl<'a> Attempt<'a> {
             Some(b) if !f.outranks(&failures[b]) => Some(b),
             _ => Some(i),
         });
+        // Socket mode: a destination that died breaks the source's sockets, and
+        // the source's error about it (its own TRACE, which would lead) is the echo.
+        let destination_died = |f: &AttemptFailure| f.side == Side::Destination && f.kind == FailureKind::Crashed;
+        let lead = match self.config.data_channel {
+            Some(_) => failures.iter().position(destination_died).or(lead),
+            None => lead,
+        };
         let failure = lead.map(|i| failures.remove(i));
         let status = match (self.cancelled, &failure) {
             (true, _) => AttemptStatus::Cancelled,
