@@ -6,7 +6,8 @@
 #
 #   docker build -f task-images/connector.Dockerfile --build-arg CONNECTOR=source-faker -t sluice/source-faker:0.1.0 .
 #
-# CONNECTOR is source-faker, destination-jsonl or destination-dev-null.
+# CONNECTOR is source-faker, destination-jsonl, destination-dev-null or
+# source-empty (the source of reset and clear jobs).
 FROM rust:1.95-slim-bookworm AS build
 ARG CONNECTOR=source-faker
 RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \

@@ -238,6 +238,51 @@ fn the_cdk_app_synthesizes_passes_its_assertions_and_matches_the_sam_template() 
     assert_eq!(own_parameters(&cdk), own_parameters(&sam), "parameters");
     assert_eq!(keys(&cdk["Outputs"]), keys(&sam["Outputs"]), "outputs");
     assert_eq!(function_settings(&cdk, &Value::Null), function_settings(&sam, &sam["Globals"]), "the functions' environment");
+
+    // Each route's authorization as API Gateway gets it: SAM's only after its transform.
+    let transformed = run(Command::new(sam_tools().join("bin/python")).arg(repo().join("tests/fixtures/sam_transform.py")).arg(repo().join("template.yaml")));
+    let transformed: Value = serde_json::from_str(&transformed).unwrap();
+    let expected: std::collections::BTreeMap<String, String> =
+        [("/api/internal/v1/{proxy+}", "AWS_IAM"), ("/api/public/v1/{proxy+}", "NONE"), ("/v1/{proxy+}", "NONE")].map(|(p, a)| (p.to_owned(), a.to_owned())).into();
+    assert_eq!(sam_routes(&transformed), expected, "template.yaml's routes, after SAM's transform");
+    assert_eq!(cdk_routes(&cdk), expected, "the CDK stack's routes");
+}
+
+/// Each proxy route of the SAM template's API and its authorization. An
+/// integration with credentials would invoke the function as the caller
+/// (SAM's default for AWS_IAM), which the task role may not do.
+fn sam_routes(transformed: &Value) -> std::collections::BTreeMap<String, String> {
+    let api = transformed["Resources"].as_object().unwrap().values().find(|r| r["Type"] == "AWS::ApiGateway::RestApi").unwrap();
+    let mut routes = std::collections::BTreeMap::new();
+    for (path, methods) in api["Properties"]["Body"]["paths"].as_object().unwrap() {
+        let method = &methods["x-amazon-apigateway-any-method"];
+        assert!(method["x-amazon-apigateway-integration"]["credentials"].is_null(), "{path} invokes its function with the caller's credentials");
+        let auth = if method["security"].to_string().contains("AWS_IAM") { "AWS_IAM" } else { "NONE" };
+        routes.insert(path.clone(), auth.to_owned());
+    }
+    routes
+}
+
+/// Each ANY method of the CDK stack's API, by its resource's full path.
+fn cdk_routes(cdk: &Value) -> std::collections::BTreeMap<String, String> {
+    let resources = cdk["Resources"].as_object().unwrap();
+    let path_of = |mut id: &str| {
+        let mut parts = Vec::new();
+        while let Some(r) = resources.get(id).filter(|r| r["Type"] == "AWS::ApiGateway::Resource") {
+            parts.push(r["Properties"]["PathPart"].as_str().unwrap().to_owned());
+            id = r["Properties"]["ParentId"]["Ref"].as_str().unwrap_or("");
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    };
+    resources
+        .values()
+        .filter(|r| r["Type"] == "AWS::ApiGateway::Method" && r["Properties"]["HttpMethod"] == "ANY")
+        .map(|m| {
+            assert!(m["Properties"]["Integration"]["Credentials"].is_null(), "{m}");
+            (path_of(m["Properties"]["ResourceId"]["Ref"].as_str().unwrap()), m["Properties"]["AuthorizationType"].as_str().unwrap().to_owned())
+        })
+        .collect()
 }
 
 /// `localstack/docker-compose.yml`: it parses, names only flags `sluice`

@@ -15,11 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_lambda::gateway::Gateway;
+use sluice_lambda::gateway::{Gateway, IamAuth};
 use sluice_lambda::runtime_api::LocalRuntime;
-use support::aws::{default_network, moto, provision, EcsPlayer};
+use support::aws::{default_network, moto, provision, task_role, EcsPlayer};
 use support::platform::Platform;
 use support::{fixture, Scratch};
+
+const TASK_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/task";
 
 /// A function's binary: the `bootstrap` of its package when
 /// `SLUICE_FUNCTIONS_DIR` names the build script's output
@@ -51,7 +53,9 @@ impl Functions {
         let (config, workload, launcher) = (runtime().await, runtime().await, runtime().await);
         let (scheduler, monitor) = (LocalRuntime::start().await.unwrap(), LocalRuntime::start().await.unwrap());
         let routes = vec![("/api/public/v1".to_owned(), config.clone()), ("/v1".to_owned(), config.clone()), ("/api/internal/v1".to_owned(), workload.clone())];
-        let gateway = Gateway::start(routes).await.unwrap();
+        // The workload routes are behind IAM auth, as template.yaml declares: only the task role gets in.
+        let iam = IamAuth { prefixes: vec!["/api/internal/v1".into()], region: "us-east-1".into(), principals: vec![task_role(TASK_ROLE_ARN)] };
+        let gateway = Gateway::start_with_iam(routes, iam).await.unwrap();
         let api = format!("{}/api/internal/v1", gateway.url());
         let mut env: Vec<(String, String)> = sluice_store_aws::moto::env(moto()).into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         env.extend(
@@ -62,8 +66,9 @@ impl Functions {
                 ("SLUICE_TASK_SUBNETS", subnet),
                 ("SLUICE_TASK_SECURITY_GROUPS", group),
                 ("SLUICE_TASK_EXECUTION_ROLE_ARN", "arn:aws:iam::123456789012:role/task-execution"),
-                ("SLUICE_TASK_ROLE_ARN", "arn:aws:iam::123456789012:role/task"),
+                ("SLUICE_TASK_ROLE_ARN", TASK_ROLE_ARN),
                 ("SLUICE_WORKLOAD_API_URL", &api),
+                ("SLUICE_WORKLOAD_API_AUTH", "aws-iam"),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
@@ -238,6 +243,36 @@ fn the_platform_runs_as_its_lambda_functions() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(p.cursor(&connection), 800, "the second sync resumed after the first");
     assert_eq!(scratch.read_lines("out/items.jsonl").len(), 800);
+
+    // The tasks signed every workload API call with the task role; nothing else passes the gateway.
+    let heartbeat = format!("{}/api/internal/v1/workloads/none/heartbeat", f.gateway.url());
+    let post = |headers: &[(&str, String)]| {
+        let mut request = support::platform::agent().post(&heartbeat);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let mut answer = request.send("{}").unwrap();
+        (answer.status().as_u16(), answer.body_mut().read_to_string().unwrap_or_default())
+    };
+    let (status, text) = post(&[("authorization", "Bearer a-workload-credential".into())]);
+    assert_eq!((status, text.contains("Missing Authentication Token")), (403, true), "{text}");
+    let role = task_role(TASK_ROLE_ARN);
+    let signed_by = |secret: &str| {
+        let credentials = sluice_orchestrator::aws_iam::Credentials {
+            access_key_id: role.access_key_id.clone(),
+            secret_access_key: secret.into(),
+            session_token: role.session_token.clone(),
+            expires_at: None,
+        };
+        let request = sluice_orchestrator::aws_iam::Request { method: "POST", url: &heartbeat, body: b"{}" };
+        let mut headers = sluice_orchestrator::aws_iam::sign(&request, &credentials, "us-east-1", "execute-api", jiff::Timestamp::now().as_second()).unwrap();
+        headers.push(("x-sluice-authorization", "Bearer not-this-workloads".into()));
+        headers
+    };
+    let (status, text) = post(&signed_by("a guessed secret"));
+    assert_eq!((status, text.contains("signature we calculated does not match")), (403, true), "{text}");
+    let (status, text) = post(&signed_by(&role.secret_access_key));
+    assert_eq!(status, 401, "signed by the task role, the call reaches the function, which still wants the workload's credential: {text}");
 
     // Concurrent job requests, served by two config-api instances: one job starts.
     let answers: Vec<(u16, Value)> = std::thread::scope(|s| {

@@ -166,7 +166,7 @@ export class SluiceStack extends cdk.Stack {
     });
     purpose(taskExecutionRole, 'task-execution-role');
     const taskRole = new iam.Role(this, 'TaskRole', {
-      description: "The tasks' own role. Tasks reach the platform through the workload API with their workload's credential only, so it grants nothing.",
+      description: "The tasks' own role. It signs the tasks' calls to the workload routes (IAM auth at API Gateway) and grants nothing else; each call also carries its workload's credential.",
       assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com', { conditions: { StringEquals: { 'aws:SourceAccount': account } } }),
     });
     purpose(taskRole, 'task-role');
@@ -241,14 +241,16 @@ export class SluiceStack extends cdk.Stack {
     purpose(api, 'rest-api');
     // The ApiUrl output below says where the API is; CDK's own would be a second one.
     api.node.tryRemoveChild('Endpoint');
-    const route = (pathParts: string[], f: lambda.Function) => {
+    const route = (pathParts: string[], f: lambda.Function, authorizationType = apigateway.AuthorizationType.NONE) => {
       let resource: apigateway.IResource = api.root;
       for (const part of pathParts) resource = resource.getResource(part) ?? resource.addResource(part);
-      resource.addProxy({ defaultIntegration: new apigateway.LambdaIntegration(f), anyMethod: true });
+      resource.addProxy({ defaultIntegration: new apigateway.LambdaIntegration(f), defaultMethodOptions: { authorizationType }, anyMethod: true });
     };
     route(['api', 'public', 'v1'], configApi);
     route(['v1'], configApi);
-    route(['api', 'internal', 'v1'], workloadApi);
+    // Only signed calls by the task role reach the workload routes.
+    route(['api', 'internal', 'v1'], workloadApi, apigateway.AuthorizationType.IAM);
+    taskRole.addToPolicy(new iam.PolicyStatement({ sid: 'WorkloadApi', actions: ['execute-api:Invoke'], resources: [api.arnForExecuteApi('*', '/api/internal/v1/*', '*')] }));
     const workloadApiUrl = `https://${api.restApiId}.execute-api.${region}.${cdk.Aws.URL_SUFFIX}/v1/api/internal/v1`;
 
     const launcher = fn('LauncherFunction', 'launcher', 'launcher-function', 'Takes workloads off the queue, claims each once, and runs it as an ECS Fargate task.', {
@@ -261,6 +263,7 @@ export class SluiceStack extends cdk.Stack {
         SLUICE_ORCHESTRATOR_IMAGE: orchestratorImage.valueAsString,
         SLUICE_REFERENCE_IMAGE_PREFIX: referenceImagePrefix.valueAsString,
         SLUICE_WORKLOAD_API_URL: workloadApiUrl,
+        SLUICE_WORKLOAD_API_AUTH: 'aws-iam',
       },
     });
     launcher.addEventSource(new sources.SqsEventSource(queue, { batchSize: 10, reportBatchItemFailures: true }));

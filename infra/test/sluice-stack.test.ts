@@ -67,6 +67,24 @@ test('the API proxies the public and internal routes to their functions', () => 
   template.hasResourceProperties('AWS::ApiGateway::Stage', { StageName: 'v1' });
 });
 
+test('only the task role, signing with SigV4, reaches the workload routes', () => {
+  const resources = template.findResources('AWS::ApiGateway::Resource');
+  const internalProxy = Object.entries(resources).filter(([, r]) => r.Properties.PathPart === '{proxy+}' && JSON.stringify(r.Properties.ParentId).includes('internal'));
+  assert.strictEqual(internalProxy.length, 1);
+  const methods = Object.values(template.findResources('AWS::ApiGateway::Method')).filter((m: any) => m.Properties.HttpMethod === 'ANY');
+  assert.strictEqual(methods.filter((m: any) => m.Properties.ResourceId.Ref === internalProxy[0][0]).length, 1);
+  for (const m of methods as any[]) {
+    const internal = m.Properties.ResourceId.Ref === internalProxy[0][0];
+    assert.strictEqual(m.Properties.AuthorizationType, internal ? 'AWS_IAM' : 'NONE', JSON.stringify(m.Properties.ResourceId));
+    assert.strictEqual(m.Properties.Integration.Credentials, undefined, 'API Gateway invokes the function as itself, not with the caller\'s credentials');
+  }
+  template.hasResourceProperties('AWS::IAM::Policy', {
+    PolicyDocument: { Statement: [Match.objectLike({ Sid: 'WorkloadApi', Action: 'execute-api:Invoke' })] },
+    Roles: [{ Ref: Match.stringLikeRegexp('TaskRole') }],
+  });
+  template.hasResourceProperties('AWS::Lambda::Function', { Environment: { Variables: Match.objectLike({ SLUICE_WORKLOAD_API_AUTH: 'aws-iam' }) } });
+});
+
 test('no IAM statement grants every resource except the ECS calls that take none', () => {
   const policies = template.findResources('AWS::IAM::Policy');
   for (const [name, policy] of Object.entries(policies)) {

@@ -1,5 +1,6 @@
 //! AWS as the tests have it: one moto per test binary on 127.0.0.1, and a
-//! stand-in for what moto does not do: run the containers of ECS tasks.
+//! stand-in for what moto does not do: run the containers of ECS tasks,
+//! with the task role's credentials endpoint.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -32,6 +33,43 @@ pub fn provision(prefix: &str) -> String {
 /// The default VPC's first subnet and security group, as moto makes them.
 pub fn default_network() -> (String, String) {
     sluice_store_aws::moto::default_network(&moto_venv(), moto()).unwrap()
+}
+
+/// The task role's credentials, as the player's stand-in for ECS's
+/// credentials endpoint hands them to a task whose definition names a role.
+pub fn task_role(arn: &str) -> sluice_lambda::gateway::Principal {
+    sluice_lambda::gateway::Principal {
+        arn: format!("{}/task-session", arn.replacen(":iam:", ":sts:", 1).replacen(":role/", ":assumed-role/", 1)),
+        access_key_id: "ASIATASKROLEEXAMPLE1".into(),
+        secret_access_key: "task-role-secret-key/EXAMPLE".into(),
+        session_token: Some("task-role-session-token".into()),
+    }
+}
+
+/// ECS's credentials endpoint (169.254.170.2 on a real task) on 127.0.0.1:
+/// every GET answers the task role's credentials, valid for an hour.
+fn credentials_endpoint() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v2/credentials/task", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 0 && line != "\r\n").unwrap_or(false) {
+                    line.clear();
+                }
+                let role = task_role("arn:aws:iam::123456789012:role/task");
+                let expires = sluice_protocol::time::format_utc(jiff::Timestamp::now().as_second() + 3600);
+                let body = serde_json::json!({"RoleArn": "arn:aws:iam::123456789012:role/task", "AccessKeyId": role.access_key_id,
+                    "SecretAccessKey": role.secret_access_key, "Token": role.session_token, "Expiration": expires}).to_string();
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            }
+        });
+        url
+    })
 }
 
 /// Plays ECS for moto, which runs no containers: every task RunTask made
@@ -143,6 +181,10 @@ fn play(cluster: String, scratch: PathBuf, programs: Vec<(String, String)>, stop
                     for secret in c.secrets() {
                         let value = secrets.get_secret_value().secret_id(secret.value_from()).send().await.unwrap().secret_string.unwrap();
                         process.env(secret.name(), value);
+                    }
+                    // As ECS does for every container of a task with a task role.
+                    if definition.task_role_arn().is_some() {
+                        process.env("AWS_CONTAINER_CREDENTIALS_FULL_URI", credentials_endpoint());
                     }
                     let image = c.image().unwrap();
                     if let Some((_, program)) = programs.iter().find(|(part, _)| image.contains(part.as_str())) {

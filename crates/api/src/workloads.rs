@@ -1,6 +1,8 @@
 //! The workload API: what a running task calls about its own workload.
 //! Every route takes the workload's credential as a bearer token, and a
-//! credential opens only the workload it was made for.
+//! credential opens only the workload it was made for. Behind API Gateway's
+//! IAM auth the Authorization header carries the task role's signature,
+//! and ours comes in `X-Sluice-Authorization` instead.
 
 use std::sync::Arc;
 
@@ -37,9 +39,16 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/workloads/{id}/cancelled", post(cancelled))
 }
 
+/// Our authorization value: `X-Sluice-Authorization` when the call was
+/// signed for API Gateway, otherwise `Authorization`.
+fn our_authorization<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
+    let value = headers.get("x-sluice-authorization").or_else(|| headers.get(header::AUTHORIZATION))?;
+    value.to_str().ok()?.strip_prefix(scheme)
+}
+
 /// The workload, if the request carries its credential.
 async fn authorized(app: &App, id: &str, headers: &HeaderMap) -> ApiResult<Workload> {
-    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
+    let token = our_authorization(headers, "Bearer ");
     let Some(token) = token else { return Err(Problem::unauthorized("workload routes need the workload's credential as a bearer token")) };
     if !app.keys.check_workload_token(id, token.trim()) {
         return Err(Problem::unauthorized(format!("this credential is not workload {id}'s")));
@@ -365,7 +374,7 @@ async fn task_files(State(app): AppState, Path(id): Path<String>, headers: Heade
     let Some(expected) = &app.launch_key else {
         return Err(Problem::unauthorized("this platform hands no files to tasks"));
     };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|h| h.strip_prefix("Launch ")).unwrap_or("");
+    let given = our_authorization(&headers, "Launch ").unwrap_or("");
     if !same(given.trim().as_bytes(), expected.as_bytes()) {
         return Err(Problem::unauthorized("task files need `Authorization: Launch <launch key>`"));
     }

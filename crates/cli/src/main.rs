@@ -111,7 +111,7 @@ fn run_reference_connector(name: &str, args: &[String]) -> i32 {
         "source-faker" => sluice_source_faker::main(args),
         "destination-jsonl" => sluice_destination_jsonl::main(args),
         "destination-dev-null" => sluice_destination_dev_null::main(args),
-        "source-empty" => empty_source(args),
+        "source-empty" => sluice_source_empty::main(args),
         other => {
             eprintln!("sluice: no reference connector `{other}`; there are {}", sluice_connectors::REFERENCE_CONNECTORS.join(", "));
             2
@@ -131,23 +131,6 @@ fn report(result: anyhow::Result<i32>) -> i32 {
             2
         }
     }
-}
-
-/// The source of reset and clear jobs: it has no streams and reads nothing,
-/// so the destination overwrites the chosen streams with no records.
-fn empty_source(args: &[String]) -> i32 {
-    let message = match args.first().map(String::as_str) {
-        Some("spec") => serde_json::json!({"type": "SPEC", "spec": {"connectionSpecification": {"type": "object", "properties": {}}}}),
-        Some("check") => serde_json::json!({"type": "CONNECTION_STATUS", "connectionStatus": {"status": "SUCCEEDED"}}),
-        Some("discover") => serde_json::json!({"type": "CATALOG", "catalog": {"streams": []}}),
-        Some("read") => return 0,
-        other => {
-            eprintln!("source-empty: unknown command {other:?}; expected spec, check, discover or read");
-            return 2;
-        }
-    };
-    println!("{message}");
-    0
 }
 
 /// Runs one attempt with the platform container its config calls for: the

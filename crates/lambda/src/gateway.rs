@@ -33,7 +33,27 @@ pub const REST_PROXY_EVENT: &str = include_str!("../events/apigateway-rest-proxy
 struct Routes {
     /// Path prefixes and the function behind each, longest match wins.
     functions: Vec<(String, Arc<LocalRuntime>)>,
+    iam: IamAuth,
     next_request: std::sync::atomic::AtomicU64,
+}
+
+/// API Gateway's `AWS_IAM` authorization on the routes under `prefixes`:
+/// each request must be signed (SigV4, service `execute-api`) by one of
+/// `principals`, the identities whose IAM policy allows `execute-api:Invoke`
+/// on those routes.
+#[derive(Clone, Default)]
+pub struct IamAuth {
+    pub prefixes: Vec<String>,
+    pub region: String,
+    pub principals: Vec<Principal>,
+}
+
+#[derive(Clone)]
+pub struct Principal {
+    pub arn: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
 }
 
 pub struct Gateway {
@@ -42,11 +62,16 @@ pub struct Gateway {
 
 impl Gateway {
     /// Serves `functions` (path prefix, function) on a free port of 127.0.0.1.
-    pub async fn start(mut functions: Vec<(String, Arc<LocalRuntime>)>) -> std::io::Result<Gateway> {
+    pub async fn start(functions: Vec<(String, Arc<LocalRuntime>)>) -> std::io::Result<Gateway> {
+        Gateway::start_with_iam(functions, IamAuth::default()).await
+    }
+
+    /// As [`Gateway::start`], with IAM authorization on some routes.
+    pub async fn start_with_iam(mut functions: Vec<(String, Arc<LocalRuntime>)>, iam: IamAuth) -> std::io::Result<Gateway> {
         functions.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
-        let routes = Arc::new(Routes { functions, next_request: Default::default() });
+        let routes = Arc::new(Routes { functions, iam, next_request: Default::default() });
         let app = Router::new().fallback(forward).with_state(routes);
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(Gateway { address })
@@ -58,10 +83,15 @@ impl Gateway {
 }
 
 fn gateway_error(status: StatusCode, message: &str) -> Response {
+    let kind = match status {
+        StatusCode::GATEWAY_TIMEOUT => "IntegrationTimeout",
+        StatusCode::FORBIDDEN => "AccessDeniedException",
+        _ => "InternalServerErrorException",
+    };
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .header("x-amzn-errortype", if status == StatusCode::GATEWAY_TIMEOUT { "IntegrationTimeout" } else { "InternalServerErrorException" })
+        .header("x-amzn-errortype", kind)
         .body(Body::from(json!({ "message": message }).to_string()))
         .expect("a valid response")
 }
@@ -72,10 +102,21 @@ async fn forward(State(routes): State<Arc<Routes>>, request: Request) -> Respons
         return gateway_error(StatusCode::FORBIDDEN, "Missing Authentication Token");
     };
     let id = routes.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let event = match proxy_event(request, &format!("local-{id}")).await {
+    let mut event = match proxy_event(request, &format!("local-{id}")).await {
         Ok(event) => event,
         Err(response) => return response,
     };
+    if routes.iam.prefixes.iter().any(|p| path.starts_with(p.as_str())) {
+        match authorize(&routes.iam, &event) {
+            Ok(caller) => {
+                let identity = &mut event["requestContext"]["identity"];
+                identity["accessKey"] = json!(caller.access_key_id);
+                identity["userArn"] = json!(caller.arn);
+                identity["caller"] = json!(caller.arn);
+            }
+            Err(why) => return gateway_error(StatusCode::FORBIDDEN, &why),
+        }
+    }
     match function.invoke(event, INTEGRATION_TIMEOUT).await {
         Ok(Ok(answer)) => proxy_response(&answer).unwrap_or_else(|why| {
             eprintln!("gateway: malformed Lambda proxy response ({why}): {answer}");
@@ -87,6 +128,73 @@ async fn forward(State(routes): State<Arc<Routes>>, request: Request) -> Respons
         }
         Err(_) => gateway_error(StatusCode::GATEWAY_TIMEOUT, "Endpoint request timed out"),
     }
+}
+
+/// The principal who signed the request in `event`, or API Gateway's
+/// message for why it may not pass.
+fn authorize<'a>(iam: &'a IamAuth, event: &Value) -> Result<&'a Principal, String> {
+    let header = |name: &str| event["headers"][name].as_str();
+    let Some(authorization) = header("authorization").and_then(|a| a.strip_prefix("AWS4-HMAC-SHA256 ")) else {
+        return Err("Missing Authentication Token".into());
+    };
+    let field = |name: &str| authorization.split(", ").find_map(|part| part.strip_prefix(name)).unwrap_or("");
+    let (credential, signed, signature) = (field("Credential="), field("SignedHeaders="), field("Signature="));
+    let key = credential.split('/').next().unwrap_or("");
+    let invalid = "The security token included in the request is invalid.";
+    let caller = iam.principals.iter().find(|p| p.access_key_id == key).ok_or(invalid)?;
+    if header("x-amz-security-token") != caller.session_token.as_deref() {
+        return Err(invalid.into());
+    }
+    let mismatch = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
+    let scope: Vec<&str> = credential.splitn(2, '/').nth(1).unwrap_or("").split('/').collect();
+    if scope.len() != 4 || scope[1] != iam.region || scope[2] != "execute-api" || scope[3] != "aws4_request" {
+        return Err(format!("Credential should be scoped to a valid region, service execute-api: {credential}"));
+    }
+    let date = header("x-amz-date").and_then(|d| jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", d).ok()).and_then(|d| d.to_zoned_datetime(jiff::tz::TimeZone::UTC).ok());
+    let Some(date) = date else { return Err("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into()) };
+    if (jiff::Timestamp::now().as_second() - date.timestamp().as_second()).abs() > 300 {
+        return Err("Signature expired: the request's X-Amz-Date is more than 5 minutes from now.".into());
+    }
+    // Re-sign what the caller says it signed, with the SDK's signer.
+    let headers: Vec<(&str, &str)> = signed
+        .split(';')
+        .filter(|name| !matches!(*name, "x-amz-date" | "x-amz-security-token"))
+        .map(|name| (name, header(name).unwrap_or("")))
+        .collect();
+    let query = event["multiValueQueryStringParameters"].as_object().map(|q| {
+        q.iter().flat_map(|(k, vs)| vs.as_array().into_iter().flatten().map(move |v| format!("{}={}", encode(k), encode(v.as_str().unwrap_or(""))))).collect::<Vec<_>>().join("&")
+    });
+    let path = event["path"].as_str().unwrap_or("/");
+    let url = match query.filter(|q| !q.is_empty()) {
+        Some(q) => format!("https://{}{path}?{q}", header("host").unwrap_or("")),
+        None => format!("https://{}{path}", header("host").unwrap_or("")),
+    };
+    let body = event["body"].as_str().unwrap_or("").as_bytes();
+    let identity = aws_credential_types::Credentials::new(&caller.access_key_id, &caller.secret_access_key, caller.session_token.clone(), None, "gateway").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(&iam.region)
+        .name("execute-api")
+        .time(std::time::SystemTime::try_from(date.timestamp()).map_err(|e| e.to_string())?)
+        .settings(aws_sigv4::http_request::SigningSettings::default())
+        .build()
+        .map_err(|e| e.to_string())?
+        .into();
+    let request = aws_sigv4::http_request::SignableRequest::new(event["httpMethod"].as_str().unwrap_or("GET"), url, headers.into_iter(), aws_sigv4::http_request::SignableBody::Bytes(body)).map_err(|e| e.to_string())?;
+    let expected = aws_sigv4::http_request::sign(request, &params).map_err(|e| e.to_string())?.signature().to_owned();
+    if expected != signature {
+        return Err(mismatch.into());
+    }
+    Ok(caller)
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The proxy event for `request`, on the captured event's other fields.

@@ -241,7 +241,9 @@ pub async fn launcher(app: &App, ecs: &EcsLauncher, event: &Value) -> Value {
 /// The ECS launcher from the environment: `SLUICE_ORCHESTRATOR_IMAGE`,
 /// `SLUICE_TASK_SUBNETS`, `SLUICE_TASK_SECURITY_GROUPS` (comma-separated),
 /// `SLUICE_TASK_EXECUTION_ROLE_ARN`, `SLUICE_TASK_ROLE_ARN`,
-/// `SLUICE_WORKLOAD_API_URL` (as tasks reach it), `SLUICE_REFERENCE_IMAGE_PREFIX`.
+/// `SLUICE_WORKLOAD_API_URL` (as tasks reach it), `SLUICE_REFERENCE_IMAGE_PREFIX`,
+/// `SLUICE_WORKLOAD_API_AUTH` (`aws-iam` when API Gateway's IAM auth guards
+/// the workload routes, so tasks sign their calls; `credential` otherwise).
 pub async fn ecs_launcher_from_env(config: &aws_config::SdkConfig) -> Result<EcsLauncher, Error> {
     let prefix = prefix();
     let names = Names::with_prefix(&prefix);
@@ -256,6 +258,11 @@ pub async fn ecs_launcher_from_env(config: &aws_config::SdkConfig) -> Result<Ecs
         log_group: names.task_log_group.clone(),
         region: var("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
         launch_key_secret_arn: sluice_store_aws::provision::launch_key_arn(config, &names).await.map_err(|e| Error(format!("cannot find the launch key: {e}")))?,
+        workload_api_iam: match var("SLUICE_WORKLOAD_API_AUTH").as_deref() {
+            None | Some("credential") => false,
+            Some("aws-iam") => true,
+            Some(other) => return Err(Error(format!("SLUICE_WORKLOAD_API_AUTH is `credential` or `aws-iam`, not `{other}`"))),
+        },
     };
     let placement = sluice_store_aws::EcsPlacement {
         cluster: names.cluster.clone(),

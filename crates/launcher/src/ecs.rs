@@ -36,6 +36,17 @@ pub struct EcsSettings {
     pub region: String,
     /// The ARN of the Secrets Manager secret holding the launch key.
     pub launch_key_secret_arn: String,
+    /// The workload API sits behind API Gateway's IAM auth: the init and
+    /// platform containers sign their calls with the task role.
+    pub workload_api_iam: bool,
+}
+
+/// What the containers that call the workload API need to sign for IAM auth.
+fn workload_api_auth_env(settings: &EcsSettings) -> Vec<(String, String)> {
+    match settings.workload_api_iam {
+        true => vec![("AWS_REGION".into(), settings.region.clone()), ("SLUICE_WORKLOAD_API_AUTH".into(), "aws-iam".into())],
+        false => vec![],
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -105,7 +116,7 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
         name: "init".into(),
         image: settings.orchestrator_image.clone(),
         command: vec!["/bin/sh".into(), "-c".into(), init_script],
-        environment: vec![],
+        environment: workload_api_auth_env(settings),
         secrets: vec![("SLUICE_LAUNCH_KEY".into(), settings.launch_key_secret_arn.clone())],
         depends_on: vec![],
         essential: false,
@@ -152,7 +163,11 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
         name: "orchestrator".into(),
         image: settings.orchestrator_image.clone(),
         command: vec!["/bin/sh".into(), "-c".into(), orchestrator],
-        environment: [("SLUICE_WORKLOAD_TOKEN_FILE".to_owned(), shared("credential"))].into_iter().chain((plan.kind == WorkloadType::Sync).then(|| platform_mode(plan))).collect(),
+        environment: [("SLUICE_WORKLOAD_TOKEN_FILE".to_owned(), shared("credential"))]
+            .into_iter()
+            .chain((plan.kind == WorkloadType::Sync).then(|| platform_mode(plan)))
+            .chain(workload_api_auth_env(settings))
+            .collect(),
         secrets: vec![],
         depends_on: after_init(),
         essential: true,
@@ -186,6 +201,7 @@ mod tests {
             log_group: "/sluice/tasks".into(),
             region: "us-east-1".into(),
             launch_key_secret_arn: "arn:aws:secretsmanager:us-east-1:1:secret:sluice/launch-key".into(),
+            workload_api_iam: false,
         }
     }
 
@@ -220,6 +236,30 @@ mod tests {
         let run = ecs_task(&spec, &settings()).unwrap();
         assert_eq!(run.definition.containers[1].command[4..], ["spec"]);
         assert!(run.definition.family.starts_with("sluice-spec-"));
+    }
+
+    #[test]
+    fn behind_iam_auth_the_containers_that_call_the_workload_api_sign_with_the_task_role() {
+        let plan = TaskPlan {
+            workload_id: "check_1".into(),
+            kind: WorkloadType::Check,
+            files: vec![],
+            connector: Some(Container { name: "source-x".into(), runtime: Runtime::Image("airbyte/source-x:1.0".into()), env: Default::default() }),
+            source: None,
+            destination: None,
+            resources: Resources::default(),
+            data_channel: None,
+            workload_api_url: "https://api.example/api/internal/v1".into(),
+            credential: "c".into(),
+        };
+        let signing = [("AWS_REGION".to_owned(), "us-east-1".to_owned()), ("SLUICE_WORKLOAD_API_AUTH".to_owned(), "aws-iam".to_owned())];
+        let run = ecs_task(&plan, &EcsSettings { workload_api_iam: true, ..settings() }).unwrap();
+        let [init, connector, orchestrator] = &run.definition.containers[..] else { panic!("{run:?}") };
+        assert_eq!(init.environment, signing);
+        assert!(signing.iter().all(|kv| orchestrator.environment.contains(kv)), "{orchestrator:?}");
+        assert!(connector.environment.iter().all(|(k, _)| k != "SLUICE_WORKLOAD_API_AUTH"), "the connector never calls the workload API");
+        let open = ecs_task(&plan, &settings()).unwrap();
+        assert!(format!("{open:?}").find("SLUICE_WORKLOAD_API_AUTH").is_none());
     }
 
     #[test]

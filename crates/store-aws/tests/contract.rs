@@ -206,6 +206,7 @@ async fn a_sync_plan_becomes_one_reused_fargate_task_definition_with_no_secret_i
         log_group: names.task_log_group.clone(),
         region: "us-east-1".into(),
         launch_key_secret_arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:sluice/launch-key".into(),
+        workload_api_iam: true,
     };
     let (subnet, group) = default_network();
     let placement = sluice_store_aws::EcsPlacement {

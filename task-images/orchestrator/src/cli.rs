@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use crate::aws_iam::Signer;
 use crate::workload_api::{ApiReporter, WorkloadApi};
 use crate::{AttemptStatus, FileReporter, SyncConfig};
 
@@ -75,7 +76,7 @@ fn run(args: &[String], runner: Runner) -> Result<i32, String> {
     };
     let outcome = match api {
         Some((url, id, token)) => {
-            let api = WorkloadApi::new(&url, &id, token);
+            let api = WorkloadApi::new(&url, &id, token, Signer::from_env()?);
             let mut reporter = ApiReporter::new(api, Box::new(std::io::stderr()), cancel.clone(), heartbeat_every());
             // Running only once the connectors are about to start: the platform's clock for heartbeats.
             reporter.api.post("running", &serde_json::json!({})).map_err(|e| format!("cannot reach the workload API: {e}"))?;
@@ -135,7 +136,7 @@ fn ask(args: &[String]) -> Result<i32, String> {
         }
     }
     let (Some(dir), Some(url), Some(id)) = (dir, url, id) else { return Err(ASK_USAGE.into()) };
-    let api = WorkloadApi::new(&url, &id, credential()?);
+    let api = WorkloadApi::new(&url, &id, credential()?, Signer::from_env()?);
     let answered = crate::ask::ask(question, name.as_deref().unwrap_or("connector"), &dir, api, heartbeat_every())?;
     Ok(if answered { 0 } else { 1 })
 }
@@ -153,10 +154,9 @@ fn fetch_files(args: &[String]) -> Result<i32, String> {
     let (api, id, key) = (var("SLUICE_WORKLOAD_API")?, var("SLUICE_WORKLOAD_ID")?, var("SLUICE_LAUNCH_KEY")?);
     let url = format!("{}/workloads/{id}/files", api.trim_end_matches('/'));
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).http_status_as_error(false).build().into();
-    let mut response = agent.get(&url).header("authorization", &format!("Launch {key}")).call().map_err(|e| format!("{url}: {e}"))?;
-    let text = response.body_mut().read_to_string().map_err(|e| format!("{url}: {e}"))?;
-    if response.status() != 200 {
-        return Err(format!("{url} answered {}: {text}", response.status()));
+    let (status, text) = crate::workload_api::call(&agent, Signer::from_env()?.as_ref(), "GET", &url, &format!("Launch {key}"), "")?;
+    if status != 200 {
+        return Err(format!("{url} answered {status}: {text}"));
     }
     let body: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{url} gave no JSON: {e}"))?;
     let files = body["files"].as_object().ok_or_else(|| format!("{url} gave no files"))?;

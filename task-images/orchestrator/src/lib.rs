@@ -11,6 +11,7 @@
 //!   timeouts and cancellation, and stops the connectors when it must.
 
 pub mod ask;
+pub mod aws_iam;
 pub mod cli;
 pub mod config;
 pub mod connector;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sluice_protocol::{AirbyteStateMessage, LogLevel};
 
+use crate::aws_iam::Signer;
 use crate::ledger::StreamSummary;
 use crate::report::{utc_now, Progress, Reporter};
 use crate::{AttemptStatus, Outcome, Side};
@@ -24,13 +25,38 @@ pub struct WorkloadApi {
     base: String,
     token: String,
     agent: ureq::Agent,
+    signer: Option<Signer>,
+}
+
+/// One call to the workload API: `(status, body)`, or why no answer came.
+/// `authorization` is ours (the workload's credential or the launch key);
+/// when the call is signed for API Gateway's IAM auth, the signature takes
+/// the Authorization header and ours moves to `X-Sluice-Authorization`.
+pub fn call(agent: &ureq::Agent, signer: Option<&Signer>, method: &str, url: &str, authorization: &str, body: &str) -> Result<(u16, String), String> {
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    match signer {
+        None => request = request.header("authorization", authorization),
+        Some(signer) => {
+            request = request.header("x-sluice-authorization", authorization);
+            for (name, value) in signer.headers(method, url, body.as_bytes())? {
+                request = request.header(name, value);
+            }
+        }
+    }
+    if !body.is_empty() {
+        request = request.header("content-type", "application/json");
+    }
+    let request = request.body(body.to_owned()).map_err(|e| format!("{url}: {e}"))?;
+    let mut response = agent.run(request).map_err(|e| format!("{url}: {e}"))?;
+    let text = response.body_mut().read_to_string().map_err(|e| format!("{url}: {e}"))?;
+    Ok((response.status().as_u16(), text))
 }
 
 impl WorkloadApi {
     /// `url` is the workload API's root, e.g. `http://127.0.0.1:8000/api/internal/v1`.
-    pub fn new(url: &str, workload_id: &str, token: String) -> Self {
+    pub fn new(url: &str, workload_id: &str, token: String, signer: Option<Signer>) -> Self {
         let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).http_status_as_error(false).build();
-        WorkloadApi { base: format!("{}/workloads/{workload_id}", url.trim_end_matches('/')), token, agent: config.into() }
+        WorkloadApi { base: format!("{}/workloads/{workload_id}", url.trim_end_matches('/')), token, agent: config.into(), signer }
     }
 
     /// POSTs `body` to a route; retries transport errors and 5xx a few
@@ -39,17 +65,10 @@ impl WorkloadApi {
         let url = format!("{}/{route}", self.base);
         let mut pause = Duration::from_millis(250);
         let mut last_error = String::new();
+        let (authorization, body) = (format!("Bearer {}", self.token), body.to_string());
         for _ in 0..4 {
-            let sent = self
-                .agent
-                .post(&url)
-                .header("authorization", &format!("Bearer {}", self.token))
-                .header("content-type", "application/json")
-                .send(body.to_string());
-            match sent {
-                Ok(mut response) => {
-                    let status = response.status().as_u16();
-                    let text = response.body_mut().read_to_string().unwrap_or_default();
+            match call(&self.agent, self.signer.as_ref(), "POST", &url, &authorization, &body) {
+                Ok((status, text)) => {
                     if (200..300).contains(&status) {
                         return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
                     }
@@ -58,7 +77,7 @@ impl WorkloadApi {
                         return Err(last_error);
                     }
                 }
-                Err(e) => last_error = format!("{url}: {e}"),
+                Err(e) => last_error = e,
             }
             std::thread::sleep(pause);
             pause *= 2;

@@ -370,6 +370,8 @@ async fn ecs_launcher(args: &UpArgs, api_url: &str) -> anyhow::Result<sluice_lam
         log_group: names.task_log_group.clone(),
         region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
         launch_key_secret_arn,
+        // `sluice up` serves the workload API itself, without API Gateway in front.
+        workload_api_iam: false,
     };
     let placement = sluice_store_aws::EcsPlacement {
         cluster: names.cluster.clone(),
