@@ -266,11 +266,12 @@ fn sam_routes(transformed: &Value) -> std::collections::BTreeMap<String, String>
 /// Each ANY method of the CDK stack's API, by its resource's full path.
 fn cdk_routes(cdk: &Value) -> std::collections::BTreeMap<String, String> {
     let resources = cdk["Resources"].as_object().unwrap();
-    let path_of = |mut id: &str| {
+    let path_of = |start: &str| {
+        let mut id = start.to_owned();
         let mut parts = Vec::new();
-        while let Some(r) = resources.get(id).filter(|r| r["Type"] == "AWS::ApiGateway::Resource") {
+        while let Some(r) = resources.get(&id).filter(|r| r["Type"] == "AWS::ApiGateway::Resource") {
             parts.push(r["Properties"]["PathPart"].as_str().unwrap().to_owned());
-            id = r["Properties"]["ParentId"]["Ref"].as_str().unwrap_or("");
+            id = r["Properties"]["ParentId"]["Ref"].as_str().unwrap_or("").to_owned();
         }
         parts.reverse();
         format!("/{}", parts.join("/"))

@@ -139,14 +139,15 @@ fn authorize<'a>(iam: &'a IamAuth, event: &Value) -> Result<&'a Principal, Strin
     };
     let field = |name: &str| authorization.split(", ").find_map(|part| part.strip_prefix(name)).unwrap_or("");
     let (credential, signed, signature) = (field("Credential="), field("SignedHeaders="), field("Signature="));
-    let key = credential.split('/').next().unwrap_or("");
+    let mut parts = credential.split('/');
+    let key = parts.next().unwrap_or("");
+    let scope: Vec<&str> = parts.collect();
     let invalid = "The security token included in the request is invalid.";
     let caller = iam.principals.iter().find(|p| p.access_key_id == key).ok_or(invalid)?;
     if header("x-amz-security-token") != caller.session_token.as_deref() {
         return Err(invalid.into());
     }
     let mismatch = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
-    let scope: Vec<&str> = credential.splitn(2, '/').nth(1).unwrap_or("").split('/').collect();
     if scope.len() != 4 || scope[1] != iam.region || scope[2] != "execute-api" || scope[3] != "aws4_request" {
         return Err(format!("Credential should be scoped to a valid region, service execute-api: {credential}"));
     }
