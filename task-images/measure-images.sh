@@ -67,7 +67,7 @@ read -r base_gz base_raw < <(layer base "$work/base")
 echo "image sizes ($linking; base: $("$busybox" 2>&1 | head -1 | cut -d' ' -f1-2), $(mib "$base_gz") compressed, $(mib "$base_raw") unpacked)"
 printf '%-24s %-44s %14s %14s\n' image "our layer" compressed unpacked
 report() { # image dir description
-    read -r gz raw < <(layer "$1" "$2")
+    read -r gz raw < <(layer "${1//\//-}" "$2")
     printf '%-24s %-44s %14s %14s\n' "$1" "$3" "$(mib $((gz + base_gz)))" "$(mib $((raw + base_raw)))"
 }
 mkdir -p "$work/orchestrator/usr/local/bin" "$work/orchestrator/sluice"
