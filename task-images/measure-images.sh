@@ -19,8 +19,8 @@ build=yes busybox=
 while [ $# -gt 0 ]; do
     case "$1" in
         --no-build) build=no; shift ;;
-        --busybox) busybox="$2"; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --busybox) [ $# -ge 2 ] || { echo "measure-images: --busybox needs a path" >&2; exit 2; }; busybox="$2"; shift 2 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "measure-images: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -36,9 +36,9 @@ target="${CARGO_TARGET_DIR:-target}"
 built="$target/$triple/lambda"
 connectors=(source-faker destination-jsonl destination-dev-null source-empty)
 if [ "$build" = yes ]; then
-    packages=(-p sluice-orchestrator -p sluice-bookkeeper)
-    for c in "${connectors[@]}"; do packages+=(-p "sluice-$c"); done
-    cargo build --locked --profile lambda --target "$triple" "${packages[@]}"
+    # One cargo run per image, as its Dockerfile builds it: features are not unified across images.
+    cargo build --locked --profile lambda --target "$triple" -p sluice-orchestrator -p sluice-bookkeeper
+    for c in "${connectors[@]}"; do cargo build --locked --profile lambda --target "$triple" -p "sluice-$c" --bin "$c"; done
 fi
 
 work=$(mktemp -d)
@@ -62,12 +62,15 @@ mkdir -p "$work/base/bin" "$work/base/etc"
 cp "$busybox" "$work/base/bin/busybox"
 for applet in $("$busybox" --list); do [ "$applet" = busybox ] || ln -f "$work/base/bin/busybox" "$work/base/bin/$applet"; done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n' > "$work/base/etc/passwd"
-read -r base_gz base_raw < <(layer base "$work/base")
+sizes=$(layer base "$work/base")
+read -r base_gz base_raw <<< "$sizes"
 
 echo "image sizes ($linking; base: $("$busybox" 2>&1 | head -1 | cut -d' ' -f1-2), $(mib "$base_gz") compressed, $(mib "$base_raw") unpacked)"
 printf '%-24s %-44s %14s %14s\n' image "our layer" compressed unpacked
 report() { # image dir description
-    read -r gz raw < <(layer "${1//\//-}" "$2")
+    local sizes gz raw
+    sizes=$(layer "${1//\//-}" "$2")
+    read -r gz raw <<< "$sizes"
     printf '%-24s %-44s %14s %14s\n' "$1" "$3" "$(mib $((gz + base_gz)))" "$(mib $((raw + base_raw)))"
 }
 mkdir -p "$work/orchestrator/usr/local/bin" "$work/orchestrator/sluice"

@@ -248,7 +248,7 @@ export class SluiceStack extends cdk.Stack {
     };
     route(['api', 'public', 'v1'], configApi);
     route(['v1'], configApi);
-    // Only signed calls by the task role reach the workload routes.
+    // Only calls signed by a principal allowed to invoke them (the task role) reach the workload routes.
     route(['api', 'internal', 'v1'], workloadApi, apigateway.AuthorizationType.IAM);
     taskRole.addToPolicy(new iam.PolicyStatement({ sid: 'WorkloadApi', actions: ['execute-api:Invoke'], resources: [api.arnForExecuteApi('*', '/api/internal/v1/*', '*')] }));
     const workloadApiUrl = `https://${api.restApiId}.execute-api.${region}.${cdk.Aws.URL_SUFFIX}/v1/api/internal/v1`;

@@ -67,7 +67,7 @@ test('the API proxies the public and internal routes to their functions', () => 
   template.hasResourceProperties('AWS::ApiGateway::Stage', { StageName: 'v1' });
 });
 
-test('only the task role, signing with SigV4, reaches the workload routes', () => {
+test('the workload routes take SigV4-signed calls (IAM auth), and the task role may make them', () => {
   const resources = template.findResources('AWS::ApiGateway::Resource');
   const internalProxy = Object.entries(resources).filter(([, r]) => r.Properties.PathPart === '{proxy+}' && JSON.stringify(r.Properties.ParentId).includes('internal'));
   assert.strictEqual(internalProxy.length, 1);

@@ -174,6 +174,10 @@ fn play(cluster: String, scratch: PathBuf, programs: Vec<(String, String)>, stop
                     let mut command: Vec<String> = c.command().iter().map(|a| local(a)).collect();
                     let mut process = std::process::Command::new(command.remove(0));
                     process.args(&command).current_dir(&volume).env("PATH", &path).envs(overrides.iter().map(|(k, v)| (k, local(v))));
+                    // A task has only its role's credentials, never those of whoever runs the tests.
+                    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"] {
+                        process.env_remove(name);
+                    }
                     process.env("SLUICE_HEARTBEAT_SECS", "1");
                     for kv in c.environment() {
                         process.env(kv.name().unwrap(), local(kv.value().unwrap()));

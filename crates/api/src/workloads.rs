@@ -49,7 +49,7 @@ fn our_authorization<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str
 /// The workload, if the request carries its credential.
 async fn authorized(app: &App, id: &str, headers: &HeaderMap) -> ApiResult<Workload> {
     let token = our_authorization(headers, "Bearer ");
-    let Some(token) = token else { return Err(Problem::unauthorized("workload routes need the workload's credential as a bearer token")) };
+    let Some(token) = token else { return Err(Problem::unauthorized("workload routes need the workload's credential as a bearer token, in Authorization or, on a signed call, X-Sluice-Authorization")) };
     if !app.keys.check_workload_token(id, token.trim()) {
         return Err(Problem::unauthorized(format!("this credential is not workload {id}'s")));
     }
@@ -376,7 +376,7 @@ async fn task_files(State(app): AppState, Path(id): Path<String>, headers: Heade
     };
     let given = our_authorization(&headers, "Launch ").unwrap_or("");
     if !same(given.trim().as_bytes(), expected.as_bytes()) {
-        return Err(Problem::unauthorized("task files need `Authorization: Launch <launch key>`"));
+        return Err(Problem::unauthorized("task files need `Authorization: Launch <launch key>` (or, on a signed call, `X-Sluice-Authorization: Launch <launch key>`)"));
     }
     let w = app.workloads.get_workload(&id).await?;
     if !matches!(w.status, WorkloadStatus::Claimed | WorkloadStatus::Launched) {

@@ -85,9 +85,14 @@ impl Gateway {
 fn gateway_error(status: StatusCode, message: &str) -> Response {
     let kind = match status {
         StatusCode::GATEWAY_TIMEOUT => "IntegrationTimeout",
-        StatusCode::FORBIDDEN => "AccessDeniedException",
+        StatusCode::FORBIDDEN => "MissingAuthenticationTokenException",
         _ => "InternalServerErrorException",
     };
+    denied(status, kind, message)
+}
+
+/// API Gateway's error answer: its type in `x-amzn-errortype`, its message in the body.
+fn denied(status: StatusCode, kind: &str, message: &str) -> Response {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -114,7 +119,7 @@ async fn forward(State(routes): State<Arc<Routes>>, request: Request) -> Respons
                 identity["userArn"] = json!(caller.arn);
                 identity["caller"] = json!(caller.arn);
             }
-            Err(why) => return gateway_error(StatusCode::FORBIDDEN, &why),
+            Err((kind, why)) => return denied(StatusCode::FORBIDDEN, kind, &why),
         }
     }
     match function.invoke(event, INTEGRATION_TIMEOUT).await {
@@ -130,12 +135,15 @@ async fn forward(State(routes): State<Arc<Routes>>, request: Request) -> Respons
     }
 }
 
-/// The principal who signed the request in `event`, or API Gateway's
-/// message for why it may not pass.
-fn authorize<'a>(iam: &'a IamAuth, event: &Value) -> Result<&'a Principal, String> {
+/// The principal who signed the request in `event`, or API Gateway's error
+/// type and message for why it may not pass.
+fn authorize<'a>(iam: &'a IamAuth, event: &Value) -> Result<&'a Principal, (&'static str, String)> {
+    const MISSING: &str = "MissingAuthenticationTokenException";
+    const UNRECOGNIZED: &str = "UnrecognizedClientException";
+    const INVALID: &str = "InvalidSignatureException";
     let header = |name: &str| event["headers"][name].as_str();
     let Some(authorization) = header("authorization").and_then(|a| a.strip_prefix("AWS4-HMAC-SHA256 ")) else {
-        return Err("Missing Authentication Token".into());
+        return Err((MISSING, "Missing Authentication Token".into()));
     };
     let field = |name: &str| authorization.split(", ").find_map(|part| part.strip_prefix(name)).unwrap_or("");
     let (credential, signed, signature) = (field("Credential="), field("SignedHeaders="), field("Signature="));
@@ -143,18 +151,18 @@ fn authorize<'a>(iam: &'a IamAuth, event: &Value) -> Result<&'a Principal, Strin
     let key = parts.next().unwrap_or("");
     let scope: Vec<&str> = parts.collect();
     let invalid = "The security token included in the request is invalid.";
-    let caller = iam.principals.iter().find(|p| p.access_key_id == key).ok_or(invalid)?;
+    let caller = iam.principals.iter().find(|p| p.access_key_id == key).ok_or((UNRECOGNIZED, invalid.to_owned()))?;
     if header("x-amz-security-token") != caller.session_token.as_deref() {
-        return Err(invalid.into());
+        return Err((UNRECOGNIZED, invalid.into()));
     }
     let mismatch = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
     if scope.len() != 4 || scope[1] != iam.region || scope[2] != "execute-api" || scope[3] != "aws4_request" {
-        return Err(format!("Credential should be scoped to a valid region, service execute-api: {credential}"));
+        return Err((INVALID, format!("Credential should be scoped to a valid region, service execute-api: {credential}")));
     }
     let date = header("x-amz-date").and_then(|d| jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", d).ok()).and_then(|d| d.to_zoned_datetime(jiff::tz::TimeZone::UTC).ok());
-    let Some(date) = date else { return Err("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into()) };
+    let Some(date) = date else { return Err((INVALID, "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into())) };
     if (jiff::Timestamp::now().as_second() - date.timestamp().as_second()).abs() > 300 {
-        return Err("Signature expired: the request's X-Amz-Date is more than 5 minutes from now.".into());
+        return Err((INVALID, "Signature expired: the request's X-Amz-Date is more than 5 minutes from now.".into()));
     }
     // Re-sign what the caller says it signed, with the SDK's signer.
     let headers: Vec<(&str, &str)> = signed
@@ -176,19 +184,21 @@ fn authorize<'a>(iam: &'a IamAuth, event: &Value) -> Result<&'a Principal, Strin
         .identity(&identity)
         .region(&iam.region)
         .name("execute-api")
-        .time(std::time::SystemTime::try_from(date.timestamp()).map_err(|e| e.to_string())?)
+        .time(std::time::SystemTime::try_from(date.timestamp()).map_err(|e| (INVALID, e.to_string()))?)
         .settings(aws_sigv4::http_request::SigningSettings::default())
         .build()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| (INVALID, e.to_string()))?
         .into();
-    let request = aws_sigv4::http_request::SignableRequest::new(event["httpMethod"].as_str().unwrap_or("GET"), url, headers.into_iter(), aws_sigv4::http_request::SignableBody::Bytes(body)).map_err(|e| e.to_string())?;
-    let expected = aws_sigv4::http_request::sign(request, &params).map_err(|e| e.to_string())?.signature().to_owned();
+    let request = aws_sigv4::http_request::SignableRequest::new(event["httpMethod"].as_str().unwrap_or("GET"), url, headers.into_iter(), aws_sigv4::http_request::SignableBody::Bytes(body)).map_err(|e| (INVALID, e.to_string()))?;
+    let expected = aws_sigv4::http_request::sign(request, &params).map_err(|e| (INVALID, e.to_string()))?.signature().to_owned();
     if expected != signature {
-        return Err(mismatch.into());
+        return Err((INVALID, mismatch.into()));
     }
     Ok(caller)
 }
 
+/// One query part encoded for the signer's input: the event holds only the
+/// decoded parameters, as API Gateway's does.
 fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {

@@ -258,11 +258,7 @@ pub async fn ecs_launcher_from_env(config: &aws_config::SdkConfig) -> Result<Ecs
         log_group: names.task_log_group.clone(),
         region: var("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
         launch_key_secret_arn: sluice_store_aws::provision::launch_key_arn(config, &names).await.map_err(|e| Error(format!("cannot find the launch key: {e}")))?,
-        workload_api_iam: match var("SLUICE_WORKLOAD_API_AUTH").as_deref() {
-            None | Some("credential") => false,
-            Some("aws-iam") => true,
-            Some(other) => return Err(Error(format!("SLUICE_WORKLOAD_API_AUTH is `credential` or `aws-iam`, not `{other}`"))),
-        },
+        workload_api_iam: sluice_launcher::ecs::wants_iam(var(sluice_launcher::ecs::AUTH_VAR).as_deref()).map_err(Error)?,
     };
     let placement = sluice_store_aws::EcsPlacement {
         cluster: names.cluster.clone(),

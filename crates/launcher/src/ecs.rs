@@ -41,10 +41,12 @@ pub struct EcsSettings {
     pub workload_api_iam: bool,
 }
 
+pub use sluice_orchestrator::aws_iam::{wants_iam, AUTH_IAM, AUTH_VAR};
+
 /// What the containers that call the workload API need to sign for IAM auth.
 fn workload_api_auth_env(settings: &EcsSettings) -> Vec<(String, String)> {
     match settings.workload_api_iam {
-        true => vec![("AWS_REGION".into(), settings.region.clone()), ("SLUICE_WORKLOAD_API_AUTH".into(), "aws-iam".into())],
+        true => vec![("AWS_REGION".into(), settings.region.clone()), (AUTH_VAR.into(), AUTH_IAM.into())],
         false => vec![],
     }
 }

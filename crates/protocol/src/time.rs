@@ -13,6 +13,12 @@ pub fn format_utc_millis(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:03}Z", ms.rem_euclid(1000))
 }
 
+/// `YYYYMMDDTHHMMSSZ` (ISO 8601 basic format), as AWS's SigV4 dates it.
+pub fn format_utc_basic(secs: i64) -> String {
+    let (y, m, d, hh, mm, ss) = split(secs);
+    format!("{y:04}{m:02}{d:02}T{hh:02}{mm:02}{ss:02}Z")
+}
+
 /// Seconds since the epoch of a `YYYY-MM-DDTHH:MM:SS` prefix (any zone suffix is taken as UTC).
 pub fn parse_utc(text: &str) -> Option<i64> {
     let b = text.as_bytes();

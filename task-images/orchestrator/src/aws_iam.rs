@@ -1,9 +1,9 @@
 //! IAM auth for the workload API behind API Gateway: every call is signed
 //! with Signature Version 4 by the task role's credentials, which ECS hands
 //! the task's containers through its credentials endpoint. API Gateway
-//! rejects an unsigned or wrongly signed call before it reaches the
-//! function, so only our tasks reach the workload routes at all; the
-//! workload's own credential then opens just its workload.
+//! rejects an unsigned or wrongly signed call, or one by a principal no IAM
+//! policy lets invoke the workload routes, before it reaches the function;
+//! the workload's own credential then opens just its workload.
 //!
 //! Written here rather than taken from the AWS SDK: the platform container
 //! stays a small static binary, and all it needs is HMAC-SHA256 from ring,
@@ -21,7 +21,22 @@ const SERVICE: &str = "execute-api";
 const REFRESH_AHEAD: i64 = 300;
 const REFRESH_EVERY: Duration = Duration::from_secs(900);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The variable that tells a task how the workload API wants its calls:
+/// `aws-iam` (signed, behind API Gateway's IAM auth) or `credential` (the
+/// workload's credential alone, the default).
+pub const AUTH_VAR: &str = "SLUICE_WORKLOAD_API_AUTH";
+pub const AUTH_IAM: &str = "aws-iam";
+
+/// Whether a value of [`AUTH_VAR`] asks for signed calls.
+pub fn wants_iam(value: Option<&str>) -> Result<bool, String> {
+    match value {
+        None | Some("") | Some("credential") => Ok(false),
+        Some(AUTH_IAM) => Ok(true),
+        Some(other) => Err(format!("{AUTH_VAR} is `credential` or `{AUTH_IAM}`, not `{other}`")),
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub access_key_id: String,
     pub secret_access_key: String,
@@ -30,19 +45,30 @@ pub struct Credentials {
     pub expires_at: Option<i64>,
 }
 
+/// Secrets stay out of any log line that prints credentials.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("access_key_id", &self.access_key_id).field("expires_at", &self.expires_at).finish_non_exhaustive()
+    }
+}
+
 /// Where the credentials come from, in the order the AWS SDKs look.
-#[derive(Debug)]
 enum Source {
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
     Environment(Credentials),
     /// ECS's credentials endpoint: `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`
     /// (on 169.254.170.2) or `AWS_CONTAINER_CREDENTIALS_FULL_URI`, with
-    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN[_FILE]` when that one asks for it.
-    Container { url: String, token: Option<String> },
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN` when that one asks for it, or
+    /// `..._TOKEN_FILE`, read at each fetch since it may be rotated.
+    Container { url: String, token: Option<Token> },
+}
+
+enum Token {
+    Value(String),
+    File(String),
 }
 
 /// Signs requests for one region with the task's credentials.
-#[derive(Debug)]
 pub struct Signer {
     region: String,
     source: Source,
@@ -54,10 +80,8 @@ impl Signer {
     /// for tasks that reach the workload API through API Gateway).
     pub fn from_env() -> Result<Option<Signer>, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        match var("SLUICE_WORKLOAD_API_AUTH").as_deref() {
-            None | Some("credential") => return Ok(None),
-            Some("aws-iam") => {}
-            Some(other) => return Err(format!("SLUICE_WORKLOAD_API_AUTH is `credential` or `aws-iam`, not `{other}`")),
+        if !wants_iam(var(AUTH_VAR).as_deref())? {
+            return Ok(None);
         }
         let region = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")).ok_or("SLUICE_WORKLOAD_API_AUTH=aws-iam needs AWS_REGION")?;
         let source = if let (Some(id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
@@ -65,10 +89,7 @@ impl Signer {
         } else if let Some(relative) = var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
             Source::Container { url: format!("http://169.254.170.2{relative}"), token: None }
         } else if let Some(url) = var("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
-            let token = match var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
-                Some(file) => Some(std::fs::read_to_string(&file).map_err(|e| format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {file}: {e}"))?.trim().to_owned()),
-                None => var("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
-            };
+            let token = var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").map(Token::File).or_else(|| var("AWS_CONTAINER_AUTHORIZATION_TOKEN").map(Token::Value));
             Source::Container { url, token }
         } else {
             return Err("SLUICE_WORKLOAD_API_AUTH=aws-iam, but the task has no AWS credentials: give the task a task role (ECS then sets AWS_CONTAINER_CREDENTIALS_RELATIVE_URI), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into());
@@ -84,9 +105,9 @@ impl Signer {
     }
 
     fn credentials(&self) -> Result<Credentials, String> {
-        let url = match &self.source {
+        let (url, token) = match &self.source {
             Source::Environment(credentials) => return Ok(credentials.clone()),
-            Source::Container { url, .. } => url,
+            Source::Container { url, token } => (url, token),
         };
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
@@ -97,21 +118,35 @@ impl Signer {
         if let Some(entry) = cached.as_ref().filter(|e| fresh(e)) {
             return Ok(entry.0.clone());
         }
-        let Source::Container { token, .. } = &self.source else { unreachable!("environment credentials returned above") };
-        let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).http_status_as_error(false).build().into();
-        let mut request = agent.get(url);
-        if let Some(token) = token {
-            request = request.header("authorization", token);
+        match fetch_container_credentials(url, token.as_ref()) {
+            Ok(credentials) => {
+                *cached = Some((credentials.clone(), Instant::now()));
+                Ok(credentials)
+            }
+            // A refresh that failed ahead of time: the old ones still sign until they expire.
+            Err(_) if cached.as_ref().is_some_and(|(c, _)| c.expires_at.is_some_and(|at| at > now + 10)) => Ok(cached.as_ref().expect("checked").0.clone()),
+            Err(why) => Err(why),
         }
-        let mut response = request.call().map_err(|e| format!("cannot get the task role's credentials from {url}: {e}"))?;
-        let text = response.body_mut().read_to_string().map_err(|e| format!("{url}: {e}"))?;
-        if response.status() != 200 {
-            return Err(format!("the credentials endpoint {url} answered {}: {text}", response.status()));
-        }
-        let credentials = parse_container_credentials(&text).map_err(|why| format!("the credentials endpoint {url} answered {why}"))?;
-        *cached = Some((credentials.clone(), Instant::now()));
-        Ok(credentials)
     }
+}
+
+fn fetch_container_credentials(url: &str, token: Option<&Token>) -> Result<Credentials, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).http_status_as_error(false).build().into();
+    let mut request = agent.get(url);
+    match token {
+        Some(Token::Value(token)) => request = request.header("authorization", token),
+        Some(Token::File(file)) => {
+            let token = std::fs::read_to_string(file).map_err(|e| format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {file}: {e}"))?;
+            request = request.header("authorization", token.trim());
+        }
+        None => {}
+    }
+    let mut response = request.call().map_err(|e| format!("cannot get the task role's credentials from {url}: {e}"))?;
+    let text = response.body_mut().read_to_string().map_err(|e| format!("{url}: {e}"))?;
+    if response.status() != 200 {
+        return Err(format!("the credentials endpoint {url} answered {}: {text}", response.status()));
+    }
+    parse_container_credentials(&text).map_err(|why| format!("the credentials endpoint {url} answered {why}"))
 }
 
 /// ECS's answer: `{"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}`.
@@ -145,8 +180,7 @@ pub fn sign(request: &Request<'_>, credentials: &Credentials, region: &str, serv
         Some(port) if port != default_port => format!("{host}:{port}"),
         _ => host.to_owned(),
     };
-    let stamp: String = sluice_protocol::time::format_utc(now).chars().filter(|c| c.is_ascii_digit() || *c == 'T').take(15).collect();
-    let amz_date = format!("{stamp}Z");
+    let amz_date = sluice_protocol::time::format_utc_basic(now);
     let day = &amz_date[..8];
 
     let mut signed = vec![("host", host), ("x-amz-date", amz_date.clone())];
@@ -181,12 +215,22 @@ pub fn sign(request: &Request<'_>, credentials: &Credentials, region: &str, serv
     Ok(headers)
 }
 
-/// Every path segment encoded once more, as SigV4 asks of services other than S3.
+/// The path normalized (no empty, `.` or `..` segments), then every
+/// segment encoded once more, as SigV4 asks of services other than S3.
 fn canonical_path(path: &str) -> String {
-    if path.is_empty() {
-        return "/".into();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
     }
-    path.split('/').map(encode).collect::<Vec<_>>().join("/")
+    let trailing = !segments.is_empty() && (path.ends_with('/') || path.ends_with("/.") || path.ends_with("/.."));
+    let encoded: Vec<String> = segments.iter().map(|s| encode(s)).collect();
+    format!("/{}{}", encoded.join("/"), if trailing { "/" } else { "" })
 }
 
 fn canonical_query(query: &str) -> String {
@@ -282,6 +326,25 @@ mod tests {
         assert_eq!(canonical_path("/workloads/w%201/state"), "/workloads/w%25201/state", "segments are encoded twice");
         // double-encode-path of the suite.
         assert_eq!(canonical_path("/test/@connections/JBDvjfGEIAMCERw%3D"), "/test/%40connections/JBDvjfGEIAMCERw%253D");
+    }
+
+    #[test]
+    fn paths_are_normalized_as_the_suite_says() {
+        // get-slashes-normalized, get-slash-pointless-dot-normalized, get-relative-relative-normalized.
+        assert_eq!(signature("GET", "https://example.amazonaws.com//example//", &example(None)), "9a624bd73a37c9a373b5312afbebe7a714a789de108f0bdfe846570885f57e84");
+        assert_eq!(signature("GET", "https://example.amazonaws.com/./example", &example(None)), "ef75d96142cf21edca26f06005da7988e4f8dc83a165a80865db7089db637ec5");
+        assert_eq!(signature("GET", "https://example.amazonaws.com/example1/example2/../..", &example(None)), "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31");
+        assert_eq!(canonical_path("/a/b/.."), "/a/");
+        assert_eq!(canonical_path(""), "/");
+    }
+
+    #[test]
+    fn no_secret_is_printed() {
+        let printed = format!("{:?}", example(Some("the-session-token")));
+        assert!(printed.contains("AKIDEXAMPLE") && !printed.contains("EXAMPLEKEY") && !printed.contains("the-session-token"), "{printed}");
+        assert_eq!(wants_iam(Some("aws-iam")), Ok(true));
+        assert_eq!(wants_iam(None), Ok(false));
+        assert!(wants_iam(Some("iam")).unwrap_err().contains("SLUICE_WORKLOAD_API_AUTH"));
     }
 
     #[test]
