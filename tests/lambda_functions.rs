@@ -17,11 +17,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sluice_lambda::gateway::{Gateway, IamAuth};
 use sluice_lambda::runtime_api::LocalRuntime;
-use support::aws::{default_network, moto, provision, task_role, EcsPlayer};
+use support::aws::{default_network, moto, provision, task_role, EcsPlayer, TASK_ROLE_ARN};
 use support::platform::Platform;
 use support::{fixture, Scratch};
-
-const TASK_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/task";
 
 /// A function's binary: the `bootstrap` of its package when
 /// `SLUICE_FUNCTIONS_DIR` names the build script's output
@@ -54,7 +52,7 @@ impl Functions {
         let (scheduler, monitor) = (LocalRuntime::start().await.unwrap(), LocalRuntime::start().await.unwrap());
         let routes = vec![("/api/public/v1".to_owned(), config.clone()), ("/v1".to_owned(), config.clone()), ("/api/internal/v1".to_owned(), workload.clone())];
         // The workload routes are behind IAM auth, as template.yaml declares: only the task role gets in.
-        let iam = IamAuth { prefixes: vec!["/api/internal/v1".into()], region: "us-east-1".into(), principals: vec![task_role(TASK_ROLE_ARN)] };
+        let iam = IamAuth { prefixes: vec!["/api/internal/v1".into()], region: "us-east-1".into(), principals: vec![task_role()] };
         let gateway = Gateway::start_with_iam(routes, iam).await.unwrap();
         let api = format!("{}/api/internal/v1", gateway.url());
         let mut env: Vec<(String, String)> = sluice_store_aws::moto::env(moto()).into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -256,7 +254,7 @@ fn the_platform_runs_as_its_lambda_functions() {
     };
     let (status, text) = post(&[("authorization", "Bearer a-workload-credential".into())]);
     assert_eq!((status, text.contains("Missing Authentication Token")), (403, true), "{text}");
-    let role = task_role(TASK_ROLE_ARN);
+    let role = task_role();
     let signed_by = |secret: &str| {
         let credentials = sluice_orchestrator::aws_iam::Credentials {
             access_key_id: role.access_key_id.clone(),

@@ -208,16 +208,16 @@ fn sigterm_cancels_a_socket_mode_sync_and_keeps_the_released_state() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let released = |s: &Scratch| std::fs::read_to_string(s.path("state.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).map(|v| cursor(&v, "items")["cursor"].as_i64().unwrap_or(0));
+    let released = || std::fs::read_to_string(&state).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).map(|v| cursor(&v, "items")["cursor"].as_i64().unwrap_or(0));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while released(&s).is_none_or(|c| c < 10) {
+    while released().is_none_or(|c| c < 10) {
         assert!(std::time::Instant::now() < deadline, "no state released in time");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let synced = parse_sync(child.wait_with_output().unwrap());
     assert_eq!(synced.outcome["status"], "cancelled", "{}", synced.stderr);
-    let kept = released(&s).unwrap();
+    let kept = released().unwrap();
     assert_eq!(synced.outcome["state"][0]["stream"]["stream_state"]["cursor"], kept, "the file holds the final committed state");
     // The stopped destination may leave a partial last line (the next run cuts it); no state covers it.
     let text = std::fs::read_to_string(s.path("out/items.jsonl")).unwrap();

@@ -35,11 +35,14 @@ pub fn default_network() -> (String, String) {
     sluice_store_aws::moto::default_network(&moto_venv(), moto()).unwrap()
 }
 
+/// The tasks' role, as the tests give it to the launcher.
+pub const TASK_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/task";
+
 /// The task role's credentials, as the player's stand-in for ECS's
 /// credentials endpoint hands them to a task whose definition names a role.
-pub fn task_role(arn: &str) -> sluice_lambda::gateway::Principal {
+pub fn task_role() -> sluice_lambda::gateway::Principal {
     sluice_lambda::gateway::Principal {
-        arn: format!("{}/task-session", arn.replacen(":iam:", ":sts:", 1).replacen(":role/", ":assumed-role/", 1)),
+        arn: "arn:aws:sts::123456789012:assumed-role/task/task-session".into(),
         access_key_id: "ASIATASKROLEEXAMPLE1".into(),
         secret_access_key: "task-role-secret-key/EXAMPLE".into(),
         session_token: Some("task-role-session-token".into()),
@@ -61,9 +64,9 @@ fn credentials_endpoint() -> &'static str {
                 while reader.read_line(&mut line).map(|n| n > 0 && line != "\r\n").unwrap_or(false) {
                     line.clear();
                 }
-                let role = task_role("arn:aws:iam::123456789012:role/task");
+                let role = task_role();
                 let expires = sluice_protocol::time::format_utc(jiff::Timestamp::now().as_second() + 3600);
-                let body = serde_json::json!({"RoleArn": "arn:aws:iam::123456789012:role/task", "AccessKeyId": role.access_key_id,
+                let body = serde_json::json!({"RoleArn": TASK_ROLE_ARN, "AccessKeyId": role.access_key_id,
                     "SecretAccessKey": role.secret_access_key, "Token": role.session_token, "Expiration": expires}).to_string();
                 let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
             }

@@ -102,7 +102,7 @@ fn denied(status: StatusCode, kind: &str, message: &str) -> Response {
 }
 
 async fn forward(State(routes): State<Arc<Routes>>, request: Request) -> Response {
-    let path = request.uri().path().to_owned();
+    let (path, query) = (request.uri().path().to_owned(), request.uri().query().map(str::to_owned));
     let Some((_, function)) = routes.functions.iter().find(|(prefix, _)| path.starts_with(prefix.as_str())) else {
         return gateway_error(StatusCode::FORBIDDEN, "Missing Authentication Token");
     };
@@ -112,7 +112,7 @@ async fn forward(State(routes): State<Arc<Routes>>, request: Request) -> Respons
         Err(response) => return response,
     };
     if routes.iam.prefixes.iter().any(|p| path.starts_with(p.as_str())) {
-        match authorize(&routes.iam, &event) {
+        match authorize(&routes.iam, &event, &path, query.as_deref()) {
             Ok(caller) => {
                 let identity = &mut event["requestContext"]["identity"];
                 identity["accessKey"] = json!(caller.access_key_id);
@@ -137,7 +137,7 @@ async fn forward(State(routes): State<Arc<Routes>>, request: Request) -> Respons
 
 /// The principal who signed the request in `event`, or API Gateway's error
 /// type and message for why it may not pass.
-fn authorize<'a>(iam: &'a IamAuth, event: &Value) -> Result<&'a Principal, (&'static str, String)> {
+fn authorize<'a>(iam: &'a IamAuth, event: &Value, path: &str, query: Option<&str>) -> Result<&'a Principal, (&'static str, String)> {
     const MISSING: &str = "MissingAuthenticationTokenException";
     const UNRECOGNIZED: &str = "UnrecognizedClientException";
     const INVALID: &str = "InvalidSignatureException";
@@ -170,11 +170,7 @@ fn authorize<'a>(iam: &'a IamAuth, event: &Value) -> Result<&'a Principal, (&'st
         .filter(|name| !matches!(*name, "x-amz-date" | "x-amz-security-token"))
         .map(|name| (name, header(name).unwrap_or("")))
         .collect();
-    let query = event["multiValueQueryStringParameters"].as_object().map(|q| {
-        q.iter().flat_map(|(k, vs)| vs.as_array().into_iter().flatten().map(move |v| format!("{}={}", encode(k), encode(v.as_str().unwrap_or(""))))).collect::<Vec<_>>().join("&")
-    });
-    let path = event["path"].as_str().unwrap_or("/");
-    let url = match query.filter(|q| !q.is_empty()) {
+    let url = match query {
         Some(q) => format!("https://{}{path}?{q}", header("host").unwrap_or("")),
         None => format!("https://{}{path}", header("host").unwrap_or("")),
     };
@@ -195,17 +191,6 @@ fn authorize<'a>(iam: &'a IamAuth, event: &Value) -> Result<&'a Principal, (&'st
         return Err((INVALID, mismatch.into()));
     }
     Ok(caller)
-}
-
-/// One query part encoded for the signer's input: the event holds only the
-/// decoded parameters, as API Gateway's does.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The proxy event for `request`, on the captured event's other fields.

@@ -207,19 +207,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_discover_task_is_init_connector_and_an_asking_orchestrator_with_no_secret_in_sight() {
-        let plan = TaskPlan {
-            workload_id: "discover_1".into(),
-            kind: WorkloadType::Discover,
-            files: vec![PlanFile { name: files::CONNECTOR_CONFIG.into(), contents: r#"{"api_key": "sk-very-secret"}"#.into() }],
-            connector: Some(Container { name: "source-x".into(), runtime: Runtime::Image("airbyte/source-x:1.0".into()), env: Default::default() }),
+    /// A plan of `kind` with nothing in it but its id, credential and API.
+    fn plan(kind: WorkloadType, workload_id: &str, credential: &str) -> TaskPlan {
+        TaskPlan {
+            workload_id: workload_id.into(),
+            kind,
+            files: vec![],
+            connector: None,
             source: None,
             destination: None,
             resources: Resources::default(),
             data_channel: None,
             workload_api_url: "https://api.example/api/internal/v1".into(),
-            credential: "credential-secret".into(),
+            credential: credential.into(),
+        }
+    }
+
+    fn image(name: &str, image: &str) -> Container {
+        Container { name: name.into(), runtime: Runtime::Image(image.into()), env: Default::default() }
+    }
+
+    #[test]
+    fn a_discover_task_is_init_connector_and_an_asking_orchestrator_with_no_secret_in_sight() {
+        let plan = TaskPlan {
+            files: vec![PlanFile { name: files::CONNECTOR_CONFIG.into(), contents: r#"{"api_key": "sk-very-secret"}"#.into() }],
+            connector: Some(image("source-x", "airbyte/source-x:1.0")),
+            ..plan(WorkloadType::Discover, "discover_1", "credential-secret")
         };
         let run = ecs_task(&plan, &settings()).unwrap();
         let names: Vec<&str> = run.definition.containers.iter().map(|c| c.name.as_str()).collect();
@@ -242,18 +255,7 @@ mod tests {
 
     #[test]
     fn behind_iam_auth_the_containers_that_call_the_workload_api_sign_with_the_task_role() {
-        let plan = TaskPlan {
-            workload_id: "check_1".into(),
-            kind: WorkloadType::Check,
-            files: vec![],
-            connector: Some(Container { name: "source-x".into(), runtime: Runtime::Image("airbyte/source-x:1.0".into()), env: Default::default() }),
-            source: None,
-            destination: None,
-            resources: Resources::default(),
-            data_channel: None,
-            workload_api_url: "https://api.example/api/internal/v1".into(),
-            credential: "c".into(),
-        };
+        let plan = TaskPlan { connector: Some(image("source-x", "airbyte/source-x:1.0")), ..plan(WorkloadType::Check, "check_1", "c") };
         let signing = [("AWS_REGION".to_owned(), "us-east-1".to_owned()), ("SLUICE_WORKLOAD_API_AUTH".to_owned(), "aws-iam".to_owned())];
         let run = ecs_task(&plan, &EcsSettings { workload_api_iam: true, ..settings() }).unwrap();
         let [init, connector, orchestrator] = &run.definition.containers[..] else { panic!("{run:?}") };
@@ -266,18 +268,11 @@ mod tests {
 
     #[test]
     fn a_socket_mode_sync_runs_the_bookkeeper_and_tells_both_connectors_the_channel() {
-        let reference = |name: &str| Container { name: name.into(), runtime: Runtime::Image(format!("sluice/{name}:1")), env: Default::default() };
         let plan = TaskPlan {
-            workload_id: "c_1_0_sync".into(),
-            kind: WorkloadType::Sync,
-            files: vec![],
-            connector: None,
-            source: Some(reference("source-faker")),
-            destination: Some(reference("destination-jsonl")),
-            resources: Resources::default(),
+            source: Some(image("source-faker", "sluice/source-faker:1")),
+            destination: Some(image("destination-jsonl", "sluice/destination-jsonl:1")),
             data_channel: Some(crate::plan::PlanChannel { format: sluice_protocol::socket::Format::Protobuf, socket_count: 2 }),
-            workload_api_url: "https://api.example/api/internal/v1".into(),
-            credential: "c".into(),
+            ..plan(WorkloadType::Sync, "c_1_0_sync", "c")
         };
         let run = ecs_task(&plan, &settings()).unwrap();
         let paths = "/sluice/sockets/airbyte_socket_1.sock,/sluice/sockets/airbyte_socket_2.sock";

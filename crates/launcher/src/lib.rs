@@ -177,25 +177,11 @@ async fn sync_plan(app: &App, w: &Workload, plan: &mut TaskPlan) -> Result<(), L
         _ => choice.medium.clone(),
     };
     let (job_id, attempt) = w.job_attempt().expect("checked above");
-    note_data_channel(app, job_id, &w.id, &choice).await?;
+    // The attempt's details say how its records travel.
+    sluice_platform::record_data_channel(&app.ports(), job_id, &w.id, &choice, jiff::Timestamp::now()).await.map_err(|e| LaunchError(e.to_string()))?;
     let line = format!("{} launcher INFO data channel: {detail} ({})\n", jiff::Timestamp::now(), choice.reason);
     app.logs.append(job_id, attempt, &line).await?;
     Ok(())
-}
-
-/// The attempt's details say how its records travel. A lost race with a
-/// heartbeat's progress is re-read and written again.
-async fn note_data_channel(app: &App, job_id: i64, workload_id: &str, choice: &sluice_domain::channel::ChannelChoice) -> Result<(), LaunchError> {
-    for _ in 0..5 {
-        let job = app.jobs.get_job(job_id).await?;
-        let Ok(next) = job.record_data_channel(workload_id, choice.clone(), jiff::Timestamp::now()) else { return Ok(()) };
-        match app.jobs.update_job(&next).await {
-            Ok(_) => return Ok(()),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(LaunchError(format!("job {job_id} kept changing while its data channel was noted")))
 }
 
 /// Fails a workload that could not be launched, and its attempt, which the

@@ -157,6 +157,22 @@ pub async fn record_progress(
     Err(PlatformError::Contended(format!("job {job_id}")))
 }
 
+/// Notes on the running attempt of `workload_id` how its records travel,
+/// as the launcher chose. An attempt that is no longer running changes nothing.
+pub async fn record_data_channel(ports: &Ports<'_>, job_id: i64, workload_id: &str, choice: &sluice_domain::channel::ChannelChoice, now: Timestamp) -> Result<Job, PlatformError> {
+    for _ in 0..MAX_RACES {
+        let job = ports.jobs.get_job(job_id).await?;
+        if job.running_attempt().is_none_or(|a| a.workload_id != workload_id) {
+            return Ok(job);
+        }
+        match ports.jobs.update_job(&job.record_data_channel(workload_id, choice.clone(), now)?).await {
+            Err(StoreError::Conflict { .. }) => continue,
+            other => return Ok(other?),
+        }
+    }
+    Err(PlatformError::Contended(format!("job {job_id}")))
+}
+
 /// Cancels a job: the job first (so no retry starts), then the workload of
 /// its running attempt, which tells the task to stop. Committed state stays.
 pub async fn cancel_job(ports: &Ports<'_>, job_id: i64, now: Timestamp) -> Result<Job, PlatformError> {

@@ -99,18 +99,16 @@ impl Signer {
 
     /// The headers that sign this request as of now.
     pub fn headers(&self, method: &str, url: &str, body: &[u8]) -> Result<Vec<(&'static str, String)>, String> {
-        let credentials = self.credentials()?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs() as i64;
-        sign(&Request { method, url, body }, &credentials, &self.region, SERVICE, now)
+        sign(&Request { method, url, body }, &self.credentials(now)?, &self.region, SERVICE, now)
     }
 
-    fn credentials(&self) -> Result<Credentials, String> {
+    fn credentials(&self, now: i64) -> Result<Credentials, String> {
         let (url, token) = match &self.source {
             Source::Environment(credentials) => return Ok(credentials.clone()),
             Source::Container { url, token } => (url, token),
         };
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let fresh = |(c, fetched): &(Credentials, Instant)| match c.expires_at {
             Some(at) => at - now > REFRESH_AHEAD,
             None => fetched.elapsed() < REFRESH_EVERY,
@@ -184,6 +182,7 @@ pub fn sign(request: &Request<'_>, credentials: &Credentials, region: &str, serv
     let day = &amz_date[..8];
 
     let mut signed = vec![("host", host), ("x-amz-date", amz_date.clone())];
+    // Sorted by name, as the canonical request lists them.
     if let Some(token) = &credentials.session_token {
         signed.push(("x-amz-security-token", token.clone()));
     }
@@ -205,14 +204,9 @@ pub fn sign(request: &Request<'_>, credentials: &Credentials, region: &str, serv
     }
     let signature = hex(mac(key.as_ref(), &to_sign).as_ref());
 
-    let mut headers = vec![
-        ("authorization", format!("AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={names}, Signature={signature}", credentials.access_key_id)),
-        ("x-amz-date", amz_date),
-    ];
-    if let Some(token) = &credentials.session_token {
-        headers.push(("x-amz-security-token", token.clone()));
-    }
-    Ok(headers)
+    // What the caller adds to its request: the signature, and the signed headers but host, which it sends anyway.
+    let authorization = format!("AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={names}, Signature={signature}", credentials.access_key_id);
+    Ok(std::iter::once(("authorization", authorization)).chain(signed.into_iter().filter(|(name, _)| *name != "host")).collect())
 }
 
 /// The path normalized (no empty, `.` or `..` segments), then every
