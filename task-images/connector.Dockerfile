@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One of Sluice's reference connectors as an image: the static binary at
 # /connector (where a task's connector container looks for it when
 # AIRBYTE_ENTRYPOINT is unset), on busybox for the shell of the task's
@@ -7,7 +6,12 @@
 #   docker build -f task-images/connector.Dockerfile --build-arg CONNECTOR=source-faker -t sluice/source-faker:0.1.0 .
 #
 # CONNECTOR is source-faker, destination-jsonl, destination-dev-null or
-# source-empty (the source of reset and clear jobs).
+# source-empty (the source of reset and clear jobs). BASE and BINARIES as
+# in orchestrator.Dockerfile (`host`: the static binary named CONNECTOR at
+# the build context's root).
+ARG BASE=busybox:1.37-musl
+ARG BINARIES=build
+
 FROM rust:1.95-slim-bookworm AS build
 ARG CONNECTOR=source-faker
 RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
@@ -19,8 +23,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry --mount=type=cache,targe
     cargo build --locked --profile lambda --target "$(uname -m)-unknown-linux-musl" -p "sluice-${CONNECTOR}" --bin "${CONNECTOR}" \
     && cp "target/$(uname -m)-unknown-linux-musl/lambda/${CONNECTOR}" /connector
 
-FROM busybox:1.37-musl
-COPY --from=build /connector /connector
+FROM scratch AS host
+ARG CONNECTOR=source-faker
+COPY ${CONNECTOR} /connector
+
+FROM ${BINARIES} AS binaries
+
+FROM ${BASE}
+COPY --from=binaries /connector /connector
 USER 65532:65532
 WORKDIR /sluice
 ENTRYPOINT ["/connector"]

@@ -1,7 +1,6 @@
-//! The Docker executor's specs, checked as data (no engine runs here) and
-//! then carried out: each container's command runs as a local process, with
-//! the shared volume a temporary directory, to show that the specs really
-//! move records between containers.
+//! The Docker executor's specs, checked as data and then carried out as
+//! local processes, with the volumes directories: a fast check of the
+//! shapes that `docker_engine.rs` runs on a real engine.
 
 mod support;
 
@@ -10,7 +9,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 use sluice_domain::WorkloadType;
-use sluice_launcher::docker::{docker_task, engine_calls, tar, DockerSettings, EngineBody, SHARED};
+use sluice_launcher::docker::{docker_task, tar, DockerSettings, SHARED};
 use sluice_launcher::plan::{files, Container, PlanFile, Resources, Runtime, TaskPlan};
 use support::Scratch;
 
@@ -18,14 +17,13 @@ const SECRET: &str = "s3cret-api-key";
 const CREDENTIAL: &str = "workload-credential-abc";
 
 fn settings() -> DockerSettings {
-    DockerSettings {
-        orchestrator_image: "sluice/orchestrator:test".into(),
-        reference_images: BTreeMap::from([
+    DockerSettings::new(
+        "sluice/orchestrator:test".into(),
+        BTreeMap::from([
             ("source-faker".to_owned(), "sluice/source-faker:test".to_owned()),
             ("destination-jsonl".to_owned(), "sluice/destination-jsonl:test".to_owned()),
         ]),
-        network_mode: "host".into(),
-    }
+    )
 }
 
 fn sync_plan(out: &str, source_config: Value) -> TaskPlan {
@@ -59,14 +57,20 @@ fn sync_plan(out: &str, source_config: Value) -> TaskPlan {
 }
 
 #[test]
-fn a_sync_plan_becomes_four_containers_on_one_volume_with_no_secret_in_sight() {
+fn a_sync_plan_becomes_four_containers_each_seeing_only_its_volumes_with_no_secret_in_sight() {
     let scratch = Scratch::new();
     let task = docker_task(&sync_plan("/sluice/out", json!({"count": 40, "api_key": SECRET})), &settings()).unwrap();
-    let roles: Vec<&str> = task.containers.iter().map(|c| c.name.rsplit('-').next().unwrap()).collect();
+    let roles: Vec<&str> = task.containers.iter().map(|c| c.role).collect();
     assert_eq!(roles, ["init", "source", "destination", "orchestrator"]);
+    let targets = |role: &str| -> Vec<String> {
+        task.container(role).unwrap().create["HostConfig"]["Mounts"].as_array().unwrap().iter().map(|m| m["Target"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(targets("init"), ["/sluice", "/sluice/source", "/sluice/destination"]);
+    assert_eq!(targets("source"), ["/sluice/source"], "the source sees neither the credential nor the destination's config");
+    assert_eq!(targets("destination"), ["/sluice/destination"]);
+    assert_eq!(targets("orchestrator"), ["/sluice", "/sluice/source", "/sluice/destination"]);
     for c in &task.containers {
         let spec = &c.create;
-        assert_eq!(spec["HostConfig"]["Mounts"], json!([{"Type": "volume", "Source": task.volume, "Target": SHARED}]), "{}", c.name);
         assert_eq!(spec["HostConfig"]["NanoCpus"], 500_000_000u64);
         assert_eq!(spec["HostConfig"]["Memory"], 1024u64 * 1024 * 1024);
         assert_eq!(spec["Entrypoint"], json!([""]));
@@ -74,42 +78,38 @@ fn a_sync_plan_becomes_four_containers_on_one_volume_with_no_secret_in_sight() {
         let visible = format!("{} {}", spec["Cmd"], spec["Env"]);
         assert!(!visible.contains(SECRET) && !visible.contains(CREDENTIAL), "{} shows a secret: {visible}", c.name);
     }
+    assert_eq!(task.container("init").unwrap().create["User"], "0:0", "the init step opens the volumes as root");
+    assert!(task.container("source").unwrap().create.get("User").is_none(), "a connector runs as its image's user");
     assert_eq!(task.container("source").unwrap().create["Image"], "sluice/source-faker:test");
     assert_eq!(task.container("orchestrator").unwrap().create["Env"], json!(["PLATFORM_MODE=ORCHESTRATOR", "SLUICE_WORKLOAD_TOKEN_FILE=/sluice/credential"]));
     assert_eq!(task.container("orchestrator").unwrap().create["Cmd"][0], "orchestrator");
 
-    // Socket mode: the bookkeeper, and both connectors told the channel on the volume.
+    // Socket mode: the bookkeeper, and both connectors told the channel on their shared volume.
     let mut socket_plan = sync_plan("/sluice/out", json!({"count": 40}));
     socket_plan.data_channel = Some(sluice_launcher::plan::PlanChannel { format: sluice_protocol::socket::Format::Jsonl, socket_count: 2 });
     let socket_task = docker_task(&socket_plan, &settings()).unwrap();
     let platform = &socket_task.container("orchestrator").unwrap().create;
     assert_eq!((&platform["Cmd"][0], &platform["Env"][0]), (&json!("bookkeeper"), &json!("PLATFORM_MODE=BOOKKEEPER")));
     for role in ["source", "destination"] {
-        let env = socket_task.container(role).unwrap().create["Env"].to_string();
+        let spec = &socket_task.container(role).unwrap().create;
+        let env = spec["Env"].to_string();
         assert!(env.contains("DATA_CHANNEL_MEDIUM=SOCKET") && env.contains("DATA_CHANNEL_FORMAT=JSONL"), "{role}: {env}");
         assert!(env.contains("DATA_CHANNEL_SOCKET_PATHS=/sluice/sockets/airbyte_socket_1.sock,/sluice/sockets/airbyte_socket_2.sock"), "{role}: {env}");
+        assert!(spec["HostConfig"]["Mounts"].to_string().contains("\"/sluice/sockets\""), "{role}");
     }
-    let sync_json = socket_task.files.iter().find(|(n, _)| n == "sync.json").map(|(_, b)| String::from_utf8_lossy(b).into_owned()).unwrap();
+    let sync_json = socket_task.files.iter().find(|f| f.name == "sync.json").map(|f| String::from_utf8_lossy(&f.data).into_owned()).unwrap();
     assert!(sync_json.contains(r#""data_channel":{"format":"JSONL","socket_paths":["/sluice/sockets/airbyte_socket_1.sock""#), "{sync_json}");
-    // The files carry the secrets, and go in as an archive, never as environment.
-    let names: Vec<&str> = task.files.iter().map(|(n, _)| n.as_str()).collect();
+    // The files carry the secrets, and go in as an archive for the platform's user only, never as environment.
+    let names: Vec<&str> = task.files.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["credential", "sync.json"]);
-
-    let calls = engine_calls(&task);
-    let position = |method: &str, path_part: &str| calls.iter().position(|c| c.method == method && c.path.contains(path_part)).unwrap();
-    assert_eq!(position("POST", "/volumes/create"), 0);
-    let archive = position("PUT", "/archive?path=/sluice");
-    assert!(calls[..archive].iter().all(|c| !c.path.ends_with("/start")), "files are in place before anything starts");
-    assert!(position("POST", "init/wait") < position("POST", "source/start"), "the init step ends before the connectors start");
-    assert_eq!(calls.last().unwrap().method, "DELETE");
+    assert!(task.files.iter().all(|f| f.mode == 0o600 && f.uid == 65532));
+    assert_eq!(task.files_path, SHARED);
 
     // The archive is a real tar.
-    let EngineBody::Tar(bytes) = &calls[archive].body else { panic!("the archive call carries a tar") };
-    std::fs::write(scratch.path("files.tar"), bytes).unwrap();
-    std::fs::create_dir(scratch.path("untarred")).unwrap();
-    let status = Command::new("tar").arg("-xf").arg(scratch.path("files.tar")).arg("-C").arg(scratch.path("untarred")).status().unwrap();
-    assert!(status.success());
-    assert_eq!(std::fs::read_to_string(scratch.path("untarred/credential")).unwrap(), CREDENTIAL);
+    std::fs::write(scratch.path("files.tar"), tar(&task.files)).unwrap();
+    let listing = Command::new("tar").arg("-tvf").arg(scratch.path("files.tar")).arg("--numeric-owner").output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("-rw------- 65532/65532") && listing.contains("credential"), "{listing}");
     assert_eq!(tar(&[]).len(), 1024, "an empty archive is its two zero blocks");
 }
 
@@ -125,8 +125,11 @@ fn the_containers_commands_move_records_through_the_shared_volume() {
     let v = volume.display().to_string();
     let task = docker_task(&sync_plan(&format!("{SHARED}/out"), json!({"count": 40})), &settings()).unwrap();
     let local = |text: &str| text.replace(SHARED, &v);
-    for (name, bytes) in &task.files {
-        std::fs::write(volume.join(name), local(&String::from_utf8_lossy(bytes))).unwrap();
+    for file in &task.files {
+        std::fs::write(volume.join(&file.name), local(&String::from_utf8_lossy(&file.data))).unwrap();
+    }
+    for role in ["source", "destination"] {
+        std::fs::create_dir_all(volume.join(role)).unwrap();
     }
     let sluice = env!("CARGO_BIN_EXE_sluice");
     let command = |role: &str| -> Command {
@@ -177,7 +180,9 @@ fn a_discover_plan_is_one_connector_container_and_pypi_connectors_are_refused() 
     let spec = &task.containers[0].create;
     assert_eq!(spec["Image"], "airbyte/source-pokeapi:0.3.0");
     let cmd: Vec<&str> = spec["Cmd"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert_eq!(&cmd[4..], ["discover", "--config", "/sluice/connector_config.json"]);
+    assert_eq!(&cmd[4..], ["discover", "--config", "/sluice/connector/config.json"]);
+    assert_eq!(task.files_path, "/sluice/connector");
+    assert!(task.files.iter().all(|f| f.name == "config.json" && f.mode == 0o644), "the connector, of any user, reads its own config");
     assert!(!spec.to_string().contains(SECRET));
 
     let mut pypi = plan.clone();

@@ -59,6 +59,10 @@ pub struct Settings {
     /// The largest request body accepted.
     pub max_body_bytes: usize,
     pub deadlines: sluice_domain::Deadlines,
+    /// Each container's limits in a task (Airbyte's
+    /// JOB_MAIN_CONTAINER_CPU_LIMIT and _MEMORY_LIMIT): CPU in thousandths, memory in MiB.
+    pub container_cpu_millis: u32,
+    pub container_memory_mib: u32,
 }
 
 impl Default for Settings {
@@ -69,6 +73,8 @@ impl Default for Settings {
             connector_timeout: Duration::from_secs(600),
             max_body_bytes: 2 * 1024 * 1024,
             deadlines: Default::default(),
+            container_cpu_millis: 1000,
+            container_memory_mib: 2048,
         }
     }
 }

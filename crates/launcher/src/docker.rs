@@ -1,60 +1,104 @@
-//! The Docker executor: a plan as containers sharing one volume, for
-//! connectors that exist only as Airbyte images.
+//! The Docker executor: a plan's task as containers on a Docker engine,
+//! sharing volumes, as ECS runs it on Fargate.
 //!
-//! [`docker_task`] turns a plan into plain data: the volume, the files the
-//! init step needs (put into the init container as an archive, so configs
-//! and the workload credential appear in no container's environment or
-//! command line), and one Engine API `ContainerCreate` body per container,
-//! in start order. [`engine_calls`] is the sequence of Engine API requests
-//! that runs it; `run` sends them to the daemon's socket.
+//! [`docker_task`] turns a plan into plain data: the volumes, the files put
+//! in before anything starts (an archive into the first container, so
+//! configs and the workload credential appear in no container's
+//! environment or command line), and one Engine API `ContainerCreate` body
+//! per container, in start order. [`DockerExecutor::run`] carries it out
+//! through the engine's socket ([`Engine`]).
 //!
-//! A sync runs four containers on the volume mounted at `/sluice`:
-//! - `init` makes the named pipes the orchestrator attaches through;
+//! A sync runs four containers, with the volumes of [`crate::containers`]:
+//! - `init` (root) makes the named pipes and opens each connector's volume
+//!   to its image's user;
 //! - `source` and `destination` wait for their catalog (the orchestrator
-//!   writes it last), then run the connector on the pipes with the
+//!   writes it last), then run the connector on its pipes with the
 //!   orchestrator's attach wrapper, which stops it when `cancel` appears;
-//! - `orchestrator` runs the attempt and reports to the workload API.
+//! - `orchestrator` (or `bookkeeper`) runs the attempt and reports to the
+//!   workload API; its output is the attempt's log.
+//!
+//! While it runs the executor watches the containers: a connector
+//! container that died from outside (`docker kill`, the kernel's OOM
+//! killer) cannot say so, so the executor writes its `exit` and `cause`
+//! onto its volume for the orchestrator, which fails the attempt naming the
+//! container and the cause. Containers and volumes are removed at the end,
+//! whatever happened.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sluice_domain::WorkloadType;
 
-use crate::containers::{connector_command, connector_env, orchestrator_command, platform_mode, pipes_script, shared, task_files, CONNECTOR};
 pub use crate::containers::SHARED;
+use crate::containers::{
+    connector_command, connector_env, init_script, orchestrator_command, platform_mode, question_config, role_dir, shared, task_files, volumes, CONNECTOR,
+    PLATFORM_USER,
+};
 use crate::plan::{files, Container, Runtime, TaskPlan};
 use crate::LaunchError;
 
+/// Where destination containers see `DockerSettings::local_root`, as Airbyte's do.
+pub const LOCAL_ROOT: &str = "/local";
+
+/// The Engine API version spoken: Docker 20.10 and every later engine.
+pub const API: &str = "/v1.41";
+
 #[derive(Debug, Clone)]
 pub struct DockerSettings {
-    /// The image with the `orchestrator` binary and a POSIX shell.
+    /// The image with the `orchestrator` and `bookkeeper` binaries and a POSIX shell.
     pub orchestrator_image: String,
     /// Images of our reference connectors, by name (`source-faker` -> `sluice/source-faker:0.1.0`).
     pub reference_images: BTreeMap<String, String>,
     /// `host` lets the orchestrator reach a workload API on the host's 127.0.0.1.
     pub network_mode: String,
+    /// How long one Engine API request may take (waits and log streams aside).
+    pub call_timeout: Duration,
+    /// A host directory destination containers see at `/local` (Airbyte's
+    /// LOCAL_ROOT, for destinations that write files).
+    pub local_root: Option<PathBuf>,
+}
+
+impl DockerSettings {
+    pub fn new(orchestrator_image: String, reference_images: BTreeMap<String, String>) -> Self {
+        DockerSettings { orchestrator_image, reference_images, network_mode: "host".into(), call_timeout: Duration::from_secs(60), local_root: None }
+    }
 }
 
 /// A plan as Docker objects, in the order they are made and started.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerTask {
-    pub volume: String,
-    /// Files put under `/sluice` through the init container before it starts.
-    pub files: Vec<(String, Vec<u8>)>,
+    pub volumes: Vec<String>,
+    /// Files put into the first container at `files_path` before it starts.
+    pub files: Vec<TarFile>,
+    pub files_path: String,
     pub containers: Vec<DockerContainer>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerContainer {
     pub name: String,
+    /// `init`, `source`, `destination`, `orchestrator` or `connector`.
+    pub role: &'static str,
+    pub image: String,
     /// The Engine API `ContainerCreate` body.
     pub create: Value,
 }
 
+/// One file of an archive: its name, contents, mode and owner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TarFile {
+    pub name: String,
+    pub data: Vec<u8>,
+    pub mode: u32,
+    pub uid: u32,
+}
+
 impl DockerTask {
     pub fn container(&self, role: &str) -> Option<&DockerContainer> {
-        self.containers.iter().find(|c| c.name.ends_with(&format!("-{role}")))
+        self.containers.iter().find(|c| c.role == role)
     }
 }
 
@@ -72,123 +116,117 @@ fn image(container: &Container, settings: &DockerSettings) -> Result<String, Lau
     }
 }
 
-fn create_body(image: &str, cmd: Vec<String>, env: &BTreeMap<String, String>, plan: &TaskPlan, volume: &str, settings: &DockerSettings) -> Value {
-    let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    json!({
-        "Image": image,
+struct Body<'a> {
+    image: &'a str,
+    cmd: Vec<String>,
+    env: BTreeMap<String, String>,
+    /// `None`: the image's own user.
+    user: Option<&'a str>,
+    role: &'static str,
+}
+
+fn create_body(body: Body, plan: &TaskPlan, mounts: Vec<Value>, settings: &DockerSettings) -> Value {
+    let env: Vec<String> = body.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut create = json!({
+        "Image": body.image,
         // `[""]` resets the image's entrypoint: the command below is the whole story.
         "Entrypoint": [""],
-        "Cmd": cmd,
+        "Cmd": body.cmd,
         "Env": env,
-        "WorkingDir": SHARED,
-        "Labels": {"sluice.workload": plan.workload_id, "sluice.kind": plan.kind.as_str()},
+        "Labels": {"sluice.workload": plan.workload_id, "sluice.kind": plan.kind.as_str(), "sluice.role": body.role},
         "HostConfig": {
-            "Mounts": [{"Type": "volume", "Source": volume, "Target": SHARED}],
+            "Mounts": mounts,
             "NanoCpus": u64::from(plan.resources.cpu_millis) * 1_000_000,
             "Memory": u64::from(plan.resources.memory_mib) * 1024 * 1024,
+            // No swap beyond the limit: a connector over it is stopped, not slowed to a crawl.
+            "MemorySwap": u64::from(plan.resources.memory_mib) * 1024 * 1024,
             "NetworkMode": settings.network_mode,
             "AutoRemove": false,
         },
-    })
+    });
+    if let Some(user) = body.user {
+        create["User"] = json!(user);
+    }
+    create
+}
+
+/// The engine's name for one of the task's volumes.
+fn volume_name(task: &str, volume: &str) -> String {
+    format!("{task}-{volume}")
 }
 
 /// The plan as Docker objects. Pure: nothing is created here.
 pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerTask, LaunchError> {
-    let volume = format!("sluice-{}", plan.workload_id.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-"));
-    let name = |role: &str| format!("{volume}-{role}");
-    let no_env = BTreeMap::new();
-    let mut task = DockerTask { volume: volume.clone(), files: Vec::new(), containers: Vec::new() };
-    match plan.kind {
+    let task = format!("sluice-{}", plan.workload_id.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-"));
+    let layout = volumes(plan);
+    let mounts = |role: &str| -> Vec<Value> {
+        let mut mounts: Vec<Value> =
+            layout.iter().filter(|v| v.roles.contains(&role)).map(|v| json!({"Type": "volume", "Source": volume_name(&task, v.name), "Target": v.path})).collect();
+        if let (Some(root), "destination") = (&settings.local_root, role) {
+            mounts.push(json!({"Type": "bind", "Source": root, "Target": LOCAL_ROOT}));
+        }
+        mounts
+    };
+    let mut containers = Vec::new();
+    let mut push = |role: &'static str, body: Body, mounts: Vec<Value>| {
+        let image = body.image.to_owned();
+        containers.push(DockerContainer { name: format!("{task}-{role}"), role, image, create: create_body(body, plan, mounts, settings) });
+    };
+    let platform_uid: u32 = PLATFORM_USER.split(':').next().and_then(|u| u.parse().ok()).expect("a numeric user");
+    let (files, files_path, used): (Vec<TarFile>, String, Vec<&str>) = match plan.kind {
         WorkloadType::Sync => {
             let (source, destination) = match (&plan.source, &plan.destination) {
                 (Some(s), Some(d)) => (s, d),
                 _ => return Err(LaunchError("a sync plan needs a source and a destination".into())),
             };
-            // Sorted by name, so `credential` comes before `sync.json`.
-            task.files.extend(task_files(plan)?.into_iter().map(|(name, contents)| (name, contents.into_bytes())));
-            let init = vec!["/bin/sh".to_owned(), "-c".to_owned(), pipes_script(WorkloadType::Sync)];
-            task.containers.push(DockerContainer { name: name("init"), create: create_body(&settings.orchestrator_image, init, &no_env, plan, &volume, settings) });
+            let init = vec!["/bin/sh".to_owned(), "-c".to_owned(), init_script(plan)];
+            let image_of = &settings.orchestrator_image;
+            push("init", Body { image: image_of, cmd: init, env: BTreeMap::new(), user: Some("0:0"), role: "init" }, mounts("init"));
             for (role, container) in [("source", source), ("destination", destination)] {
-                let create = create_body(&image(container, settings)?, connector_command(role), &connector_env(plan, container), plan, &volume, settings);
-                task.containers.push(DockerContainer { name: name(role), create });
+                let image = image(container, settings)?;
+                push(role, Body { image: &image, cmd: connector_command(role), env: connector_env(plan, container), user: None, role }, mounts(role));
             }
-            let cmd = orchestrator_command(plan);
             let env = BTreeMap::from([("SLUICE_WORKLOAD_TOKEN_FILE".to_owned(), shared("credential")), platform_mode(plan)]);
-            task.containers.push(DockerContainer { name: name("orchestrator"), create: create_body(&settings.orchestrator_image, cmd, &env, plan, &volume, settings) });
+            let body = Body { image: image_of, cmd: orchestrator_command(plan), env, user: Some(PLATFORM_USER), role: "orchestrator" };
+            push("orchestrator", body, mounts("orchestrator"));
+            // Sorted by name, so `credential` comes before `sync.json`; only the platform's user reads them.
+            let files = task_files(plan)?.into_iter().map(|(name, contents)| TarFile { name, data: contents.into_bytes(), mode: 0o600, uid: platform_uid }).collect();
+            (files, SHARED.to_owned(), vec!["platform", "source", "destination", "sockets"])
         }
         kind => {
+            // One container, no init and no orchestrator: the executor reads the answer off its output.
             let connector = plan.connector.as_ref().ok_or_else(|| LaunchError("the plan names no connector".into()))?;
             let mut cmd: Vec<String> = CONNECTOR.map(String::from).to_vec();
             cmd.push(kind.as_str().to_owned());
+            let mut files = Vec::new();
             if kind != WorkloadType::Spec {
                 let config = plan.file(files::CONNECTOR_CONFIG).ok_or_else(|| LaunchError("the plan has no connector config".into()))?;
-                task.files.push((files::CONNECTOR_CONFIG.into(), config.as_bytes().to_vec()));
-                cmd.extend(["--config".to_owned(), shared(files::CONNECTOR_CONFIG)]);
+                files.push(TarFile { name: "config.json".into(), data: config.as_bytes().to_vec(), mode: 0o644, uid: 0 });
+                cmd.extend(["--config".to_owned(), question_config()]);
             }
-            // The connector's own container receives the files: there is no init step.
-            let create = create_body(&image(connector, settings)?, cmd, &connector.env, plan, &volume, settings);
-            task.containers.push(DockerContainer { name: name("connector"), create });
+            let image = image(connector, settings)?;
+            push("connector", Body { image: &image, cmd, env: connector.env.clone(), user: None, role: "connector" }, mounts("connector"));
+            (files, role_dir("connector").display().to_string(), vec!["connector"])
         }
-    }
-    Ok(task)
+    };
+    let volumes = layout.iter().filter(|v| used.contains(&v.name)).map(|v| volume_name(&task, v.name)).collect();
+    Ok(DockerTask { volumes, files, files_path, containers })
 }
 
-/// One request to the Docker Engine API.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineCall {
-    pub method: &'static str,
-    pub path: String,
-    pub body: EngineBody,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum EngineBody {
-    None,
-    Json(Value),
-    /// A tar archive (`application/x-tar`).
-    Tar(Vec<u8>),
-}
-
-/// The requests that run a task: make the volume and the containers, put
-/// the files in through the first container, start them in order, wait for
-/// the last (the orchestrator, or the lone connector), then clean up.
-pub fn engine_calls(task: &DockerTask) -> Vec<EngineCall> {
-    let call = |method, path: String, body| EngineCall { method, path, body };
-    let mut calls = vec![call("POST", "/v1.43/volumes/create".into(), EngineBody::Json(json!({"Name": task.volume, "Labels": {"sluice.volume": "task"}})))];
-    for c in &task.containers {
-        calls.push(call("POST", format!("/v1.43/containers/create?name={}", c.name), EngineBody::Json(c.create.clone())));
-    }
-    let first = &task.containers[0].name;
-    calls.push(call("PUT", format!("/v1.43/containers/{first}/archive?path={SHARED}"), EngineBody::Tar(tar(&task.files))));
-    for (i, c) in task.containers.iter().enumerate() {
-        calls.push(call("POST", format!("/v1.43/containers/{}/start", c.name), EngineBody::None));
-        // The init step must finish before the others start.
-        if i == 0 && task.containers.len() > 1 {
-            calls.push(call("POST", format!("/v1.43/containers/{}/wait", c.name), EngineBody::None));
-        }
-    }
-    let last = &task.containers[task.containers.len() - 1].name;
-    calls.push(call("POST", format!("/v1.43/containers/{last}/wait"), EngineBody::None));
-    for c in &task.containers {
-        calls.push(call("DELETE", format!("/v1.43/containers/{}?force=true", c.name), EngineBody::None));
-    }
-    calls.push(call("DELETE", format!("/v1.43/volumes/{}", task.volume), EngineBody::None));
-    calls
-}
-
-/// A POSIX tar (ustar) archive of regular files, mode 0600.
-pub fn tar(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+/// A POSIX tar (ustar) archive of regular files.
+pub fn tar(files: &[TarFile]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (name, data) in files {
+    for file in files {
+        let (name, data) = (&file.name, &file.data);
         let mut header = [0u8; 512];
         header[..name.len().min(100)].copy_from_slice(&name.as_bytes()[..name.len().min(100)]);
         let octal = |field: &mut [u8], value: u64| {
             let text = format!("{value:0width$o}\0", width = field.len() - 1);
             field.copy_from_slice(text.as_bytes());
         };
-        octal(&mut header[100..108], 0o600);
-        octal(&mut header[108..116], 0);
-        octal(&mut header[116..124], 0);
+        octal(&mut header[100..108], u64::from(file.mode));
+        octal(&mut header[108..116], u64::from(file.uid));
+        octal(&mut header[116..124], u64::from(file.uid));
         octal(&mut header[124..136], data.len() as u64);
         octal(&mut header[136..148], 0);
         header[156] = b'0';
@@ -206,134 +244,522 @@ pub fn tar(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// Runs plans on a Docker daemon, for connectors that exist only as images.
+/// The body of an Engine API request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineBody {
+    None,
+    Json(Value),
+    /// A tar archive (`application/x-tar`).
+    Tar(Vec<u8>),
+}
+
+/// A Docker engine, reached through its Unix socket: one request per
+/// connection, each bounded by `timeout` except the streams.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub socket: PathBuf,
+    pub timeout: Duration,
+}
+
+impl Engine {
+    fn unreachable(&self, e: impl std::fmt::Display) -> LaunchError {
+        LaunchError(format!("the Docker engine at {} does not answer ({e}); start Docker, or point `sluice up --docker-socket` (or DOCKER_HOST) at a running engine", self.socket.display()))
+    }
+
+    /// Sends a request; its status and its body, as a reader.
+    fn open(&self, method: &str, path: &str, body: &EngineBody, timeout: Option<Duration>) -> Result<(u16, Dechunk<std::os::unix::net::UnixStream>), LaunchError> {
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).map_err(|e| self.unreachable(e))?;
+        stream.set_read_timeout(timeout).and_then(|_| stream.set_write_timeout(Some(self.timeout))).map_err(|e| self.unreachable(e))?;
+        let (content_type, bytes): (&str, std::borrow::Cow<[u8]>) = match body {
+            EngineBody::None => ("application/json", std::borrow::Cow::Borrowed(&[])),
+            EngineBody::Json(v) => ("application/json", std::borrow::Cow::Owned(v.to_string().into_bytes())),
+            EngineBody::Tar(t) => ("application/x-tar", std::borrow::Cow::Borrowed(t)),
+        };
+        let sent = write!(stream, "{method} {API}{path} HTTP/1.1\r\nHost: docker\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", bytes.len())
+            .and_then(|_| stream.write_all(&bytes));
+        sent.map_err(|e| self.timed_out(method, path, e))?;
+        let mut reader = std::io::BufReader::new(stream);
+        let mut status_line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut status_line).map_err(|e| self.timed_out(method, path, e))?;
+        let status = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| self.unreachable(format!("it answered {method} {path} with `{}`", status_line.trim())))?;
+        let mut chunked = false;
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).map_err(|e| self.timed_out(method, path, e))?;
+            if line.trim().is_empty() {
+                break;
+            }
+            if line.to_ascii_lowercase().starts_with("transfer-encoding:") && line.to_ascii_lowercase().contains("chunked") {
+                chunked = true;
+            }
+        }
+        Ok((status, Dechunk { inner: reader, chunked, left: 0, done: false }))
+    }
+
+    fn timed_out(&self, method: &str, path: &str, e: std::io::Error) -> LaunchError {
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => LaunchError(format!(
+                "the Docker engine at {} did not answer {method} {path} within {:?}; is it overloaded or stuck?",
+                self.socket.display(),
+                self.timeout
+            )),
+            _ => self.unreachable(e),
+        }
+    }
+
+    /// One request; its status and whole body.
+    pub fn request(&self, method: &str, path: &str, body: &EngineBody) -> Result<(u16, Vec<u8>), LaunchError> {
+        self.request_within(method, path, body, self.timeout)
+    }
+
+    fn request_within(&self, method: &str, path: &str, body: &EngineBody, timeout: Duration) -> Result<(u16, Vec<u8>), LaunchError> {
+        let (status, mut reader) = self.open(method, path, body, Some(timeout))?;
+        let mut body = Vec::new();
+        reader.read_to_end(&mut body).map_err(|e| self.timed_out(method, path, e))?;
+        Ok((status, body))
+    }
+
+    /// A request that must succeed (2xx, or 404 for a DELETE: already gone).
+    pub fn call(&self, method: &str, path: &str, body: &EngineBody) -> Result<Vec<u8>, LaunchError> {
+        let (status, body) = self.request(method, path, body)?;
+        if (200..300).contains(&status) || (method == "DELETE" && status == 404) {
+            return Ok(body);
+        }
+        Err(LaunchError(format!("the Docker engine refused {method} {path} ({status}): {}", engine_message(&body))))
+    }
+
+    pub fn inspect(&self, container: &str) -> Result<Value, LaunchError> {
+        let body = self.call("GET", &format!("/containers/{container}/json"), &EngineBody::None)?;
+        serde_json::from_slice(&body).map_err(|e| LaunchError(format!("the Docker engine described {container} in no JSON: {e}")))
+    }
+
+    /// Waits for a container to stop; its exit status.
+    pub fn wait(&self, container: &str, within: Duration) -> Result<i64, LaunchError> {
+        let (status, body) = self.request_within("POST", &format!("/containers/{container}/wait"), &EngineBody::None, within)?;
+        if status != 200 {
+            return Err(LaunchError(format!("the Docker engine would not wait for {container} ({status}): {}", engine_message(&body))));
+        }
+        let answer: Value = serde_json::from_slice(&body).unwrap_or_default();
+        Ok(answer["StatusCode"].as_i64().unwrap_or(-1))
+    }
+
+    /// A container's output so far: stdout and stderr.
+    pub fn output(&self, container: &str) -> Result<(Vec<u8>, Vec<u8>), LaunchError> {
+        let (status, body) = self.request("GET", &format!("/containers/{container}/logs?stdout=1&stderr=1"), &EngineBody::None)?;
+        if status != 200 {
+            return Err(LaunchError(format!("the Docker engine would not give the logs of {container} ({status})")));
+        }
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        demux(&mut &body[..], |stream, frame| if stream == 2 { stderr.extend_from_slice(frame) } else { stdout.extend_from_slice(frame) });
+        Ok((stdout, stderr))
+    }
+
+    /// Follows a container's output until it stops, handing each frame on.
+    pub fn follow(&self, container: &str, mut each: impl FnMut(u8, &[u8])) -> Result<(), LaunchError> {
+        let path = format!("/containers/{container}/logs?stdout=1&stderr=1&follow=1");
+        let (status, reader) = self.open("GET", &path, &EngineBody::None, None)?;
+        if status != 200 {
+            return Err(LaunchError(format!("the Docker engine would not follow the logs of {container} ({status})")));
+        }
+        let mut reader = reader;
+        demux(&mut reader, &mut each);
+        Ok(())
+    }
+
+    /// Makes sure the image is on the engine, pulling it if not.
+    pub fn ensure_image(&self, image: &str, role: &str) -> Result<(), LaunchError> {
+        let (status, _) = self.request("GET", &format!("/images/{}/json", encode(image)), &EngineBody::None)?;
+        if status == 200 {
+            return Ok(());
+        }
+        let (name, tag) = match image.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            Some((n, t)) => (n, t),
+            None => (image, "latest"),
+        };
+        let pulled = self.request_within("POST", &format!("/images/create?fromImage={}&tag={}", encode(name), encode(tag)), &EngineBody::None, Duration::from_secs(1800));
+        let why = match pulled {
+            Ok((200, body)) => {
+                // The pull reports its errors inside a 200 stream of JSON lines.
+                let error = body.split(|&b| b == b'\n').filter_map(|l| serde_json::from_slice::<Value>(l).ok()).find_map(|v| v["error"].as_str().map(String::from));
+                match error {
+                    None => return Ok(()),
+                    Some(e) => e,
+                }
+            }
+            Ok((status, body)) => format!("{status}: {}", engine_message(&body)),
+            Err(e) => e.0,
+        };
+        Err(LaunchError(format!("the {role} image {image} is not on the Docker engine, and pulling it failed: {why}")))
+    }
+
+    /// Puts an archive's files into a container's file system at `path`.
+    pub fn put_files(&self, container: &str, path: &str, files: &[TarFile]) -> Result<(), LaunchError> {
+        self.call("PUT", &format!("/containers/{container}/archive?path={}", encode(path)), &EngineBody::Tar(tar(files))).map(drop)
+    }
+
+    /// Whether a file exists in a container's file system (its volumes included).
+    pub fn has_file(&self, container: &str, path: &str) -> Result<bool, LaunchError> {
+        let (status, _) = self.request("HEAD", &format!("/containers/{container}/archive?path={}", encode(path)), &EngineBody::None)?;
+        Ok(status == 200)
+    }
+}
+
+/// What an Engine API error body says: its `message`, or the text itself.
+fn engine_message(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body).ok().and_then(|v| v["message"].as_str().map(String::from)).unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
+}
+
+/// Percent-encodes a query or path value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Splits the Engine API's multiplexed log stream (8-byte frame headers:
+/// stream, 0, 0, 0, big-endian length) into its frames.
+fn demux(reader: &mut dyn Read, mut each: impl FnMut(u8, &[u8])) {
+    let mut header = [0u8; 8];
+    let mut frame = Vec::new();
+    while reader.read_exact(&mut header).is_ok() {
+        let length = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        frame.resize(length, 0);
+        if reader.read_exact(&mut frame).is_err() {
+            break;
+        }
+        each(header[0], &frame);
+    }
+}
+
+/// A response body, undoing HTTP/1.1 chunked transfer encoding if the
+/// response used it.
+pub struct Dechunk<R> {
+    inner: std::io::BufReader<R>,
+    chunked: bool,
+    left: usize,
+    done: bool,
+}
+
+impl<R: Read> Dechunk<R> {
+    fn next_size(&mut self) -> std::io::Result<Option<usize>> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.inner.read_line(&mut line)? == 0 {
+                return Ok(None);
+            }
+            if !line.trim().is_empty() {
+                break;
+            }
+        }
+        Ok(usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).ok())
+    }
+}
+
+impl<R: Read> Read for Dechunk<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.chunked {
+            return self.inner.read(buf);
+        }
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            match self.next_size()? {
+                Some(0) | None => {
+                    self.done = true;
+                    return Ok(0);
+                }
+                Some(size) => self.left = size,
+            }
+        }
+        let want = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            self.done = true;
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// Runs plans on a Docker engine.
 pub struct DockerExecutor {
-    /// The daemon's socket, `/var/run/docker.sock` by default.
+    /// The engine's socket, `/var/run/docker.sock` by default.
     pub socket: PathBuf,
     pub settings: DockerSettings,
+    /// How long a stopped task gets between SIGTERM and its removal.
+    pub stop_grace: Duration,
+}
+
+fn start(engine: &Engine, c: &DockerContainer) -> Result<(), LaunchError> {
+    engine
+        .call("POST", &format!("/containers/{}/start", c.name), &EngineBody::None)
+        .map(drop)
+        .map_err(|err| LaunchError(format!("cannot start the {} container {} (image {}): {}", c.role, c.name, c.image, err.0)))
+}
+
+/// How often the executor looks at a running task's containers.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// How long the engine may stay unreachable under a running task before the task is given up.
+const ENGINE_PATIENCE: Duration = Duration::from_secs(30);
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LaunchError> + Send + 'static) -> Result<T, LaunchError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| LaunchError(format!("an engine call panicked: {e}")))?
+}
+
+/// What became of a container that stopped, in words, from the engine's state.
+pub fn stopped_because(state: &Value, memory_mib: u32) -> String {
+    let code = state["ExitCode"].as_i64().unwrap_or(-1);
+    if state["OOMKilled"].as_bool() == Some(true) {
+        return format!("killed by the kernel for exceeding its memory limit of {memory_mib} MiB (OOM kill; exit status {code})");
+    }
+    let error = state["Error"].as_str().unwrap_or_default();
+    match code {
+        137 => "killed with SIGKILL from outside the task (exit status 137)".to_owned(),
+        143 => "stopped with SIGTERM from outside the task (exit status 143)".to_owned(),
+        _ if !error.is_empty() => format!("exit status {code}: {error}"),
+        _ => format!("exit status {code}"),
+    }
 }
 
 impl DockerExecutor {
+    pub fn new(socket: PathBuf, settings: DockerSettings) -> Self {
+        DockerExecutor { socket, settings, stop_grace: Duration::from_secs(30) }
+    }
+
+    fn engine(&self) -> Engine {
+        Engine { socket: self.socket.clone(), timeout: self.settings.call_timeout }
+    }
+
+    /// Runs the plan to its end, then removes its containers and volumes,
+    /// whatever the outcome. Errors are launch failures; the caller fails
+    /// the workload with them.
     pub async fn run(&self, app: &sluice_api::App, w: &sluice_domain::Workload, plan: &TaskPlan) -> Result<(), LaunchError> {
-        if !self.socket.exists() {
-            return Err(LaunchError(format!(
-                "a connector of this workload exists only as an image, and there is no Docker daemon at {}; start Docker, or define the connector by a PyPI package or an executable",
-                self.socket.display()
-            )));
-        }
+        let engine = self.engine();
         let task = docker_task(plan, &self.settings)?;
-        let calls = engine_calls(&task);
-        // Everything up to the last container's start, then "launched", then the wait and cleanup.
-        let last_start = calls.iter().rposition(|c| c.path.ends_with("/start")).expect("a task starts its containers");
-        let (start, finish) = calls.split_at(last_start + 1);
-        let socket = self.socket.clone();
-        let blocking = |calls: Vec<EngineCall>| {
-            let socket = socket.clone();
-            tokio::task::spawn_blocking(move || run(&socket, &calls))
-        };
-        blocking(start.to_vec()).await.map_err(|e| LaunchError(e.to_string()))??;
-        let last = task.containers.last().expect("one container at least").name.clone();
-        let launched = sluice_domain::WorkloadEvent::Launched { task_ref: Some(format!("docker:{last}")) };
-        sluice_platform::workload_event(&app.ports(), &w.id, &launched, jiff::Timestamp::now()).await.map_err(|e| LaunchError(e.to_string()))?;
-        if plan.kind != WorkloadType::Sync {
-            sluice_platform::workload_event(&app.ports(), &w.id, &sluice_domain::WorkloadEvent::Running, jiff::Timestamp::now())
-                .await
-                .map_err(|e| LaunchError(e.to_string()))?;
-        }
-        let (waits, cleanup): (Vec<EngineCall>, Vec<EngineCall>) = finish.iter().cloned().partition(|c| c.method != "DELETE");
-        let waited = blocking(waits).await.map_err(|e| LaunchError(e.to_string()))?;
-        let output = if plan.kind == WorkloadType::Sync || waited.is_err() {
-            None
-        } else {
-            let (socket, name) = (self.socket.clone(), last.clone());
-            Some(tokio::task::spawn_blocking(move || container_output(&socket, &name)).await.map_err(|e| LaunchError(e.to_string()))??)
-        };
-        let cleaned = blocking(cleanup).await.map_err(|e| LaunchError(e.to_string()))?;
-        waited?;
-        if let Err(e) = cleaned {
-            eprintln!("sluice: cleaning up after {}: {e}", w.id);
-        }
-        if let Some((stdout, stderr)) = output {
-            let name = plan.connector.as_ref().map_or("connector", |c| c.name.as_str());
-            crate::local::record_answer(app, w, plan.kind, name, &stdout, &stderr, "container exited").await?;
-        } else {
-            // A sync's orchestrator reports its own end; an active workload means it died first.
-            let current = app.workloads.get_workload(&w.id).await?;
-            if current.status.is_active() {
-                return Err(LaunchError(format!("the orchestrator container {last} exited without reporting the attempt's end")));
+        let result = self.run_task(app, w, plan, &engine, &task).await;
+        let names: Vec<String> = task.containers.iter().map(|c| c.name.clone()).collect();
+        let volumes = task.volumes.clone();
+        let cleanup = engine.clone();
+        let cleaned = blocking(move || {
+            for name in &names {
+                cleanup.call("DELETE", &format!("/containers/{name}?force=true&v=true"), &EngineBody::None)?;
             }
+            for volume in &volumes {
+                cleanup.call("DELETE", &format!("/volumes/{volume}?force=true"), &EngineBody::None)?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = cleaned {
+            eprintln!("sluice: removing the containers of {}: {e}", w.id);
+        }
+        result
+    }
+
+    async fn run_task(&self, app: &sluice_api::App, w: &sluice_domain::Workload, plan: &TaskPlan, engine: &Engine, task: &DockerTask) -> Result<(), LaunchError> {
+        let (e, t) = (engine.clone(), task.clone());
+        blocking(move || {
+            e.request("GET", "/version", &EngineBody::None)?;
+            let mut pulled = Vec::new();
+            for c in &t.containers {
+                if !pulled.contains(&c.image) {
+                    e.ensure_image(&c.image, c.role)?;
+                    pulled.push(c.image.clone());
+                }
+            }
+            for volume in &t.volumes {
+                e.call("POST", "/volumes/create", &EngineBody::Json(json!({"Name": volume, "Labels": {"sluice.volume": "task"}})))?;
+            }
+            for c in &t.containers {
+                e.call("POST", &format!("/containers/create?name={}", c.name), &EngineBody::Json(c.create.clone()))
+                    .map_err(|err| LaunchError(format!("cannot create the {} container (image {}): {}", c.role, c.image, err.0)))?;
+            }
+            e.put_files(&t.containers[0].name, &t.files_path, &t.files)?;
+            if let Some(init) = t.container("init") {
+                e.call("POST", &format!("/containers/{}/start", init.name), &EngineBody::None)?;
+                let code = e.wait(&init.name, Duration::from_secs(120))?;
+                if code != 0 {
+                    let (out, err) = e.output(&init.name).unwrap_or_default();
+                    return Err(LaunchError(format!("the init container {} failed (exit status {code}): {}{}", init.name, String::from_utf8_lossy(&out), String::from_utf8_lossy(&err))));
+                }
+            }
+            // All but the last: it reports to the workload API, which must know the task launched first.
+            let (_, rest) = t.containers.split_last().expect("one container at least");
+            for c in rest.iter().filter(|c| c.role != "init") {
+                start(&e, c)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let last = task.containers.last().expect("one container at least");
+        let now = jiff::Timestamp::now;
+        let launched = sluice_domain::WorkloadEvent::Launched { task_ref: Some(format!("docker:{}", last.name)) };
+        sluice_platform::workload_event(&app.ports(), &w.id, &launched, now()).await.map_err(|e| LaunchError(e.to_string()))?;
+        let (e, c) = (engine.clone(), last.clone());
+        blocking(move || start(&e, &c)).await?;
+        match plan.kind {
+            WorkloadType::Sync => self.watch_sync(app, w, plan, engine, task).await,
+            kind => {
+                sluice_platform::workload_event(&app.ports(), &w.id, &sluice_domain::WorkloadEvent::Running, now()).await.map_err(|e| LaunchError(e.to_string()))?;
+                let (e, name, within) = (engine.clone(), last.name.clone(), app.settings.connector_timeout);
+                let (code, state, stdout, stderr) = blocking(move || {
+                    let code = e.wait(&name, within).map_err(|err| LaunchError(format!("{} did not answer in time: {}", name, err.0)))?;
+                    let state = e.inspect(&name)?["State"].clone();
+                    let (stdout, stderr) = e.output(&name)?;
+                    Ok((code, state, stdout, stderr))
+                })
+                .await?;
+                let name = plan.connector.as_ref().map_or("connector", |c| c.name.as_str());
+                let exit = if code == 0 { "container exited".to_owned() } else { format!("its container {} was {}", last.name, stopped_because(&state, plan.resources.memory_mib)) };
+                crate::local::record_answer(app, w, kind, name, &stdout, &stderr, &exit).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Follows a sync's containers until the platform container stops:
+    /// its output into the attempt log, a connector container that died
+    /// from outside told to the orchestrator, a workload that ended (a
+    /// cancel, the monitor) stopping the task.
+    async fn watch_sync(&self, app: &sluice_api::App, w: &sluice_domain::Workload, plan: &TaskPlan, engine: &Engine, task: &DockerTask) -> Result<(), LaunchError> {
+        let (job_id, attempt) = w.job_attempt().ok_or_else(|| LaunchError(format!("sync workload {} names no job", w.id)))?;
+        let platform = task.container("orchestrator").expect("a sync has a platform container").name.clone();
+        // The platform container's output is the attempt's log.
+        let follower = {
+            let (e, name, logs, handle) = (engine.clone(), platform.clone(), app.logs.clone(), tokio::runtime::Handle::current());
+            tokio::task::spawn_blocking(move || {
+                let mut pending = Vec::new();
+                e.follow(&name, |_, frame| {
+                    pending.extend_from_slice(frame);
+                    if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
+                        let text = String::from_utf8_lossy(&pending[..=end]).into_owned();
+                        pending.drain(..=end);
+                        let _ = handle.block_on(logs.append(job_id, attempt, &text));
+                    }
+                })?;
+                if !pending.is_empty() {
+                    let _ = handle.block_on(logs.append(job_id, attempt, &String::from_utf8_lossy(&pending)));
+                }
+                Ok::<(), LaunchError>(())
+            })
+        };
+        let connectors: Vec<&DockerContainer> = task.containers.iter().filter(|c| c.role == "source" || c.role == "destination").collect();
+        let mut told: Vec<&str> = Vec::new();
+        let mut stop_sent: Option<tokio::time::Instant> = None;
+        let mut unreachable_since: Option<tokio::time::Instant> = None;
+        let mut last_status_check = tokio::time::Instant::now();
+        let platform_state = loop {
+            tokio::time::sleep(WATCH_EVERY).await;
+            let (e, names) = (engine.clone(), std::iter::once(platform.clone()).chain(connectors.iter().map(|c| c.name.clone())).collect::<Vec<_>>());
+            let states = match blocking(move || names.iter().map(|n| e.inspect(n).map(|v| v["State"].clone())).collect::<Result<Vec<Value>, _>>()).await {
+                Ok(states) => {
+                    unreachable_since = None;
+                    states
+                }
+                Err(e) => {
+                    let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > ENGINE_PATIENCE {
+                        return Err(LaunchError(format!("lost the task's containers: {}", e.0)));
+                    }
+                    continue;
+                }
+            };
+            if states[0]["Running"].as_bool() != Some(true) {
+                break states[0].clone();
+            }
+            for (c, state) in connectors.iter().zip(&states[1..]) {
+                if state["Running"].as_bool() == Some(true) || told.contains(&c.role) {
+                    continue;
+                }
+                told.push(c.role);
+                self.tell_orchestrator(engine, &platform, c, state, plan).await;
+            }
+            // A workload that ended under the task (cancelled, failed by the monitor) stops it.
+            if last_status_check.elapsed() >= Duration::from_secs(1) {
+                last_status_check = tokio::time::Instant::now();
+                match stop_sent {
+                    None => {
+                        let ended = app.workloads.get_workload(&w.id).await.map(|c| c.status.is_terminal()).unwrap_or(false);
+                        if ended {
+                            let (e, name) = (engine.clone(), platform.clone());
+                            let _ = blocking(move || e.call("POST", &format!("/containers/{name}/kill?signal=SIGTERM"), &EngineBody::None)).await;
+                            stop_sent = Some(tokio::time::Instant::now());
+                        }
+                    }
+                    Some(at) if at.elapsed() > self.stop_grace => break json!({"ExitCode": -1, "Error": "stopped by Sluice"}),
+                    Some(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), follower).await;
+        // What the connectors' own containers printed outside their pipes (a wrapper's error).
+        for c in &connectors {
+            let (e, name) = (engine.clone(), c.name.clone());
+            if let Ok((out, err)) = blocking(move || e.output(&name)).await {
+                let text = format!("{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+                if !text.trim().is_empty() {
+                    let _ = app.logs.append(job_id, attempt, &format!("[{} container] {}\n", c.role, text.trim_end())).await;
+                }
+            }
+        }
+        // The orchestrator reports its own end; an active workload means it died first.
+        let current = app.workloads.get_workload(&w.id).await?;
+        if current.status.is_active() {
+            return Err(LaunchError(format!(
+                "the {} container {platform} stopped without reporting the attempt's end: {}",
+                crate::containers::platform_program(plan),
+                stopped_because(&platform_state, plan.resources.memory_mib)
+            )));
         }
         Ok(())
     }
-}
 
-/// A stopped container's stdout and stderr, from the Engine API's
-/// multiplexed log stream (8-byte frame headers: stream, 0, 0, 0, length).
-fn container_output(socket: &Path, name: &str) -> Result<(Vec<u8>, Vec<u8>), LaunchError> {
-    let call = EngineCall { method: "GET", path: format!("/v1.43/containers/{name}/logs?stdout=1&stderr=1"), body: EngineBody::None };
-    let (status, body) = send(socket, &call).map_err(|e| LaunchError(format!("reading the logs of {name}: {e}")))?;
-    if status != 200 {
-        return Err(LaunchError(format!("Docker would not give the logs of {name} ({status})")));
-    }
-    let body = dechunk(&body);
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let mut rest = &body[..];
-    while rest.len() >= 8 {
-        let length = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
-        let frame = &rest[8..(8 + length).min(rest.len())];
-        if rest[0] == 2 { stderr.extend_from_slice(frame) } else { stdout.extend_from_slice(frame) }
-        rest = &rest[(8 + length).min(rest.len())..];
-    }
-    Ok((stdout, stderr))
-}
-
-/// Undoes HTTP/1.1 chunked transfer encoding, if the body uses it.
-fn dechunk(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut rest = body;
-    loop {
-        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else { return body.to_vec() };
-        let Ok(size) = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap_or("x").trim(), 16) else { return body.to_vec() };
-        if size == 0 {
-            return out;
-        }
-        let start = line_end + 2;
-        if rest.len() < start + size {
-            return body.to_vec();
-        }
-        out.extend_from_slice(&rest[start..start + size]);
-        rest = &rest[(start + size + 2).min(rest.len())..];
-    }
-}
-
-/// Sends the calls to the Docker daemon at `socket` (`/var/run/docker.sock`).
-pub fn run(socket: &Path, calls: &[EngineCall]) -> Result<(), LaunchError> {
-    for call in calls {
-        let (status, body) = send(socket, call).map_err(|e| LaunchError(format!("Docker at {}: {} {}: {e}", socket.display(), call.method, call.path)))?;
-        // Cleaning up what is already gone is fine.
-        let ok = (200..300).contains(&status) || (call.method == "DELETE" && status == 404);
-        if !ok {
-            return Err(LaunchError(format!("Docker refused {} {} ({status}): {}", call.method, call.path, String::from_utf8_lossy(&body))));
+    /// A connector container stopped. If the wrapper inside could not
+    /// record its exit (the container was killed with it), or the kernel
+    /// killed it for memory, the orchestrator learns it from us: `cause`,
+    /// and `exit` where missing, written onto the connector's volume
+    /// through the platform container, which mounts it too.
+    async fn tell_orchestrator(&self, engine: &Engine, platform: &str, container: &DockerContainer, state: &Value, plan: &TaskPlan) {
+        let dir = role_dir(container.role).display().to_string();
+        let oom = state["OOMKilled"].as_bool() == Some(true);
+        let (e, platform, name, image, role) = (engine.clone(), platform.to_owned(), container.name.clone(), container.image.clone(), container.role);
+        let because = stopped_because(state, plan.resources.memory_mib);
+        let code = state["ExitCode"].as_i64().unwrap_or(137);
+        let told = blocking(move || {
+            let has_exit = e.has_file(&platform, &format!("{dir}/exit"))?;
+            if has_exit && !oom {
+                return Ok(());
+            }
+            let cause = format!("the {role} container {name} (image {image}) was {because}");
+            let mut files = vec![TarFile { name: "cause".into(), data: cause.into_bytes(), mode: 0o644, uid: 0 }];
+            if !has_exit {
+                files.push(TarFile { name: "exit".into(), data: format!("{code}\n").into_bytes(), mode: 0o644, uid: 0 });
+            }
+            e.put_files(&platform, &dir, &files)
+        })
+        .await;
+        if let Err(e) = told {
+            eprintln!("sluice: could not tell the orchestrator of {} that {} stopped: {e}", plan.workload_id, container.name);
         }
     }
-    Ok(())
 }
 
-fn send(socket: &Path, call: &EngineCall) -> std::io::Result<(u16, Vec<u8>)> {
-    use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
-    let (content_type, body) = match &call.body {
-        EngineBody::None => ("application/json", Vec::new()),
-        EngineBody::Json(v) => ("application/json", v.to_string().into_bytes()),
-        EngineBody::Tar(t) => ("application/x-tar", t.clone()),
-    };
-    write!(stream, "{} {} HTTP/1.1\r\nHost: docker\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", call.method, call.path, body.len())?;
-    stream.write_all(&body)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 4);
-    let status = std::str::from_utf8(&response[..head_end]).ok().and_then(|h| h.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, response[head_end..].to_vec()))
+/// The Docker engine's socket from `DOCKER_HOST` (`unix:///path`), if it names one.
+pub fn socket_from_env() -> Option<PathBuf> {
+    let host = std::env::var("DOCKER_HOST").ok()?;
+    host.strip_prefix("unix://").map(PathBuf::from)
+}
+
+/// Whether `path` is a socket an engine might listen on.
+pub fn engine_socket_exists(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).map(|m| m.file_type().is_socket()).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -356,8 +782,22 @@ mod tests {
             chunked.extend_from_slice(b"\r\n");
         }
         chunked.extend_from_slice(b"0\r\n\r\n");
-        let body = dechunk(&chunked);
-        assert_eq!(body, frames);
-        assert_eq!(dechunk(&frames), frames, "a body that is not chunked stays as it is");
+        let read = |body: &[u8], chunked: bool| {
+            let mut out = Vec::new();
+            Dechunk { inner: std::io::BufReader::new(body), chunked, left: 0, done: false }.read_to_end(&mut out).unwrap();
+            out
+        };
+        assert_eq!(read(&chunked, true), frames);
+        assert_eq!(read(&frames, false), frames, "a body that is not chunked stays as it is");
+        let (mut out, mut err) = (String::new(), String::new());
+        demux(&mut &frames[..], |s, f| if s == 2 { err.push_str(std::str::from_utf8(f).unwrap()) } else { out.push_str(std::str::from_utf8(f).unwrap()) });
+        assert_eq!((out.as_str(), err.as_str()), ("{\"type\":\"SPEC\"}\ndone\n", "warming up\n"));
+    }
+
+    #[test]
+    fn a_stopped_container_is_described_from_the_engine_state() {
+        assert!(stopped_because(&json!({"ExitCode": 137, "OOMKilled": true}), 64).contains("memory limit of 64 MiB (OOM kill"));
+        assert!(stopped_because(&json!({"ExitCode": 137, "OOMKilled": false}), 64).contains("SIGKILL"));
+        assert_eq!(stopped_because(&json!({"ExitCode": 3, "OOMKilled": false, "Error": ""}), 64), "exit status 3");
     }
 }

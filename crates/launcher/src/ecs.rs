@@ -3,10 +3,12 @@
 //! RunTask whose overrides say which workload it runs. Plain data here;
 //! `sluice-store-aws` registers and runs it.
 //!
-//! Containers share the ephemeral volume `shared` at `/sluice`:
-//! - `init` (the orchestrator image) fetches the task's files from the
-//!   workload API with the launch key (an ECS secret from Secrets Manager)
-//!   and makes the pipes; it must succeed before the others start;
+//! Containers mount the task's ephemeral volumes as [`crate::containers`]
+//! lays them out (each connector its own, the platform's only in init and
+//! orchestrator):
+//! - `init` (the orchestrator image, as root) fetches the task's files from
+//!   the workload API with the launch key (an ECS secret from Secrets
+//!   Manager) and makes the pipes; it must succeed before the others start;
 //! - `source` and `destination` run the connectors on the pipes;
 //! - `orchestrator` runs the attempt; it is the essential container.
 //!
@@ -20,7 +22,7 @@
 use serde::Serialize;
 use sluice_domain::WorkloadType;
 
-use crate::containers::{ask_command, connector_command, connector_env, pipes_script, platform_mode, platform_program, question_command, shared, SHARED};
+use crate::containers::{ask_command, connector_command, connector_env, init_script, platform_mode, platform_program, question_command, shared, volumes, PLATFORM_USER, SHARED};
 use crate::plan::{Container, Runtime, TaskPlan};
 use crate::LaunchError;
 
@@ -63,6 +65,10 @@ pub struct EcsContainer {
     pub depends_on: Vec<(String, String)>,
     pub essential: bool,
     pub memory_reservation_mib: i32,
+    /// `None`: the image's own user.
+    pub user: Option<String>,
+    /// (volume, container path): the task's volumes this container mounts.
+    pub mounts: Vec<(String, String)>,
 }
 
 /// A task definition's content.
@@ -71,8 +77,8 @@ pub struct EcsTaskDefinition {
     pub family: String,
     pub cpu: String,
     pub memory: String,
-    /// The one ephemeral volume, mounted at [`SHARED`] in every container.
-    pub volume: String,
+    /// The task's ephemeral volumes, by name.
+    pub volumes: Vec<String>,
     pub containers: Vec<EcsContainer>,
     pub log_group: String,
     pub region: String,
@@ -113,16 +119,20 @@ fn fargate_size(cpu_millis: u32, memory_mib: u32) -> (u32, u32) {
 }
 
 pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, LaunchError> {
-    let init_script = format!("orchestrator fetch-files --dir {SHARED} && {}", pipes_script(plan.kind));
+    let layout = volumes(plan);
+    let mounts = |role: &str| -> Vec<(String, String)> { layout.iter().filter(|v| v.roles.contains(&role)).map(|v| (v.name.to_owned(), v.path.clone())).collect() };
+    let init = format!("orchestrator fetch-files --dir {SHARED} && {}", init_script(plan));
     let mut containers = vec![EcsContainer {
         name: "init".into(),
         image: settings.orchestrator_image.clone(),
-        command: vec!["/bin/sh".into(), "-c".into(), init_script],
+        command: vec!["/bin/sh".into(), "-c".into(), init],
         environment: workload_api_auth_env(settings),
         secrets: vec![("SLUICE_LAUNCH_KEY".into(), settings.launch_key_secret_arn.clone())],
         depends_on: vec![],
         essential: false,
         memory_reservation_mib: 64,
+        user: Some("0:0".into()),
+        mounts: mounts("init"),
     }];
     let after_init = || vec![("init".to_owned(), "SUCCESS".to_owned())];
     let connector = |role: &str, container: &Container, command: Vec<String>, share: i32| -> Result<EcsContainer, LaunchError> {
@@ -137,6 +147,8 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
             depends_on: after_init(),
             essential: false,
             memory_reservation_mib: share,
+            user: None,
+            mounts: mounts(role),
         })
     };
     let (cpu, memory, orchestrator) = if plan.kind == WorkloadType::Sync {
@@ -174,12 +186,14 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
         depends_on: after_init(),
         essential: true,
         memory_reservation_mib: 64,
+        user: Some(PLATFORM_USER.into()),
+        mounts: mounts("orchestrator"),
     });
     let mut definition = EcsTaskDefinition {
         family: String::new(),
         cpu: cpu.to_string(),
         memory: memory.to_string(),
-        volume: "shared".into(),
+        volumes: layout.iter().map(|v| v.name.to_owned()).collect(),
         containers,
         log_group: settings.log_group.clone(),
         region: settings.region.clone(),
@@ -240,10 +254,11 @@ mod tests {
         assert!(run.definition.family.starts_with("sluice-discover-"), "{}", run.definition.family);
         let connector = &run.definition.containers[1];
         assert_eq!(connector.image, "airbyte/source-x:1.0");
-        assert_eq!(connector.command[4..], ["discover", "--config", "/sluice/connector_config.json"]);
+        assert_eq!(connector.command[4..], ["discover", "--config", "/sluice/connector/config.json"]);
+        assert_eq!(connector.mounts, [("connector".to_owned(), "/sluice/connector".to_owned())], "the connector sees its own volume only");
         assert_eq!(connector.depends_on, [("init".to_owned(), "SUCCESS".to_owned())]);
         let orchestrator = &run.definition.containers[2];
-        assert!(orchestrator.essential && orchestrator.command[2].contains("orchestrator ask discover --connector-dir /sluice/pipes/connector"));
+        assert!(orchestrator.essential && orchestrator.command[2].contains("orchestrator ask discover --connector-dir /sluice/connector"));
         let everything = format!("{:?}", run);
         assert!(!everything.contains("sk-very-secret") && !everything.contains("credential-secret"), "{everything}");
         // A spec task runs the connector without a config.

@@ -80,7 +80,7 @@ pub async fn build_plan(app: &App, w: &Workload, api_url: &str) -> Result<TaskPl
         connector: None,
         source: None,
         destination: None,
-        resources: Resources::default(),
+        resources: Resources { cpu_millis: app.settings.container_cpu_millis, memory_mib: app.settings.container_memory_mib },
         data_channel: None,
         workload_api_url: api_url.to_owned(),
         credential: app.keys.workload_token(&w.id),

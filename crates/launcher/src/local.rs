@@ -246,11 +246,11 @@ pub(crate) async fn record_answer(
 }
 
 /// Runs one claimed workload: with Docker when a connector exists only as
-/// an image, else as local processes. A failure to launch fails the
-/// workload (and its attempt) with the reason.
-pub async fn run_claimed(executor: &LocalExecutor, docker: &crate::docker::DockerExecutor, app: &App, w: Workload, api_url: &str) {
+/// an image (or `all_in_docker`), else as local processes. A failure to
+/// launch fails the workload (and its attempt) with the reason.
+pub async fn run_claimed(executor: &LocalExecutor, docker: &crate::docker::DockerExecutor, all_in_docker: bool, app: &App, w: Workload, api_url: &str) {
     let result = match crate::build_plan(app, &w, api_url).await {
-        Ok(plan) if plan.needs_images() => docker.run(app, &w, &plan).await,
+        Ok(plan) if all_in_docker || plan.needs_images() => docker.run(app, &w, &plan).await,
         Ok(plan) => executor.run(app, &w, &plan).await,
         Err(e) => Err(e),
     };

@@ -120,7 +120,12 @@ pub fn listen(path: &Path) -> io::Result<UnixListener> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(named(path, "cannot replace", e)),
         _ => {}
     }
-    UnixListener::bind(path).map_err(|e| named(path, "cannot listen on", e))
+    let listener = UnixListener::bind(path).map_err(|e| named(path, "cannot listen on", e))?;
+    // Any user may connect: in a task of containers the destination's image
+    // may run as another user, and the directory is what keeps others out.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(|e| named(path, "cannot open to the destination", e))?;
+    Ok(listener)
 }
 
 /// Connects a destination to a source's socket, retrying until the source

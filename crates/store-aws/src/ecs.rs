@@ -7,7 +7,6 @@ use aws_sdk_ecs::types::{
     LaunchType, LogConfiguration, LogDriver, MountPoint, NetworkConfiguration, NetworkMode, Secret, TaskOverride, Volume,
 };
 use aws_sdk_ecs::Client;
-use sluice_launcher::containers::SHARED;
 use sluice_launcher::ecs::{EcsRun, EcsTaskDefinition};
 use sluice_store::StoreError;
 
@@ -90,7 +89,7 @@ impl EcsTasks {
             .memory(&definition.memory)
             .execution_role_arn(&self.placement.execution_role_arn)
             .task_role_arn(&self.placement.task_role_arn)
-            .volumes(Volume::builder().name(&definition.volume).build());
+            .set_volumes(Some(definition.volumes.iter().map(|v| Volume::builder().name(v).build()).collect()));
         for c in &definition.containers {
             let logs = LogConfiguration::builder()
                 .log_driver(LogDriver::Awslogs)
@@ -105,7 +104,10 @@ impl EcsTasks {
                 .set_command(Some(c.command.clone()))
                 .essential(c.essential)
                 .memory_reservation(c.memory_reservation_mib)
-                .mount_points(MountPoint::builder().source_volume(&definition.volume).container_path(SHARED).read_only(false).build())
+                .set_mount_points(Some(
+                    c.mounts.iter().map(|(volume, path)| MountPoint::builder().source_volume(volume).container_path(path).read_only(false).build()).collect(),
+                ))
+                .set_user(c.user.clone())
                 .log_configuration(logs);
             for (name, value) in &c.environment {
                 container = container.environment(KeyValuePair::builder().name(name).value(value).build());

@@ -55,23 +55,49 @@ impl std::fmt::Display for Exit {
 impl ExitWatch {
     /// Blocks until the connector has ended.
     pub fn wait(self) -> Exit {
+        self.wait_with_cause().0
+    }
+
+    /// Blocks until the connector has ended; with an attached connector,
+    /// also what its container runtime saw of the end, if it said: a
+    /// container killed from outside, or by the kernel for its memory
+    /// limit, cannot say so itself, so the runtime writes `cause` beside
+    /// `exit` (and `exit` too, when the wrapper died with it).
+    pub fn wait_with_cause(self) -> (Exit, Option<String>) {
         match self {
-            ExitWatch::Child(mut child) => match child.wait() {
-                Ok(status) => match (status.code(), status.signal()) {
-                    (Some(code), _) => Exit::Code(code),
-                    (None, Some(signal)) => Exit::Signal(signal),
-                    _ => Exit::Unknown,
-                },
-                Err(_) => Exit::Unknown,
-            },
-            ExitWatch::File(path) => loop {
-                if let Ok(text) = std::fs::read_to_string(&path) {
-                    if let Ok(code) = text.trim().parse() {
-                        return Exit::Code(code);
+            ExitWatch::Child(mut child) => {
+                let exit = match child.wait() {
+                    Ok(status) => match (status.code(), status.signal()) {
+                        (Some(code), _) => Exit::Code(code),
+                        (None, Some(signal)) => Exit::Signal(signal),
+                        _ => Exit::Unknown,
+                    },
+                    Err(_) => Exit::Unknown,
+                };
+                (exit, None)
+            }
+            ExitWatch::File(path) => {
+                let code: i32 = loop {
+                    if let Ok(text) = std::fs::read_to_string(&path) {
+                        if let Ok(code) = text.trim().parse() {
+                            break code;
+                        }
                     }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            },
+                    std::thread::sleep(Duration::from_millis(100));
+                };
+                let cause_path = path.with_file_name("cause");
+                // A status above 128 is a signal: the runtime may be about to say whose.
+                let patience = if code > 128 { Duration::from_secs(3) } else { Duration::ZERO };
+                let started = std::time::Instant::now();
+                let cause = loop {
+                    match std::fs::read_to_string(&cause_path) {
+                        Ok(text) if !text.trim().is_empty() => break Some(text.trim().to_owned()),
+                        _ if started.elapsed() >= patience => break None,
+                        _ => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                };
+                (Exit::Code(code), cause)
+            }
         }
     }
 }
@@ -109,16 +135,24 @@ impl Stopper {
 }
 
 /// The protocol's arguments for one run of a connector, with its files
-/// written under `dir`, each atomically and readable by the owner only
-/// (configs hold secrets), in the order given.
-pub fn prepare_files(dir: &Path, files: &[(&str, &serde_json::Value)]) -> io::Result<Vec<String>> {
+/// written under `dir`, each atomically, in the order given. A spawned
+/// connector's are readable by the owner only (configs hold secrets); an
+/// attached one's go into that connector's own volume, which no other
+/// connector mounts, for a container that may run as any user.
+pub fn prepare_files(dir: &Path, launch: &Launch, files: &[(&str, &serde_json::Value)]) -> io::Result<Vec<String>> {
+    let mode = match launch {
+        Launch::Spawn { .. } => 0o600,
+        Launch::Attach { .. } => 0o644,
+    };
     std::fs::create_dir_all(dir)?;
     let mut args = Vec::new();
     for (flag, value) in files {
         let path = dir.join(format!("{flag}.json"));
         let tmp = dir.join(format!(".{flag}.json.tmp"));
         let _ = std::fs::remove_file(&tmp);
-        let mut file = OpenOptions::new().create_new(true).write(true).mode(0o600).open(&tmp)?;
+        let mut file = OpenOptions::new().create_new(true).write(true).mode(mode).open(&tmp)?;
+        // The mode asked for, whatever the umask.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         serde_json::to_writer(&mut file, value)?;
         file.flush()?;
         std::fs::rename(&tmp, &path)?;

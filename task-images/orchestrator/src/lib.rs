@@ -139,13 +139,13 @@ pub fn coordinate(config: &SyncConfig, reporter: &mut dyn Reporter, cancel: &Ato
         let stderr_reader = thread::spawn(move || pump::stderr_lines(stderr, side, &e));
         let e = events.clone();
         thread::spawn(move || {
-            let exit = exit.wait();
+            let (exit, cause) = exit.wait_with_cause();
             // Let the last stderr lines (a traceback) arrive before the exit is reported.
             let settle = Instant::now();
             while !stderr_reader.is_finished() && settle.elapsed() < STDERR_SETTLE {
                 thread::sleep(Duration::from_millis(10));
             }
-            let _ = e.send(Event::Exited(side, exit));
+            let _ = e.send(Event::Exited(side, exit, cause));
         });
     }
     drop(events);
@@ -231,13 +231,16 @@ fn start_connectors(config: &SyncConfig) -> Result<Started, AttemptFailure> {
     }
     files.push(("catalog", &catalog));
     let source_args =
-        connector::prepare_files(&config.work_dir.join("source"), &files).map_err(|e| io_failure(Side::Source, &config.source.name, e))?;
+        connector::prepare_files(&config.work_dir.join("source"), &config.source.launch, &files).map_err(|e| io_failure(Side::Source, &config.source.name, e))?;
     let destination_files = [("config", &config.destination.config), ("catalog", &catalog)];
-    let destination_args = connector::prepare_files(&config.work_dir.join("destination"), &destination_files)
+    let destination_args = connector::prepare_files(&config.work_dir.join("destination"), &config.destination.launch, &destination_files)
         .map_err(|e| io_failure(Side::Destination, &config.destination.name, e))?;
     let (source_config, destination_config) = match &config.data_channel {
         Some(channel) => {
-            prepare_socket_dir(channel).map_err(|e| io_failure(Side::Orchestrator, "bookkeeper", e))?;
+            // Attached connectors' sockets are on a volume the task's init step made.
+            if matches!(config.source.launch, Launch::Spawn { .. }) {
+                prepare_socket_dir(channel).map_err(|e| io_failure(Side::Orchestrator, "bookkeeper", e))?;
+            }
             (with_channel(&config.source, channel), with_channel(&config.destination, channel))
         }
         None => (config.source.clone(), config.destination.clone()),
@@ -439,7 +442,11 @@ impl<'a> Attempt<'a> {
                     self.fail(failure);
                 }
             }
-            Event::Exited(side, exit) => {
+            Event::Exited(side, exit, cause) => {
+                let exit_text = match &cause {
+                    Some(cause) => format!("{exit} ({cause})"),
+                    None => exit.to_string(),
+                };
                 let state = &mut self.sides[side.index()];
                 state.exit = Some(exit);
                 state.note_progress();
@@ -448,17 +455,17 @@ impl<'a> Attempt<'a> {
                     return;
                 }
                 if self.cancelled || (stopped_by_us && self.must_stop(side)) {
-                    self.log(reporter, side, LogLevel::Info, &format!("stopped: {exit}"));
+                    self.log(reporter, side, LogLevel::Info, &format!("stopped: {exit_text}"));
                     return;
                 }
                 if stopped_by_us {
                     // Nothing else failed: we stopped it for hanging after it closed its output.
-                    let message = format!("did not exit after closing its output, and was stopped: {exit}");
+                    let message = format!("did not exit after closing its output, and was stopped: {exit_text}");
                     self.fail(AttemptFailure::new(side, self.name(side), FailureKind::Crashed, message));
                     return;
                 }
                 let tail: Vec<&str> = self.sides[side.index()].stderr_tail.iter().map(String::as_str).collect();
-                let message = if tail.is_empty() { exit.to_string() } else { format!("{exit}; last stderr lines:\n{}", tail.join("\n")) };
+                let message = if tail.is_empty() { exit_text } else { format!("{exit_text}; last stderr lines:\n{}", tail.join("\n")) };
                 self.fail(AttemptFailure::new(side, self.name(side), FailureKind::Crashed, message));
             }
         }

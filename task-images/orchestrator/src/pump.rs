@@ -35,7 +35,8 @@ pub enum Event {
     PumpEnded(Result<(), AttemptFailure>),
     /// The destination's stdout ended, or held something that is no message.
     DestinationOutputEnded(Result<(), AttemptFailure>),
-    Exited(Side, crate::connector::Exit),
+    /// How it ended, and what its container runtime saw of that, if anything.
+    Exited(Side, crate::connector::Exit, Option<String>),
 }
 
 /// Liveness counters the coordinator watches for timeouts, without locks.

@@ -48,9 +48,23 @@ pub struct UpArgs {
     /// Seconds an access token lives
     #[arg(long, default_value_t = 900)]
     token_ttl_secs: u64,
-    /// The Docker daemon that runs connectors published only as images
-    #[arg(long, default_value = "/var/run/docker.sock")]
-    docker_socket: PathBuf,
+    /// The Docker engine's socket, for connectors published only as images
+    /// and `--executor docker` [default: DOCKER_HOST's unix:// path, else /var/run/docker.sock]
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
+    /// Each task container's CPU limit, in CPUs (Airbyte's JOB_MAIN_CONTAINER_CPU_LIMIT)
+    #[arg(long, default_value_t = 1.0)]
+    container_cpus: f64,
+    /// Each task container's memory limit in MiB (Airbyte's JOB_MAIN_CONTAINER_MEMORY_LIMIT)
+    #[arg(long, default_value_t = 2048)]
+    container_memory_mib: u32,
+    /// A directory of this machine that destination containers see as
+    /// `/local` (Airbyte's LOCAL_ROOT), for destinations that write files
+    #[arg(long)]
+    docker_local_root: Option<PathBuf>,
+    /// Seconds one Docker Engine API request may take before the task is failed
+    #[arg(long, default_value_t = 60)]
+    docker_timeout_secs: u64,
     /// The image with the orchestrator, for tasks run with Docker
     #[arg(long, default_value = concat!("sluice/orchestrator:", env!("CARGO_PKG_VERSION")))]
     orchestrator_image: String,
@@ -64,7 +78,9 @@ pub struct UpArgs {
     aws: bool,
     #[command(flatten)]
     aws_names: AwsArgs,
-    /// Where syncs run: `local` processes, or `ecs` tasks on Fargate (with --aws)
+    /// Where tasks run: `local` processes (Docker only for connectors that
+    /// exist only as images), `docker` containers for every task (our
+    /// reference connectors as their images), or `ecs` tasks on Fargate (with --aws)
     #[arg(long, default_value = "local")]
     executor: Executor,
     #[command(flatten)]
@@ -74,6 +90,7 @@ pub struct UpArgs {
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 enum Executor {
     Local,
+    Docker,
     Ecs,
 }
 
@@ -250,6 +267,11 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
     settings.deadlines.heartbeat = SignedDuration::from_secs(args.heartbeat_timeout_secs as i64);
     settings.token_ttl = Duration::from_secs(args.token_ttl_secs);
     settings.max_body_bytes = args.max_body_bytes;
+    if !(args.container_cpus > 0.0 && args.container_cpus <= 64.0) || args.container_memory_mib < 6 {
+        bail!("--container-cpus must be above 0 and at most 64, and --container-memory-mib at least 6 (Docker's floor)");
+    }
+    settings.container_cpu_millis = (args.container_cpus * 1000.0).round() as u32;
+    settings.container_memory_mib = args.container_memory_mib;
     let app = Arc::new(App {
         config: parts.config,
         jobs: parts.jobs,
@@ -280,17 +302,22 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
         stop_grace: Duration::from_secs(30),
     });
     let reference_images = sluice_connectors::REFERENCE_CONNECTORS.iter().map(|n| (n.to_string(), format!("sluice/{n}:{}", env!("CARGO_PKG_VERSION")))).collect();
-    let docker = Arc::new(DockerExecutor {
-        socket: args.docker_socket.clone(),
-        settings: DockerSettings { orchestrator_image: args.orchestrator_image.clone(), reference_images, network_mode: "host".into() },
-    });
+    let socket = args.docker_socket.clone().or_else(sluice_launcher::docker::socket_from_env).unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+    let mut docker_settings = DockerSettings::new(args.orchestrator_image.clone(), reference_images);
+    docker_settings.call_timeout = Duration::from_secs(args.docker_timeout_secs);
+    if let Some(root) = &args.docker_local_root {
+        let root = std::fs::canonicalize(root).with_context(|| format!("--docker-local-root {}: no such directory", root.display()))?;
+        docker_settings.local_root = Some(root);
+    }
+    let docker = Arc::new(DockerExecutor::new(socket, docker_settings));
+    let all_in_docker = args.executor == Executor::Docker;
     let api_url = format!("http://{address}/api/internal/v1");
     let ecs = match args.executor {
-        Executor::Local => None,
+        Executor::Local | Executor::Docker => None,
         Executor::Ecs if !args.aws => bail!("--executor ecs runs tasks on AWS: add --aws"),
         Executor::Ecs => Some(Arc::new(ecs_launcher(&args, &api_url).await?)),
     };
-    tokio::spawn(launch_loop(app.clone(), executor, docker, ecs, launcher_id, api_url));
+    tokio::spawn(launch_loop(app.clone(), executor, docker, all_in_docker, ecs, launcher_id, api_url));
     if !args.aws {
         tokio::spawn(ticker.run(app.clone()));
     }
@@ -392,6 +419,7 @@ async fn launch_loop(
     app: Arc<App>,
     executor: Arc<LocalExecutor>,
     docker: Arc<DockerExecutor>,
+    all_in_docker: bool,
     ecs: Option<Arc<sluice_lambda::EcsLauncher>>,
     launcher_id: String,
     api_url: String,
@@ -408,7 +436,7 @@ async fn launch_loop(
             }
             Ok(Some(Some(w))) => {
                 let (app, executor, docker, api_url) = (app.clone(), executor.clone(), docker.clone(), api_url.clone());
-                tokio::spawn(async move { sluice_launcher::local::run_claimed(&executor, &docker, &app, w, &api_url).await });
+                tokio::spawn(async move { sluice_launcher::local::run_claimed(&executor, &docker, all_in_docker, &app, w, &api_url).await });
             }
             Ok(Some(None)) => {}
             Ok(None) => {

@@ -32,6 +32,10 @@ struct Config {
     /// Pads each user record to about this many bytes of JSON (0: no padding).
     #[serde(default)]
     record_size_bytes: usize,
+    /// Milliseconds to pause after each STATE (0: none): a long sync from
+    /// few records, for tests that stop a sync in its middle.
+    #[serde(default)]
+    slice_pause_ms: u64,
 }
 
 const fn default_count() -> u64 {
@@ -89,7 +93,8 @@ pub fn spec() -> ConnectorSpecification {
                 "count": {"type": "integer", "minimum": 1, "default": 1000, "description": "How many users to generate."},
                 "seed": {"type": "integer", "minimum": 0, "default": 0, "description": "Seed of the generator; the same seed gives the same records."},
                 "records_per_slice": {"type": "integer", "minimum": 1, "default": 100, "description": "Records between two STATE messages."},
-                "record_size_bytes": {"type": "integer", "minimum": 0, "default": 0, "description": "Pad each user to about this many bytes (0: no padding)."}
+                "record_size_bytes": {"type": "integer", "minimum": 0, "default": 0, "description": "Pad each user to about this many bytes (0: no padding)."},
+                "slice_pause_ms": {"type": "integer", "minimum": 0, "default": 0, "description": "Milliseconds to pause after each STATE (0: none)."}
             }
         },
         "supportsIncremental": true,
@@ -184,7 +189,8 @@ fn read(config: &Config, catalog: &ConfiguredAirbyteCatalog, state: &Value, out:
         let descriptor = StreamDescriptor::new(stream.name(), None);
         status(out, &descriptor, StreamStatus::Started)?;
         out.log(LogLevel::Info, format!("reading stream {} after cursor {cursor:?}", stream.name()))?;
-        let mut slice = Slice { out, descriptor: &descriptor, per_slice: config.records_per_slice, in_slice: 0, last: None };
+        let pause = std::time::Duration::from_millis(config.slice_pause_ms);
+        let mut slice = Slice { out, descriptor: &descriptor, per_slice: config.records_per_slice, in_slice: 0, last: None, pause };
         for row in rows(config.seed, stream, stream.keys(config.count, cursor)) {
             if row.is_before(cursor) {
                 continue;
@@ -373,6 +379,7 @@ struct Slice<'a> {
     per_slice: u64,
     in_slice: u64,
     last: Option<i64>,
+    pause: std::time::Duration,
 }
 
 impl Slice<'_> {
@@ -389,6 +396,10 @@ impl Slice<'_> {
         let state = AirbyteStateMessage::for_stream(self.descriptor.clone(), json!({"updated_at": format_utc(cursor)}));
         self.out.message(&AirbyteMessage::state(state))?;
         self.in_slice = 0;
+        if !self.pause.is_zero() {
+            self.out.flush()?;
+            std::thread::sleep(self.pause);
+        }
         Ok(())
     }
 

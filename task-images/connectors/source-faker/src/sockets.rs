@@ -148,6 +148,10 @@ fn serve(listener: UnixListener, path: &std::path::Path, shared: &Shared<'_>) ->
             if since == shared.config.records_per_slice {
                 checkpoint(shared, &mut writer, &work, since, last, false).map_err(broken)?;
                 since = 0;
+                if shared.config.slice_pause_ms > 0 {
+                    writer.flush().map_err(broken)?;
+                    std::thread::sleep(std::time::Duration::from_millis(shared.config.slice_pause_ms));
+                }
             }
         }
         checkpoint(shared, &mut writer, &work, since, last, true).map_err(broken)?;

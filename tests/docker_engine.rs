@@ -1,0 +1,339 @@
+//! Tasks as real containers on a real Docker engine, under `sluice up`:
+//! an Airbyte image (Airbyte's source-faker from PyPI, in Airbyte's image
+//! layout) for spec, check, discover and a legacy-mode sync; our reference
+//! images in socket mode; and faults: containers killed from outside, a
+//! destination over its memory limit, an image that does not exist, an
+//! entrypoint that fails at once, an engine that does not answer.
+//!
+//! The engine is the one `DOCKER_HOST` names and the images are those
+//! `task-images/build-images.sh` built; `tests/run` starts both.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sluice_launcher::docker::{Engine, EngineBody};
+use support::platform::Platform;
+use support::Scratch;
+
+/// The images' names, from `tests/run`'s environment or the env file
+/// `task-images/build-images.sh` writes.
+fn image(var: &str) -> String {
+    if let Ok(name) = std::env::var(var) {
+        return name;
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/images.env");
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{var}=")).map(str::to_owned)).unwrap_or_else(|| {
+        panic!("no {var}: these tests need a Docker engine (DOCKER_HOST) and the images task-images/build-images.sh builds; ./tests/run starts and builds both")
+    })
+}
+
+fn engine() -> Engine {
+    let socket = sluice_launcher::docker::socket_from_env().unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+    Engine { socket, timeout: Duration::from_secs(30) }
+}
+
+/// The task containers the engine holds for workloads whose id contains `part`.
+fn containers_of(part: &str) -> Vec<Value> {
+    let filter = sluice_launcher_filter("label", "sluice.workload");
+    let body = engine().call("GET", &format!("/containers/json?all=1&filters={filter}"), &EngineBody::None).unwrap();
+    let all: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    all.into_iter().filter(|c| c["Labels"]["sluice.workload"].as_str().is_some_and(|w| w.contains(part))).collect()
+}
+
+fn volumes_of(part: &str) -> Vec<String> {
+    let filter = sluice_launcher_filter("label", "sluice.volume=task");
+    let body = engine().call("GET", &format!("/volumes?filters={filter}"), &EngineBody::None).unwrap();
+    let all: Value = serde_json::from_slice(&body).unwrap();
+    let part = part.to_lowercase();
+    all["Volumes"].as_array().into_iter().flatten().filter_map(|v| v["Name"].as_str()).filter(|n| n.contains(&part)).map(String::from).collect()
+}
+
+/// An Engine API `filters` query value.
+fn sluice_launcher_filter(key: &str, value: &str) -> String {
+    pct(&json!({key: [value]}).to_string())
+}
+
+fn pct(text: &str) -> String {
+    text.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// `docker exec` through the engine: the command's exit status and output.
+fn exec(container: &str, cmd: &[&str]) -> (i64, String) {
+    let e = engine();
+    let created = e.call("POST", &format!("/containers/{container}/exec"), &EngineBody::Json(json!({"Cmd": cmd, "AttachStdout": true, "AttachStderr": true}))).unwrap();
+    let id = serde_json::from_slice::<Value>(&created).unwrap()["Id"].as_str().unwrap().to_owned();
+    let (_, raw) = e.request("POST", &format!("/exec/{id}/start"), &EngineBody::Json(json!({"Detach": false, "Tty": false}))).unwrap();
+    let mut text = String::new();
+    let mut rest = &raw[..];
+    while rest.len() >= 8 {
+        let n = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        text.push_str(&String::from_utf8_lossy(&rest[8..(8 + n).min(rest.len())]));
+        rest = &rest[(8 + n).min(rest.len())..];
+    }
+    let inspected: Value = serde_json::from_slice(&e.call("GET", &format!("/exec/{id}/json"), &EngineBody::None).unwrap()).unwrap();
+    (inspected["ExitCode"].as_i64().unwrap_or(-1), text)
+}
+
+/// A directory every container user may write to, for `--docker-local-root`.
+fn local_root(scratch: &Scratch) -> PathBuf {
+    let root = scratch.path("local");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    root
+}
+
+fn platform(scratch: &Scratch, extra: &[&str]) -> Platform {
+    let root = local_root(scratch);
+    let orchestrator = image("SLUICE_ORCHESTRATOR_IMAGE");
+    let mut args = vec!["--docker-local-root", root.to_str().unwrap(), "--orchestrator-image", &orchestrator];
+    args.extend_from_slice(extra);
+    Platform::start(&scratch.path("data"), &args)
+}
+
+/// Ids of a JSON-lines output file's records.
+fn ids(path: &Path) -> Vec<i64> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["_airbyte_data"]["id"].as_i64().unwrap()).collect()
+}
+
+fn attempts(p: &Platform, job: i64) -> Vec<Value> {
+    p.get(&format!("/jobs/{job}/attempts"))["attempts"].as_array().unwrap().clone()
+}
+
+fn attempt_log(p: &Platform, job: i64, attempt: u64) -> String {
+    let body = p.get(&format!("/jobs/{job}/attempts/{attempt}/logs"));
+    body["text"].as_str().map(String::from).unwrap_or_else(|| body.to_string())
+}
+
+fn assert_cleaned_up(connection: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (left, volumes) = (containers_of(connection), volumes_of(connection));
+        if left.is_empty() && volumes.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the task left containers {left:?} and volumes {volumes:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_airbyte_image_answers_spec_check_discover_and_syncs_through_containers() {
+    let scratch = Scratch::new();
+    let p = platform(&scratch, &["--container-memory-mib", "768", "--container-cpus", "0.5"]);
+    let workspace = p.workspace("docker");
+    let faker = image("SLUICE_AIRBYTE_SOURCE_FAKER_IMAGE");
+    let (repository, tag) = faker.rsplit_once(':').unwrap();
+    p.post(&format!("/workspaces/{workspace}/definitions/sources"), json!({"name": "Faker image", "dockerRepository": repository, "dockerImageTag": tag, "typeKey": "faker-image"}));
+    // Its spec came from a container: the config is checked against it, and a check runs as a container too.
+    let (status, refused) = p.call("POST", "/sources", Some(&json!({"name": "bad", "workspaceId": workspace, "configuration": {"sourceType": "faker-image", "count": "many"}})), Some(&p.token));
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.to_string().contains("configuration/count"), "{refused}");
+    let source = p.actor("source", &workspace, "faker-image", json!({"count": 3000, "seed": 5, "records_per_slice": 500, "always_updated": false}));
+    let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": "/local/out"}));
+    let streams = p.get(&format!("/streams?sourceId={source}&destinationId={destination}"));
+    assert!(streams.as_array().unwrap().iter().any(|s| s["streamName"] == "users"), "discover ran in a container: {streams}");
+    let body = json!({"sourceId": source, "destinationId": destination, "configurations": {"streams": [{"name": "users", "syncMode": "incremental_append"}]}});
+    let connection = p.post("/connections", body)["connectionId"].as_str().unwrap().to_owned();
+
+    let job = p.sync(&connection);
+    // While it runs: the containers carry the plan's limits, the connector
+    // runs as its image's user, and sees nothing but its own volume.
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut looked_inside = false;
+    while Instant::now() < deadline && !looked_inside {
+        for c in containers_of(&connection) {
+            let name = c["Names"][0].as_str().unwrap().trim_start_matches('/').to_owned();
+            let role = c["Labels"]["sluice.role"].as_str().unwrap().to_owned();
+            if seen.insert(role.clone()) {
+                let inspected = engine().inspect(&name).unwrap();
+                assert_eq!(inspected["HostConfig"]["Memory"], 768u64 * 1024 * 1024, "{role}");
+                assert_eq!(inspected["HostConfig"]["NanoCpus"], 500_000_000u64, "{role}");
+                assert_eq!(inspected["HostConfig"]["NetworkMode"], "host", "{role}");
+            }
+            if role == "source" && c["State"] == "running" {
+                let (_, whoami) = exec(&name, &["id", "-u"]);
+                assert_eq!(whoami.trim(), "1000", "Airbyte's image runs as its own user");
+                let (_, listing) = exec(&name, &["ls", "/sluice"]);
+                assert_eq!(listing.split_whitespace().collect::<Vec<_>>(), ["source"], "the source sees only its own volume");
+                let (code, _) = exec(&name, &["cat", "/sluice/credential"]);
+                assert_ne!(code, 0, "the workload credential is not on the source's volumes");
+                looked_inside = true;
+            }
+        }
+        if p.get(&format!("/jobs/{job}"))["status"] != "running" && p.get(&format!("/jobs/{job}"))["status"] != "pending" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = p.wait_job(job, Duration::from_secs(180));
+    assert_eq!(ended["status"], "succeeded", "{ended}\n{:#}\n{}", Value::Array(attempts(&p, job)), p.log());
+    assert!(looked_inside, "the source container was seen running");
+    assert!(["init", "source", "destination", "orchestrator"].iter().all(|r| seen.contains(*r)), "{seen:?}");
+    let users = ids(&scratch.path("local/out/users.jsonl"));
+    assert_eq!(users.len(), 3000);
+    assert_eq!(users.iter().collect::<BTreeSet<_>>().len(), 3000, "each user once");
+    let tried = attempts(&p, job);
+    assert_eq!(tried.len(), 1, "{tried:?}");
+    let log = attempt_log(&p, job, tried[0]["attempt"].as_u64().unwrap());
+    assert!(log.contains("source") && log.to_lowercase().contains("users"), "the orchestrator container's output is the attempt log: {log}");
+    assert_cleaned_up(&connection);
+
+    // Incremental: the committed state goes into the next task; nothing new to read.
+    let again = p.wait_job(p.sync(&connection), Duration::from_secs(180));
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(ids(&scratch.path("local/out/users.jsonl")).len(), 3000, "the second sync resumed: {again}");
+    assert_cleaned_up(&connection);
+}
+
+#[test]
+fn socket_mode_between_reference_images_crosses_containers_and_resumes() {
+    let scratch = Scratch::new();
+    let p = platform(&scratch, &["--executor", "docker"]);
+    let workspace = p.workspace("sockets");
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 20000, "records_per_slice": 1000}));
+    let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": "/local/out"}));
+    let body = json!({"sourceId": source, "destinationId": destination, "configurations": {"streams": [{"name": "users", "syncMode": "incremental_append"}]}});
+    let connection = p.post("/connections", body)["connectionId"].as_str().unwrap().to_owned();
+    let job = p.sync(&connection);
+    let mut platform_program = None;
+    while platform_program.is_none() && p.get(&format!("/jobs/{job}"))["status"] != "succeeded" {
+        for c in containers_of(&connection) {
+            if c["Labels"]["sluice.role"] == "orchestrator" {
+                let inspected = engine().inspect(c["Names"][0].as_str().unwrap().trim_start_matches('/')).unwrap();
+                platform_program = inspected["Config"]["Cmd"][0].as_str().map(String::from);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ended = p.wait_job(job, Duration::from_secs(120));
+    assert_eq!(ended["status"], "succeeded", "{ended}\n{}", p.log());
+    let attempt = &attempts(&p, job)[0];
+    assert_eq!(attempt["dataChannel"]["medium"], "SOCKET", "{attempt}");
+    if let Some(program) = platform_program {
+        assert_eq!(program, "bookkeeper");
+    }
+    let users = ids(&scratch.path("local/out/users.jsonl"));
+    assert_eq!(users.len(), 20000);
+    assert_eq!(users.iter().collect::<BTreeSet<_>>().len(), 20000);
+    assert_cleaned_up(&connection);
+    let again = p.wait_job(p.sync(&connection), Duration::from_secs(120));
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(ids(&scratch.path("local/out/users.jsonl")).len(), 20000, "resumed from the committed state: nothing read twice");
+    assert_cleaned_up(&connection);
+}
+
+/// A sync slow enough to kill in its middle: 40 slices of 50 users, 100 ms apart.
+fn slow_connection(p: &Platform, workspace: &str, out: &str) -> String {
+    let source = p.actor("source", workspace, "sluice-faker", json!({"count": 2000, "records_per_slice": 50, "slice_pause_ms": 100}));
+    let destination = p.actor("destination", workspace, "sluice-jsonl", json!({"destination_path": out}));
+    let body = json!({"sourceId": source, "destinationId": destination, "dataChannel": {"mode": "stdio"}, "configurations": {"streams": [
+        {"name": "users", "syncMode": "incremental_deduped_history", "primaryKey": [["id"]], "cursorField": ["updated_at"]}]}});
+    p.post("/connections", body)["connectionId"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn containers_killed_from_outside_fail_the_attempt_by_name_and_the_retry_resumes_exactly_once() {
+    let scratch = Scratch::new();
+    let p = platform(&scratch, &["--executor", "docker"]);
+    let workspace = p.workspace("faults");
+    for role in ["source", "destination", "orchestrator"] {
+        let out = format!("/local/{role}");
+        let connection = slow_connection(&p, &workspace, &out);
+        let job = p.sync(&connection);
+        // Kill the role's container once some state is committed.
+        p.wait_for("a committed state", Duration::from_secs(60), |p| !p.get(&format!("/connections/{connection}/state"))["states"].as_array().is_none_or(|s| s.is_empty()));
+        let victim = containers_of(&connection).into_iter().find(|c| c["Labels"]["sluice.role"] == role).expect("the container runs");
+        let name = victim["Names"][0].as_str().unwrap().trim_start_matches('/').to_owned();
+        engine().call("POST", &format!("/containers/{name}/kill?signal=SIGKILL"), &EngineBody::None).unwrap();
+        let ended = p.wait_job(job, Duration::from_secs(180));
+        assert_eq!(ended["status"], "succeeded", "{role}: the retry finished the job: {ended}\n{}", p.log());
+        let tried = attempts(&p, job);
+        assert!(tried.len() >= 2, "{role}: {tried:?}");
+        let failure = tried[0]["failure"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(failure.contains(&name) && failure.contains("SIGKILL"), "{role}: the failure names the container and the cause: {failure}");
+        assert!(tried[1]["recordsEmitted"].as_u64().unwrap() < 2000, "{role}: the retry resumed from the committed state: {tried:?}");
+        let users = ids(&scratch.path(&format!("local/{role}/users.jsonl")));
+        assert_eq!(users.iter().collect::<BTreeSet<_>>().len(), 2000, "{role}: every user");
+        assert_eq!(users.len(), 2000, "{role}: none twice after dedup");
+        assert_cleaned_up(&connection);
+    }
+}
+
+/// An image made from the busybox base by the engine alone (no builder):
+/// `files` at the root, `AIRBYTE_ENTRYPOINT` naming the program.
+fn busybox_image(name: &str, files: &[(&str, &str)], entrypoint: &str) -> String {
+    let e = engine();
+    let base = image("SLUICE_BUSYBOX_IMAGE");
+    let scratch_name = format!("build-{}", name.replace([':', '/'], "-"));
+    let _ = e.call("DELETE", &format!("/containers/{scratch_name}?force=true"), &EngineBody::None);
+    e.call("POST", &format!("/containers/create?name={scratch_name}"), &EngineBody::Json(json!({"Image": base, "Cmd": ["true"]}))).unwrap();
+    let archive: Vec<sluice_launcher::docker::TarFile> =
+        files.iter().map(|(n, d)| sluice_launcher::docker::TarFile { name: n.to_string(), data: d.as_bytes().to_vec(), mode: 0o755, uid: 0 }).collect();
+    e.put_files(&scratch_name, "/", &archive).unwrap();
+    let (repo, tag) = name.rsplit_once(':').unwrap();
+    let change = pct(&format!("ENV AIRBYTE_ENTRYPOINT={entrypoint}"));
+    e.call("POST", &format!("/commit?container={scratch_name}&repo={repo}&tag={tag}&changes={change}"), &EngineBody::None).unwrap();
+    e.call("DELETE", &format!("/containers/{scratch_name}?force=true"), &EngineBody::None).unwrap();
+    name.to_owned()
+}
+
+const GREEDY_SPEC: &str = r#"{"type":"SPEC","spec":{"connectionSpecification":{"type":"object","properties":{}},"supported_destination_sync_modes":["append","overwrite","append_dedup"]}}"#;
+
+#[test]
+fn an_oom_kill_a_missing_image_a_failing_entrypoint_and_a_silent_engine_each_say_what_failed() {
+    let scratch = Scratch::new();
+    // A destination that keeps everything it reads in memory, over a 32 MiB limit.
+    let greedy = busybox_image(
+        "sluice-test/greedy-destination:1",
+        &[("greedy", &format!("#!/bin/sh\ncase \"$1\" in spec) echo '{GREEDY_SPEC}';; check) echo '{{\"type\":\"CONNECTION_STATUS\",\"connectionStatus\":{{\"status\":\"SUCCEEDED\"}}}}';; write) all=$(cat); echo done;; esac\n"))],
+        "/greedy",
+    );
+    let p = platform(&scratch, &["--container-memory-mib", "32", "--retry-backoff-secs", "1"]);
+    let workspace = p.workspace("oom");
+    let (repository, tag) = greedy.rsplit_once(':').unwrap();
+    p.post(&format!("/workspaces/{workspace}/definitions/destinations"), json!({"name": "Greedy", "dockerRepository": repository, "dockerImageTag": tag, "typeKey": "greedy"}));
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 400000, "record_size_bytes": 400}));
+    let destination = p.actor("destination", &workspace, "greedy", json!({}));
+    let body = json!({"sourceId": source, "destinationId": destination, "configurations": {"streams": [{"name": "users", "syncMode": "full_refresh_append"}]}});
+    let connection = p.post("/connections", body)["connectionId"].as_str().unwrap().to_owned();
+    let job = p.sync(&connection);
+    p.wait_for("a failed first attempt", Duration::from_secs(120), |p| attempts(p, job).first().is_some_and(|a| a["status"] == "failed"));
+    let failure = attempts(&p, job)[0]["failure"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(failure.contains("destination container") && failure.contains("OOM kill") && failure.contains("32 MiB"), "{failure}\n{}", p.log());
+    p.ok("DELETE", &format!("/jobs/{job}"), None);
+    p.wait_job(job, Duration::from_secs(60));
+    assert_cleaned_up(&connection);
+
+    // An image the engine does not have and cannot pull.
+    p.post(&format!("/workspaces/{workspace}/definitions/sources"), json!({"name": "Absent", "dockerRepository": "sluice-test/absent", "dockerImageTag": "9.9.9", "typeKey": "absent"}));
+    let (status, answer) = p.call("POST", "/sources", Some(&json!({"name": "absent", "workspaceId": workspace, "configuration": {"sourceType": "absent"}})), Some(&p.token));
+    assert!(status >= 400 && answer.to_string().contains("sluice-test/absent:9.9.9") && answer.to_string().contains("pulling it failed"), "{status} {answer}");
+
+    // An image whose program is not there: it fails at once, and says so.
+    let broken = busybox_image("sluice-test/no-program:1", &[("README", "nothing to run\n")], "/missing-program");
+    let (repository, tag) = broken.rsplit_once(':').unwrap();
+    p.post(&format!("/workspaces/{workspace}/definitions/sources"), json!({"name": "Broken", "dockerRepository": repository, "dockerImageTag": tag, "typeKey": "broken"}));
+    let (status, answer) = p.call("POST", "/sources", Some(&json!({"name": "broken", "workspaceId": workspace, "configuration": {"sourceType": "broken"}})), Some(&p.token));
+    assert!(status >= 400 && answer.to_string().contains("/missing-program"), "{status} {answer}");
+    drop(p);
+
+    // An engine that accepts connections and never answers: the task fails, naming it, in bounded time.
+    let silent = scratch.path("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&silent).unwrap();
+    let held = std::thread::spawn(move || listener.incoming().take(50).flatten().collect::<Vec<_>>());
+    let p = Platform::start(&scratch.path("data2"), &["--executor", "docker", "--docker-socket", silent.to_str().unwrap(), "--docker-timeout-secs", "2"]);
+    let workspace = p.workspace("silent");
+    let started = Instant::now();
+    let (status, answer) = p.call("POST", "/sources", Some(&json!({"name": "faker", "workspaceId": workspace, "configuration": {"sourceType": "sluice-faker"}})), Some(&p.token));
+    assert!(status >= 400 && answer.to_string().contains("did not answer GET /version within 2s"), "{status} {answer}");
+    assert!(started.elapsed() < Duration::from_secs(60), "no task hangs on a silent engine");
+    drop(p);
+    drop(held);
+}
