@@ -295,7 +295,7 @@ fn an_oom_kill_a_missing_image_a_failing_entrypoint_and_a_silent_engine_each_say
         &[("greedy", &format!("#!/bin/sh\ncase \"$1\" in spec) echo '{GREEDY_SPEC}';; check) echo '{{\"type\":\"CONNECTION_STATUS\",\"connectionStatus\":{{\"status\":\"SUCCEEDED\"}}}}';; write) all=$(cat); echo done;; esac\n"))],
         "/greedy",
     );
-    let p = platform(&scratch, &["--container-memory-mib", "32", "--retry-backoff-secs", "1"]);
+    let p = platform(&scratch, &["--container-memory-mib", "32"]);
     let workspace = p.workspace("oom");
     let (repository, tag) = greedy.rsplit_once(':').unwrap();
     p.post(&format!("/workspaces/{workspace}/definitions/destinations"), json!({"name": "Greedy", "dockerRepository": repository, "dockerImageTag": tag, "typeKey": "greedy"}));

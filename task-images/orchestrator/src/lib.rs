@@ -454,11 +454,14 @@ impl<'a> Attempt<'a> {
                 if exit.success() {
                     return;
                 }
-                if self.cancelled || (stopped_by_us && self.must_stop(side)) {
+                // A cause comes from the container runtime: the connector was
+                // killed from outside (or for its memory), whatever we asked of it.
+                let killed_outside = cause.is_some() && !self.cancelled;
+                if !killed_outside && (self.cancelled || (stopped_by_us && self.must_stop(side))) {
                     self.log(reporter, side, LogLevel::Info, &format!("stopped: {exit_text}"));
                     return;
                 }
-                if stopped_by_us {
+                if stopped_by_us && !killed_outside {
                     // Nothing else failed: we stopped it for hanging after it closed its output.
                     let message = format!("did not exit after closing its output, and was stopped: {exit_text}");
                     self.fail(AttemptFailure::new(side, self.name(side), FailureKind::Crashed, message));
