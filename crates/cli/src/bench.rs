@@ -16,6 +16,8 @@
 //!    `airbyte` package is at hand.
 //!
 //! Each way runs `--runs` times; the median is reported, with ratios.
+//! `--containers` measures containers against processes instead
+//! (`bench_containers.rs`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,11 @@ pub struct BenchArgs {
     /// Install PyAirbyte into the cache first (about 10 s with uv, 600 MB)
     #[arg(long)]
     install_pyairbyte: bool,
+    /// Instead: the same transfer as local processes and as containers on
+    /// the Docker engine (DOCKER_HOST), legacy and socket mode, and the time
+    /// from POST /jobs to the source container running
+    #[arg(long)]
+    containers: bool,
 }
 
 const PYAIRBYTE_SCRIPT: &str = r#"
@@ -87,6 +94,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let destination = wrapper(&dir, &sluice, "destination-dev-null")?;
     let source_config = json!({"count": args.records, "record_size_bytes": args.record_size, "records_per_slice": 1000});
     let catalog = users_catalog()?;
+    if args.containers {
+        let result = crate::bench_containers::run(args.records, args.record_size, args.runs, &serde_json::to_value(&catalog)?, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        return result.map(|_| 0);
+    }
 
     let raw_files = RawFiles::write(&dir, &source_config, &catalog)?;
     let sync_file = dir.join("sync.json");

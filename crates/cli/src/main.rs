@@ -4,6 +4,7 @@
 //! internal error. Errors print once, with a `sluice:` prefix and their causes.
 
 mod bench;
+mod bench_containers;
 mod progress;
 mod remote;
 mod sync;

@@ -138,6 +138,17 @@ pub enum DefinitionVerb {
         #[arg(long)]
         destinations: bool,
     },
+    /// Add a custom definition: `{"name", "dockerRepository", "dockerImageTag"}` for an
+    /// image, or `{"name", "runtime": "pypi:<package>==<version>" | "/path"}`
+    Create {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        destinations: bool,
+        /// The definition as JSON, inline or @file
+        #[arg(long)]
+        body: String,
+    },
 }
 
 pub struct Client {
@@ -355,6 +366,9 @@ pub fn definitions(target: &Target, verb: DefinitionVerb) -> anyhow::Result<i32>
     let value = match verb {
         DefinitionVerb::List { workspace, destinations } => client.call("GET", &format!("/workspaces/{workspace}/definitions/{}", kind(destinations)), None)?,
         DefinitionVerb::Get { id, workspace, destinations } => client.call("GET", &format!("/workspaces/{workspace}/definitions/{}/{id}", kind(destinations)), None)?,
+        DefinitionVerb::Create { workspace, destinations, body: text } => {
+            client.call("POST", &format!("/workspaces/{workspace}/definitions/{}", kind(destinations)), Some(&body(&text)?))?
+        }
     };
     client.print(&value, &["id", "name", "sourceType", "destinationType", "runtime"]);
     Ok(0)

@@ -1,0 +1,249 @@
+//! `sluice bench --containers`: what running a task as containers costs.
+//!
+//! The same transfer (source-faker's users into destination-dev-null) in one
+//! run, legacy and socket mode, as local processes (`sluice orchestrate`
+//! spawning both connectors) and as the Docker executor's containers (init,
+//! source, destination, orchestrator or bookkeeper on the task's volumes,
+//! from the images `task-images/build-images.sh` builds); the ratio
+//! container/process. Then the time from `POST /jobs` to the source
+//! container running, under `sluice up --executor docker`, with the images
+//! present.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use sluice_domain::WorkloadType;
+use sluice_launcher::docker::{docker_task, DockerSettings, Engine, EngineBody};
+use sluice_launcher::plan::{files, Container, PlanChannel, PlanFile, Resources, Runtime, TaskPlan};
+use sluice_protocol::socket::Format;
+
+/// The image of a reference connector or the orchestrator: as
+/// `task-images/build-images.sh` names it in its environment, else by our version.
+fn image_of(var: &str, name: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| format!("sluice/{name}:{}", env!("CARGO_PKG_VERSION")))
+}
+
+fn engine() -> Engine {
+    let socket = sluice_launcher::docker::socket_from_env().unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+    Engine { socket, timeout: Duration::from_secs(60) }
+}
+
+fn settings() -> DockerSettings {
+    let references = [("source-faker", "SLUICE_IMAGE_SOURCE_FAKER"), ("destination-dev-null", "SLUICE_IMAGE_DESTINATION_DEV_NULL")];
+    let images: BTreeMap<String, String> = references.iter().map(|(n, var)| (n.to_string(), image_of(var, n))).collect();
+    DockerSettings::new(image_of("SLUICE_ORCHESTRATOR_IMAGE", "orchestrator"), images)
+}
+
+fn plan(records: u64, record_size: usize, channel: Option<PlanChannel>, catalog: &Value, id: &str) -> TaskPlan {
+    let file = |name: &str, value: Value| PlanFile { name: name.into(), contents: value.to_string() };
+    let reference = |name: &str| Container { name: name.into(), runtime: Runtime::Reference(name.into()), env: BTreeMap::new() };
+    TaskPlan {
+        workload_id: id.into(),
+        kind: WorkloadType::Sync,
+        files: vec![
+            file(files::SOURCE_CONFIG, json!({"count": records, "record_size_bytes": record_size, "records_per_slice": 1000})),
+            file(files::DESTINATION_CONFIG, json!({})),
+            file(files::CATALOG, catalog.clone()),
+            file(files::STATE, json!([])),
+            file(files::SELECTED_FIELDS, json!([])),
+        ],
+        connector: None,
+        source: Some(reference("source-faker")),
+        destination: Some(reference("destination-dev-null")),
+        resources: Resources { cpu_millis: 1000 * std::thread::available_parallelism().map_or(1, |n| n.get() as u32), memory_mib: 2048 },
+        data_channel: channel,
+        workload_api_url: String::new(),
+        credential: String::new(),
+    }
+}
+
+/// One task as containers, reporting to a file instead of a workload API;
+/// the seconds from the first connector's start to the platform container's
+/// end, and the records it moved.
+fn containers_once(plan: &TaskPlan) -> anyhow::Result<(f64, u64)> {
+    let e = engine();
+    let mut task = docker_task(plan, &settings())?;
+    let platform = task.containers.iter_mut().find(|c| c.role == "orchestrator").context("a platform container")?;
+    let program = platform.create["Cmd"][0].clone();
+    platform.create["Cmd"] = json!([program, "--config", "/sluice/sync.json", "--outcome-file", "/sluice/outcome.json"]);
+    let run = || -> anyhow::Result<(f64, u64)> {
+        for v in &task.volumes {
+            e.call("POST", "/volumes/create", &EngineBody::Json(json!({"Name": v, "Labels": {"sluice.volume": "bench"}})))?;
+        }
+        for c in &task.containers {
+            e.call("POST", &format!("/containers/create?name={}", c.name), &EngineBody::Json(c.create.clone()))?;
+        }
+        e.put_files(&task.containers[0].name, &task.files_path, &task.files)?;
+        e.call("POST", &format!("/containers/{}/start", task.containers[0].name), &EngineBody::None)?;
+        if e.wait(&task.containers[0].name, Duration::from_secs(60))? != 0 {
+            bail!("the init container failed");
+        }
+        let started = Instant::now();
+        for c in &task.containers[1..] {
+            e.call("POST", &format!("/containers/{}/start", c.name), &EngineBody::None)?;
+        }
+        let last = &task.containers[task.containers.len() - 1].name;
+        let code = e.wait(last, Duration::from_secs(3600))?;
+        let secs = started.elapsed().as_secs_f64();
+        let (_, tar) = e.request("GET", &format!("/containers/{last}/archive?path=/sluice/outcome.json"), &EngineBody::None)?;
+        let outcome: Value = tar_file(&tar).and_then(|b| serde_json::from_slice(b).ok()).with_context(|| format!("the platform container (exit {code}) wrote no outcome"))?;
+        if outcome["status"] != "succeeded" {
+            bail!("the containers' sync did not succeed: {outcome}");
+        }
+        Ok((secs, outcome["streams"][0]["emitted"]["records"].as_u64().unwrap_or(0)))
+    };
+    let result = run();
+    for c in &task.containers {
+        let _ = e.call("DELETE", &format!("/containers/{}?force=true", c.name), &EngineBody::None);
+    }
+    for v in &task.volumes {
+        let _ = e.call("DELETE", &format!("/volumes/{v}?force=true"), &EngineBody::None);
+    }
+    result
+}
+
+/// The first file of a tar archive.
+fn tar_file(tar: &[u8]) -> Option<&[u8]> {
+    let size = usize::from_str_radix(std::str::from_utf8(tar.get(124..135)?).ok()?.trim_matches(|c: char| c == '\0' || c == ' '), 8).ok()?;
+    tar.get(512..512 + size)
+}
+
+/// The same task as local processes.
+fn processes_once(sluice: &Path, plan: &TaskPlan, dir: &Path) -> anyhow::Result<(f64, u64)> {
+    let spawn = |name: &str| sluice_orchestrator::Launch::Spawn { command: vec![sluice.display().to_string(), "connector".into(), name.into()], env: BTreeMap::new() };
+    let sockets = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    let config = plan.sync_config(spawn("source-faker"), spawn("destination-dev-null"), dir.join("work"), &sockets)?;
+    let file = dir.join("sync.json");
+    std::fs::write(&file, serde_json::to_vec(&config)?)?;
+    let outcome_file = dir.join("outcome.json");
+    let started = Instant::now();
+    let status = Command::new(sluice).args(["orchestrate", "--config"]).arg(&file).arg("--outcome-file").arg(&outcome_file).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    let secs = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&sockets);
+    let outcome: Value = serde_json::from_slice(&std::fs::read(&outcome_file).with_context(|| format!("orchestrate ({status}) wrote no outcome"))?)?;
+    if outcome["status"] != "succeeded" {
+        bail!("the processes' sync did not succeed: {outcome}");
+    }
+    Ok((secs, outcome["streams"][0]["emitted"]["records"].as_u64().unwrap_or(0)))
+}
+
+fn median(mut secs: Vec<f64>) -> f64 {
+    secs.sort_by(f64::total_cmp);
+    secs[secs.len() / 2]
+}
+
+pub fn run(records: u64, record_size: usize, runs: usize, catalog: &Value, dir: &Path) -> anyhow::Result<()> {
+    let sluice = std::env::current_exe()?;
+    engine().request("GET", "/version", &EngineBody::None).map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    eprintln!("sluice bench --containers: {records} records of {record_size} bytes, {runs} runs each, engine at {}", engine().socket.display());
+    println!("{:<28} {:>12} {:>12} {:>22}", "mode", "processes", "containers", "containers / processes");
+    let modes = [("legacy (orchestrator)", None), ("socket PROTOBUF x2 (bookkeeper)", Some(PlanChannel { format: Format::Protobuf, socket_count: 2 }))];
+    for (name, channel) in modes {
+        let (mut local, mut boxed) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            let plan = plan(records, record_size, channel.clone(), catalog, &format!("bench-{}-{run}", std::process::id()));
+            let (secs, moved) = processes_once(&sluice, &plan, dir)?;
+            if moved != records {
+                bail!("{name}: the processes moved {moved} of {records} records");
+            }
+            local.push(secs);
+            let (secs, moved) = containers_once(&plan)?;
+            if moved != records {
+                bail!("{name}: the containers moved {moved} of {records} records");
+            }
+            boxed.push(secs);
+        }
+        let (l, c) = (median(local), median(boxed));
+        let rate = |secs: f64| format!("{:.0} rec/s", records as f64 / secs);
+        println!("{name:<28} {:>12} {:>12} {:>21.2}x", rate(l), rate(c), l / c);
+    }
+    match job_to_container(runs) {
+        Ok(latencies) => println!("POST /jobs to the source container running (images present), median of {runs}: {:.0} ms", median(latencies) * 1000.0),
+        Err(e) => println!("POST /jobs to the source container: not measured ({e:#})"),
+    }
+    Ok(())
+}
+
+/// Seconds from `POST /jobs` to the engine's `StartedAt` of the job's
+/// source container, under a `sluice up --executor docker` of our own.
+fn job_to_container(runs: usize) -> anyhow::Result<Vec<f64>> {
+    let data = tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut up = Command::new(std::env::current_exe()?)
+        .args(["up", "--executor", "docker", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--orchestrator-image", &settings().orchestrator_image])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = (|| {
+        let base = format!("http://127.0.0.1:{port}/api/public/v1");
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while agent.get(&format!("{base}/health")).call().map(|r| r.status() != 200).unwrap_or(true) {
+            if Instant::now() > deadline {
+                bail!("sluice up did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let credentials: Value = serde_json::from_slice(&std::fs::read(data.join("credentials.json"))?)?;
+        let form = format!("grant_type=client_credentials&client_id={}&client_secret={}", credentials["client_id"].as_str().unwrap_or(""), credentials["client_secret"].as_str().unwrap_or(""));
+        let token: Value = serde_json::from_str(&agent.post(&format!("{base}/applications/token")).header("content-type", "application/x-www-form-urlencoded").send(form)?.body_mut().read_to_string()?)?;
+        let token = token["access_token"].as_str().context("a token")?.to_owned();
+        let post = |path: &str, body: Value| -> anyhow::Result<Value> {
+            let mut r = agent.post(&format!("{base}{path}")).header("authorization", &format!("Bearer {token}")).header("content-type", "application/json").send(body.to_string())?;
+            let text = r.body_mut().read_to_string()?;
+            if r.status().as_u16() >= 300 {
+                bail!("{path}: {text}");
+            }
+            Ok(serde_json::from_str(&text)?)
+        };
+        let get = |path: &str| -> anyhow::Result<Value> {
+            Ok(serde_json::from_str(&agent.get(&format!("{base}{path}")).header("authorization", &format!("Bearer {token}")).call()?.body_mut().read_to_string()?)?)
+        };
+        let workspace = post("/workspaces", json!({"name": "bench"}))?["workspaceId"].as_str().context("workspace")?.to_owned();
+        let source = post("/sources", json!({"name": "faker", "workspaceId": workspace, "configuration": {"sourceType": "sluice-faker", "count": 1000}}))?["sourceId"].as_str().context("source")?.to_owned();
+        let destination = post("/destinations", json!({"name": "null", "workspaceId": workspace, "configuration": {"destinationType": "dev-null"}}))?["destinationId"].as_str().context("destination")?.to_owned();
+        let connection = post("/connections", json!({"sourceId": source, "destinationId": destination}))?["connectionId"].as_str().context("connection")?.to_owned();
+        let mut latencies = Vec::new();
+        for _ in 0..runs.max(1) {
+            let asked = jiff::Timestamp::now();
+            let job = post("/jobs", json!({"connectionId": connection, "jobType": "sync"}))?["jobId"].as_i64().context("job")?;
+            let started = loop {
+                let filter: String = json!({"label": ["sluice.role=source"]}).to_string().bytes().map(|b| format!("%{b:02X}")).collect();
+                let listed: Vec<Value> = serde_json::from_slice(&engine().call("GET", &format!("/containers/json?all=1&filters={filter}"), &EngineBody::None).map_err(|e| anyhow::anyhow!(e.0))?)?;
+                let mine = listed.iter().find(|c| c["Labels"]["sluice.workload"].as_str().is_some_and(|w| w.starts_with(&format!("{connection}_{job}_"))));
+                if let Some(c) = mine {
+                    let inspected = engine().inspect(c["Id"].as_str().unwrap_or_default()).map_err(|e| anyhow::anyhow!(e.0))?;
+                    if let Some(at) = inspected["State"]["StartedAt"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).filter(|t| t.as_second() > 0) {
+                        break at;
+                    }
+                }
+                if (jiff::Timestamp::now() - asked).as_secs() > 60 {
+                    bail!("the source container of job {job} did not start in a minute");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            latencies.push((started - asked).as_secs_f64());
+            while !["succeeded", "failed", "cancelled"].contains(&get(&format!("/jobs/{job}"))?["status"].as_str().unwrap_or("")) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(latencies)
+    })();
+    unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
+    let _ = up.wait();
+    let _ = std::fs::remove_dir_all(&data);
+    result
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("sluice-bench-up-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
