@@ -337,7 +337,7 @@ fn bad_input_gets_a_problem_naming_the_field() {
     p.post(&format!("/workspaces/{workspace}/definitions/sources"), json!({"name": "PokeAPI", "dockerRepository": "airbyte/source-pokeapi", "dockerImageTag": "0.3.0", "typeKey": "pokeapi"}));
     let (status, body) = post("/sources", json!({"name": "s", "workspaceId": workspace, "configuration": {"sourceType": "pokeapi"}}));
     assert_eq!(status, 422, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("no Docker daemon at /nonexistent/docker.sock"), "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("the Docker engine at /nonexistent/docker.sock does not answer"), "{body}");
 
     // Unknown ids and job ids that are not numbers.
     assert_eq!(p.call("GET", "/sources/00000000-0000-0000-0000-000000000000", None, Some(&p.token)).0, 404);

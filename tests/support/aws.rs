@@ -172,6 +172,12 @@ fn play(cluster: String, scratch: PathBuf, programs: Vec<(String, String)>, stop
                 let volume = scratch.join(arn.rsplit('/').next().unwrap());
                 std::fs::create_dir_all(&volume).unwrap();
                 let local = |text: &str| text.replace("/sluice", &volume.display().to_string());
+                // The task's volumes are directories under this one, at their mount points.
+                for c in definition.container_definitions() {
+                    for path in c.mount_points().iter().filter_map(|m| m.container_path()) {
+                        std::fs::create_dir_all(local(path)).unwrap();
+                    }
+                }
                 let mut containers = Vec::new();
                 for c in definition.container_definitions() {
                     let mut command: Vec<String> = c.command().iter().map(|a| local(a)).collect();
