@@ -232,10 +232,18 @@ async fn a_sync_plan_becomes_one_reused_fargate_task_definition_with_no_secret_i
     let definition = ecs.describe_task_definition().task_definition(&first.definition.family).send().await.unwrap().task_definition.unwrap();
     let names_in: Vec<&str> = definition.container_definitions().iter().filter_map(|c| c.name()).collect();
     assert_eq!(names_in, ["init", "source", "destination", "orchestrator"]);
-    assert_eq!(definition.volumes().iter().filter_map(|v| v.name()).collect::<Vec<_>>(), ["shared"]);
+    assert_eq!(definition.volumes().iter().filter_map(|v| v.name()).collect::<Vec<_>>(), ["platform", "source", "destination"]);
     assert_eq!(definition.requires_compatibilities(), [aws_sdk_ecs::types::Compatibility::Fargate]);
     for c in definition.container_definitions() {
-        assert_eq!(c.mount_points()[0].container_path(), Some("/sluice"), "{:?}", c.name());
+        // Each container mounts what its role needs: a connector its own volume only.
+        let mounts: Vec<(&str, &str)> = c.mount_points().iter().map(|m| (m.source_volume().unwrap(), m.container_path().unwrap())).collect();
+        let expected: &[(&str, &str)] = match c.name().unwrap() {
+            "source" => &[("source", "/sluice/source")],
+            "destination" => &[("destination", "/sluice/destination")],
+            _ => &[("platform", "/sluice"), ("source", "/sluice/source"), ("destination", "/sluice/destination")],
+        };
+        assert_eq!(mounts, expected, "{:?}", c.name());
+        assert_eq!(c.user(), match c.name().unwrap() { "init" => Some("0:0"), "orchestrator" => Some("65532:65532"), _ => None }, "{:?}", c.name());
         let log = c.log_configuration().expect("awslogs");
         assert_eq!(log.log_driver(), &aws_sdk_ecs::types::LogDriver::Awslogs);
         assert_eq!(log.options().unwrap()["awslogs-group"], names.task_log_group);
