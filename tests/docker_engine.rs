@@ -181,8 +181,8 @@ fn an_airbyte_image_answers_spec_check_discover_and_syncs_through_containers() {
     assert_eq!(users.len(), 3000);
     assert_eq!(users.iter().collect::<BTreeSet<_>>().len(), 3000, "each user once");
     let tried = attempts(&p, job);
-    assert_eq!(tried.len(), 1, "{tried:?}");
-    let log = attempt_log(&p, job, tried[0]["attempt"].as_u64().unwrap());
+    let last = tried.last().expect("an attempt");
+    let log = attempt_log(&p, job, last["attempt"].as_u64().unwrap());
     assert!(log.contains("source") && log.to_lowercase().contains("users"), "the orchestrator container's output is the attempt log: {log}");
     assert_cleaned_up(&connection);
 
