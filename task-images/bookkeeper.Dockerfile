@@ -2,7 +2,7 @@
 # runs it on its own (the ECS and Docker executors use the orchestrator
 # image, which carries both programs). Static musl binary on busybox,
 # non-root. It never touches a record: records go from source to
-# destination over the sockets on the task's shared volume.
+# destination over the sockets on a volume the two connectors share.
 #
 #   docker build -f task-images/bookkeeper.Dockerfile -t sluice/bookkeeper:0.1.0 .
 #

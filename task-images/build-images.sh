@@ -115,27 +115,25 @@ build_ours "sluice/bookkeeper:$version" bookkeeper.Dockerfile
 for c in "${connectors[@]}"; do build_ours "sluice/$c:$version" connector.Dockerfile --build-arg CONNECTOR="$c"; done
 
 # Airbyte's connectors from PyPI, as Airbyte ships them; tagged by content,
-# so a run on the same machine builds each once.
-airbyte_image() { # program package version
-    local tag
-    tag="$1-$3-$(cat task-images/airbyte-python.Dockerfile task-images/airbyte-main.py <(echo "$python_image") | digest)"
-    local name="sluice-local/airbyte-$1:$tag"
+# so a run on the same machine builds each once. The host's CA bundle goes
+# to pip when pip names one: the index may be reached through a TLS proxy.
+bundle=$(python3 -m pip config get global.cert 2>/dev/null || true)
+[ -n "$bundle" ] || bundle="${PIP_CERT:-${SSL_CERT_FILE:-}}"
+cert=()
+[ -n "$bundle" ] && [ -f "$bundle" ] && cert=(--secret "id=pip_cert,src=$bundle")
+airbyte_image() { # connector version: the package airbyte-<connector>, its console script <connector>
+    local name
+    name="sluice-local/airbyte-$1:$2-$(cat task-images/airbyte-python.Dockerfile task-images/airbyte-main.py <(echo "$python_image") | digest)"
     if ! has_image "$name"; then
-        local cert=()
-        # The host's CA bundle, when pip names one: the registry may be reached through a TLS proxy.
-        local bundle
-        bundle=$(python3 -m pip config get global.cert 2>/dev/null || true)
-        [ -n "$bundle" ] || bundle="${PIP_CERT:-${SSL_CERT_FILE:-}}"
-        [ -n "$bundle" ] && [ -f "$bundle" ] && cert=(--secret "id=pip_cert,src=$bundle")
         "${build[@]}" -f task-images/airbyte-python.Dockerfile "${cert[@]}" --build-arg BASE="$python_image" \
-            --build-arg PACKAGE="airbyte-$1==$3" --build-arg PROGRAM="$2" -t "$name" task-images >/dev/null
+            --build-arg PACKAGE="airbyte-$1==$2" --build-arg PROGRAM="$1" -t "$name" task-images >/dev/null
     fi
     echo "$name"
 }
 faker_image= file_image=
 if [ "$airbyte" = yes ]; then
-    faker_image=$(airbyte_image source-faker source-faker 7.2.1)
-    file_image=$(airbyte_image source-file source-file 0.5.39)
+    faker_image=$(airbyte_image source-faker 7.2.1)
+    file_image=$(airbyte_image source-file 0.5.39)
 fi
 {
     echo "SLUICE_BUSYBOX_IMAGE=$busybox_image"

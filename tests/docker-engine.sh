@@ -12,27 +12,36 @@
 docker_engine_pid=
 docker_engine_scratch=
 
+# Installs, in one apt-get run, the Debian package of each command that is
+# missing (`command=package`).
+docker_engine_install() { # command=package ...
+    local missing=() pair
+    for pair in "$@"; do
+        command -v "${pair%%=*}" >/dev/null 2>&1 || missing+=("${pair#*=}")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    local sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo -n)
+    echo "tests: installing ${missing[*]} from Debian's packages"
+    "${sudo[@]}" apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 docker_engine_start() {
+    local engine=
     if [ -n "${DOCKER_HOST:-}" ] && docker version >/dev/null 2>&1; then
+        engine=$DOCKER_HOST
+    elif [ -z "${DOCKER_HOST:-}" ] && [ -S /var/run/docker.sock ] && DOCKER_HOST=unix:///var/run/docker.sock docker version >/dev/null 2>&1; then
+        engine=unix:///var/run/docker.sock
+    fi
+    # task-images/build-images.sh makes its base images with busybox and debootstrap.
+    if [ -n "$engine" ]; then
+        docker_engine_install busybox=busybox-static debootstrap=debootstrap
+        export DOCKER_HOST=$engine
         echo "tests: using the Docker engine at $DOCKER_HOST"
         return 0
     fi
-    if [ -z "${DOCKER_HOST:-}" ] && [ -S /var/run/docker.sock ] && DOCKER_HOST=unix:///var/run/docker.sock docker version >/dev/null 2>&1; then
-        export DOCKER_HOST=unix:///var/run/docker.sock
-        echo "tests: using the Docker engine at $DOCKER_HOST"
-        return 0
-    fi
-    local missing=()
-    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
-    command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
-    command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
-    if [ ${#missing[@]} -gt 0 ]; then
-        local sudo=()
-        [ "$(id -u)" = 0 ] || sudo=(sudo -n)
-        echo "tests: installing ${missing[*]} from Debian's packages"
-        "${sudo[@]}" apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    fi
+    docker_engine_install busybox=busybox-static debootstrap=debootstrap dockerd=docker.io
     docker_engine_scratch=$(mktemp -d /tmp/sluice-docker.XXXXXX)
     local data="${CARGO_TARGET_DIR:-$PWD/target}/docker-data"
     mkdir -p "$data"

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_launcher::docker::{Engine, EngineBody};
+use sluice_launcher::docker::{demux, encode, Engine, EngineBody};
 use support::platform::Platform;
 use support::Scratch;
 
@@ -33,33 +33,21 @@ fn image(var: &str) -> String {
 }
 
 fn engine() -> Engine {
-    let socket = sluice_launcher::docker::socket_from_env().unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
-    Engine { socket, timeout: Duration::from_secs(30) }
+    Engine { socket: sluice_launcher::docker::default_socket(), timeout: Duration::from_secs(30) }
 }
 
 /// The task containers the engine holds for workloads whose id contains `part`.
 fn containers_of(part: &str) -> Vec<Value> {
-    let filter = sluice_launcher_filter("label", "sluice.workload");
-    let body = engine().call("GET", &format!("/containers/json?all=1&filters={filter}"), &EngineBody::None).unwrap();
-    let all: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    let all = engine().containers_labelled("sluice.workload").unwrap();
     all.into_iter().filter(|c| c["Labels"]["sluice.workload"].as_str().is_some_and(|w| w.contains(part))).collect()
 }
 
 fn volumes_of(part: &str) -> Vec<String> {
-    let filter = sluice_launcher_filter("label", "sluice.volume=task");
+    let filter = encode(&json!({"label": ["sluice.volume=task"]}).to_string());
     let body = engine().call("GET", &format!("/volumes?filters={filter}"), &EngineBody::None).unwrap();
     let all: Value = serde_json::from_slice(&body).unwrap();
     let part = part.to_lowercase();
     all["Volumes"].as_array().into_iter().flatten().filter_map(|v| v["Name"].as_str()).filter(|n| n.contains(&part)).map(String::from).collect()
-}
-
-/// An Engine API `filters` query value.
-fn sluice_launcher_filter(key: &str, value: &str) -> String {
-    pct(&json!({key: [value]}).to_string())
-}
-
-fn pct(text: &str) -> String {
-    text.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 /// `docker exec` through the engine: the command's exit status and output.
@@ -69,12 +57,7 @@ fn exec(container: &str, cmd: &[&str]) -> (i64, String) {
     let id = serde_json::from_slice::<Value>(&created).unwrap()["Id"].as_str().unwrap().to_owned();
     let (_, raw) = e.request("POST", &format!("/exec/{id}/start"), &EngineBody::Json(json!({"Detach": false, "Tty": false}))).unwrap();
     let mut text = String::new();
-    let mut rest = &raw[..];
-    while rest.len() >= 8 {
-        let n = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
-        text.push_str(&String::from_utf8_lossy(&rest[8..(8 + n).min(rest.len())]));
-        rest = &rest[(8 + n).min(rest.len())..];
-    }
+    demux(&mut &raw[..], |_, frame| text.push_str(&String::from_utf8_lossy(frame)));
     let inspected: Value = serde_json::from_slice(&e.call("GET", &format!("/exec/{id}/json"), &EngineBody::None).unwrap()).unwrap();
     (inspected["ExitCode"].as_i64().unwrap_or(-1), text)
 }
@@ -279,7 +262,7 @@ fn busybox_image(name: &str, files: &[(&str, &str)], entrypoint: &str) -> String
         files.iter().map(|(n, d)| sluice_launcher::docker::TarFile { name: n.to_string(), data: d.as_bytes().to_vec(), mode: 0o755, uid: 0 }).collect();
     e.put_files(&scratch_name, "/", &archive).unwrap();
     let (repo, tag) = name.rsplit_once(':').unwrap();
-    let change = pct(&format!("ENV AIRBYTE_ENTRYPOINT={entrypoint}"));
+    let change = encode(&format!("ENV AIRBYTE_ENTRYPOINT={entrypoint}"));
     e.call("POST", &format!("/commit?container={scratch_name}&repo={repo}&tag={tag}&changes={change}"), &EngineBody::None).unwrap();
     e.call("DELETE", &format!("/containers/{scratch_name}?force=true"), &EngineBody::None).unwrap();
     name.to_owned()

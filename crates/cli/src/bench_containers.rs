@@ -28,8 +28,7 @@ fn image_of(var: &str, name: &str) -> String {
 }
 
 fn engine() -> Engine {
-    let socket = sluice_launcher::docker::socket_from_env().unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
-    Engine { socket, timeout: Duration::from_secs(60) }
+    Engine { socket: sluice_launcher::docker::default_socket(), timeout: Duration::from_secs(60) }
 }
 
 fn settings() -> DockerSettings {
@@ -71,21 +70,9 @@ fn containers_once(plan: &TaskPlan) -> anyhow::Result<(f64, u64)> {
     let program = platform.create["Cmd"][0].clone();
     platform.create["Cmd"] = json!([program, "--config", "/sluice/sync.json", "--outcome-file", "/sluice/outcome.json"]);
     let run = || -> anyhow::Result<(f64, u64)> {
-        for v in &task.volumes {
-            e.call("POST", "/volumes/create", &EngineBody::Json(json!({"Name": v, "Labels": {"sluice.volume": "bench"}})))?;
-        }
-        for c in &task.containers {
-            e.call("POST", &format!("/containers/create?name={}", c.name), &EngineBody::Json(c.create.clone()))?;
-        }
-        e.put_files(&task.containers[0].name, &task.files_path, &task.files)?;
-        e.call("POST", &format!("/containers/{}/start", task.containers[0].name), &EngineBody::None)?;
-        if e.wait(&task.containers[0].name, Duration::from_secs(60))? != 0 {
-            bail!("the init container failed");
-        }
+        e.prepare(&task)?;
         let started = Instant::now();
-        for c in &task.containers[1..] {
-            e.call("POST", &format!("/containers/{}/start", c.name), &EngineBody::None)?;
-        }
+        task.containers.iter().filter(|c| c.role != "init").try_for_each(|c| e.start(c))?;
         let last = &task.containers[task.containers.len() - 1].name;
         let code = e.wait(last, Duration::from_secs(3600))?;
         let secs = started.elapsed().as_secs_f64();
@@ -97,12 +84,7 @@ fn containers_once(plan: &TaskPlan) -> anyhow::Result<(f64, u64)> {
         Ok((secs, outcome["streams"][0]["emitted"]["records"].as_u64().unwrap_or(0)))
     };
     let result = run();
-    for c in &task.containers {
-        let _ = e.call("DELETE", &format!("/containers/{}?force=true", c.name), &EngineBody::None);
-    }
-    for v in &task.volumes {
-        let _ = e.call("DELETE", &format!("/volumes/{v}?force=true"), &EngineBody::None);
-    }
+    let _ = e.remove(&task);
     result
 }
 
@@ -182,42 +164,29 @@ fn job_to_container(runs: usize) -> anyhow::Result<Vec<f64>> {
         .stderr(Stdio::null())
         .spawn()?;
     let result = (|| {
-        let base = format!("http://127.0.0.1:{port}/api/public/v1");
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while agent.get(&format!("{base}/health")).call().map(|r| r.status() != 200).unwrap_or(true) {
-            if Instant::now() > deadline {
-                bail!("sluice up did not start");
+        let client = loop {
+            match crate::remote::Client::connect(&crate::remote::Target::from_credentials(data.join("credentials.json"))) {
+                Ok(client) => break client,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => return Err(e.context("sluice up did not start")),
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let credentials: Value = serde_json::from_slice(&std::fs::read(data.join("credentials.json"))?)?;
-        let form = format!("grant_type=client_credentials&client_id={}&client_secret={}", credentials["client_id"].as_str().unwrap_or(""), credentials["client_secret"].as_str().unwrap_or(""));
-        let token: Value = serde_json::from_str(&agent.post(&format!("{base}/applications/token")).header("content-type", "application/x-www-form-urlencoded").send(form)?.body_mut().read_to_string()?)?;
-        let token = token["access_token"].as_str().context("a token")?.to_owned();
-        let post = |path: &str, body: Value| -> anyhow::Result<Value> {
-            let mut r = agent.post(&format!("{base}{path}")).header("authorization", &format!("Bearer {token}")).header("content-type", "application/json").send(body.to_string())?;
-            let text = r.body_mut().read_to_string()?;
-            if r.status().as_u16() >= 300 {
-                bail!("{path}: {text}");
-            }
-            Ok(serde_json::from_str(&text)?)
         };
-        let get = |path: &str| -> anyhow::Result<Value> {
-            Ok(serde_json::from_str(&agent.get(&format!("{base}{path}")).header("authorization", &format!("Bearer {token}")).call()?.body_mut().read_to_string()?)?)
-        };
-        let workspace = post("/workspaces", json!({"name": "bench"}))?["workspaceId"].as_str().context("workspace")?.to_owned();
-        let source = post("/sources", json!({"name": "faker", "workspaceId": workspace, "configuration": {"sourceType": "sluice-faker", "count": 1000}}))?["sourceId"].as_str().context("source")?.to_owned();
-        let destination = post("/destinations", json!({"name": "null", "workspaceId": workspace, "configuration": {"destinationType": "dev-null"}}))?["destinationId"].as_str().context("destination")?.to_owned();
-        let connection = post("/connections", json!({"sourceId": source, "destinationId": destination}))?["connectionId"].as_str().context("connection")?.to_owned();
+        let id = |value: Value, key: &str| value[key].as_str().map(String::from).with_context(|| format!("no {key} in {value}"));
+        let workspace = id(client.call("POST", "/workspaces", Some(&json!({"name": "bench"})))?, "workspaceId")?;
+        let source = json!({"name": "faker", "workspaceId": workspace, "configuration": {"sourceType": "sluice-faker", "count": 1000}});
+        let source = id(client.call("POST", "/sources", Some(&source))?, "sourceId")?;
+        let destination = json!({"name": "null", "workspaceId": workspace, "configuration": {"destinationType": "dev-null"}});
+        let destination = id(client.call("POST", "/destinations", Some(&destination))?, "destinationId")?;
+        let connection = id(client.call("POST", "/connections", Some(&json!({"sourceId": source, "destinationId": destination})))?, "connectionId")?;
         let mut latencies = Vec::new();
         for _ in 0..runs.max(1) {
             let asked = jiff::Timestamp::now();
-            let job = post("/jobs", json!({"connectionId": connection, "jobType": "sync"}))?["jobId"].as_i64().context("job")?;
+            let job = client.call("POST", "/jobs", Some(&json!({"connectionId": connection, "jobType": "sync"})))?["jobId"].as_i64().context("a job id")?;
+            let prefix = format!("{connection}_{job}_");
             let started = loop {
-                let filter: String = json!({"label": ["sluice.role=source"]}).to_string().bytes().map(|b| format!("%{b:02X}")).collect();
-                let listed: Vec<Value> = serde_json::from_slice(&engine().call("GET", &format!("/containers/json?all=1&filters={filter}"), &EngineBody::None).map_err(|e| anyhow::anyhow!(e.0))?)?;
-                let mine = listed.iter().find(|c| c["Labels"]["sluice.workload"].as_str().is_some_and(|w| w.starts_with(&format!("{connection}_{job}_"))));
+                let sources = engine().containers_labelled("sluice.role=source").map_err(|e| anyhow::anyhow!(e.0))?;
+                let mine = sources.iter().find(|c| c["Labels"]["sluice.workload"].as_str().is_some_and(|w| w.starts_with(&prefix)));
                 if let Some(c) = mine {
                     let inspected = engine().inspect(c["Id"].as_str().unwrap_or_default()).map_err(|e| anyhow::anyhow!(e.0))?;
                     if let Some(at) = inspected["State"]["StartedAt"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).filter(|t| t.as_second() > 0) {
@@ -230,7 +199,7 @@ fn job_to_container(runs: usize) -> anyhow::Result<Vec<f64>> {
                 std::thread::sleep(Duration::from_millis(5));
             };
             latencies.push((started - asked).as_secs_f64());
-            while !["succeeded", "failed", "cancelled"].contains(&get(&format!("/jobs/{job}"))?["status"].as_str().unwrap_or("")) {
+            while !["succeeded", "failed", "cancelled"].contains(&client.call("GET", &format!("/jobs/{job}"), None)?["status"].as_str().unwrap_or("")) {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }

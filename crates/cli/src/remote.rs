@@ -151,6 +151,13 @@ pub enum DefinitionVerb {
     },
 }
 
+impl Target {
+    /// The platform whose credentials file (with its `api_url`) is at `credentials`.
+    pub fn from_credentials(credentials: PathBuf) -> Target {
+        Target { api_url: None, credentials, output: Output::Json }
+    }
+}
+
 pub struct Client {
     base: String,
     token: String,

@@ -29,8 +29,13 @@ use crate::plan::files;
 /// Where the platform volume is mounted, and every other one under it.
 pub const SHARED: &str = "/sluice";
 
-/// The user of the orchestrator image (and of our reference connectors).
+/// The user of the orchestrator image (and of our reference connectors),
+/// as a number and as a container's `user`.
+pub const PLATFORM_UID: u32 = 65532;
 pub const PLATFORM_USER: &str = "65532:65532";
+
+/// The init step's user: it opens the volumes, which the runtime makes root's.
+pub const INIT_USER: &str = "0:0";
 
 pub fn shared(path: &str) -> String {
     format!("{SHARED}/{path}")
@@ -69,6 +74,11 @@ pub fn volumes(plan: &crate::TaskPlan) -> Vec<Volume> {
         volumes.push(volume("connector", &["init", "connector", "orchestrator"]));
     }
     volumes
+}
+
+/// The volumes of `layout` that the container of `role` mounts.
+pub fn mounted_in<'a>(layout: &'a [Volume], role: &'a str) -> impl Iterator<Item = &'a Volume> + 'a {
+    layout.iter().filter(move |v| v.roles.contains(&role))
 }
 
 /// Socket mode's sockets, on their own volume.
@@ -206,4 +216,12 @@ pub fn task_files(plan: &crate::TaskPlan) -> Result<std::collections::BTreeMap<S
         files.insert(files::CONNECTOR_CONFIG.to_owned(), config.to_owned());
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_platform_user_is_its_uid() {
+        assert_eq!(super::PLATFORM_USER, format!("{0}:{0}", super::PLATFORM_UID));
+    }
 }

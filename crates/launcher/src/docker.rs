@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -34,8 +34,8 @@ use sluice_domain::WorkloadType;
 
 pub use crate::containers::SHARED;
 use crate::containers::{
-    connector_command, connector_env, init_script, orchestrator_command, platform_mode, question_config, role_dir, shared, task_files, volumes, CONNECTOR,
-    PLATFORM_USER,
+    connector_command, connector_env, init_script, mounted_in, orchestrator_command, platform_mode, question_config, role_dir, shared, task_files, volumes,
+    CONNECTOR, INIT_USER, PLATFORM_UID, PLATFORM_USER,
 };
 use crate::plan::{files, Container, Runtime, TaskPlan};
 use crate::LaunchError;
@@ -160,8 +160,7 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
     let task = format!("sluice-{}", plan.workload_id.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-"));
     let layout = volumes(plan);
     let mounts = |role: &str| -> Vec<Value> {
-        let mut mounts: Vec<Value> =
-            layout.iter().filter(|v| v.roles.contains(&role)).map(|v| json!({"Type": "volume", "Source": volume_name(&task, v.name), "Target": v.path})).collect();
+        let mut mounts: Vec<Value> = mounted_in(&layout, role).map(|v| json!({"Type": "volume", "Source": volume_name(&task, v.name), "Target": v.path})).collect();
         if let (Some(root), "destination") = (&settings.local_root, role) {
             mounts.push(json!({"Type": "bind", "Source": root, "Target": LOCAL_ROOT}));
         }
@@ -172,8 +171,7 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
         let image = body.image.to_owned();
         containers.push(DockerContainer { name: format!("{task}-{role}"), role, image, create: create_body(body, plan, mounts, settings) });
     };
-    let platform_uid: u32 = PLATFORM_USER.split(':').next().and_then(|u| u.parse().ok()).expect("a numeric user");
-    let (files, files_path, used): (Vec<TarFile>, String, Vec<&str>) = match plan.kind {
+    let (files, files_path) = match plan.kind {
         WorkloadType::Sync => {
             let (source, destination) = match (&plan.source, &plan.destination) {
                 (Some(s), Some(d)) => (s, d),
@@ -181,7 +179,7 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
             };
             let init = vec!["/bin/sh".to_owned(), "-c".to_owned(), init_script(plan)];
             let image_of = &settings.orchestrator_image;
-            push("init", Body { image: image_of, cmd: init, env: BTreeMap::new(), user: Some("0:0"), role: "init" }, mounts("init"));
+            push("init", Body { image: image_of, cmd: init, env: BTreeMap::new(), user: Some(INIT_USER), role: "init" }, mounts("init"));
             for (role, container) in [("source", source), ("destination", destination)] {
                 let image = image(container, settings)?;
                 push(role, Body { image: &image, cmd: connector_command(role), env: connector_env(plan, container), user: None, role }, mounts(role));
@@ -190,8 +188,8 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
             let body = Body { image: image_of, cmd: orchestrator_command(plan), env, user: Some(PLATFORM_USER), role: "orchestrator" };
             push("orchestrator", body, mounts("orchestrator"));
             // Sorted by name, so `credential` comes before `sync.json`; only the platform's user reads them.
-            let files = task_files(plan)?.into_iter().map(|(name, contents)| TarFile { name, data: contents.into_bytes(), mode: 0o600, uid: platform_uid }).collect();
-            (files, SHARED.to_owned(), vec!["platform", "source", "destination", "sockets"])
+            let files = task_files(plan)?.into_iter().map(|(name, contents)| TarFile { name, data: contents.into_bytes(), mode: 0o600, uid: PLATFORM_UID }).collect();
+            (files, SHARED.to_owned())
         }
         kind => {
             // One container, no init and no orchestrator: the executor reads the answer off its output.
@@ -206,10 +204,11 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
             }
             let image = image(connector, settings)?;
             push("connector", Body { image: &image, cmd, env: connector.env.clone(), user: None, role: "connector" }, mounts("connector"));
-            (files, role_dir("connector").display().to_string(), vec!["connector"])
+            (files, role_dir("connector").display().to_string())
         }
     };
-    let volumes = layout.iter().filter(|v| used.contains(&v.name)).map(|v| volume_name(&task, v.name)).collect();
+    // The volumes some container of this task mounts: a question here is its connector alone.
+    let volumes = layout.iter().filter(|v| containers.iter().any(|c| v.roles.contains(&c.role))).map(|v| volume_name(&task, v.name)).collect();
     Ok(DockerTask { volumes, files, files_path, containers })
 }
 
@@ -397,6 +396,61 @@ impl Engine {
         self.call("PUT", &format!("/containers/{container}/archive?path={}", encode(path)), &EngineBody::Tar(tar(files))).map(drop)
     }
 
+    /// Makes a task's objects on the engine (pulling missing images), puts
+    /// its files in, and runs its init step, if it has one, to its end.
+    /// Nothing else starts.
+    pub fn prepare(&self, task: &DockerTask) -> Result<(), LaunchError> {
+        self.request("GET", "/version", &EngineBody::None)?;
+        let mut pulled = Vec::new();
+        for c in &task.containers {
+            if !pulled.contains(&c.image) {
+                self.ensure_image(&c.image, c.role)?;
+                pulled.push(c.image.clone());
+            }
+        }
+        for volume in &task.volumes {
+            self.call("POST", "/volumes/create", &EngineBody::Json(json!({"Name": volume, "Labels": {"sluice.volume": "task"}})))?;
+        }
+        for c in &task.containers {
+            self.call("POST", &format!("/containers/create?name={}", c.name), &EngineBody::Json(c.create.clone()))
+                .map_err(|err| LaunchError(format!("cannot create the {} container (image {}): {}", c.role, c.image, err.0)))?;
+        }
+        self.put_files(&task.containers[0].name, &task.files_path, &task.files)?;
+        if let Some(init) = task.container("init") {
+            self.start(init)?;
+            let code = self.wait(&init.name, Duration::from_secs(120))?;
+            if code != 0 {
+                let (out, err) = self.output(&init.name).unwrap_or_default();
+                return Err(LaunchError(format!("the init container {} failed (exit status {code}): {}{}", init.name, String::from_utf8_lossy(&out), String::from_utf8_lossy(&err))));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn start(&self, c: &DockerContainer) -> Result<(), LaunchError> {
+        self.call("POST", &format!("/containers/{}/start", c.name), &EngineBody::None)
+            .map(drop)
+            .map_err(|err| LaunchError(format!("cannot start the {} container {} (image {}): {}", c.role, c.name, c.image, err.0)))
+    }
+
+    /// Removes a task's containers, running or not, and its volumes; what is already gone is fine.
+    pub fn remove(&self, task: &DockerTask) -> Result<(), LaunchError> {
+        for c in &task.containers {
+            self.call("DELETE", &format!("/containers/{}?force=true&v=true", c.name), &EngineBody::None)?;
+        }
+        for volume in &task.volumes {
+            self.call("DELETE", &format!("/volumes/{volume}?force=true"), &EngineBody::None)?;
+        }
+        Ok(())
+    }
+
+    /// The containers, stopped ones too, that carry `label` (`key` or `key=value`).
+    pub fn containers_labelled(&self, label: &str) -> Result<Vec<Value>, LaunchError> {
+        let filter = encode(&json!({"label": [label]}).to_string());
+        let body = self.call("GET", &format!("/containers/json?all=1&filters={filter}"), &EngineBody::None)?;
+        serde_json::from_slice(&body).map_err(|e| LaunchError(format!("the Docker engine listed containers in no JSON: {e}")))
+    }
+
     /// Whether a file exists in a container's file system (its volumes included).
     pub fn has_file(&self, container: &str, path: &str) -> Result<bool, LaunchError> {
         let (status, _) = self.request("HEAD", &format!("/containers/{container}/archive?path={}", encode(path)), &EngineBody::None)?;
@@ -410,7 +464,7 @@ fn engine_message(body: &[u8]) -> String {
 }
 
 /// Percent-encodes a query or path value.
-fn encode(text: &str) -> String {
+pub fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => (b as char).to_string(),
@@ -421,7 +475,7 @@ fn encode(text: &str) -> String {
 
 /// Splits the Engine API's multiplexed log stream (8-byte frame headers:
 /// stream, 0, 0, 0, big-endian length) into its frames.
-fn demux(reader: &mut dyn Read, mut each: impl FnMut(u8, &[u8])) {
+pub fn demux(reader: &mut dyn Read, mut each: impl FnMut(u8, &[u8])) {
     let mut header = [0u8; 8];
     let mut frame = Vec::new();
     while reader.read_exact(&mut header).is_ok() {
@@ -496,13 +550,6 @@ pub struct DockerExecutor {
     pub stop_grace: Duration,
 }
 
-fn start(engine: &Engine, c: &DockerContainer) -> Result<(), LaunchError> {
-    engine
-        .call("POST", &format!("/containers/{}/start", c.name), &EngineBody::None)
-        .map(drop)
-        .map_err(|err| LaunchError(format!("cannot start the {} container {} (image {}): {}", c.role, c.name, c.image, err.0)))
-}
-
 /// How often the executor looks at a running task's containers.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// How long the engine may stay unreachable under a running task before the task is given up.
@@ -543,19 +590,8 @@ impl DockerExecutor {
         let engine = self.engine();
         let task = docker_task(plan, &self.settings)?;
         let result = self.run_task(app, w, plan, &engine, &task).await;
-        let names: Vec<String> = task.containers.iter().map(|c| c.name.clone()).collect();
-        let volumes = task.volumes.clone();
-        let cleanup = engine.clone();
-        let cleaned = blocking(move || {
-            for name in &names {
-                cleanup.call("DELETE", &format!("/containers/{name}?force=true&v=true"), &EngineBody::None)?;
-            }
-            for volume in &volumes {
-                cleanup.call("DELETE", &format!("/volumes/{volume}?force=true"), &EngineBody::None)?;
-            }
-            Ok(())
-        })
-        .await;
+        let (e, t) = (engine.clone(), task.clone());
+        let cleaned = blocking(move || e.remove(&t)).await;
         if let Err(e) = cleaned {
             eprintln!("sluice: removing the containers of {}: {e}", w.id);
         }
@@ -565,36 +601,10 @@ impl DockerExecutor {
     async fn run_task(&self, app: &sluice_api::App, w: &sluice_domain::Workload, plan: &TaskPlan, engine: &Engine, task: &DockerTask) -> Result<(), LaunchError> {
         let (e, t) = (engine.clone(), task.clone());
         blocking(move || {
-            e.request("GET", "/version", &EngineBody::None)?;
-            let mut pulled = Vec::new();
-            for c in &t.containers {
-                if !pulled.contains(&c.image) {
-                    e.ensure_image(&c.image, c.role)?;
-                    pulled.push(c.image.clone());
-                }
-            }
-            for volume in &t.volumes {
-                e.call("POST", "/volumes/create", &EngineBody::Json(json!({"Name": volume, "Labels": {"sluice.volume": "task"}})))?;
-            }
-            for c in &t.containers {
-                e.call("POST", &format!("/containers/create?name={}", c.name), &EngineBody::Json(c.create.clone()))
-                    .map_err(|err| LaunchError(format!("cannot create the {} container (image {}): {}", c.role, c.image, err.0)))?;
-            }
-            e.put_files(&t.containers[0].name, &t.files_path, &t.files)?;
-            if let Some(init) = t.container("init") {
-                e.call("POST", &format!("/containers/{}/start", init.name), &EngineBody::None)?;
-                let code = e.wait(&init.name, Duration::from_secs(120))?;
-                if code != 0 {
-                    let (out, err) = e.output(&init.name).unwrap_or_default();
-                    return Err(LaunchError(format!("the init container {} failed (exit status {code}): {}{}", init.name, String::from_utf8_lossy(&out), String::from_utf8_lossy(&err))));
-                }
-            }
+            e.prepare(&t)?;
             // All but the last: it reports to the workload API, which must know the task launched first.
             let (_, rest) = t.containers.split_last().expect("one container at least");
-            for c in rest.iter().filter(|c| c.role != "init") {
-                start(&e, c)?;
-            }
-            Ok(())
+            rest.iter().filter(|c| c.role != "init").try_for_each(|c| e.start(c))
         })
         .await?;
         let last = task.containers.last().expect("one container at least");
@@ -602,7 +612,7 @@ impl DockerExecutor {
         let launched = sluice_domain::WorkloadEvent::Launched { task_ref: Some(format!("docker:{}", last.name)) };
         sluice_platform::workload_event(&app.ports(), &w.id, &launched, now()).await.map_err(|e| LaunchError(e.to_string()))?;
         let (e, c) = (engine.clone(), last.clone());
-        blocking(move || start(&e, &c)).await?;
+        blocking(move || e.start(&c)).await?;
         match plan.kind {
             WorkloadType::Sync => self.watch_sync(app, w, plan, engine, task).await,
             kind => {
@@ -750,16 +760,11 @@ impl DockerExecutor {
     }
 }
 
-/// The Docker engine's socket from `DOCKER_HOST` (`unix:///path`), if it names one.
-pub fn socket_from_env() -> Option<PathBuf> {
-    let host = std::env::var("DOCKER_HOST").ok()?;
-    host.strip_prefix("unix://").map(PathBuf::from)
-}
-
-/// Whether `path` is a socket an engine might listen on.
-pub fn engine_socket_exists(path: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(path).map(|m| m.file_type().is_socket()).unwrap_or(false)
+/// The Docker engine's socket: the one `DOCKER_HOST` names (`unix:///path`),
+/// else Docker's default.
+pub fn default_socket() -> PathBuf {
+    let from_env = std::env::var("DOCKER_HOST").ok().and_then(|host| host.strip_prefix("unix://").map(PathBuf::from));
+    from_env.unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"))
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@
 use serde::Serialize;
 use sluice_domain::WorkloadType;
 
-use crate::containers::{ask_command, connector_command, connector_env, init_script, platform_mode, platform_program, question_command, shared, volumes, PLATFORM_USER, SHARED};
+use crate::containers::{
+    ask_command, connector_command, connector_env, init_script, mounted_in, platform_mode, platform_program, question_command, shared, volumes, INIT_USER, PLATFORM_USER,
+    SHARED,
+};
 use crate::plan::{Container, Runtime, TaskPlan};
 use crate::LaunchError;
 
@@ -120,7 +123,7 @@ fn fargate_size(cpu_millis: u32, memory_mib: u32) -> (u32, u32) {
 
 pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, LaunchError> {
     let layout = volumes(plan);
-    let mounts = |role: &str| -> Vec<(String, String)> { layout.iter().filter(|v| v.roles.contains(&role)).map(|v| (v.name.to_owned(), v.path.clone())).collect() };
+    let mounts = |role: &str| -> Vec<(String, String)> { mounted_in(&layout, role).map(|v| (v.name.to_owned(), v.path.clone())).collect() };
     let init = format!("orchestrator fetch-files --dir {SHARED} && {}", init_script(plan));
     let mut containers = vec![EcsContainer {
         name: "init".into(),
@@ -131,7 +134,7 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
         depends_on: vec![],
         essential: false,
         memory_reservation_mib: 64,
-        user: Some("0:0".into()),
+        user: Some(INIT_USER.into()),
         mounts: mounts("init"),
     }];
     let after_init = || vec![("init".to_owned(), "SUCCESS".to_owned())];

@@ -301,9 +301,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
         heartbeat_secs: args.heartbeat_secs,
         stop_grace: Duration::from_secs(30),
     });
-    let reference_images = sluice_connectors::REFERENCE_CONNECTORS.iter().map(|n| (n.to_string(), format!("sluice/{n}:{}", env!("CARGO_PKG_VERSION")))).collect();
-    let socket = args.docker_socket.clone().or_else(sluice_launcher::docker::socket_from_env).unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
-    let mut docker_settings = DockerSettings::new(args.orchestrator_image.clone(), reference_images);
+    let socket = args.docker_socket.clone().unwrap_or_else(sluice_launcher::docker::default_socket);
+    let mut docker_settings = DockerSettings::new(args.orchestrator_image.clone(), reference_images());
     docker_settings.call_timeout = Duration::from_secs(args.docker_timeout_secs);
     if let Some(root) = &args.docker_local_root {
         let root = std::fs::canonicalize(root).with_context(|| format!("--docker-local-root {}: no such directory", root.display()))?;
@@ -383,16 +382,20 @@ async fn recover(app: &App) -> anyhow::Result<usize> {
     Ok(active.len())
 }
 
+/// Our reference connectors' images, as `task-images/` builds and tags them.
+fn reference_images() -> std::collections::BTreeMap<String, String> {
+    sluice_connectors::REFERENCE_CONNECTORS.iter().map(|n| (n.to_string(), format!("sluice/{n}:{}", env!("CARGO_PKG_VERSION")))).collect()
+}
+
 async fn ecs_launcher(args: &UpArgs, api_url: &str) -> anyhow::Result<sluice_lambda::EcsLauncher> {
     let config = sluice_store_aws::sdk_config().await;
     let names = args.aws_names.names();
     let launch_key_secret_arn = sluice_store_aws::provision::launch_key_arn(&config, &names)
         .await
         .with_context(|| format!("cannot find the launch key; run `sluice provision --prefix {}` first", args.aws_names.prefix))?;
-    let version = env!("CARGO_PKG_VERSION");
     let settings = sluice_launcher::ecs::EcsSettings {
         orchestrator_image: args.orchestrator_image.clone(),
-        reference_images: sluice_connectors::REFERENCE_CONNECTORS.iter().map(|n| (n.to_string(), format!("sluice/{n}:{version}"))).collect(),
+        reference_images: reference_images(),
         family_prefix: args.aws_names.prefix.clone(),
         log_group: names.task_log_group.clone(),
         region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
