@@ -7,7 +7,8 @@
 # by one run are there for the next on the same machine), and no bridge:
 # `--bridge=none --iptables=false --ip6tables=false`, so containers get
 # `--network host` or `none` only. `docker_engine_stop` stops that dockerd
-# by its pid (tests/run calls it on exit, whatever happened).
+# by its pid (tests/run calls it on exit, whatever happened, keeping the
+# run's exit status).
 
 docker_engine_pid=
 docker_engine_scratch=
@@ -74,5 +75,11 @@ docker_engine_stop() {
     kill -KILL "$docker_engine_pid" 2>/dev/null || true
     wait "$docker_engine_pid" 2>/dev/null || true
     docker_engine_pid=
-    rm -rf "$docker_engine_scratch"
+    # dockerd leaves its network namespace's bind mount behind in the exec root.
+    local mount
+    for mount in $(awk -v root="$docker_engine_scratch/" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r); do
+        umount -l "$mount" 2>/dev/null || true
+    done
+    rm -rf "$docker_engine_scratch" 2>/dev/null || echo "tests: could not remove $docker_engine_scratch" >&2
+    return 0
 }
