@@ -1,6 +1,7 @@
 //! Tasks as real containers on a real Docker engine, under `sluice up`:
-//! an Airbyte image (Airbyte's source-faker from PyPI, in Airbyte's image
-//! layout) for spec, check, discover and a legacy-mode sync; our reference
+//! Airbyte images (Airbyte's source-faker and source-file from PyPI, in
+//! Airbyte's image layout) for spec, check, discover and legacy-mode syncs,
+//! source-file reading a file of the local root; our reference
 //! images in socket mode; and faults: containers killed from outside, a
 //! destination over its memory limit, an image that does not exist, an
 //! entrypoint that fails at once, an engine that does not answer.
@@ -173,6 +174,28 @@ fn an_airbyte_image_answers_spec_check_discover_and_syncs_through_containers() {
     let again = p.wait_job(p.sync(&connection), Duration::from_secs(180));
     assert_eq!(again["status"], "succeeded", "{again}");
     assert_eq!(ids(&scratch.path("local/out/users.jsonl")).len(), 3000, "the second sync resumed: {again}");
+    assert_cleaned_up(&connection);
+}
+
+#[test]
+fn airbyte_source_file_image_reads_a_file_of_the_local_root() {
+    let scratch = Scratch::new();
+    let p = platform(&scratch, &[]);
+    let rows: String = (1..=250).map(|i| format!("{i},person {i},{}\n", 20 + i % 50)).collect();
+    std::fs::write(scratch.path("local/people.csv"), format!("id,name,age\n{rows}")).unwrap();
+    let workspace = p.workspace("file");
+    let file = image("SLUICE_AIRBYTE_SOURCE_FILE_IMAGE");
+    let (repository, tag) = file.rsplit_once(':').unwrap();
+    p.post(&format!("/workspaces/{workspace}/definitions/sources"), json!({"name": "File image", "dockerRepository": repository, "dockerImageTag": tag, "typeKey": "file-image"}));
+    // The check and discover containers read the file too.
+    let config = json!({"dataset_name": "people", "format": "csv", "url": "/local/people.csv", "provider": {"storage": "local"}});
+    let source = p.actor("source", &workspace, "file-image", config);
+    let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": "/local/out"}));
+    let body = json!({"sourceId": source, "destinationId": destination, "configurations": {"streams": [{"name": "people", "syncMode": "full_refresh_overwrite"}]}});
+    let connection = p.post("/connections", body)["connectionId"].as_str().unwrap().to_owned();
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(240));
+    assert_eq!(job["status"], "succeeded", "{job}\n{:#}\n{}", Value::Array(attempts(&p, job["jobId"].as_i64().unwrap())), p.log());
+    assert_eq!(ids(&scratch.path("local/out/people.jsonl")), (1..=250).collect::<Vec<i64>>(), "every row, in file order");
     assert_cleaned_up(&connection);
 }
 

@@ -40,7 +40,7 @@ use crate::containers::{
 use crate::plan::{files, Container, Runtime, TaskPlan};
 use crate::LaunchError;
 
-/// Where destination containers see `DockerSettings::local_root`, as Airbyte's do.
+/// Where connector containers see `DockerSettings::local_root`, as Airbyte's do.
 pub const LOCAL_ROOT: &str = "/local";
 
 /// The Engine API version spoken: Docker 20.10 and every later engine.
@@ -56,8 +56,8 @@ pub struct DockerSettings {
     pub network_mode: String,
     /// How long one Engine API request may take (waits and log streams aside).
     pub call_timeout: Duration,
-    /// A host directory destination containers see at `/local` (Airbyte's
-    /// LOCAL_ROOT, for destinations that write files).
+    /// A host directory connector containers see at `/local` (Airbyte's
+    /// LOCAL_ROOT: files a source reads or a destination writes).
     pub local_root: Option<PathBuf>,
 }
 
@@ -161,7 +161,8 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
     let layout = volumes(plan);
     let mounts = |role: &str| -> Vec<Value> {
         let mut mounts: Vec<Value> = mounted_in(&layout, role).map(|v| json!({"Type": "volume", "Source": volume_name(&task, v.name), "Target": v.path})).collect();
-        if let (Some(root), "destination") = (&settings.local_root, role) {
+        // Connectors, never the platform's containers, see the local root, as Airbyte's do.
+        if let (Some(root), "source" | "destination" | "connector") = (&settings.local_root, role) {
             mounts.push(json!({"Type": "bind", "Source": root, "Target": LOCAL_ROOT}));
         }
         mounts

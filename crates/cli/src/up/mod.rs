@@ -58,8 +58,8 @@ pub struct UpArgs {
     /// Each task container's memory limit in MiB (Airbyte's JOB_MAIN_CONTAINER_MEMORY_LIMIT)
     #[arg(long, default_value_t = 2048)]
     container_memory_mib: u32,
-    /// A directory of this machine that destination containers see as
-    /// `/local` (Airbyte's LOCAL_ROOT), for destinations that write files
+    /// A directory of this machine that connector containers see as
+    /// `/local` (Airbyte's LOCAL_ROOT): files sources read, destinations write
     #[arg(long)]
     docker_local_root: Option<PathBuf>,
     /// Seconds one Docker Engine API request may take before the task is failed
