@@ -174,7 +174,8 @@ fn job_to_container(runs: usize) -> anyhow::Result<Vec<f64>> {
         };
         let id = |value: Value, key: &str| value[key].as_str().map(String::from).with_context(|| format!("no {key} in {value}"));
         let workspace = id(client.call("POST", "/workspaces", Some(&json!({"name": "bench"})))?, "workspaceId")?;
-        let source = json!({"name": "faker", "workspaceId": workspace, "configuration": {"sourceType": "sluice-faker", "count": 1000}});
+        // A source that lives about a second, so its container is there to be seen.
+        let source = json!({"name": "faker", "workspaceId": workspace, "configuration": {"sourceType": "sluice-faker", "count": 1000, "records_per_slice": 100, "slice_pause_ms": 100}});
         let source = id(client.call("POST", "/sources", Some(&source))?, "sourceId")?;
         let destination = json!({"name": "null", "workspaceId": workspace, "configuration": {"destinationType": "dev-null"}});
         let destination = id(client.call("POST", "/destinations", Some(&destination))?, "destinationId")?;
@@ -187,11 +188,10 @@ fn job_to_container(runs: usize) -> anyhow::Result<Vec<f64>> {
             let started = loop {
                 let sources = engine().containers_labelled("sluice.role=source").map_err(|e| anyhow::anyhow!(e.0))?;
                 let mine = sources.iter().find(|c| c["Labels"]["sluice.workload"].as_str().is_some_and(|w| w.starts_with(&prefix)));
-                if let Some(c) = mine {
-                    let inspected = engine().inspect(c["Id"].as_str().unwrap_or_default()).map_err(|e| anyhow::anyhow!(e.0))?;
-                    if let Some(at) = inspected["State"]["StartedAt"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).filter(|t| t.as_second() > 0) {
-                        break at;
-                    }
+                // A container gone between the listing and the look is looked for again.
+                let inspected = mine.and_then(|c| engine().inspect(c["Id"].as_str().unwrap_or_default()).ok());
+                if let Some(at) = inspected.and_then(|i| i["State"]["StartedAt"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok())).filter(|t| t.as_second() > 0) {
+                    break at;
                 }
                 if (jiff::Timestamp::now() - asked).as_secs() > 60 {
                     bail!("the source container of job {job} did not start in a minute");
