@@ -27,11 +27,18 @@ fn settings() -> DockerSettings {
 }
 
 fn sync_plan(out: &str, source_config: Value) -> TaskPlan {
-    let config = std::env::temp_dir().join(format!("sluice-docker-plan-{}.json", std::process::id()));
+    // Each call its own config file: the tests run in parallel, and one
+    // truncating the file another's discover is reading fails that discover.
+    let scratch = Scratch::new();
+    let config = scratch.path("source-config.json");
     std::fs::write(&config, "{}").unwrap();
     let discovered = support::sluice().args(["connector", "source-faker", "discover", "--config"]).arg(&config).output().unwrap();
-    let line = discovered.stdout.split(|&b| b == b'\n').find(|l| l.starts_with(b"{")).expect("discover prints its catalog").to_vec();
-    let catalog: Value = serde_json::from_slice(&line).unwrap();
+    let catalog: Value = discovered
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        .find(|m| m["type"] == "CATALOG")
+        .unwrap_or_else(|| panic!("discover prints a CATALOG message: {}", String::from_utf8_lossy(&discovered.stdout)));
     let users = catalog["catalog"]["streams"].as_array().unwrap().iter().find(|s| s["name"] == "users").unwrap().clone();
     let configured = json!({"streams": [{"stream": users, "sync_mode": "full_refresh", "destination_sync_mode": "overwrite"}]});
     let file = |name: &str, value: Value| PlanFile { name: name.into(), contents: value.to_string() };
