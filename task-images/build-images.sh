@@ -140,6 +140,7 @@ fi
     echo "SLUICE_ORCHESTRATOR_IMAGE=sluice/orchestrator:$version"
     for c in "${connectors[@]}"; do echo "SLUICE_IMAGE_$(echo "$c" | tr 'a-z-' 'A-Z_')=sluice/$c:$version"; done
     if [ "$airbyte" = yes ]; then
+        echo "SLUICE_PYTHON_BASE_IMAGE=$python_image"
         echo "SLUICE_AIRBYTE_SOURCE_FAKER_IMAGE=$faker_image"
         echo "SLUICE_AIRBYTE_SOURCE_FILE_IMAGE=$file_image"
     fi

@@ -16,26 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_launcher::docker::{demux, encode, Engine, EngineBody};
+use sluice_launcher::docker::{demux, encode, EngineBody};
+use support::docker::{engine, image};
 use support::platform::Platform;
 use support::Scratch;
-
-/// The images' names, from `tests/run`'s environment or the env file
-/// `task-images/build-images.sh` writes.
-fn image(var: &str) -> String {
-    if let Ok(name) = std::env::var(var) {
-        return name;
-    }
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/images.env");
-    let text = std::fs::read_to_string(&file).unwrap_or_default();
-    text.lines().find_map(|l| l.strip_prefix(&format!("{var}=")).map(str::to_owned)).unwrap_or_else(|| {
-        panic!("no {var}: these tests need a Docker engine (DOCKER_HOST) and the images task-images/build-images.sh builds; ./tests/run starts and builds both")
-    })
-}
-
-fn engine() -> Engine {
-    Engine { socket: sluice_launcher::docker::default_socket(), timeout: Duration::from_secs(30) }
-}
 
 /// The task containers the engine holds for workloads whose id contains `part`.
 fn containers_of(part: &str) -> Vec<Value> {

@@ -165,10 +165,9 @@ async fn schedule_input(group: &str, name: &str) -> Option<Value> {
 /// What carries workloads out: the SQS event source mapping feeding the
 /// launcher, and ECS played from what moto holds.
 fn tasks(rt: &tokio::runtime::Runtime, prefix: &str, scratch: &Scratch, f: &Functions) -> EcsPlayer {
-    let sluice = env!("CARGO_BIN_EXE_sluice");
-    let mut programs: Vec<(String, String)> = ["source-faker", "destination-jsonl", "destination-dev-null"].iter().map(|n| (n.to_string(), format!("{sluice} connector {n}"))).collect();
-    programs.push(("example/scripted-source".into(), fixture("scripted_source.py")));
-    let ecs = EcsPlayer::start(prefix, scratch.path("tasks"), programs);
+    // The scripted source is published as an image, as a user's own connector would be.
+    support::docker::scripted_source_image();
+    let ecs = EcsPlayer::start(prefix, vec![scratch.path("out")]);
     let queue_url = rt.block_on(async {
         let config = sluice_store_aws::moto::sdk_config(moto()).await;
         sluice_store_aws::SqsQueue::url_of(&config, &sluice_store_aws::Names::with_prefix(prefix).queue).await.unwrap()

@@ -126,15 +126,13 @@ fn syncs_run_as_the_ecs_tasks_that_moto_holds() {
     provision(&prefix);
     let (subnet, group) = default_network();
     let scratch = Scratch::new();
-    let args = ["--aws", "--prefix", &prefix, "--executor", "ecs", "--ecs-subnets", &subnet, "--ecs-security-groups", &group];
+    let args = ["--aws", "--prefix", &prefix, "--executor", "ecs", "--ecs-subnets", &subnet, "--ecs-security-groups", &group, "--monitor-secs", "1"];
     let p = Platform::start_with_env(&scratch.path("data"), &args, &aws_env());
-    let sluice = env!("CARGO_BIN_EXE_sluice");
-    let programs = ["source-faker", "destination-jsonl", "destination-dev-null"].map(|p| (p.to_owned(), format!("{sluice} connector {p}")));
-    let _ecs = EcsPlayer::start(&prefix, scratch.path("tasks"), programs.to_vec());
+    let out = scratch.path("out");
+    let _ecs = EcsPlayer::start(&prefix, vec![out.clone()]);
 
     let workspace = p.workspace("ecs");
     let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 30}));
-    let out = scratch.path("out");
     let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": out.display().to_string()}));
     let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
         "configurations": {"streams": [{"name": "users", "syncMode": "incremental_append"}]}}))["connectionId"].as_str().unwrap().to_owned();
@@ -149,4 +147,31 @@ fn syncs_run_as_the_ecs_tasks_that_moto_holds() {
     let second = p.wait_job(p.sync(&connection), Duration::from_secs(120));
     assert_eq!(second["status"], "succeeded", "{second}");
     assert_eq!(second["rowsSynced"], 0, "the second task resumed from the committed state");
+
+    // Legacy mode, with Airbyte's own source-faker image: its spec, check
+    // and discover are ECS tasks too, and its sync runs the orchestrator
+    // between the containers on the task's pipes.
+    let faker = support::docker::image("SLUICE_AIRBYTE_SOURCE_FAKER_IMAGE");
+    let (repository, tag) = faker.rsplit_once(':').unwrap();
+    p.post(&format!("/workspaces/{workspace}/definitions/sources"), json!({"name": "Faker image", "dockerRepository": repository, "dockerImageTag": tag, "typeKey": "faker-image"}));
+    let airbyte = p.actor("source", &workspace, "faker-image", json!({"count": 500, "seed": 3, "records_per_slice": 100, "always_updated": false}));
+    let airbyte_out = out.join("airbyte");
+    let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": airbyte_out.display().to_string()}));
+    let connection = p.post("/connections", json!({"sourceId": airbyte, "destinationId": destination,
+        "configurations": {"streams": [{"name": "users", "syncMode": "incremental_append"}]}}))["connectionId"].as_str().unwrap().to_owned();
+    let first = p.wait_job(p.sync(&connection), Duration::from_secs(180));
+    assert_eq!(first["status"], "succeeded", "{first}\n{}", p.log());
+    let log = p.get(&format!("/jobs/{}/attempts/0/logs", first["jobId"]))["text"].as_str().unwrap().to_owned();
+    assert!(!log.contains("data channel: SOCKET"), "Airbyte's image speaks stdio: {log}");
+    let users = || std::fs::read_to_string(airbyte_out.join("users.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+    assert_eq!(users(), 500);
+    let second = p.wait_job(p.sync(&connection), Duration::from_secs(180));
+    assert_eq!(second["status"], "succeeded", "{second}");
+    assert_eq!(users(), 500, "the second task resumed from the committed state: {second}");
+
+    // A task ECS cannot start never reports: the monitor fails its workload
+    // with ECS's reason, at once rather than at the heartbeat deadline.
+    p.post(&format!("/workspaces/{workspace}/definitions/sources"), json!({"name": "Missing", "dockerRepository": "example/not-built", "dockerImageTag": "9.9.9", "typeKey": "missing-image"}));
+    let (status, refused) = p.call("POST", "/sources", Some(&json!({"name": "missing", "workspaceId": workspace, "configuration": {"sourceType": "missing-image"}})), Some(&p.token));
+    assert!(status >= 400 && refused.to_string().contains("example/not-built:9.9.9"), "{status} {refused}");
 }

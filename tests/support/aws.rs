@@ -1,12 +1,16 @@
 //! AWS as the tests have it: one moto per test binary on 127.0.0.1, and a
 //! stand-in for what moto does not do: run the containers of ECS tasks,
-//! with the task role's credentials endpoint.
+//! as real containers on the tests' Docker engine, with the task role's
+//! credentials endpoint.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sluice_launcher::docker::{Engine, EngineBody};
 
 pub fn moto_venv() -> PathBuf {
     let cache = sluice_connectors::Cache { root: super::cache_dir() };
@@ -77,169 +81,277 @@ fn credentials_endpoint() -> &'static str {
 
 /// Plays ECS for moto, which runs no containers: every task RunTask made
 /// in `cluster` is read back (its task definition, its overrides, the
-/// secrets its definition names) and exactly that is executed as local
-/// processes, each task in its own thread, with the shared volume a
-/// directory and each image's program a local one (`programs`: image name
-/// part, program). A task told to stop (StopTask) is killed; a task whose
-/// essential container exited is stopped in moto, as ECS would.
+/// secrets its definition names) and exactly that runs as containers on
+/// the tests' Docker engine, with the images the definition names: a
+/// Docker volume per task volume, each container's mount points, user,
+/// entrypoint, command and environment, `dependsOn` honoured (a container
+/// starts once its dependencies reached their condition), and the task
+/// ending when an essential container exits, as ECS ends it (the others
+/// stopped, the task stopped in moto with ECS's reason). A task told to
+/// stop (StopTask) has its containers stopped. Containers share the
+/// host's network, as a task's containers share theirs: they reach the
+/// workload API and moto on 127.0.0.1, and the task role's credentials
+/// endpoint there instead of 169.254.170.2.
+///
+/// `storage` are host directories every container sees at the same path:
+/// the stand-in for where a destination writes (on ECS, S3 or EFS), so a
+/// test reads what a destination wrote.
 pub struct EcsPlayer {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// The processes of each task, by the workload it runs.
-    pub pids: Arc<Mutex<HashMap<String, Vec<u32>>>>,
+    /// The containers of each task, by the workload it runs.
+    containers: Arc<Mutex<HashMap<String, Vec<String>>>>,
 }
 
 impl EcsPlayer {
-    pub fn start(cluster: &str, scratch: PathBuf, programs: Vec<(String, String)>) -> EcsPlayer {
+    pub fn start(cluster: &str, storage: Vec<PathBuf>) -> EcsPlayer {
         let stop = Arc::new(AtomicBool::new(false));
-        let pids = Arc::new(Mutex::new(HashMap::new()));
-        let (cluster, stop_flag, pid_map) = (cluster.to_owned(), stop.clone(), pids.clone());
-        let thread = std::thread::spawn(move || play(cluster, scratch, programs, stop_flag, pid_map));
-        EcsPlayer { stop, thread: Some(thread), pids }
+        let containers = Arc::new(Mutex::new(HashMap::new()));
+        let (cluster, stop_flag, by_workload) = (cluster.to_owned(), stop.clone(), containers.clone());
+        for dir in &storage {
+            std::fs::create_dir_all(dir).unwrap();
+            // The connectors run as their images' users, never root.
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        }
+        let thread = std::thread::spawn(move || play(cluster, storage, stop_flag, by_workload));
+        EcsPlayer { stop, thread: Some(thread), containers }
     }
 
-    /// Freezes every process of the workload's task (SIGSTOP): its heartbeats stop.
+    /// Freezes the workload task's running containers (`docker pause`):
+    /// its heartbeats stop. Returns how many it froze.
     pub fn freeze(&self, workload: &str) -> usize {
-        let pids = self.pids.lock().unwrap().get(workload).cloned().unwrap_or_default();
-        for pid in &pids {
-            unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
-        }
-        pids.len()
+        let names = self.containers.lock().unwrap().get(workload).cloned().unwrap_or_default();
+        let engine = super::docker::engine();
+        names.iter().filter(|name| engine.call("POST", &format!("/containers/{name}/pause"), &EngineBody::None).is_ok()).count()
     }
 }
 
 impl Drop for EcsPlayer {
     fn drop(&mut self) {
+        // Each task's thread sees the flag, stops its containers and removes them.
         self.stop.store(true, Ordering::SeqCst);
-        for pid in self.pids.lock().unwrap().values().flatten() {
-            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
-        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn play(cluster: String, scratch: PathBuf, programs: Vec<(String, String)>, stop: Arc<AtomicBool>, pids: Arc<Mutex<HashMap<String, Vec<u32>>>>) {
-    let sluice = env!("CARGO_BIN_EXE_sluice");
-    let bin = scratch.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    // The platform container's programs: `sluice orchestrate` runs the bookkeeper for socket mode.
-    for program in ["orchestrator", "bookkeeper"] {
-        let shim = bin.join(program);
-        std::fs::write(&shim, format!("#!/bin/sh\nexec {sluice} orchestrate \"$@\"\n")).unwrap();
-        std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+/// One container of a played task.
+struct TaskContainer {
+    /// Its name in the task definition.
+    name: String,
+    /// Its name on the engine.
+    engine_name: String,
+    essential: bool,
+    /// (container, condition): START, COMPLETE, SUCCESS or HEALTHY.
+    depends_on: Vec<(String, String)>,
+    create: Value,
+}
+
+/// A task as the engine runs it.
+struct PlayedTask {
+    workload: String,
+    volumes: Vec<String>,
+    containers: Vec<TaskContainer>,
+}
+
+fn play(cluster: String, storage: Vec<PathBuf>, stop: Arc<AtomicBool>, by_workload: Arc<Mutex<HashMap<String, Vec<String>>>>) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let config = sluice_store_aws::moto::sdk_config(moto()).await;
         let ecs = aws_sdk_ecs::Client::new(&config);
         let secrets = aws_sdk_secretsmanager::Client::new(&config);
         let mut seen = HashSet::new();
-        let mut running: HashMap<String, (String, std::thread::JoinHandle<()>)> = HashMap::new();
+        // Each running task: its thread (which returns why the task
+        // stopped) and the flag that tells it ECS was told to stop it.
+        let mut running: HashMap<String, (std::thread::JoinHandle<String>, Arc<AtomicBool>)> = HashMap::new();
         while !stop.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            // Tasks that ECS was told to stop: their processes go.
             if !running.is_empty() {
                 let arns: Vec<String> = running.keys().cloned().collect();
                 if let Ok(described) = ecs.describe_tasks().cluster(&cluster).set_tasks(Some(arns)).send().await {
-                    for task in described.tasks() {
-                        if task.desired_status() == Some("STOPPED") {
-                            let (workload, _) = &running[task.task_arn().unwrap()];
-                            for pid in pids.lock().unwrap().get(workload).into_iter().flatten() {
-                                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
-                            }
-                        }
+                    for task in described.tasks().iter().filter(|t| t.desired_status() == Some("STOPPED")) {
+                        running[task.task_arn().unwrap()].1.store(true, Ordering::SeqCst);
                     }
                 }
             }
-            // As ECS does when a task's essential container exits: the task stops.
-            let ended: Vec<String> = running.iter().filter(|(_, (_, thread))| thread.is_finished()).map(|(arn, _)| arn.clone()).collect();
+            let ended: Vec<String> = running.iter().filter(|(_, (thread, _))| thread.is_finished()).map(|(arn, _)| arn.clone()).collect();
             for arn in ended {
-                let _ = ecs.stop_task().cluster(&cluster).task(&arn).reason("Essential container in task exited").send().await;
-                running.remove(&arn);
+                let (thread, _) = running.remove(&arn).unwrap();
+                let reason = thread.join().unwrap_or_else(|_| "the player's task thread panicked".into());
+                let _ = ecs.stop_task().cluster(&cluster).task(&arn).reason(reason).send().await;
             }
             let Ok(listed) = ecs.list_tasks().cluster(&cluster).send().await else { continue };
             for arn in listed.task_arns().iter().filter(|a| seen.insert(a.to_string())) {
                 let task = ecs.describe_tasks().cluster(&cluster).tasks(arn).send().await.unwrap().tasks()[0].clone();
-                let overrides: Vec<(String, String)> = task.overrides().unwrap().container_overrides()[0]
-                    .environment()
-                    .iter()
-                    .map(|kv| (kv.name().unwrap().to_owned(), kv.value().unwrap().to_owned()))
-                    .collect();
                 let definition = ecs.describe_task_definition().task_definition(task.task_definition_arn().unwrap()).send().await.unwrap().task_definition.unwrap();
-                let volume = scratch.join(arn.rsplit('/').next().unwrap());
-                std::fs::create_dir_all(&volume).unwrap();
-                let local = |text: &str| text.replace("/sluice", &volume.display().to_string());
-                // The task's volumes are directories under this one, at their mount points.
-                for c in definition.container_definitions() {
-                    for path in c.mount_points().iter().filter_map(|m| m.container_path()) {
-                        std::fs::create_dir_all(local(path)).unwrap();
-                    }
-                }
+                let id = arn.rsplit('/').next().unwrap().to_owned();
+                let overrides: HashMap<String, Vec<String>> = task
+                    .overrides()
+                    .map(|o| o.container_overrides())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|o| (o.name().unwrap_or_default().to_owned(), o.environment().iter().map(|kv| format!("{}={}", kv.name().unwrap(), kv.value().unwrap())).collect()))
+                    .collect();
+                // CPU units, at most what this machine has: the engine refuses more.
+                let host_units = std::thread::available_parallelism().map_or(1, |n| n.get() as u64) * 1024;
+                let cpus = definition.cpu().and_then(|c| c.parse::<u64>().ok()).unwrap_or(1024).min(host_units);
+                let memory_mib = definition.memory().and_then(|m| m.parse::<u64>().ok()).unwrap_or(2048);
+                let volume_name = |volume: &str| format!("ecs-{id}-{volume}").to_lowercase();
                 let mut containers = Vec::new();
                 for c in definition.container_definitions() {
-                    let mut command: Vec<String> = c.command().iter().map(|a| local(a)).collect();
-                    let mut process = std::process::Command::new(command.remove(0));
-                    process.args(&command).current_dir(&volume).env("PATH", &path).envs(overrides.iter().map(|(k, v)| (k, local(v))));
-                    // A task has only its role's credentials, never those of whoever runs the tests.
-                    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"] {
-                        process.env_remove(name);
+                    let name = c.name().unwrap_or_default().to_owned();
+                    // As ECS sets for every container of a Fargate task, then the definition's own, then the overrides.
+                    let mut env = vec!["AWS_REGION=us-east-1".to_owned(), "AWS_DEFAULT_REGION=us-east-1".to_owned(), "SLUICE_HEARTBEAT_SECS=1".to_owned()];
+                    if definition.task_role_arn().is_some() {
+                        env.push(format!("AWS_CONTAINER_CREDENTIALS_FULL_URI={}", credentials_endpoint()));
                     }
-                    process.env("SLUICE_HEARTBEAT_SECS", "1");
-                    for kv in c.environment() {
-                        process.env(kv.name().unwrap(), local(kv.value().unwrap()));
-                    }
+                    env.extend(c.environment().iter().map(|kv| format!("{}={}", kv.name().unwrap(), kv.value().unwrap())));
                     for secret in c.secrets() {
                         let value = secrets.get_secret_value().secret_id(secret.value_from()).send().await.unwrap().secret_string.unwrap();
-                        process.env(secret.name(), value);
+                        env.push(format!("{}={value}", secret.name()));
                     }
-                    // As ECS does for every container of a task with a task role.
-                    if definition.task_role_arn().is_some() {
-                        process.env("AWS_CONTAINER_CREDENTIALS_FULL_URI", credentials_endpoint());
+                    env.extend(overrides.get(&name).cloned().unwrap_or_default());
+                    let mut mounts: Vec<Value> = c
+                        .mount_points()
+                        .iter()
+                        .map(|m| json!({"Type": "volume", "Source": volume_name(m.source_volume().unwrap()), "Target": m.container_path().unwrap(), "ReadOnly": m.read_only().unwrap_or(false)}))
+                        .collect();
+                    mounts.extend(storage.iter().map(|dir| json!({"Type": "bind", "Source": dir, "Target": dir})));
+                    let mut create = json!({
+                        "Image": c.image().unwrap(),
+                        "Env": env,
+                        "Labels": {"sluice.ecs-task": id, "sluice.ecs-container": name},
+                        "HostConfig": {
+                            "NetworkMode": "host",
+                            "Mounts": mounts,
+                            // Fargate limits the task; here each container gets the task's size.
+                            "NanoCpus": cpus * 1_000_000_000 / 1024,
+                            "Memory": memory_mib * 1024 * 1024,
+                            "MemoryReservation": c.memory_reservation().unwrap_or(0) as u64 * 1024 * 1024,
+                        },
+                    });
+                    if !c.entry_point().is_empty() {
+                        create["Entrypoint"] = json!(c.entry_point());
                     }
-                    let image = c.image().unwrap();
-                    if let Some((_, program)) = programs.iter().find(|(part, _)| image.contains(part.as_str())) {
-                        process.env("AIRBYTE_ENTRYPOINT", program);
+                    if !c.command().is_empty() {
+                        create["Cmd"] = json!(c.command());
                     }
-                    containers.push((c.name().unwrap_or_default().to_owned(), process));
+                    if let Some(user) = c.user() {
+                        create["User"] = json!(user);
+                    }
+                    let depends_on = c.depends_on().iter().map(|d| (d.container_name().to_owned(), d.condition().as_str().to_owned())).collect();
+                    containers.push(TaskContainer { engine_name: format!("ecs-{id}-{name}"), name, essential: c.essential().unwrap_or(true), depends_on, create });
                 }
+                let volumes = definition.volumes().iter().filter_map(|v| v.name()).map(volume_name).collect();
                 let workload = task.started_by().unwrap_or_default().to_owned();
-                let (pids, volume) = (pids.clone(), volume.clone());
+                by_workload.lock().unwrap().insert(workload.clone(), containers.iter().map(|c| c.engine_name.clone()).collect());
+                let played = PlayedTask { workload, volumes, containers };
+                let (told_to_stop, player_stops) = (Arc::new(AtomicBool::new(false)), stop.clone());
                 let thread = std::thread::spawn({
-                    let workload = workload.clone();
-                    move || run_task(&workload, containers, &volume, &pids)
+                    let told_to_stop = told_to_stop.clone();
+                    move || run_task(&super::docker::engine(), &played, &told_to_stop, &player_stops)
                 });
-                running.insert(arn.clone(), (workload, thread));
+                running.insert(arn.clone(), (thread, told_to_stop));
             }
+        }
+        for (_, (thread, _)) in running.drain() {
+            let _ = thread.join();
         }
     });
 }
 
-/// One task: init to its end, then the others together; the task ends
-/// with its essential container, the last one (the orchestrator).
-fn run_task(workload: &str, containers: Vec<(String, std::process::Command)>, volume: &std::path::Path, pids: &Mutex<HashMap<String, Vec<u32>>>) {
-    let mut children = Vec::new();
-    for (name, mut process) in containers {
-        if name == "init" {
-            let status = process.status().unwrap();
-            assert!(status.success(), "the init container of {workload} failed");
-            // The files name the volume by its mount point; here it is a directory.
-            let sync = volume.join("sync.json");
-            if let Ok(text) = std::fs::read_to_string(&sync) {
-                std::fs::write(&sync, text.replace("/sluice", &volume.display().to_string())).unwrap();
+/// Runs one task to its end; returns why it stopped, as ECS words it.
+fn run_task(engine: &Engine, task: &PlayedTask, told_to_stop: &AtomicBool, player_stops: &AtomicBool) -> String {
+    let reason = drive_task(engine, task, told_to_stop, player_stops);
+    for c in &task.containers {
+        if let Ok(info) = engine.inspect(&c.engine_name) {
+            let code = info["State"]["ExitCode"].as_i64().unwrap_or(0);
+            if code != 0 && !told_to_stop.load(Ordering::SeqCst) {
+                let (out, err) = engine.output(&c.engine_name).unwrap_or_default();
+                let tail = |b: &[u8]| String::from_utf8_lossy(&b[b.len().saturating_sub(2000)..]).into_owned();
+                eprintln!("ecs player: {} of {} exited {code}:\n{}{}", c.name, task.workload, tail(&out), tail(&err));
             }
-        } else {
-            let child = process.spawn().unwrap();
-            pids.lock().unwrap().entry(workload.to_owned()).or_default().push(child.id());
-            children.push(child);
+        }
+        let _ = engine.call("DELETE", &format!("/containers/{}?force=true&v=true", c.engine_name), &EngineBody::None);
+    }
+    for volume in &task.volumes {
+        let _ = engine.call("DELETE", &format!("/volumes/{volume}?force=true"), &EngineBody::None);
+    }
+    reason
+}
+
+fn drive_task(engine: &Engine, task: &PlayedTask, told_to_stop: &AtomicBool, player_stops: &AtomicBool) -> String {
+    for volume in &task.volumes {
+        if let Err(e) = engine.call("POST", "/volumes/create", &EngineBody::Json(json!({"Name": volume, "Labels": {"sluice.volume": "ecs-task"}}))) {
+            return format!("ResourceInitializationError: {}", e.0);
         }
     }
-    let mut essential = children.pop().expect("the orchestrator container");
-    let _ = essential.wait();
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
+    for c in &task.containers {
+        if let Err(e) = engine.call("POST", &format!("/containers/create?name={}", c.engine_name), &EngineBody::Json(c.create.clone())) {
+            return format!("CannotPullContainerError: {}: {}", c.name, e.0);
+        }
+    }
+    // (exit status once exited) by container; started ones are in `started`.
+    let mut started: HashSet<&str> = HashSet::new();
+    let mut exited: HashMap<&str, i64> = HashMap::new();
+    let stop_all = |signal_first: bool| {
+        for c in &task.containers {
+            // A frozen container takes no signal until thawed.
+            let _ = engine.call("POST", &format!("/containers/{}/unpause", c.engine_name), &EngineBody::None);
+            let path = if signal_first { format!("/containers/{}/stop?t=10", c.engine_name) } else { format!("/containers/{}/kill", c.engine_name) };
+            let _ = engine.request("POST", &path, &EngineBody::None);
+        }
+    };
+    let since = Instant::now();
+    loop {
+        if player_stops.load(Ordering::SeqCst) {
+            stop_all(false);
+            return "the tests' ECS player stopped".into();
+        }
+        if told_to_stop.load(Ordering::SeqCst) {
+            stop_all(true);
+            return "Task stopped by user".into();
+        }
+        for c in &task.containers {
+            if started.contains(c.name.as_str()) {
+                continue;
+            }
+            let met = |(on, condition): &(String, String)| match condition.as_str() {
+                "COMPLETE" => exited.contains_key(on.as_str()),
+                "SUCCESS" => exited.get(on.as_str()) == Some(&0),
+                _ => started.contains(on.as_str()),
+            };
+            // A dependency that can no longer be met stops the task, as on ECS.
+            if let Some((on, _)) = c.depends_on.iter().find(|(on, condition)| condition == "SUCCESS" && exited.get(on.as_str()).is_some_and(|&code| code != 0)) {
+                stop_all(true);
+                return format!("Essential container in task exited: {} depends on {on}, which failed ({})", c.name, exited[on.as_str()]);
+            }
+            if c.depends_on.iter().all(met) {
+                if let Err(e) = engine.call("POST", &format!("/containers/{}/start", c.engine_name), &EngineBody::None) {
+                    stop_all(false);
+                    return format!("CannotStartContainerError: {}: {}", c.name, e.0);
+                }
+                started.insert(c.name.as_str());
+            }
+        }
+        for c in &task.containers {
+            if !started.contains(c.name.as_str()) || exited.contains_key(c.name.as_str()) {
+                continue;
+            }
+            let Ok(info) = engine.inspect(&c.engine_name) else { continue };
+            if info["State"]["Status"] == "exited" || info["State"]["Status"] == "dead" {
+                exited.insert(c.name.as_str(), info["State"]["ExitCode"].as_i64().unwrap_or(-1));
+                if c.essential {
+                    stop_all(true);
+                    return "Essential container in task exited".into();
+                }
+            }
+        }
+        if started.is_empty() && since.elapsed() > Duration::from_secs(60) {
+            stop_all(false);
+            return "the task's containers never started".into();
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

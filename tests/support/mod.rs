@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod docker;
 pub mod platform;
 
 use std::path::{Path, PathBuf};

@@ -5,7 +5,8 @@
 //! spawning both connectors) and as the Docker executor's containers (init,
 //! source, destination, orchestrator or bookkeeper on the task's volumes,
 //! from the images `task-images/build-images.sh` builds); the ratio
-//! container/process. Then the time from `POST /jobs` to the source
+//! container/process at two sizes, and from them the ratio of the rates
+//! alone and the containers' fixed cost. Then the time from `POST /jobs` to the source
 //! container running, under `sluice up --executor docker`, with the images
 //! present.
 
@@ -72,7 +73,7 @@ fn containers_once(plan: &TaskPlan) -> anyhow::Result<(f64, u64)> {
     let run = || -> anyhow::Result<(f64, u64)> {
         e.prepare(&task)?;
         let started = Instant::now();
-        task.containers.iter().filter(|c| c.role != "init").try_for_each(|c| e.start(c))?;
+        e.start_together(&task.containers.iter().filter(|c| c.role != "init").collect::<Vec<_>>())?;
         let last = &task.containers[task.containers.len() - 1].name;
         let code = e.wait(last, Duration::from_secs(3600))?;
         let secs = started.elapsed().as_secs_f64();
@@ -118,30 +119,40 @@ fn median(mut secs: Vec<f64>) -> f64 {
     secs[secs.len() / 2]
 }
 
+/// The median seconds of `runs` runs of one transfer, as processes and as containers.
+fn transfer(sluice: &Path, records: u64, record_size: usize, runs: usize, channel: &Option<PlanChannel>, catalog: &Value, dir: &Path) -> anyhow::Result<(f64, f64)> {
+    let (mut local, mut boxed) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let plan = plan(records, record_size, channel.clone(), catalog, &format!("bench-{}-{records}-{run}", std::process::id()));
+        for (times, how, moved) in [(&mut local, "processes", processes_once(sluice, &plan, dir)?), (&mut boxed, "containers", containers_once(&plan)?)] {
+            if moved.1 != records {
+                bail!("the {how} moved {} of {records} records", moved.1);
+            }
+            times.push(moved.0);
+        }
+    }
+    Ok((median(local), median(boxed)))
+}
+
+/// Each mode at `records` and at four times as many: the ratio of the
+/// totals, then, from the two sizes (time = fixed + records / rate), the
+/// ratio of the rates alone and what containers add at the start and end.
 pub fn run(records: u64, record_size: usize, runs: usize, catalog: &Value, dir: &Path) -> anyhow::Result<()> {
     let sluice = std::env::current_exe()?;
     engine().request("GET", "/version", &EngineBody::None).map_err(|e| anyhow::anyhow!("{}", e.0))?;
-    eprintln!("sluice bench --containers: {records} records of {record_size} bytes, {runs} runs each, engine at {}", engine().socket.display());
-    println!("{:<28} {:>12} {:>12} {:>22}", "mode", "processes", "containers", "containers / processes");
+    eprintln!("sluice bench --containers: {records} and {} records of {record_size} bytes, {runs} runs each, engine at {}", records * 4, engine().socket.display());
+    println!("{:<32} {:>9} {:>13} {:>13} {:>11}", "mode", "records", "processes", "containers", "c/p rate");
     let modes = [("legacy (orchestrator)", None), ("socket PROTOBUF x2 (bookkeeper)", Some(PlanChannel { format: Format::Protobuf, socket_count: 2 }))];
     for (name, channel) in modes {
-        let (mut local, mut boxed) = (Vec::new(), Vec::new());
-        for run in 0..runs {
-            let plan = plan(records, record_size, channel.clone(), catalog, &format!("bench-{}-{run}", std::process::id()));
-            let (secs, moved) = processes_once(&sluice, &plan, dir)?;
-            if moved != records {
-                bail!("{name}: the processes moved {moved} of {records} records");
-            }
-            local.push(secs);
-            let (secs, moved) = containers_once(&plan)?;
-            if moved != records {
-                bail!("{name}: the containers moved {moved} of {records} records");
-            }
-            boxed.push(secs);
-        }
-        let (l, c) = (median(local), median(boxed));
-        let rate = |secs: f64| format!("{:.0} rec/s", records as f64 / secs);
-        println!("{name:<28} {:>12} {:>12} {:>21.2}x", rate(l), rate(c), l / c);
+        let rate = |n: u64, secs: f64| format!("{:.0} rec/s", n as f64 / secs);
+        let (p1, c1) = transfer(&sluice, records, record_size, runs, &channel, catalog, dir).with_context(|| name.to_owned())?;
+        println!("{name:<32} {records:>9} {:>13} {:>13} {:>10.2}x", rate(records, p1), rate(records, c1), p1 / c1);
+        let (p4, c4) = transfer(&sluice, records * 4, record_size, runs, &channel, catalog, dir).with_context(|| name.to_owned())?;
+        println!("{name:<32} {:>9} {:>13} {:>13} {:>10.2}x", records * 4, rate(records * 4, p4), rate(records * 4, c4), p4 / c4);
+        // Three times the records more: what that costs each way is the rate alone.
+        let (per_p, per_c) = ((p4 - p1) / (3 * records) as f64, (c4 - c1) / (3 * records) as f64);
+        let fixed = (c1 - per_c * records as f64) - (p1 - per_p * records as f64);
+        println!("{name:<32} {:>9} {:>13} {:>13} {:>10.2}x   (containers' fixed cost {:+.0} ms)", "rate", rate(1, per_p), rate(1, per_c), per_p / per_c, fixed * 1000.0);
     }
     match job_to_container(runs) {
         Ok(latencies) => println!("POST /jobs to the source container running (images present), median of {runs}: {:.0} ms", median(latencies) * 1000.0),

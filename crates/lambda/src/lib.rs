@@ -142,13 +142,36 @@ pub async fn scheduler(app: &App, event: &Value) -> Result<Value, Error> {
 pub async fn monitor(app: &App, tasks: Option<&sluice_store_aws::EcsTasks>, retention: jiff::SignedDuration) -> Result<Value, Error> {
     let now = jiff::Timestamp::now();
     let failed = sluice_platform::monitor_sweep(&app.ports(), &app.settings.retry, now).await.map_err(|e| Error(e.to_string()))?;
-    let stopped = match tasks {
-        Some(tasks) => stop_tasks_of_ended_workloads(app, tasks).await?,
-        None => Vec::new(),
+    let (stopped, lost) = match tasks {
+        Some(tasks) => (stop_tasks_of_ended_workloads(app, tasks).await?, fail_workloads_of_stopped_tasks(app, tasks).await?),
+        None => (Vec::new(), Vec::new()),
     };
     let retried = sluice_platform::start_due_attempts(&app.ports(), now).await.map_err(|e| Error(e.to_string()))?;
     let purged = app.workloads.purge_finished_workloads(now - retention).await.map_err(|e| Error(e.to_string()))?;
-    Ok(json!({"failed": failed, "stopped": stopped, "retried": retried.iter().map(|j| j.id).collect::<Vec<_>>(), "purged": purged}))
+    Ok(json!({"failed": failed, "stopped": stopped, "lost": lost, "retried": retried.iter().map(|j| j.id).collect::<Vec<_>>(), "purged": purged}))
+}
+
+/// The other way round: a task that stopped while its workload had not
+/// ended (an image ECS could not pull, a container that could not start, a
+/// dependency that failed) never reports; its workload is failed now with
+/// ECS's reason rather than at the heartbeat deadline. Returns those workloads.
+pub async fn fail_workloads_of_stopped_tasks(app: &App, tasks: &sluice_store_aws::EcsTasks) -> Result<Vec<String>, Error> {
+    let mut lost = Vec::new();
+    for (arn, workload_id, why) in tasks.stopped().await.map_err(|e| Error(e.to_string()))? {
+        let w = match app.workloads.get_workload(&workload_id).await {
+            Ok(w) => w,
+            Err(sluice_store::StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(Error(e.to_string())),
+        };
+        // Another task of the same workload (a relaunch) is not this one's business.
+        if w.status.is_terminal() || w.task_ref.as_deref().is_some_and(|r| r != arn) {
+            continue;
+        }
+        let reason = format!("its ECS task {arn} stopped before the workload ended: {why}");
+        sluice_launcher::fail_workload(app, &w, "system_error", &reason).await.map_err(|e| Error(e.to_string()))?;
+        lost.push(workload_id);
+    }
+    Ok(lost)
 }
 
 /// StopTask for each running task whose workload has ended: a cancelled

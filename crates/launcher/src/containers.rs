@@ -187,7 +187,7 @@ pub fn connector_command(role: &str) -> Vec<String> {
     let dir = role_dir(role).display().to_string();
     let wrapper = sluice_orchestrator::connector::attach_wrapper(&role_dir(role), &CONNECTOR.map(String::from), wants_stdin);
     let (catalog, state) = (quote(&format!("{dir}/catalog.json")), quote(&format!("{dir}/state.json")));
-    let script = format!("while [ ! -e {catalog} ]; do sleep 0.2; done; if [ -e {state} ]; then set -- \"$@\" --state {state}; fi; {wrapper}");
+    let script = format!("while [ ! -e {catalog} ]; do sleep 0.05; done; if [ -e {state} ]; then set -- \"$@\" --state {state}; fi; {wrapper}");
     let mut cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), script, role.to_owned(), verb.to_owned()];
     cmd.extend(["--config".to_owned(), format!("{dir}/config.json"), "--catalog".to_owned(), format!("{dir}/catalog.json")]);
     cmd

@@ -60,6 +60,10 @@ fn workload_api_auth_env(settings: &EcsSettings) -> Vec<(String, String)> {
 pub struct EcsContainer {
     pub name: String,
     pub image: String,
+    /// Replaces the image's ENTRYPOINT: every image has its own (our
+    /// platform image `orchestrator`, Airbyte's their connector), and ECS
+    /// would otherwise run `command` as that entrypoint's arguments.
+    pub entry_point: Vec<String>,
     pub command: Vec<String>,
     pub environment: Vec<(String, String)>,
     /// (variable, Secrets Manager ARN): ECS puts the value in the variable.
@@ -104,6 +108,17 @@ pub fn fingerprint(text: &str) -> String {
     format!("{hash:016x}")
 }
 
+/// A container's shell command as ECS takes it: the shell as the
+/// entrypoint, its script and arguments as the command.
+fn shell_command(mut command: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let rest = command.split_off(2.min(command.len()));
+    (command, rest)
+}
+
+fn shell(script: String) -> (Vec<String>, Vec<String>) {
+    shell_command(vec!["/bin/sh".into(), "-c".into(), script])
+}
+
 fn image(container: &Container, settings: &EcsSettings) -> Result<String, LaunchError> {
     match &container.runtime {
         Runtime::Image(image) => Ok(image.clone()),
@@ -125,10 +140,12 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
     let layout = volumes(plan);
     let mounts = |role: &str| -> Vec<(String, String)> { mounted_in(&layout, role).map(|v| (v.name.to_owned(), v.path.clone())).collect() };
     let init = format!("orchestrator fetch-files --dir {SHARED} && {}", init_script(plan));
+    let (entry_point, command) = shell(init);
     let mut containers = vec![EcsContainer {
         name: "init".into(),
         image: settings.orchestrator_image.clone(),
-        command: vec!["/bin/sh".into(), "-c".into(), init],
+        entry_point,
+        command,
         environment: workload_api_auth_env(settings),
         secrets: vec![("SLUICE_LAUNCH_KEY".into(), settings.launch_key_secret_arn.clone())],
         depends_on: vec![],
@@ -141,9 +158,11 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
     let connector = |role: &str, container: &Container, command: Vec<String>, share: i32| -> Result<EcsContainer, LaunchError> {
         let mut environment: Vec<(String, String)> = connector_env(plan, container).into_iter().collect();
         environment.sort();
+        let (entry_point, command) = shell_command(command);
         Ok(EcsContainer {
             name: role.into(),
             image: image(container, settings)?,
+            entry_point,
             command,
             environment,
             secrets: vec![],
@@ -176,10 +195,12 @@ pub fn ecs_task(plan: &TaskPlan, settings: &EcsSettings) -> Result<EcsRun, Launc
         containers.push(connector("connector", one, question_command(plan.kind), (memory / 2) as i32)?);
         (cpu, memory, ask_command(plan.kind, &one.name))
     };
+    let (entry_point, command) = shell(orchestrator);
     containers.push(EcsContainer {
         name: "orchestrator".into(),
         image: settings.orchestrator_image.clone(),
-        command: vec!["/bin/sh".into(), "-c".into(), orchestrator],
+        entry_point,
+        command,
         environment: [("SLUICE_WORKLOAD_TOKEN_FILE".to_owned(), shared("credential"))]
             .into_iter()
             .chain((plan.kind == WorkloadType::Sync).then(|| platform_mode(plan)))
@@ -257,17 +278,18 @@ mod tests {
         assert!(run.definition.family.starts_with("sluice-discover-"), "{}", run.definition.family);
         let connector = &run.definition.containers[1];
         assert_eq!(connector.image, "airbyte/source-x:1.0");
-        assert_eq!(connector.command[4..], ["discover", "--config", "/sluice/connector/config.json"]);
+        assert_eq!(connector.entry_point, ["/bin/sh", "-c"], "the image's own entrypoint is replaced");
+        assert_eq!(connector.command[2..], ["discover", "--config", "/sluice/connector/config.json"]);
         assert_eq!(connector.mounts, [("connector".to_owned(), "/sluice/connector".to_owned())], "the connector sees its own volume only");
         assert_eq!(connector.depends_on, [("init".to_owned(), "SUCCESS".to_owned())]);
         let orchestrator = &run.definition.containers[2];
-        assert!(orchestrator.essential && orchestrator.command[2].contains("orchestrator ask discover --connector-dir /sluice/connector"));
+        assert!(orchestrator.essential && orchestrator.command[0].contains("orchestrator ask discover --connector-dir /sluice/connector"));
         let everything = format!("{:?}", run);
         assert!(!everything.contains("sk-very-secret") && !everything.contains("credential-secret"), "{everything}");
         // A spec task runs the connector without a config.
         let spec = TaskPlan { kind: WorkloadType::Spec, files: vec![], workload_id: "spec_1".into(), ..plan };
         let run = ecs_task(&spec, &settings()).unwrap();
-        assert_eq!(run.definition.containers[1].command[4..], ["spec"]);
+        assert_eq!(run.definition.containers[1].command[2..], ["spec"]);
         assert!(run.definition.family.starts_with("sluice-spec-"));
     }
 
@@ -300,10 +322,10 @@ mod tests {
             assert_eq!(env["DATA_CHANNEL_FORMAT"], "PROTOBUF");
             assert_eq!(env["DATA_CHANNEL_SOCKET_PATHS"], paths);
         }
-        assert!(run.definition.containers[0].command[2].contains("/sluice/sockets"), "the init step makes the sockets' directory");
-        assert!(run.definition.containers[3].command[2].starts_with("exec bookkeeper --config /sluice/sync.json"));
+        assert!(run.definition.containers[0].command[0].contains("/sluice/sockets"), "the init step makes the sockets' directory");
+        assert!(run.definition.containers[3].command[0].starts_with("exec bookkeeper --config /sluice/sync.json"));
         assert!(run.definition.containers[3].environment.contains(&("PLATFORM_MODE".to_owned(), "BOOKKEEPER".to_owned())));
         let legacy = ecs_task(&TaskPlan { data_channel: None, ..plan }, &settings()).unwrap();
-        assert!(legacy.definition.containers[3].command[2].starts_with("exec orchestrator --config"));
+        assert!(legacy.definition.containers[3].command[0].starts_with("exec orchestrator --config"));
     }
 }

@@ -187,6 +187,13 @@ async fn sync_plan(app: &App, w: &Workload, plan: &mut TaskPlan) -> Result<(), L
 /// Fails a workload that could not be launched, and its attempt, which the
 /// retry policy then retries or ends.
 pub async fn fail_launch(app: &App, w: &Workload, why: &str) -> Result<(), PlatformError> {
+    fail_workload(app, w, "launch_error", why).await
+}
+
+/// Fails a workload that can no longer report for itself, and the attempt
+/// it ran (which the policy retries or ends); one that ended meanwhile is
+/// left as it is.
+pub async fn fail_workload(app: &App, w: &Workload, failure_type: &str, why: &str) -> Result<(), PlatformError> {
     let now = jiff::Timestamp::now();
     let failed = match workload_event(&app.ports(), &w.id, &WorkloadEvent::Fail { reason: why.to_owned() }, now).await {
         Ok(w) => w,
@@ -194,7 +201,7 @@ pub async fn fail_launch(app: &App, w: &Workload, why: &str) -> Result<(), Platf
         Err(e) => return Err(e),
     };
     if let Some((job_id, _)) = failed.job_attempt() {
-        let failure = FailureReason { origin: "platform".into(), failure_type: "launch_error".into(), message: why.to_owned(), stream: None };
+        let failure = FailureReason { origin: "platform".into(), failure_type: failure_type.into(), message: why.to_owned(), stream: None };
         let end = AttemptEnd::Failed { failure, stats: Default::default(), streams: Vec::new() };
         match sluice_platform::finish_attempt(&app.ports(), job_id, &failed.id, &end, &app.settings.retry, now).await {
             Ok(_) | Err(PlatformError::Transition(_)) => {}

@@ -25,6 +25,7 @@ pub struct EcsPlacement {
     pub assign_public_ip: bool,
 }
 
+#[derive(Clone)]
 pub struct EcsTasks {
     client: Client,
     placement: EcsPlacement,
@@ -70,6 +71,41 @@ impl EcsTasks {
         Ok(tasks)
     }
 
+    /// The cluster's stopped tasks (ECS shows them for about an hour): (task
+    /// ARN, `startedBy`, why it stopped: the task's reason and each
+    /// container's exit or reason).
+    pub async fn stopped(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut arns = Vec::new();
+        let mut pages = self.client.list_tasks().cluster(&self.placement.cluster).desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            arns.extend(page.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?.task_arns().iter().cloned());
+        }
+        let mut tasks = Vec::new();
+        for chunk in arns.chunks(100) {
+            let described = self
+                .client
+                .describe_tasks()
+                .cluster(&self.placement.cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
+            for t in described.tasks() {
+                let (Some(arn), Some(workload)) = (t.task_arn(), t.started_by()) else { continue };
+                let mut why = t.stopped_reason().unwrap_or("no reason given").to_owned();
+                for c in t.containers() {
+                    match (c.name(), c.exit_code(), c.reason()) {
+                        (Some(name), _, Some(reason)) => why.push_str(&format!("; {name}: {reason}")),
+                        (Some(name), Some(code), None) if code != 0 => why.push_str(&format!("; {name} exited {code}")),
+                        _ => {}
+                    }
+                }
+                tasks.push((arn.to_owned(), workload.to_owned(), why));
+            }
+        }
+        Ok(tasks)
+    }
+
     /// The ARN of the definition's newest revision, registering it first if
     /// its family does not exist yet.
     pub async fn ensure_definition(&self, definition: &EcsTaskDefinition) -> Result<String, StoreError> {
@@ -101,6 +137,7 @@ impl EcsTasks {
             let mut container = ContainerDefinition::builder()
                 .name(&c.name)
                 .image(&c.image)
+                .set_entry_point(Some(c.entry_point.clone()))
                 .set_command(Some(c.command.clone()))
                 .essential(c.essential)
                 .memory_reservation(c.memory_reservation_mib)

@@ -243,6 +243,7 @@ async fn a_sync_plan_becomes_one_reused_fargate_task_definition_with_no_secret_i
             _ => &[("platform", "/sluice"), ("source", "/sluice/source"), ("destination", "/sluice/destination")],
         };
         assert_eq!(mounts, expected, "{:?}", c.name());
+        assert_eq!(c.entry_point(), ["/bin/sh", "-c"], "{:?}: the image's own entrypoint would take the command as its arguments", c.name());
         assert_eq!(c.user(), match c.name().unwrap() { "init" => Some("0:0"), "orchestrator" => Some("65532:65532"), _ => None }, "{:?}", c.name());
         let log = c.log_configuration().expect("awslogs");
         assert_eq!(log.log_driver(), &aws_sdk_ecs::types::LogDriver::Awslogs);

@@ -316,13 +316,14 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
         Executor::Ecs if !args.aws => bail!("--executor ecs runs tasks on AWS: add --aws"),
         Executor::Ecs => Some(Arc::new(ecs_launcher(&args, &api_url).await?)),
     };
+    let ecs_tasks = ecs.as_ref().map(|e| e.tasks.clone());
     tokio::spawn(launch_loop(app.clone(), executor, docker, all_in_docker, ecs, launcher_id, api_url));
     if !args.aws {
         tokio::spawn(ticker.run(app.clone()));
     }
     tokio::spawn(scheduler_loop(app.clone()));
     tokio::spawn(learn_specs(app.clone()));
-    tokio::spawn(monitor_loop(app.clone(), Duration::from_secs(args.monitor_secs), args.retention_days));
+    tokio::spawn(monitor_loop(app.clone(), ecs_tasks, Duration::from_secs(args.monitor_secs), args.retention_days));
 
     let kept = if args.aws { format!("state on AWS under the prefix `{}`", args.aws_names.prefix) } else { format!("data in {}", data.display()) };
     eprintln!("sluice: listening on http://{address} (Config API at /api/public/v1), {kept}");
@@ -465,7 +466,9 @@ async fn scheduler_loop(app: Arc<App>) {
     }
 }
 
-async fn monitor_loop(app: Arc<App>, every: Duration, retention_days: u64) {
+/// `ecs`: the cluster of `--executor ecs`, whose tasks are reconciled with
+/// their workloads as the monitor function does.
+async fn monitor_loop(app: Arc<App>, ecs: Option<sluice_store_aws::EcsTasks>, every: Duration, retention_days: u64) {
     loop {
         tokio::time::sleep(every).await;
         match sluice_platform::monitor_sweep(&app.ports(), &app.settings.retry, Timestamp::now()).await {
@@ -475,6 +478,19 @@ async fn monitor_loop(app: Arc<App>, every: Duration, retention_days: u64) {
             }
             Ok(_) => {}
             Err(e) => eprintln!("sluice: monitor: {e}"),
+        }
+        if let Some(tasks) = &ecs {
+            if let Err(e) = sluice_lambda::stop_tasks_of_ended_workloads(&app, tasks).await {
+                eprintln!("sluice: monitor: stopping the tasks of ended workloads: {e}");
+            }
+            match sluice_lambda::fail_workloads_of_stopped_tasks(&app, tasks).await {
+                Ok(lost) if !lost.is_empty() => {
+                    eprintln!("sluice: monitor failed {} workload(s) whose ECS task stopped: {}", lost.len(), lost.join(", "));
+                    app.work_queued.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("sluice: monitor: {e}"),
+            }
         }
         let cutoff = Timestamp::now() - SignedDuration::from_hours(24 * retention_days as i64);
         if let Err(e) = app.logs.delete_older_than(cutoff).await {
