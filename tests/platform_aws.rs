@@ -175,3 +175,60 @@ fn syncs_run_as_the_ecs_tasks_that_moto_holds() {
     let (status, refused) = p.call("POST", "/sources", Some(&json!({"name": "missing", "workspaceId": workspace, "configuration": {"sourceType": "missing-image"}})), Some(&p.token));
     assert!(status >= 400 && refused.to_string().contains("example/not-built:9.9.9"), "{status} {refused}");
 }
+
+/// `sluice up --aws` on two emulators, as the SDK's per-service endpoints
+/// let a user split them: SQS, Secrets Manager, EventBridge, Scheduler and
+/// CloudWatch Logs on LocalStack (`tests/localstack.sh`), DynamoDB and ECS
+/// (which LocalStack's community runtime does not serve) on moto.
+#[test]
+fn a_sync_on_localstack_with_dynamodb_and_ecs_on_moto() {
+    let localstack = std::env::var("SLUICE_LOCALSTACK_URL")
+        .expect("no SLUICE_LOCALSTACK_URL: this test needs LocalStack; ./tests/run starts it (tests/localstack.sh: `. tests/localstack.sh; localstack_start`)");
+    // A 12-digit access key is LocalStack's account: the same as moto's.
+    let env = [
+        ("AWS_ENDPOINT_URL", localstack.as_str()),
+        ("AWS_ENDPOINT_URL_DYNAMODB", moto()),
+        ("AWS_ENDPOINT_URL_ECS", moto()),
+        ("AWS_ACCESS_KEY_ID", "123456789012"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let prefix = format!("ls{}", std::process::id());
+    let provisioned = support::sluice().args(["provision", "--prefix", &prefix]).envs(env).output().unwrap();
+    assert!(provisioned.status.success(), "{}", String::from_utf8_lossy(&provisioned.stderr));
+
+    let scratch = Scratch::new();
+    let p = Platform::start_with_env(&scratch.path("data"), &["--aws", "--prefix", &prefix], &env);
+    let workspace = p.workspace("on localstack");
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 200}));
+    let out = scratch.path("out");
+    let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": out.display().to_string()}));
+    let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
+        "configurations": {"streams": [{"name": "users", "syncMode": "incremental_append"}]}}))["connectionId"].as_str().unwrap().to_owned();
+    let first = p.wait_job(p.sync(&connection), Duration::from_secs(120));
+    assert_eq!(first["status"], "succeeded", "{first}\n{}", p.log());
+    assert_eq!(scratch.read_lines("out/users.jsonl").len(), 200);
+    let second = p.wait_job(p.sync(&connection), Duration::from_secs(120));
+    assert_eq!((second["status"].as_str(), second["rowsSynced"].as_i64()), (Some("succeeded"), Some(0)), "resumed from the committed state: {second}");
+    let log = p.get(&format!("/jobs/{}/attempts/0/logs", first["jobId"]))["text"].as_str().unwrap_or_default().to_owned();
+    assert!(!log.is_empty(), "the attempt's log, on LocalStack's CloudWatch Logs");
+
+    // Each service was on the emulator it was sent to: the queue and the
+    // platform's secrets (the launch key) on LocalStack, the tables on moto.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let on = |url: &str| {
+            let loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(url).region(aws_config::Region::new("us-east-1"));
+            let key = aws_sdk_dynamodb::config::Credentials::new("123456789012", "test", None, None, "emulator");
+            async move { loader.credentials_provider(key).load().await }
+        };
+        let (ls, mo) = (on(&localstack).await, on(moto()).await);
+        let names = sluice_store_aws::Names::with_prefix(&prefix);
+        assert!(aws_sdk_sqs::Client::new(&ls).get_queue_url().queue_name(&names.queue).send().await.is_ok(), "the queue is on LocalStack");
+        assert!(aws_sdk_sqs::Client::new(&mo).get_queue_url().queue_name(&names.queue).send().await.is_err(), "and not on moto");
+        let secrets = aws_sdk_secretsmanager::Client::new(&ls).list_secrets().send().await.unwrap();
+        assert!(secrets.secret_list().iter().any(|s| s.name().is_some_and(|n| n.starts_with(&names.secrets_prefix))), "the secrets are on LocalStack");
+        let tables = aws_sdk_dynamodb::Client::new(&mo).list_tables().send().await.unwrap();
+        assert!(tables.table_names().iter().any(|t| t == &format!("{prefix}-jobs")), "the tables are on moto");
+    });
+}

@@ -74,6 +74,31 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
+/// `config` with each service at an endpoint of its own, as
+/// `AWS_ENDPOINT_URL_<SERVICE>` beside `AWS_ENDPOINT_URL` set them for a
+/// process: say DynamoDB and ECS on moto and the rest on LocalStack.
+/// `endpoints` are (the SDK's service id, e.g. `DynamoDB`, `ECS`; URL);
+/// every other service goes to `default`. `config` must have no endpoint
+/// set in code: the SDK puts that one before any service's own.
+pub fn with_service_endpoints(config: &aws_config::SdkConfig, endpoints: &[(&str, &str)], default: &str) -> aws_config::SdkConfig {
+    #[derive(Debug)]
+    struct Endpoints {
+        services: Vec<(String, String)>,
+        default: String,
+    }
+    impl aws_types::service_config::LoadServiceConfig for Endpoints {
+        fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+            if key.env() != "AWS_ENDPOINT_URL" {
+                return None;
+            }
+            let own = self.services.iter().find(|(service, _)| service.eq_ignore_ascii_case(key.service_id()));
+            Some(own.map_or(&self.default, |(_, url)| url).clone())
+        }
+    }
+    let endpoints = Endpoints { services: endpoints.iter().map(|(s, u)| (s.to_string(), u.to_string())).collect(), default: default.to_owned() };
+    config.to_builder().service_config(endpoints).build()
+}
+
 /// Any SDK failure that is not a condition we asked for.
 pub(crate) fn unavailable<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
     StoreError::Unavailable(Box::new(e))

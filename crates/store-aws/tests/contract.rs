@@ -1,6 +1,12 @@
 //! The storage contract on the AWS adapters, against moto (`moto[server]`
 //! from PyPI) on 127.0.0.1: one server for this test binary, one set of
-//! tables, queues and secrets per test.
+//! tables, queues and secrets per test. The adapters of the services
+//! LocalStack serves (SQS, Secrets Manager, EventBridge, Scheduler,
+//! CloudWatch Logs) run a second time on LocalStack (`tests/localstack.sh`
+//! starts it), with DynamoDB and ECS still on moto through the SDK's
+//! per-service endpoints: two emulators written apart must agree.
+//! `where_the_emulators_disagree` says which one deviates from AWS, where
+//! they differ on what our adapters touch.
 
 use std::sync::OnceLock;
 
@@ -17,17 +23,68 @@ fn moto() -> &'static str {
     })
 }
 
-async fn aws(test: &str) -> (aws_config::SdkConfig, Names) {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(moto())
+/// The LocalStack `tests/run` started.
+fn localstack() -> String {
+    std::env::var("SLUICE_LOCALSTACK_URL").unwrap_or_else(|_| {
+        panic!("no SLUICE_LOCALSTACK_URL: these tests need LocalStack; ./tests/run starts it (tests/localstack.sh: `. tests/localstack.sh; localstack_start`)")
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Emulators {
+    Moto,
+    /// LocalStack, with DynamoDB and ECS (which it does not serve) on moto.
+    LocalStack,
+}
+
+async fn config_on(emulators: Emulators) -> aws_config::SdkConfig {
+    // A 12-digit access key is LocalStack's account: the same as moto's.
+    let loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "moto"))
-        .load()
-        .await;
-    let names = Names::with_prefix(&format!("t-{test}-{}", std::process::id()));
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("123456789012", "test", None, None, "emulator"));
+    match emulators {
+        Emulators::Moto => loader.endpoint_url(moto()).load().await,
+        Emulators::LocalStack => sluice_store_aws::with_service_endpoints(&loader.load().await, &[("DynamoDB", moto()), ("ECS", moto())], &localstack()),
+    }
+}
+
+async fn aws_on(test: &str, emulators: Emulators) -> (aws_config::SdkConfig, Names) {
+    let config = config_on(emulators).await;
+    // Each its own tables on moto, where both keep DynamoDB.
+    let tag = if emulators == Emulators::LocalStack { "-ls" } else { "" };
+    let names = Names::with_prefix(&format!("t-{test}{tag}-{}", std::process::id()));
     provision(&config, &names).await.expect("provisioning");
     (config, names)
 }
+
+async fn aws(test: &str) -> (aws_config::SdkConfig, Names) {
+    aws_on(test, Emulators::Moto).await
+}
+
+/// For each test function `name(Emulators)`: `name::on_moto` and `name::on_localstack`.
+macro_rules! on_moto_and_localstack {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn on_moto() {
+                super::$name(super::Emulators::Moto).await
+            }
+            #[tokio::test]
+            async fn on_localstack() {
+                super::$name(super::Emulators::LocalStack).await
+            }
+        }
+    )*};
+}
+
+on_moto_and_localstack!(
+    secrets_round_trip,
+    queue_delivery,
+    provisioning_twice_changes_nothing,
+    schedules_are_eventbridge_crons_targeting_the_scheduler,
+    job_events_reach_a_rule_on_our_bus,
+    attempt_logs_on_cloudwatch_read_back_from_an_offset,
+);
 
 #[tokio::test]
 async fn workloads_round_trip() {
@@ -59,30 +116,26 @@ async fn docs_lifecycle() {
     contract::docs_lifecycle(&DynamoStore::new(&config, names)).await;
 }
 
-#[tokio::test]
-async fn secrets_round_trip() {
-    let (config, names) = aws("secrets").await;
+async fn secrets_round_trip(emulators: Emulators) {
+    let (config, names) = aws_on("secrets", emulators).await;
     contract::secrets_round_trip(&SecretsManagerStore::new(&config, &names.secrets_prefix)).await;
 }
 
-#[tokio::test]
-async fn queue_delivery() {
-    let (config, names) = aws("queue").await;
+async fn queue_delivery(emulators: Emulators) {
+    let (config, names) = aws_on("queue", emulators).await;
     let url = SqsQueue::url_of(&config, &names.queue).await.unwrap();
     contract::queue_delivery_realtime(&SqsQueue::new(&config, url)).await;
 }
 
-#[tokio::test]
-async fn provisioning_twice_changes_nothing() {
-    let (config, names) = aws("twice").await;
+async fn provisioning_twice_changes_nothing(emulators: Emulators) {
+    let (config, names) = aws_on("twice", emulators).await;
     let again = provision(&config, &names).await.unwrap();
     assert!(again.created.is_empty(), "{again:?}");
 }
 
-#[tokio::test]
-async fn schedules_are_eventbridge_crons_targeting_the_scheduler() {
+async fn schedules_are_eventbridge_crons_targeting_the_scheduler(emulators: Emulators) {
     use sluice_store::Schedules;
-    let (config, names) = aws("schedules").await;
+    let (config, names) = aws_on("schedules", emulators).await;
     let target = sluice_store_aws::ScheduleTarget {
         function_arn: "arn:aws:lambda:us-east-1:123456789012:function:sluice-scheduler".into(),
         role_arn: "arn:aws:iam::123456789012:role/sluice-scheduler-invoke".into(),
@@ -116,10 +169,9 @@ async fn schedules_are_eventbridge_crons_targeting_the_scheduler() {
     assert!(schedules.put_schedule("conn-2", &every_five_seconds).await.is_err());
 }
 
-#[tokio::test]
-async fn job_events_reach_a_rule_on_our_bus() {
+async fn job_events_reach_a_rule_on_our_bus(emulators: Emulators) {
     use sluice_store::Events;
-    let (config, names) = aws("events").await;
+    let (config, names) = aws_on("events", emulators).await;
     // A user's rule: every succeeded job to a queue of theirs.
     let sqs = aws_sdk_sqs::Client::new(&config);
     let inbox = sqs.create_queue().queue_name(format!("{}-inbox", names.event_bus)).send().await.unwrap().queue_url.unwrap();
@@ -159,10 +211,9 @@ async fn job_events_reach_a_rule_on_our_bus() {
     assert_eq!(bodies[0]["detail"]["connectionId"], "conn-9");
 }
 
-#[tokio::test]
-async fn attempt_logs_on_cloudwatch_read_back_from_an_offset() {
+async fn attempt_logs_on_cloudwatch_read_back_from_an_offset(emulators: Emulators) {
     use sluice_store::AttemptLogs;
-    let (config, names) = aws("logs").await;
+    let (config, names) = aws_on("logs", emulators).await;
     let logs = sluice_store_aws::CloudWatchLogs::new(&config, &names.log_group);
     assert_eq!(logs.read(7, 0, 0, 1 << 20).await.unwrap(), (String::new(), 0), "no log yet reads as empty");
     logs.append(7, 0, "first line\nsecond line\n").await.unwrap();
@@ -172,6 +223,60 @@ async fn attempt_logs_on_cloudwatch_read_back_from_an_offset() {
     let (more, after) = logs.read(7, 0, next, 1 << 20).await.unwrap();
     assert_eq!((more.as_str(), after), ("third line\n", 3), "following the log returns only what is new");
     assert_eq!(logs.read(7, 1, 0, 1 << 20).await.unwrap().0, "", "attempts have their own logs");
+}
+
+/// Where moto and LocalStack answer differently on what our adapters
+/// touch, which one deviates from AWS's documentation. Our adapters rely on
+/// neither side of these: they match error codes, not HTTP statuses; read
+/// an event's `detail-type` and `detail`, not its envelope's other fields;
+/// and refuse crons with seconds before asking Scheduler. If an emulator
+/// changes, this test says so.
+#[tokio::test]
+async fn where_the_emulators_disagree() {
+    let mut seen = Vec::new();
+    for emulators in [Emulators::Moto, Emulators::LocalStack] {
+        let (config, names) = aws_on("disagree", emulators).await;
+        // Secrets Manager's ResourceNotFoundException: AWS's JSON protocol answers client errors with 400.
+        let missing = aws_sdk_secretsmanager::Client::new(&config).get_secret_value().secret_id(format!("{}-none", names.secrets_prefix)).send().await.unwrap_err();
+        let code = missing.as_service_error().and_then(|e| aws_sdk_secretsmanager::error::ProvideErrorMetadata::code(e)).map(str::to_owned);
+        let status = missing.raw_response().map(|r| r.status().as_u16());
+        // EventBridge Scheduler: AWS's cron has six fields, minutes first; seven (seconds first) is a ValidationException.
+        let target = aws_sdk_scheduler::types::Target::builder().arn("arn:aws:lambda:us-east-1:123456789012:function:f").role_arn("arn:aws:iam::123456789012:role/r").build().unwrap();
+        let window = aws_sdk_scheduler::types::FlexibleTimeWindow::builder().mode(aws_sdk_scheduler::types::FlexibleTimeWindowMode::Off).build().unwrap();
+        let seconds = aws_sdk_scheduler::Client::new(&config)
+            .create_schedule()
+            .group_name(&names.schedule_group)
+            .name("with-seconds")
+            .schedule_expression("cron(*/5 * * * * ? *)")
+            .flexible_time_window(window)
+            .target(target)
+            .send()
+            .await;
+        // An event on a rule's queue: AWS's envelope carries the account.
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        let inbox = sqs.create_queue().queue_name(format!("{}-inbox", names.event_bus)).send().await.unwrap().queue_url.unwrap();
+        let arn = format!("arn:aws:sqs:us-east-1:123456789012:{}-inbox", names.event_bus);
+        let bridge = aws_sdk_eventbridge::Client::new(&config);
+        bridge.put_rule().name("all").event_bus_name(&names.event_bus).event_pattern(r#"{"source": ["sluice"]}"#).send().await.unwrap();
+        bridge.put_targets().rule("all").event_bus_name(&names.event_bus).targets(aws_sdk_eventbridge::types::Target::builder().id("inbox").arn(arn).build().unwrap()).send().await.unwrap();
+        let events = sluice_store_aws::EventBridgeEvents::new(&config, &names.event_bus);
+        let job = sluice_domain::Job::new(7, "conn-7", sluice_domain::JobType::Sync, vec![], jiff::Timestamp::now());
+        sluice_store::Events::publish(&events, sluice_store::JobEvent { kind: sluice_store::JobEventKind::Started, job }).await;
+        let received = sqs.receive_message().queue_url(&inbox).wait_time_seconds(5).send().await.unwrap();
+        let event: serde_json::Value = serde_json::from_str(received.messages()[0].body().unwrap()).unwrap();
+        assert_eq!(event["detail"]["jobId"], 7, "{emulators:?}: {event}");
+        seen.push((emulators, code, status, seconds.is_ok(), event.get("account").is_some()));
+    }
+    let code = Some("ResourceNotFoundException".to_owned());
+    assert_eq!(
+        seen,
+        [
+            // moto deviates three times: a 404 for a missing secret, a cron with seconds taken, no account in the event.
+            (Emulators::Moto, code.clone(), Some(404), true, false),
+            // LocalStack answers as AWS documents.
+            (Emulators::LocalStack, code, Some(400), false, true),
+        ]
+    );
 }
 
 /// The default VPC's first subnet and security group, as moto makes them.
