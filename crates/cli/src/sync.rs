@@ -81,7 +81,7 @@ pub struct SyncArgs {
 
 /// Socket mode's channel for this sync, or `None` for legacy mode.
 fn data_channel(args: &SyncArgs, source: &ConnectorRef, destination: &ConnectorRef, run_id: &str) -> anyhow::Result<Option<DataChannel>> {
-    let supports = |c: &ConnectorRef| matches!(c, ConnectorRef::Reference(_));
+    let supports = ConnectorRef::speaks_socket;
     let socket = match args.data_channel.as_str() {
         "stdio" => false,
         "socket" if !args.fields.is_empty() => bail!("--data-channel socket: --fields needs legacy mode, where the platform sees each record"),

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The reference connectors built into the `sluice` binary.
-pub const REFERENCE_CONNECTORS: [&str; 4] = ["source-faker", "destination-jsonl", "destination-dev-null", "source-empty"];
+pub const REFERENCE_CONNECTORS: [&str; 5] = ["source-faker", "destination-jsonl", "destination-dev-null", "source-empty", "destination-postgres"];
+
+/// The reference connectors that speak stdio only (the others speak socket mode too).
+pub const STDIO_ONLY: [&str; 2] = ["source-empty", "destination-postgres"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectorRef {
@@ -64,6 +67,12 @@ impl std::str::FromStr for ConnectorRef {
 }
 
 impl ConnectorRef {
+    /// Whether it speaks socket mode: our reference connectors do, but
+    /// those in [`STDIO_ONLY`]; any other is taken to speak stdio only.
+    pub fn speaks_socket(&self) -> bool {
+        matches!(self, ConnectorRef::Reference(name) if !STDIO_ONLY.contains(&name.as_str()))
+    }
+
     /// A short name for logs: `source-faker`, `my-source`.
     pub fn name(&self) -> String {
         match self {

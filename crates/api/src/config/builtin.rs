@@ -19,7 +19,7 @@ struct Builtin {
     tag: &'static str,
 }
 
-const BUILTINS: [Builtin; 6] = [
+const BUILTINS: [Builtin; 7] = [
     // Airbyte's own definition id for source-faker, so scripts that name it work.
     Builtin {
         id: "dfd88b22-b603-4c3d-aad7-3701784586b1",
@@ -74,6 +74,16 @@ const BUILTINS: [Builtin; 6] = [
         runtime: "destination-dev-null",
         repository: "sluice/destination-dev-null",
         tag: "0.1.0",
+    },
+    Builtin {
+        // Airbyte's definition id for destination-postgres.
+        id: "25c5221d-dce2-4163-ade9-739ef790f503",
+        kind: ActorKind::Destination,
+        name: "Postgres",
+        type_key: "postgres",
+        runtime: "destination-postgres",
+        repository: "airbyte/destination-postgres",
+        tag: "3.0.0",
     },
 ];
 

@@ -1,0 +1,198 @@
+//! The one module that talks to PostgreSQL: the table operations of
+//! Airbyte's direct load (create, evolve, copy in, upsert, swap), as SQL on
+//! one connection.
+
+use std::io::Write;
+
+use sluice_connector_kit::Failure;
+
+use crate::layout::{quoted, Column, ColumnType, META_COLUMNS};
+
+/// A table, by its schema and name (both already identifiers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub schema: String,
+    pub name: String,
+}
+
+impl Table {
+    pub fn sql(&self) -> String {
+        format!("{}.{}", quoted(&self.schema), quoted(&self.name))
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+fn failed(what: &str, e: postgres::Error) -> Failure {
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    Failure::system(format!("PostgreSQL: {what}: {detail}"))
+}
+
+/// A table's columns as the catalog has them: name, and type when it is one of ours.
+pub type CatalogColumns = Vec<(String, Option<ColumnType>)>;
+
+pub struct Db {
+    pub client: postgres::Client,
+}
+
+/// `PGCOPY\n\377\r\n\0`, no flags, no header extension.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+impl Db {
+    pub fn execute(&mut self, what: &str, sql: &str) -> Result<(), Failure> {
+        self.client.batch_execute(sql).map_err(|e| failed(what, e))
+    }
+
+    /// The table's data columns and their types, or None if it does not exist.
+    pub fn columns(&mut self, table: &Table) -> Result<Option<CatalogColumns>, Failure> {
+        let rows = self
+            .client
+            .query(
+                "select column_name::text, data_type::text from information_schema.columns where table_schema = $1 and table_name = $2 order by ordinal_position",
+                &[&table.schema, &table.name],
+            )
+            .map_err(|e| failed(&format!("reading the columns of {table}"), e))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(rows.iter().map(|r| (r.get::<_, String>(0), ColumnType::from_catalog(&r.get::<_, String>(1)))).collect()))
+    }
+
+    /// Makes the table, or evolves it to hold `columns`: new columns added,
+    /// types widened. Returns the columns as the table has them (a column
+    /// whose type could not be widened keeps its own, and values that do
+    /// not fit it are nulled).
+    pub fn ensure_table(&mut self, table: &Table, columns: &[Column]) -> Result<Vec<Column>, Failure> {
+        self.execute(&format!("creating schema {}", table.schema), &format!("create schema if not exists {}", quoted(&table.schema)))?;
+        let Some(existing) = self.columns(table)? else {
+            let defs: Vec<String> = META_COLUMNS
+                .iter()
+                .map(|(name, sql)| format!("{} {sql}", quoted(name)))
+                .chain(columns.iter().map(|c| format!("{} {}", quoted(&c.name), c.kind.sql())))
+                .collect();
+            self.execute(&format!("creating {table}"), &format!("create table if not exists {} ({})", table.sql(), defs.join(", ")))?;
+            return Ok(columns.to_vec());
+        };
+        let mut now = Vec::new();
+        for c in columns {
+            match existing.iter().find(|(name, _)| *name == c.name) {
+                None => {
+                    let sql = format!("alter table {} add column {} {}", table.sql(), quoted(&c.name), c.kind.sql());
+                    self.execute(&format!("adding column {} to {table}", c.name), &sql)?;
+                    now.push(c.clone());
+                }
+                Some((_, Some(kind))) if *kind == c.kind => now.push(c.clone()),
+                Some((_, Some(kind))) if kind.widens_to(c.kind) => {
+                    let using = match c.kind {
+                        ColumnType::Jsonb => format!("to_jsonb({})", quoted(&c.name)),
+                        _ => format!("{}::{}", quoted(&c.name), c.kind.sql()),
+                    };
+                    let sql = format!("alter table {} alter column {} type {} using {using}", table.sql(), quoted(&c.name), c.kind.sql());
+                    self.execute(&format!("widening column {} of {table}", c.name), &sql)?;
+                    now.push(c.clone());
+                }
+                Some((_, kind)) => now.push(Column { kind: kind.unwrap_or(ColumnType::Jsonb), ..c.clone() }),
+            }
+        }
+        Ok(now)
+    }
+
+    /// One binary `COPY` of encoded rows (each already a field count and its
+    /// fields) into the table, in its own transaction: committed when this
+    /// returns, nothing of it visible if it fails.
+    pub fn copy_in(&mut self, table: &Table, columns: &[Column], rows: &[u8]) -> Result<u64, Failure> {
+        let names: Vec<String> = META_COLUMNS.iter().map(|(n, _)| quoted(n)).chain(columns.iter().map(|c| quoted(&c.name))).collect();
+        let sql = format!("copy {} ({}) from stdin (format binary)", table.sql(), names.join(", "));
+        let what = format!("copying into {table}");
+        let mut writer = self.client.copy_in(&sql).map_err(|e| failed(&what, e))?;
+        let written = writer.write_all(COPY_HEADER).and_then(|_| writer.write_all(rows)).and_then(|_| writer.write_all(&(-1i16).to_be_bytes()));
+        if let Err(e) = written {
+            // Dropping the writer unfinished aborts the COPY.
+            drop(writer);
+            return Err(Failure::system(format!("PostgreSQL: {what}: {e}")));
+        }
+        writer.finish().map_err(|e| failed(&what, e))
+    }
+
+    pub fn table_exists(&mut self, table: &Table) -> Result<bool, Failure> {
+        Ok(self.columns(table)?.is_some())
+    }
+
+    /// The generations a table holds rows of.
+    pub fn generations(&mut self, table: &Table) -> Result<Vec<i64>, Failure> {
+        let sql = format!("select distinct coalesce(_airbyte_generation_id, 0) from {}", table.sql());
+        let rows = self.client.query(&sql, &[]).map_err(|e| failed(&format!("reading the generations of {table}"), e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The staged table replaces the final one, in one transaction: a
+    /// reader sees the old table whole until the commit, then the new.
+    pub fn swap(&mut self, staged: &Table, table: &Table) -> Result<(), Failure> {
+        let sql = format!(
+            "begin; drop table if exists {}; alter table {} rename to {}; commit;",
+            table.sql(),
+            staged.sql(),
+            quoted(&table.name)
+        );
+        self.execute(&format!("replacing {table} with {staged}"), &sql)
+    }
+
+    /// Merges the staged rows into the table, one row per primary key:
+    /// the latest by cursor, then by `_airbyte_extracted_at`; a row whose
+    /// `_ab_cdc_deleted_at` is set deletes its key. The staged table is
+    /// emptied in the same transaction.
+    pub fn upsert(&mut self, staged: &Table, table: &Table, columns: &[Column], key: &[String], cursor: Option<&str>, cdc_deletes: bool) -> Result<(), Failure> {
+        let all: Vec<String> = META_COLUMNS.iter().map(|(n, _)| quoted(n)).chain(columns.iter().map(|c| quoted(&c.name))).collect();
+        let list = all.join(", ");
+        let keys: Vec<String> = key.iter().map(|k| quoted(k)).collect();
+        let order = match cursor {
+            Some(c) => format!("{} desc nulls last, \"_airbyte_extracted_at\" desc", quoted(c)),
+            None => "\"_airbyte_extracted_at\" desc".into(),
+        };
+        let same_key = |a: &str, b: &str| keys.iter().map(|k| format!("{a}.{k} is not distinct from {b}.{k}")).collect::<Vec<_>>().join(" and ");
+        // The table's row stays only when it is newer by cursor.
+        let newer_kept = match cursor {
+            Some(c) => format!(" and not (t.{c} is not null and (n.{c} is null or t.{c} > n.{c}))", c = quoted(c)),
+            None => String::new(),
+        };
+        let not_deleted = if cdc_deletes { " and n.\"_ab_cdc_deleted_at\" is null" } else { "" };
+        let sql = format!(
+            "begin; \
+             create temp table sluice_latest on commit drop as \
+               select {list} from (select *, row_number() over (partition by {partition} order by {order}) as sluice_rank from {staged}) s where sluice_rank = 1; \
+             delete from {table} t using sluice_latest n where {same}{newer_kept}; \
+             insert into {table} ({list}) select {list} from sluice_latest n where not exists (select 1 from {table} t where {same}){not_deleted}; \
+             truncate {staged}; \
+             commit;",
+            partition = keys.join(", "),
+            staged = staged.sql(),
+            table = table.sql(),
+            same = same_key("t", "n"),
+        );
+        self.execute(&format!("merging {staged} into {table}"), &sql)
+    }
+
+    /// Keeps one row per primary key within the table itself (an
+    /// overwrite_dedup's staged table, before it is swapped in).
+    pub fn dedup_in_place(&mut self, table: &Table, key: &[String], cursor: Option<&str>, cdc_deletes: bool) -> Result<(), Failure> {
+        let keys: Vec<String> = key.iter().map(|k| quoted(k)).collect();
+        let order = match cursor {
+            Some(c) => format!("{} desc nulls last, \"_airbyte_extracted_at\" desc", quoted(c)),
+            None => "\"_airbyte_extracted_at\" desc".into(),
+        };
+        let deleted = if cdc_deletes { format!(" or (ctid in (select ctid from {} where \"_ab_cdc_deleted_at\" is not null))", table.sql()) } else { String::new() };
+        let sql = format!(
+            "delete from {t} where ctid in (select ctid from (select ctid, row_number() over (partition by {p} order by {order}) as r from {t}) s where r > 1){deleted}",
+            t = table.sql(),
+            p = keys.join(", ")
+        );
+        self.execute(&format!("keeping one row per key in {table}"), &sql)
+    }
+}

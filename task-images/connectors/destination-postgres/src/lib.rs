@@ -1,0 +1,279 @@
+//! `destination-postgres`: Airbyte's direct-load tables in PostgreSQL,
+//! loaded by binary `COPY`.
+//!
+//! One table per stream, in the schema the stream's namespace names (or
+//! the configured one), with Airbyte's typed columns and its own four
+//! (`layout.rs`). The loader follows the stream's generations, as
+//! Airbyte's Bulk Load CDK chooses it:
+//! - `minimum_generation_id` 0, `append`: rows go straight into the table;
+//! - 0, `append_dedup`: into a staged table, merged at the end (one row per
+//!   primary key, the latest by cursor, then by `_airbyte_extracted_at`;
+//!   CDC deletes remove the key);
+//! - equal to `generation_id` (overwrite, refresh and remove): into a staged
+//!   table that replaces the table in one transaction once the stream is
+//!   complete, so a reader sees the old table whole until then.
+//!
+//! Rows are encoded once, into a per-stream buffer of `COPY` rows, and
+//! copied in a transaction of their own when the buffer is full or a STATE
+//! arrives; a STATE is echoed only after every row before it committed. A
+//! staged table outlives a failed attempt: the rows in it are covered by
+//! states already released, and the retry goes on with them.
+
+pub mod client;
+pub mod config;
+pub mod layout;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_connector_kit::{each_input_message, echo_state, read_json, Command, Failure, Output};
+use sluice_protocol::*;
+
+use client::{Db, Table};
+use config::Config;
+use layout::Column;
+
+pub const NAME: &str = "destination-postgres";
+
+/// A stream's buffer is copied in at this size, row count or age, whichever first.
+const FLUSH_BYTES: usize = 8 << 20;
+const FLUSH_ROWS: usize = 50_000;
+const FLUSH_AGE: Duration = Duration::from_secs(5);
+
+pub fn main(args: &[String]) -> i32 {
+    sluice_connector_kit::main(NAME, args, run)
+}
+
+fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
+    match command {
+        Command::Spec => Ok(out.message(&AirbyteMessage::spec(config::spec()))?),
+        Command::Check { config } => Ok(out.check_result(Config::load(&config).and_then(|c| config::check(&c)))?),
+        Command::Write { config, catalog } => {
+            let config = Config::load(&config)?;
+            let catalog: ConfiguredAirbyteCatalog = read_json("catalog", &catalog)?;
+            write(&config, &catalog, out)
+        }
+        Command::Discover { .. } | Command::Read { .. } => Err(Failure::config("destination-postgres is a destination: it only runs spec, check and write")),
+    }
+}
+
+/// How a stream's rows reach its table.
+#[derive(Debug, Clone, PartialEq)]
+enum Loader {
+    Append,
+    /// Staged, then merged by key.
+    Dedup { key: Vec<String>, cursor: Option<String> },
+    /// Staged, then swapped in; deduplicated first if `key` is set.
+    Truncate { key: Option<(Vec<String>, Option<String>)> },
+}
+
+struct Target {
+    descriptor: StreamDescriptor,
+    table: Table,
+    /// Where rows are copied: the table, or its staged twin.
+    copy_into: Table,
+    columns: Vec<Column>,
+    loader: Loader,
+    generation: i64,
+    sync_id: Option<i64>,
+    cdc_deletes: bool,
+    rows: Vec<u8>,
+    /// One row's data fields, encoded before its `_airbyte_meta`.
+    fields: Vec<u8>,
+    buffered: usize,
+    oldest: Option<Instant>,
+    status: Option<StreamStatus>,
+}
+
+/// The loader Airbyte's Bulk Load CDK would choose for a configured stream.
+fn loader(configured: &ConfiguredAirbyteStream, columns: &[Column]) -> Result<Loader, Failure> {
+    let descriptor = configured.stream.descriptor();
+    let generation = configured.generation_id.unwrap_or(0);
+    let minimum = configured.minimum_generation_id.unwrap_or(0);
+    let mode = &configured.destination_sync_mode;
+    let column_of = |path: &[String], what: &str| -> Result<String, Failure> {
+        let [field] = path else {
+            return Err(Failure::config(format!("stream {descriptor}: the {what} {path:?} is nested; destination-postgres keys on top-level fields only")));
+        };
+        columns.iter().find(|c| &c.property == field).map(|c| c.name.clone()).ok_or_else(|| Failure::config(format!("stream {descriptor}: the {what} `{field}` is not in the stream's schema")))
+    };
+    let dedup = || -> Result<(Vec<String>, Option<String>), Failure> {
+        let key = configured.primary_key.clone().filter(|k| !k.is_empty()).ok_or_else(|| Failure::config(format!("stream {descriptor}: `{mode}` needs a primary key in the configured catalog")))?;
+        let key = key.iter().map(|k| column_of(k, "primary key")).collect::<Result<Vec<_>, _>>()?;
+        let cursor = configured.cursor_field.as_deref().filter(|c| !c.is_empty()).map(|c| column_of(c, "cursor")).transpose()?;
+        Ok((key, cursor))
+    };
+    let keyed = matches!(mode, DestinationSyncMode::AppendDedup | DestinationSyncMode::OverwriteDedup);
+    let truncate = matches!(mode, DestinationSyncMode::Overwrite | DestinationSyncMode::OverwriteDedup) || (minimum == generation && generation > 0);
+    if !matches!(mode, DestinationSyncMode::Append | DestinationSyncMode::AppendDedup | DestinationSyncMode::Overwrite | DestinationSyncMode::OverwriteDedup) {
+        return Err(Failure::config(format!("stream {descriptor}: destination sync mode `{mode}` is not supported")));
+    }
+    if minimum != 0 && minimum != generation {
+        return Err(Failure::config(format!("stream {descriptor}: minimum_generation_id {minimum} is neither 0 nor the generation {generation}; Airbyte's loaders take only those")));
+    }
+    Ok(match (truncate, keyed) {
+        (false, false) => Loader::Append,
+        (false, true) => {
+            let (key, cursor) = dedup()?;
+            Loader::Dedup { key, cursor }
+        }
+        (true, keyed) => Loader::Truncate { key: if keyed { Some(dedup()?) } else { None } },
+    })
+}
+
+fn open_targets(db: &mut Db, config: &Config, catalog: &ConfiguredAirbyteCatalog) -> Result<Vec<Target>, Failure> {
+    let mut targets: Vec<Target> = Vec::new();
+    for configured in &catalog.streams {
+        let descriptor = configured.stream.descriptor();
+        let schema = layout::identifier(configured.stream.namespace.as_deref().unwrap_or(&config.schema));
+        let table = Table { schema: schema.clone(), name: layout::identifier(&configured.stream.name) };
+        if let Some(other) = targets.iter().find(|t| t.table == table) {
+            return Err(Failure::config(format!("streams {} and {descriptor} both become the table {table}", other.descriptor)));
+        }
+        let wanted = layout::columns(&configured.stream.json_schema).map_err(|e| Failure::config(format!("stream {descriptor}: {e}")))?;
+        let loader = loader(configured, &wanted)?;
+        let generation = configured.generation_id.unwrap_or(0);
+        let columns = db.ensure_table(&table, &wanted)?;
+        let copy_into = match loader {
+            Loader::Append => table.clone(),
+            Loader::Dedup { .. } | Loader::Truncate { .. } => {
+                let staged = Table { schema, name: layout::identifier(&format!("{}_airbyte_tmp", configured.stream.name)) };
+                // A staged table of an earlier generation holds rows no state of this sync covers.
+                if db.table_exists(&staged)? && matches!(loader, Loader::Truncate { .. }) && db.generations(&staged)?.iter().any(|&g| g != generation) {
+                    db.execute(&format!("dropping the stale {staged}"), &format!("drop table {}", staged.sql()))?;
+                }
+                let staged_columns = db.ensure_table(&staged, &columns)?;
+                if staged_columns != columns {
+                    // The staged table's columns must be the table's: start it over.
+                    db.execute(&format!("dropping {staged}"), &format!("drop table {}", staged.sql()))?;
+                    db.ensure_table(&staged, &columns)?;
+                }
+                staged
+            }
+        };
+        let cdc_deletes = columns.iter().any(|c| c.name == "_ab_cdc_deleted_at");
+        targets.push(Target {
+            descriptor,
+            table,
+            copy_into,
+            columns,
+            loader,
+            generation,
+            sync_id: configured.sync_id,
+            cdc_deletes,
+            rows: Vec::with_capacity(FLUSH_BYTES + (1 << 20)),
+            fields: Vec::new(),
+            buffered: 0,
+            oldest: None,
+            status: None,
+        });
+    }
+    Ok(targets)
+}
+
+fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) -> Result<(), Failure> {
+    if sluice_protocol::socket::DataChannel::from_env().map_err(Failure::config)?.is_some() {
+        return Err(Failure::config("destination-postgres reads stdin only in this version: run it in legacy (stdio) mode"));
+    }
+    let mut db = Db { client: config.connect()? };
+    let mut targets = open_targets(&mut db, config, catalog)?;
+    let index: HashMap<StreamDescriptor, usize> = targets.iter().enumerate().map(|(i, t)| (t.descriptor.clone(), i)).collect();
+    let mut since_state = 0u64;
+    each_input_message(|line, message| {
+        if let Some(record) = message.record {
+            let descriptor = StreamDescriptor::new(record.stream, record.namespace);
+            let Some(&i) = index.get(&descriptor) else {
+                return Err(Failure::system(format!("stdin line {line}: a record of stream {descriptor}, which the configured catalog does not have")));
+            };
+            let target = &mut targets[i];
+            let Value::Object(data) = &record.data else {
+                return Err(Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object")));
+            };
+            encode_row(target, data, record.emitted_at);
+            since_state += 1;
+            if target.buffered >= FLUSH_ROWS || target.rows.len() >= FLUSH_BYTES || target.oldest.is_some_and(|t| t.elapsed() >= FLUSH_AGE) {
+                flush(&mut db, target)?;
+            }
+        } else if let Some(status) = message.trace.and_then(|t| t.stream_status) {
+            if let Some(&i) = index.get(&status.stream_descriptor) {
+                targets[i].status = Some(status.status);
+            }
+        } else if let Some(state) = message.state {
+            for target in targets.iter_mut() {
+                flush(&mut db, target)?;
+            }
+            echo_state(out, state, since_state)?;
+            since_state = 0;
+        }
+        Ok(())
+    })?;
+    for target in targets.iter_mut() {
+        flush(&mut db, target)?;
+    }
+    finish(&mut db, targets)
+}
+
+/// One row of binary `COPY`: Airbyte's four columns, then the data.
+fn encode_row(target: &mut Target, data: &serde_json::Map<String, Value>, emitted_at: i64) {
+    let Target { rows, fields, columns, .. } = target;
+    // The data first, aside: `_airbyte_meta` before it names what did not fit.
+    fields.clear();
+    let mut nulled: Vec<&str> = Vec::new();
+    for c in columns.iter() {
+        if !layout::encode(fields, c.kind, data.get(&c.property).unwrap_or(&Value::Null)) {
+            nulled.push(&c.property);
+        }
+    }
+    rows.extend_from_slice(&((layout::META_COLUMNS.len() + columns.len()) as i16).to_be_bytes());
+    rows.extend_from_slice(&16i32.to_be_bytes());
+    rows.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    rows.extend_from_slice(&8i32.to_be_bytes());
+    rows.extend_from_slice(&layout::extracted_at_micros(emitted_at).to_be_bytes());
+    let meta_at = rows.len();
+    rows.extend_from_slice(&[0, 0, 0, 0, 1]);
+    serde_json::to_writer(&mut *rows, &layout::meta(target.sync_id, &nulled)).expect("JSON serializes");
+    let len = (rows.len() - meta_at - 4) as i32;
+    rows[meta_at..meta_at + 4].copy_from_slice(&len.to_be_bytes());
+    rows.extend_from_slice(&8i32.to_be_bytes());
+    rows.extend_from_slice(&target.generation.to_be_bytes());
+    rows.extend_from_slice(fields);
+    target.buffered += 1;
+    target.oldest.get_or_insert_with(Instant::now);
+}
+
+fn flush(db: &mut Db, target: &mut Target) -> Result<(), Failure> {
+    if target.buffered == 0 {
+        return Ok(());
+    }
+    let copied = db.copy_in(&target.copy_into, &target.columns, &target.rows)?;
+    if copied != target.buffered as u64 {
+        return Err(Failure::system(format!("PostgreSQL took {copied} of {} rows into {}", target.buffered, target.copy_into)));
+    }
+    target.rows.clear();
+    target.buffered = 0;
+    target.oldest = None;
+    Ok(())
+}
+
+/// The end of the input: staged rows merged or swapped in, for the streams
+/// that are complete (the source said so, or reports no statuses).
+fn finish(db: &mut Db, targets: Vec<Target>) -> Result<(), Failure> {
+    for target in targets {
+        let complete = matches!(target.status, None | Some(StreamStatus::Complete));
+        match &target.loader {
+            Loader::Append => {}
+            // Merging is safe whatever the stream's status: what is staged is committed.
+            Loader::Dedup { key, cursor } => db.upsert(&target.copy_into, &target.table, &target.columns, key, cursor.as_deref(), target.cdc_deletes)?,
+            Loader::Truncate { key } if complete => {
+                if let Some((key, cursor)) = key {
+                    db.dedup_in_place(&target.copy_into, key, cursor.as_deref(), target.cdc_deletes)?;
+                }
+                db.swap(&target.copy_into, &target.table)?;
+            }
+            // Kept for a retry of the same generation; the old table stays whole.
+            Loader::Truncate { .. } => {}
+        }
+    }
+    Ok(())
+}

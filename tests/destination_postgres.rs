@@ -1,0 +1,322 @@
+//! destination-postgres on a real PostgreSQL (`tests/postgres.sh` starts a
+//! throwaway cluster and exports `SLUICE_POSTGRES_URL`): the destination
+//! fed crafted messages, checked with SQL; `check`'s errors; and Airbyte's
+//! own source-faker from PyPI into Postgres through `sluice sync`.
+
+mod support;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use serde_json::{json, Value};
+use support::*;
+
+/// The server `tests/run` started: a superuser's URL.
+fn server() -> String {
+    std::env::var("SLUICE_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!("no SLUICE_POSTGRES_URL: these tests need PostgreSQL; ./tests/run starts one (tests/postgres.sh: `. tests/postgres.sh; postgres_start`)")
+    })
+}
+
+fn client() -> postgres::Client {
+    postgres::Client::connect(&server(), postgres::NoTls).expect("the tests' PostgreSQL answers")
+}
+
+/// The destination's config for `schema` on the tests' server, as the superuser.
+fn config(schema: &str) -> Value {
+    let url = server();
+    let rest = url.strip_prefix("postgres://").unwrap();
+    let (credentials, place) = rest.split_once('@').unwrap();
+    let (user, password) = credentials.split_once(':').unwrap();
+    let (address, database) = place.split_once('/').unwrap();
+    let (host, port) = address.split_once(':').unwrap();
+    json!({"host": host, "port": port.parse::<u16>().unwrap(), "database": database, "schema": schema, "username": user, "password": password, "ssl_mode": {"mode": "disable"}})
+}
+
+fn rows(sql: &str) -> Vec<postgres::Row> {
+    client().query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn count(sql: &str) -> i64 {
+    rows(sql)[0].get(0)
+}
+
+struct Written {
+    code: i32,
+    stdout: Vec<Value>,
+    stderr: String,
+}
+
+impl Written {
+    fn states(&self) -> Vec<&Value> {
+        self.stdout.iter().filter(|m| m["type"] == "STATE").collect()
+    }
+    fn error(&self) -> String {
+        self.stdout.iter().filter(|m| m["type"] == "TRACE").map(|m| m["trace"]["error"]["message"].as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// `sluice connector destination-postgres write` fed these messages on stdin.
+fn write(s: &Scratch, config: &Value, catalog: &Value, messages: &[Value]) -> Written {
+    let (config, catalog) = (s.json("config.json", config), s.json("catalog.json", catalog));
+    let mut child = sluice()
+        .args(["connector", "destination-postgres", "write", "--config"])
+        .arg(&config)
+        .arg("--catalog")
+        .arg(&catalog)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for m in messages {
+        writeln!(stdin, "{m}").unwrap();
+    }
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    Written { code: output.status.code().unwrap_or(-1), stdout, stderr: String::from_utf8_lossy(&output.stderr).into_owned() }
+}
+
+fn record(stream: &str, data: Value) -> Value {
+    json!({"type": "RECORD", "record": {"stream": stream, "data": data, "emitted_at": 1_700_000_000_000i64}})
+}
+
+fn state(cursor: i64) -> Value {
+    json!({"type": "STATE", "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": "items"}, "stream_state": {"cursor": cursor}}}})
+}
+
+fn items_schema() -> Value {
+    json!({"type": "object", "properties": {
+        "id": {"type": "integer"},
+        "name": {"type": ["null", "string"]},
+        "price": {"type": "number"},
+        "active": {"type": "boolean"},
+        "born": {"type": "string", "format": "date"},
+        "seen_at": {"type": "string", "format": "date-time"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "updated": {"type": "integer"}
+    }})
+}
+
+fn catalog(stream: &str, schema: Value, mode: &str, generation: (i64, i64), key: Option<&str>) -> Value {
+    let mut configured = json!({
+        "stream": {"name": stream, "json_schema": schema, "supported_sync_modes": ["full_refresh", "incremental"]},
+        "sync_mode": "incremental",
+        "destination_sync_mode": mode,
+        "generation_id": generation.0,
+        "minimum_generation_id": generation.1,
+        "sync_id": 100 + generation.0,
+    });
+    if let Some(key) = key {
+        configured["primary_key"] = json!([[key]]);
+        configured["cursor_field"] = json!(["updated"]);
+    }
+    json!({"streams": [configured]})
+}
+
+fn item(id: i64, updated: i64) -> Value {
+    record("items", json!({"id": id, "name": format!("item {id}"), "price": 9.99, "active": true, "born": "2001-02-03",
+        "seen_at": "2024-05-06T07:08:09Z", "tags": ["a", "b"], "updated": updated}))
+}
+
+#[test]
+fn spec_and_check_say_what_is_wrong_without_showing_the_password() {
+    let s = Scratch::new();
+    let spec = sluice().args(["connector", "destination-postgres", "spec"]).output().unwrap();
+    let spec: Value = String::from_utf8_lossy(&spec.stdout).lines().find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|m| m["type"] == "SPEC")).unwrap();
+    assert_eq!(spec["spec"]["connectionSpecification"]["properties"]["password"]["airbyte_secret"], true);
+    let check = |config: &Value| -> Value {
+        let path = s.json("check.json", config);
+        let out = sluice().args(["connector", "destination-postgres", "check", "--config"]).arg(&path).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|m| m["type"] == "CONNECTION_STATUS")).expect("a CONNECTION_STATUS")
+    };
+    assert_eq!(check(&config("public"))["connectionStatus"]["status"], "SUCCEEDED");
+
+    let mut wrong = config("public");
+    wrong["password"] = json!("not-the-password-123");
+    let answer = check(&wrong);
+    let message = answer["connectionStatus"]["message"].as_str().unwrap();
+    assert_eq!(answer["connectionStatus"]["status"], "FAILED");
+    assert!(message.contains("refused the password") && !message.contains("not-the-password-123"), "{message}");
+
+    let mut unreachable = config("public");
+    unreachable["port"] = json!(1);
+    let message = check(&unreachable)["connectionStatus"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("cannot reach PostgreSQL at") && message.contains(":1/"), "{message}");
+
+    // A user without CREATE on the schema is told what to grant.
+    let mut c = client();
+    c.batch_execute("drop schema if exists locked cascade; create schema locked; drop role if exists reader; create role reader login password 'reader-pw'; grant connect on database sluice to reader;").unwrap();
+    let mut reader = config("locked");
+    reader["username"] = json!("reader");
+    reader["password"] = json!("reader-pw");
+    let message = check(&reader)["connectionStatus"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("may not create tables in schema locked") && message.contains("GRANT CREATE ON SCHEMA"), "{message}");
+}
+
+#[test]
+fn appends_typed_columns_and_airbytes_own_nulling_what_does_not_fit() {
+    let s = Scratch::new();
+    client().batch_execute("drop schema if exists t_append cascade").unwrap();
+    let cat = catalog("items", items_schema(), "append", (1, 0), None);
+    let mut messages: Vec<Value> = (1..=30).map(|i| item(i, i)).collect();
+    messages.insert(10, state(10));
+    // A value that breaks its declared type is nulled and named, never a failed sync.
+    messages.push(record("items", json!({"id": 31, "price": "lots", "born": "yesterday", "active": "yes", "updated": 31})));
+    messages.push(state(31));
+    let w = write(&s, &config("t_append"), &cat, &messages);
+    assert_eq!(w.code, 0, "{}\n{}", w.error(), w.stderr);
+    assert_eq!(w.states().len(), 2, "each STATE echoed after its rows committed");
+    assert_eq!(w.states()[0]["state"]["destinationStats"]["recordCount"], 10.0, "{:?}", w.states()[0]);
+    assert_eq!(count("select count(*) from t_append.items"), 31);
+    let types: Vec<(String, String)> = rows("select column_name::text, data_type::text from information_schema.columns where table_schema = 't_append' and table_name = 'items' order by ordinal_position")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected = [
+        ("_airbyte_raw_id", "uuid"),
+        ("_airbyte_extracted_at", "timestamp with time zone"),
+        ("_airbyte_meta", "jsonb"),
+        ("_airbyte_generation_id", "bigint"),
+        ("id", "bigint"),
+        ("name", "character varying"),
+        ("price", "numeric"),
+        ("active", "boolean"),
+        ("born", "date"),
+        ("seen_at", "timestamp with time zone"),
+        ("tags", "jsonb"),
+        ("updated", "bigint"),
+    ];
+    assert_eq!(types, expected.map(|(a, b)| (a.to_owned(), b.to_owned())));
+    let row = &rows("select price::text, born::text, seen_at = '2024-05-06T07:08:09Z'::timestamptz, tags::text, _airbyte_generation_id, _airbyte_meta::text, _airbyte_extracted_at = to_timestamp(1700000000) from t_append.items where id = 7")[0];
+    assert_eq!(row.get::<_, String>(0), "9.99");
+    assert_eq!(row.get::<_, String>(1), "2001-02-03");
+    assert!(row.get::<_, bool>(2));
+    assert_eq!(row.get::<_, String>(3), r#"["a", "b"]"#);
+    assert_eq!(row.get::<_, i64>(4), 1);
+    assert_eq!(row.get::<_, String>(5), r#"{"changes": [], "sync_id": 101}"#);
+    assert!(row.get::<_, bool>(6));
+    let bad = &rows("select price is null, born is null, active is null, (_airbyte_meta->'changes')::text from t_append.items where id = 31")[0];
+    assert!(bad.get::<_, bool>(0) && bad.get::<_, bool>(1) && bad.get::<_, bool>(2));
+    let changes: Value = serde_json::from_str(&bad.get::<_, String>(3)).unwrap();
+    let fields: Vec<&str> = changes.as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["price", "active", "born"]);
+    assert!(changes.as_array().unwrap().iter().all(|c| c["change"] == "NULLED" && c["reason"] == "DESTINATION_TYPECAST_ERROR"), "{changes}");
+
+    // A new property becomes a new column; an integer that now is a number widens.
+    let mut wider = items_schema();
+    wider["properties"]["colour"] = json!({"type": "string"});
+    wider["properties"]["updated"] = json!({"type": "number"});
+    let w = write(&s, &config("t_append"), &catalog("items", wider, "append", (1, 0), None), &[record("items", json!({"id": 40, "colour": "red", "updated": 1.5})), state(40)]);
+    assert_eq!(w.code, 0, "{}\n{}", w.error(), w.stderr);
+    assert_eq!(count("select count(*) from t_append.items where colour = 'red' and updated = 1.5"), 1);
+    assert_eq!(count("select count(*) from t_append.items"), 32);
+}
+
+#[test]
+fn names_are_airbytes_and_two_streams_on_one_table_are_refused() {
+    let s = Scratch::new();
+    client().batch_execute("drop schema if exists t_names cascade").unwrap();
+    let long = format!("Orders by Day-{}", "x".repeat(70));
+    let schema = json!({"type": "object", "properties": {"Unit Price ($)": {"type": "number"}, "2nd": {"type": "string"}}});
+    let cat = catalog(&long, schema.clone(), "append", (0, 0), None);
+    let w = write(&s, &config("t names"), &cat, &[record(&long, json!({"Unit Price ($)": 3, "2nd": "b"}))]);
+    assert_eq!(w.code, 0, "{}\n{}", w.error(), w.stderr);
+    let tables: Vec<String> = rows("select table_name::text from information_schema.tables where table_schema = 't_names'").iter().map(|r| r.get(0)).collect();
+    assert_eq!(tables.len(), 1, "{tables:?}");
+    assert_eq!(tables[0].len(), 63);
+    assert!(tables[0].starts_with("Orders_by_Day_xxx"), "{tables:?}");
+    assert_eq!(count(&format!("select count(*) from t_names.\"{}\" where \"Unit_Price____\" = 3 and \"_2nd\" = 'b'", tables[0])), 1);
+
+    let two = json!({"streams": [
+        {"stream": {"name": "a-b", "json_schema": schema, "supported_sync_modes": ["full_refresh"]}, "sync_mode": "full_refresh", "destination_sync_mode": "append"},
+        {"stream": {"name": "a_b", "json_schema": schema, "supported_sync_modes": ["full_refresh"]}, "sync_mode": "full_refresh", "destination_sync_mode": "append"}
+    ]});
+    let w = write(&s, &config("t names"), &two, &[]);
+    assert_ne!(w.code, 0);
+    assert!(w.error().contains("a-b") && w.error().contains("a_b") && w.error().contains("t_names.a_b"), "{}", w.error());
+}
+
+#[test]
+fn dedup_keeps_the_latest_row_per_key_and_cdc_deletes_remove_it() {
+    let s = Scratch::new();
+    client().batch_execute("drop schema if exists t_dedup cascade").unwrap();
+    let mut schema = items_schema();
+    schema["properties"]["_ab_cdc_deleted_at"] = json!({"type": ["null", "string"], "format": "date-time"});
+    let cat = catalog("items", schema, "append_dedup", (1, 0), Some("id"));
+    // Keys 1..=5 twice (the later cursor wins, whatever the order), then key 3 deleted.
+    let mut messages = vec![item(1, 5), item(1, 9), item(2, 9), item(2, 5), state(2)];
+    messages.extend((3..=5).map(|i| item(i, 1)));
+    let first = write(&s, &config("t_dedup"), &cat, &messages);
+    assert_eq!(first.code, 0, "{}\n{}", first.error(), first.stderr);
+    assert_eq!(count("select count(*) from t_dedup.items"), 5);
+    assert_eq!(count("select count(*) from t_dedup.items where updated = 9"), 2, "keys 1 and 2 keep their latest cursor");
+    let mut delete = item(3, 2);
+    delete["record"]["data"]["_ab_cdc_deleted_at"] = json!("2024-01-01T00:00:00Z");
+    let second = write(&s, &config("t_dedup"), &cat, &[item(4, 0), item(5, 7), delete, state(3)]);
+    assert_eq!(second.code, 0, "{}\n{}", second.error(), second.stderr);
+    let kept: Vec<(i64, i64)> = rows("select id, updated from t_dedup.items order by id").iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(kept, [(1, 9), (2, 9), (4, 1), (5, 7)], "an older cursor does not replace a newer row; the deleted key is gone");
+    assert_eq!(count("select count(*) from t_dedup.items_airbyte_tmp"), 0, "the staged rows were merged");
+}
+
+#[test]
+fn an_overwrite_swaps_in_whole_and_a_reader_sees_the_old_table_until_then() {
+    let s = Scratch::new();
+    client().batch_execute("drop schema if exists t_over cascade").unwrap();
+    let first = write(&s, &config("t_over"), &catalog("items", items_schema(), "overwrite", (1, 1), None), &(1..=20).map(|i| item(i, i)).collect::<Vec<_>>());
+    assert_eq!(first.code, 0, "{}\n{}", first.error(), first.stderr);
+    assert_eq!(count("select count(*) from t_over.items where _airbyte_generation_id = 1"), 20);
+
+    // Generation 2 fails midway (its stream never completes): the old table stays whole.
+    let incomplete = json!({"type": "TRACE", "trace": {"type": "STREAM_STATUS", "emitted_at": 1.0,
+        "stream_status": {"stream_descriptor": {"name": "items"}, "status": "INCOMPLETE"}}});
+    let mut messages: Vec<Value> = (100..105).map(|i| item(i, i)).collect();
+    messages.push(state(104));
+    messages.push(incomplete);
+    let failed = write(&s, &config("t_over"), &catalog("items", items_schema(), "overwrite", (2, 2), None), &messages);
+    assert_eq!(failed.code, 0, "{}", failed.error());
+    assert_eq!(count("select count(*) from t_over.items"), 20, "a reader sees the old generation whole");
+    assert_eq!(count("select count(*) from t_over.items_airbyte_tmp"), 5, "the staged rows wait for the retry");
+
+    // The retry of generation 2 goes on from its state and swaps in at the end.
+    let complete = json!({"type": "TRACE", "trace": {"type": "STREAM_STATUS", "emitted_at": 1.0,
+        "stream_status": {"stream_descriptor": {"name": "items"}, "status": "COMPLETE"}}});
+    let mut messages: Vec<Value> = (105..110).map(|i| item(i, i)).collect();
+    messages.push(complete);
+    let retried = write(&s, &config("t_over"), &catalog("items", items_schema(), "overwrite", (2, 2), None), &messages);
+    assert_eq!(retried.code, 0, "{}", retried.error());
+    let generations: Vec<(i64, i64)> = rows("select _airbyte_generation_id, count(*) from t_over.items group by 1").iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(generations, [(2, 10)]);
+    assert_eq!(count("select count(*) from information_schema.tables where table_schema = 't_over'"), 1, "the staged table became the table");
+}
+
+#[test]
+fn airbyte_source_faker_from_pypi_into_postgres_then_resumes() {
+    let s = Scratch::new();
+    client().batch_execute("drop schema if exists t_faker cascade").unwrap();
+    let source = s.json("faker.json", &json!({"count": 300, "seed": 11, "records_per_slice": 50, "always_updated": false}));
+    let destination = s.json("pg.json", &config("t_faker"));
+    let state = s.path("state.json");
+    let args = [
+        "--source", "pypi:airbyte-source-faker",
+        "--source-config", source.to_str().unwrap(),
+        "--destination", "destination-postgres",
+        "--destination-config", destination.to_str().unwrap(),
+        "--streams", "users,products",
+        "--state-file", state.to_str().unwrap(),
+    ];
+    let first = run_sync(&args);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.committed("users"), 300);
+    assert_eq!(count("select count(*) from t_faker.users"), 300);
+    assert_eq!(count("select count(distinct id) from t_faker.users"), 300);
+    assert_eq!(count("select count(*) from information_schema.columns where table_schema = 't_faker' and table_name = 'users' and column_name = 'created_at' and data_type = 'timestamp with time zone'"), 1);
+    assert!(count("select count(*) from t_faker.products") > 0);
+    let second = run_sync(&args);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(second.emitted("users"), 0);
+    assert_eq!(count("select count(*) from t_faker.users"), 300, "the resumed sync added nothing");
+}
