@@ -83,11 +83,15 @@ impl ExitWatch {
                             break code;
                         }
                     }
-                    std::thread::sleep(Duration::from_millis(100));
+                    // A stat every 20 ms: the attempt's end waits on it.
+                    std::thread::sleep(Duration::from_millis(20));
                 };
                 let cause_path = path.with_file_name("cause");
                 // A status above 128 is a signal: the runtime may be about to say whose.
-                let patience = if code > 128 { Duration::from_secs(3) } else { Duration::ZERO };
+                // It says so once it has seen the container stop and reached
+                // this volume through its engine, which on a loaded machine
+                // took more than 3 s.
+                let patience = if code > 128 { Duration::from_secs(10) } else { Duration::ZERO };
                 let started = std::time::Instant::now();
                 let cause = loop {
                     match std::fs::read_to_string(&cause_path) {
