@@ -320,3 +320,56 @@ fn airbyte_source_faker_from_pypi_into_postgres_then_resumes() {
     assert_eq!(second.emitted("users"), 0);
     assert_eq!(count("select count(*) from t_faker.users"), 300, "the resumed sync added nothing");
 }
+
+/// The processes whose parent is `parent` and whose command line has `part`.
+fn children_with(parent: u32, part: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(part) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_destination_killed_midway_keeps_what_its_states_covered_and_the_retry_duplicates_nothing() {
+    let s = Scratch::new();
+    client().batch_execute("drop schema if exists t_kill cascade").unwrap();
+    // Users of 20 KB: the destination copies a batch at 8 MB (about 400 rows),
+    // and a STATE comes every 1000 rows, so batches are copied between states.
+    let source = s.json("faker.json", &json!({"count": 6000, "records_per_slice": 1000, "record_size_bytes": 20000, "slice_pause_ms": 100}));
+    let destination = s.json("pg.json", &config("t_kill"));
+    let state = s.path("state.json");
+    let args = [
+        "--source", "source-faker",
+        "--source-config", source.to_str().unwrap(),
+        "--destination", "destination-postgres",
+        "--destination-config", destination.to_str().unwrap(),
+        "--streams", "users",
+        "--state-file", state.to_str().unwrap(),
+    ];
+    let sync = sluice().arg("sync").arg("--json").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let committed_some = || client().query_one("select count(*) from information_schema.tables where table_schema = 't_kill' and table_name = 'users'", &[]).unwrap().get::<_, i64>(0) == 1 && count("select count(*) from t_kill.users") >= 1000;
+    while !committed_some() {
+        assert!(std::time::Instant::now() < deadline, "no rows committed in a minute");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = children_with(sync.id(), "destination-postgres");
+    assert_eq!(killed.len(), 1, "the destination's process");
+    unsafe { libc::kill(killed[0] as i32, libc::SIGKILL) };
+    let first = parse_sync(sync.wait_with_output().unwrap());
+    assert_ne!(first.code, 0, "the attempt failed: {}", first.stderr);
+    let kept = count("select count(*) from t_kill.users");
+    assert!((1000..6000).contains(&kept) && kept % 1000 == 0, "rows become visible a STATE at a time, never a batch at a time: {kept}");
+
+    let retry = run_sync(&args);
+    assert_eq!(retry.code, 0, "{}", retry.stderr);
+    assert_eq!(count("select count(*) from t_kill.users"), 6000, "every user arrived");
+    assert_eq!(count("select count(distinct id) from t_kill.users"), 6000, "none twice: rows no STATE covered were never committed");
+}

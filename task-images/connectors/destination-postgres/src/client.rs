@@ -40,12 +40,28 @@ pub type CatalogColumns = Vec<(String, Option<ColumnType>)>;
 
 pub struct Db {
     pub client: postgres::Client,
+    /// Whether rows were copied since the last commit.
+    open: bool,
 }
 
 /// `PGCOPY\n\377\r\n\0`, no flags, no header extension.
 const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
 impl Db {
+    pub fn new(client: postgres::Client) -> Db {
+        Db { client, open: false }
+    }
+
+    /// Commits every row copied since the last commit: what a STATE covers
+    /// is durable once this returns, and a crash before it loses only rows
+    /// no STATE covers, which the retry reads again.
+    pub fn commit(&mut self) -> Result<(), Failure> {
+        if std::mem::take(&mut self.open) {
+            self.execute("committing the copied rows", "commit")?;
+        }
+        Ok(())
+    }
+
     pub fn execute(&mut self, what: &str, sql: &str) -> Result<(), Failure> {
         self.client.batch_execute(sql).map_err(|e| failed(what, e))
     }
@@ -105,9 +121,12 @@ impl Db {
     }
 
     /// One binary `COPY` of encoded rows (each already a field count and its
-    /// fields) into the table, in its own transaction: committed when this
-    /// returns, nothing of it visible if it fails.
+    /// fields) into the table, in the transaction [`Db::commit`] ends.
     pub fn copy_in(&mut self, table: &Table, columns: &[Column], rows: &[u8]) -> Result<u64, Failure> {
+        if !self.open {
+            self.execute("starting a transaction", "begin")?;
+            self.open = true;
+        }
         let names: Vec<String> = META_COLUMNS.iter().map(|(n, _)| quoted(n)).chain(columns.iter().map(|c| quoted(&c.name))).collect();
         let sql = format!("copy {} ({}) from stdin (format binary)", table.sql(), names.join(", "));
         let what = format!("copying into {table}");

@@ -13,11 +13,13 @@
 //!   table that replaces the table in one transaction once the stream is
 //!   complete, so a reader sees the old table whole until then.
 //!
-//! Rows are encoded once, into a per-stream buffer of `COPY` rows, and
-//! copied in a transaction of their own when the buffer is full or a STATE
-//! arrives; a STATE is echoed only after every row before it committed. A
-//! staged table outlives a failed attempt: the rows in it are covered by
-//! states already released, and the retry goes on with them.
+//! Rows are encoded once, into a per-stream buffer of `COPY` rows, copied
+//! when the buffer is full (memory stays bounded whatever the volume), and
+//! committed when a STATE arrives, which is echoed only then: a crash loses
+//! only rows no STATE covers, so a retry from the last STATE duplicates
+//! nothing, even in append mode. A staged table outlives a failed attempt:
+//! the rows in it are covered by states already released, and the retry
+//! goes on with them.
 
 pub mod client;
 pub mod config;
@@ -36,7 +38,8 @@ use layout::Column;
 
 pub const NAME: &str = "destination-postgres";
 
-/// A stream's buffer is copied in at this size, row count or age, whichever first.
+/// A stream's buffer is copied in at this size, row count or age, whichever
+/// first; its rows are committed at the next STATE.
 const FLUSH_BYTES: usize = 8 << 20;
 const FLUSH_ROWS: usize = 50_000;
 const FLUSH_AGE: Duration = Duration::from_secs(5);
@@ -176,7 +179,7 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
     if sluice_protocol::socket::DataChannel::from_env().map_err(Failure::config)?.is_some() {
         return Err(Failure::config("destination-postgres reads stdin only in this version: run it in legacy (stdio) mode"));
     }
-    let mut db = Db { client: config.connect()? };
+    let mut db = Db::new(config.connect()?);
     let mut targets = open_targets(&mut db, config, catalog)?;
     let index: HashMap<StreamDescriptor, usize> = targets.iter().enumerate().map(|(i, t)| (t.descriptor.clone(), i)).collect();
     let mut since_state = 0u64;
@@ -203,6 +206,7 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
             for target in targets.iter_mut() {
                 flush(&mut db, target)?;
             }
+            db.commit()?;
             echo_state(out, state, since_state)?;
             since_state = 0;
         }
@@ -211,6 +215,7 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
     for target in targets.iter_mut() {
         flush(&mut db, target)?;
     }
+    db.commit()?;
     finish(&mut db, targets)
 }
 
