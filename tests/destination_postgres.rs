@@ -373,3 +373,37 @@ fn a_destination_killed_midway_keeps_what_its_states_covered_and_the_retry_dupli
     assert_eq!(count("select count(*) from t_kill.users"), 6000, "every user arrived");
     assert_eq!(count("select count(distinct id) from t_kill.users"), 6000, "none twice: rows no STATE covered were never committed");
 }
+
+#[test]
+fn a_record_of_16_mb_lands_whole() {
+    let s = Scratch::new();
+    client().batch_execute("drop schema if exists t_big cascade").unwrap();
+    let big = "x".repeat(16 << 20);
+    let w = write(&s, &config("t_big"), &catalog("items", items_schema(), "append", (0, 0), None), &[record("items", json!({"id": 1, "name": big})), state(1)]);
+    assert_eq!(w.code, 0, "{}\n{}", w.error(), w.stderr);
+    assert_eq!(count("select length(name)::bigint from t_big.items"), 16 << 20);
+}
+
+#[test]
+fn sluice_up_syncs_into_postgres_with_the_builtin_definition_and_generations() {
+    client().batch_execute("drop schema if exists t_up cascade").unwrap();
+    let s = Scratch::new();
+    let p = support::platform::Platform::start(&s.path("data"), &[]);
+    let workspace = p.workspace("postgres");
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 250}));
+    let destination = p.actor("destination", &workspace, "postgres", config("t_up"));
+    assert_eq!(p.get(&format!("/destinations/{destination}"))["configuration"]["password"], "**********", "the password is a secret");
+    let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
+        "configurations": {"streams": [{"name": "users", "syncMode": "incremental_append"}, {"name": "products", "syncMode": "full_refresh_overwrite"}]}}))["connectionId"].as_str().unwrap().to_owned();
+    for run in 1..=2 {
+        let job = p.wait_job(p.sync(&connection), std::time::Duration::from_secs(120));
+        assert_eq!(job["status"], "succeeded", "run {run}: {job}\n{}", p.log());
+    }
+    assert_eq!(count("select count(*) from t_up.users"), 250, "the second sync appended nothing new");
+    // The overwritten stream holds the last generation only, swapped in whole.
+    let generations: Vec<i64> = rows("select distinct _airbyte_generation_id from t_up.products").iter().map(|r| r.get(0)).collect();
+    assert_eq!(generations.len(), 1, "{generations:?}");
+    assert!(count("select count(*) from t_up.products") > 0);
+    let sync_ids = count("select count(distinct _airbyte_meta->>'sync_id') from t_up.users");
+    assert_eq!(sync_ids, 1, "the platform's sync id is in each row's _airbyte_meta");
+}
