@@ -17,7 +17,8 @@
 //!
 //! Each way runs `--runs` times; the median is reported, with ratios.
 //! `--containers` measures containers against processes instead
-//! (`bench_containers.rs`).
+//! (`bench_containers.rs`); `--destination postgres` loading PostgreSQL
+//! (`bench_postgres.rs`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,19 @@ pub struct BenchArgs {
     /// from POST /jobs to the source container running
     #[arg(long)]
     containers: bool,
+    /// Instead: loading this destination (`postgres`) against the server's
+    /// own COPY, and dlt when installed
+    #[arg(long, value_name = "NAME")]
+    destination: Option<String>,
+    /// The PostgreSQL server for `--destination postgres` (postgres://user:password@host:port/db); it needs CREATE there
+    #[arg(long, value_name = "URL", env = "SLUICE_POSTGRES_URL")]
+    postgres_url: Option<String>,
+    /// psql, for the COPY baseline [default: psql on PATH]
+    #[arg(long, value_name = "PATH", default_value = "psql")]
+    psql: PathBuf,
+    /// Install dlt[postgres] into the cache first, to measure it on the same rows
+    #[arg(long)]
+    install_dlt: bool,
 }
 
 const PYAIRBYTE_SCRIPT: &str = r#"
@@ -94,6 +108,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let destination = wrapper(&dir, &sluice, "destination-dev-null")?;
     let source_config = json!({"count": args.records, "record_size_bytes": args.record_size, "records_per_slice": 1000});
     let catalog = users_catalog()?;
+    if let Some(name) = &args.destination {
+        if name != "postgres" {
+            bail!("--destination {name}: only `postgres` can be measured this way");
+        }
+        let url = args.postgres_url.as_deref().context("--destination postgres needs --postgres-url (or SLUICE_POSTGRES_URL)")?;
+        let dlt_python = crate::bench_postgres::dlt_python(&cache, args.install_dlt)?;
+        let pg = crate::bench_postgres::Args { records: args.records, record_size: args.record_size, url, psql: args.psql.clone(), dlt_python };
+        let result = crate::bench_postgres::run(&pg, &sluice, &dir, &source_config, &serde_json::to_value(&catalog)?);
+        let _ = std::fs::remove_dir_all(&dir);
+        return result.map(|_| 0);
+    }
     if args.containers {
         let result = crate::bench_containers::run(args.records, args.record_size, args.runs, &serde_json::to_value(&catalog)?, &dir);
         let _ = std::fs::remove_dir_all(&dir);

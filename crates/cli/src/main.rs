@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_containers;
+mod bench_postgres;
 mod progress;
 mod remote;
 mod sync;

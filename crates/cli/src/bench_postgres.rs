@@ -1,0 +1,241 @@
+//! `sluice bench --destination postgres --postgres-url URL`: loading
+//! PostgreSQL, against the server's own limit.
+//!
+//! The same rows (source-faker's users, padded to the record size), read
+//! once into a file, loaded into tables of the same columns and types, in
+//! one run:
+//! 1. `COPY ... FROM STDIN` by psql of those rows as CSV from a file: the
+//!    physical limit, as the server takes rows;
+//! 2. destination-postgres alone, fed the records file on stdin;
+//! 3. the whole sync, legacy mode: source-faker, the orchestrator and
+//!    destination-postgres;
+//! 4. dlt (`dlt[postgres]`), loading the same records, when a Python with
+//!    it is at hand (`--install-dlt` puts it in the cache).
+//!
+//! Each is timed, with its CPU seconds (its own process and children, not
+//! the server's) and its peak RSS; rows are counted in the table after.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use sluice_connectors::Cache;
+
+pub const DLT_PACKAGE: &str = "dlt[postgres]";
+pub const DLT_VERSION: &str = "1.31.0";
+
+const DLT_SCRIPT: &str = r#"
+import json, sys, time, dlt
+records, url, schema = sys.argv[1], sys.argv[2], sys.argv[3]
+def users():
+    with open(records) as f:
+        for line in f:
+            m = json.loads(line)
+            if m.get("type") == "RECORD":
+                yield m["record"]["data"]
+pipeline = dlt.pipeline(pipeline_name="sluice_bench_" + schema, destination=dlt.destinations.postgres(credentials=url), dataset_name=schema)
+started = time.perf_counter()
+pipeline.run(dlt.resource(users, name="users", write_disposition="append"))
+print(json.dumps({"elapsed_secs": time.perf_counter() - started}))
+"#;
+
+struct Run {
+    secs: f64,
+    cpu_secs: f64,
+    peak_rss_bytes: u64,
+}
+
+/// Runs a command to its end, with what the kernel counted of it.
+fn measured(command: &mut Command) -> anyhow::Result<(Run, std::process::Output)> {
+    let started = Instant::now();
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let pid = child.id() as i32;
+    // wait4 for the rusage of this child; its output is drained by threads meanwhile.
+    let (mut out, mut err) = (child.stdout.take().context("stdout")?, child.stderr.take().context("stderr")?);
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut buf).map(|_| buf)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut buf).map(|_| buf)
+    });
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let output = std::process::Output {
+        status: std::os::unix::process::ExitStatusExt::from_raw(status),
+        stdout: reader.join().expect("reader")?,
+        stderr: err_reader.join().expect("reader")?,
+    };
+    Ok((Run { secs, cpu_secs: tv(usage.ru_utime) + tv(usage.ru_stime), peak_rss_bytes: usage.ru_maxrss as u64 * 1024 }, output))
+}
+
+/// The destination's config for a server URL and a schema.
+fn destination_config(url: &str, schema: &str) -> anyhow::Result<Value> {
+    let parsed: postgres::Config = url.parse().with_context(|| "--postgres-url is not a PostgreSQL URL (postgres://user:password@host:port/database)")?;
+    let host = match parsed.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => bail!("--postgres-url must name a TCP host"),
+    };
+    Ok(json!({
+        "host": host,
+        "port": parsed.get_ports().first().copied().unwrap_or(5432),
+        "database": parsed.get_dbname().unwrap_or("postgres"),
+        "schema": schema,
+        "username": parsed.get_user().unwrap_or("postgres"),
+        "password": parsed.get_password().map(|p| String::from_utf8_lossy(p).into_owned()),
+        "ssl_mode": {"mode": "disable"}
+    }))
+}
+
+fn sql(url: &str, text: &str) -> anyhow::Result<Vec<postgres::Row>> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).with_context(|| "cannot reach the server --postgres-url names")?;
+    let mut rows = Vec::new();
+    for statement in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        rows = client.query(statement, &[])?;
+    }
+    Ok(rows)
+}
+
+fn count(url: &str, table: &str) -> anyhow::Result<u64> {
+    Ok(sql(url, &format!("select count(*) from {table}"))?[0].get::<_, i64>(0) as u64)
+}
+
+pub struct Args<'a> {
+    pub records: u64,
+    pub record_size: usize,
+    pub url: &'a str,
+    pub psql: PathBuf,
+    pub dlt_python: Option<PathBuf>,
+}
+
+pub fn dlt_python(cache: &Cache, install: bool) -> anyhow::Result<Option<PathBuf>> {
+    if install {
+        let venv = cache.python_env(DLT_PACKAGE, Some(DLT_VERSION), &mut |line| eprintln!("  {line}")).map_err(|e| anyhow::anyhow!("installing dlt: {e}"))?;
+        return Ok(Some(venv.join("bin/python")));
+    }
+    let venv = cache.root.join("venvs").join(format!("{DLT_PACKAGE}-{DLT_VERSION}"));
+    Ok(venv.join(".sluice-installed").exists().then(|| venv.join("bin/python")))
+}
+
+pub fn run(args: &Args, sluice: &Path, dir: &Path, source_config: &Value, catalog: &Value) -> anyhow::Result<()> {
+    eprintln!("sluice bench --destination postgres: {} rows of about {} bytes into {}", args.records, args.record_size, args.url.split('@').next_back().unwrap_or("the server"));
+    // The rows, once: the source's output, and the same rows as CSV for psql.
+    let (source_file, catalog_file) = (dir.join("pg-source.json"), dir.join("pg-catalog.json"));
+    std::fs::write(&source_file, source_config.to_string())?;
+    std::fs::write(&catalog_file, catalog.to_string())?;
+    let records_file = dir.join("records.jsonl");
+    let read = Command::new(sluice)
+        .args(["connector", "source-faker", "read", "--config"])
+        .arg(&source_file)
+        .arg("--catalog")
+        .arg(&catalog_file)
+        .stdout(std::fs::File::create(&records_file)?)
+        .status()?;
+    if !read.success() {
+        bail!("source-faker read failed ({read})");
+    }
+    let schemas = ["sluice_bench_copy", "sluice_bench_stdin", "sluice_bench_sync", "sluice_bench_dlt"];
+    sql(args.url, &schemas.iter().map(|s| format!("drop schema if exists {s} cascade")).collect::<Vec<_>>().join(";"))?;
+
+    // 2 first: its table is the one the COPY baseline copies the shape of.
+    let config_file = dir.join("pg-destination.json");
+    std::fs::write(&config_file, destination_config(args.url, "sluice_bench_stdin")?.to_string())?;
+    let (alone, output) = measured(
+        Command::new(sluice)
+            .args(["connector", "destination-postgres", "write", "--config"])
+            .arg(&config_file)
+            .arg("--catalog")
+            .arg(&catalog_file)
+            .stdin(std::fs::File::open(&records_file)?),
+    )?;
+    if !output.status.success() {
+        bail!("destination-postgres failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stdout, 5));
+    }
+    let bytes = std::fs::metadata(&records_file)?.len();
+    let moved = count(args.url, "sluice_bench_stdin.users")?;
+    if moved != args.records {
+        bail!("destination-postgres loaded {moved} of {} rows", args.records);
+    }
+
+    // 1: the same rows as CSV, by the server's own COPY.
+    let csv = dir.join("rows.csv");
+    sql(args.url, "create schema sluice_bench_copy; create table sluice_bench_copy.users (like sluice_bench_stdin.users)")?;
+    let export = format!("\\copy (select * from sluice_bench_stdin.users) to '{}' (format csv)", csv.display());
+    let exported = Command::new(&args.psql).arg(args.url).args(["-q", "-c", &export]).status()?;
+    if !exported.success() {
+        bail!("psql could not write the rows as CSV ({exported})");
+    }
+    let import = format!("\\copy sluice_bench_copy.users from '{}' (format csv)", csv.display());
+    let (copy, output) = measured(Command::new(&args.psql).arg(args.url).args(["-q", "-c", &import]))?;
+    if !output.status.success() {
+        bail!("psql's COPY failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let csv_bytes = std::fs::metadata(&csv)?.len();
+
+    // 3: the whole sync through the orchestrator.
+    let sync_config = dir.join("pg-sync-destination.json");
+    std::fs::write(&sync_config, destination_config(args.url, "sluice_bench_sync")?.to_string())?;
+    let (sync, output) = measured(
+        Command::new(sluice)
+            .args(["sync", "--data-channel", "stdio", "--source", "source-faker", "--source-config"])
+            .arg(&source_file)
+            .args(["--destination", "destination-postgres", "--destination-config"])
+            .arg(&sync_config)
+            .arg("--catalog")
+            .arg(&catalog_file)
+            .arg("--state-file")
+            .arg(dir.join("pg-state.json"))
+            .arg("--log-file")
+            .arg(dir.join("pg-sync.log")),
+    )?;
+    if !output.status.success() || count(args.url, "sluice_bench_sync.users")? != args.records {
+        bail!("the sync into Postgres failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
+    }
+
+    // 4: dlt on the same records.
+    let dlt = match &args.dlt_python {
+        Some(python) => {
+            let (run, output) = measured(Command::new(python).args(["-c", DLT_SCRIPT]).arg(&records_file).arg(args.url).arg("sluice_bench_dlt"))?;
+            if !output.status.success() {
+                bail!("dlt failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 15));
+            }
+            let loaded = count(args.url, "sluice_bench_dlt.users")?;
+            if loaded != args.records {
+                bail!("dlt loaded {loaded} of {} rows", args.records);
+            }
+            Some(run)
+        }
+        None => None,
+    };
+
+    let mb = |b: u64, secs: f64| b as f64 / 1e6 / secs;
+    println!("{} rows; {:.1} MB of records, {:.1} MB as CSV", args.records, bytes as f64 / 1e6, csv_bytes as f64 / 1e6);
+    println!("{:<40} {:>11} {:>9} {:>8} {:>10} {:>12}", "way", "rows/s", "MB/s", "CPU s", "peak RSS", "vs COPY");
+    let rate = |r: &Run| args.records as f64 / r.secs;
+    let row = |way: &str, r: &Run| {
+        let versus = if std::ptr::eq(r, &copy) { "(baseline)".to_owned() } else { format!("{:.2}x", rate(r) / rate(&copy)) };
+        println!("{way:<40} {:>11.0} {:>9.1} {:>8.2} {:>7.1} MB {versus:>12}", rate(r), mb(bytes, r.secs), r.cpu_secs, r.peak_rss_bytes as f64 / 1e6);
+    };
+    row("COPY FROM STDIN by psql (CSV file)", &copy);
+    row("destination-postgres (stdin, alone)", &alone);
+    row("sync, legacy mode (source+orch.+dest.)", &sync);
+    match &dlt {
+        Some(d) => {
+            row("dlt[postgres]", d);
+            println!("destination-postgres / dlt: {:.1}x", rate(&alone) / rate(d));
+        }
+        None => println!("dlt: not measured (use --install-dlt)"),
+    }
+    println!("socket mode: not measured (destination-postgres speaks stdio only for now)");
+    println!("(MB/s counts the records' JSON; CPU s and RSS are the client side's: psql, our processes, dlt's Python; the sync's RSS is its largest process)");
+    sql(args.url, &schemas.iter().map(|s| format!("drop schema if exists {s} cascade")).collect::<Vec<_>>().join(";"))?;
+    Ok(())
+}
