@@ -352,6 +352,8 @@ fn a_destination_killed_midway_keeps_what_its_states_covered_and_the_retry_dupli
         "--destination-config", destination.to_str().unwrap(),
         "--streams", "users",
         "--state-file", state.to_str().unwrap(),
+        // Legacy mode: one stream of STATEs, each committing what came before it.
+        "--data-channel", "stdio",
     ];
     let sync = sluice().arg("sync").arg("--json").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -406,4 +408,31 @@ fn sluice_up_syncs_into_postgres_with_the_builtin_definition_and_generations() {
     assert!(count("select count(*) from t_up.products") > 0);
     let sync_ids = count("select count(distinct _airbyte_meta->>'sync_id') from t_up.users");
     assert_eq!(sync_ids, 1, "the platform's sync id is in each row's _airbyte_meta");
+}
+
+#[test]
+fn socket_mode_from_our_source_faker_loads_each_row_once_over_several_connections() {
+    let s = Scratch::new();
+    client().batch_execute("drop schema if exists t_socket cascade").unwrap();
+    let source = s.json("faker.json", &json!({"count": 20000, "records_per_slice": 1000}));
+    let destination = s.json("pg.json", &config("t_socket"));
+    let state = s.path("state.json");
+    let args = [
+        "--source", "source-faker",
+        "--source-config", source.to_str().unwrap(),
+        "--destination", "destination-postgres",
+        "--destination-config", destination.to_str().unwrap(),
+        "--streams", "users,products",
+        "--state-file", state.to_str().unwrap(),
+        "--data-channel", "socket",
+        "--sockets", "4",
+    ];
+    let first = run_sync(&args);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.committed("users"), 20000);
+    assert_eq!(count("select count(*) from t_socket.users"), 20000);
+    assert_eq!(count("select count(distinct id) from t_socket.users"), 20000);
+    let second = run_sync(&args);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(count("select count(*) from t_socket.users"), 20000, "resumed: nothing added");
 }

@@ -7,8 +7,9 @@
 //! 1. `COPY ... FROM STDIN` by psql of those rows as CSV from a file: the
 //!    physical limit, as the server takes rows;
 //! 2. destination-postgres alone, fed the records file on stdin;
-//! 3. the whole sync, legacy mode: source-faker, the orchestrator and
-//!    destination-postgres;
+//! 3. the whole sync, legacy mode (source-faker, the orchestrator and
+//!    destination-postgres) and socket mode (the bookkeeper, a connection
+//!    per socket);
 //! 4. dlt (`dlt[postgres]`), loading the same records, when a Python with
 //!    it is at hand (`--install-dlt` puts it in the cache).
 //!
@@ -142,7 +143,7 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path, source_config: &Value, catalo
     if !read.success() {
         bail!("source-faker read failed ({read})");
     }
-    let schemas = ["sluice_bench_copy", "sluice_bench_stdin", "sluice_bench_sync", "sluice_bench_dlt"];
+    let schemas = ["sluice_bench_copy", "sluice_bench_stdin", "sluice_bench_sync", "sluice_bench_socket", "sluice_bench_dlt"];
     sql(args.url, &schemas.iter().map(|s| format!("drop schema if exists {s} cascade")).collect::<Vec<_>>().join(";"))?;
 
     // 2 first: its table is the one the COPY baseline copies the shape of.
@@ -200,6 +201,26 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path, source_config: &Value, catalo
         bail!("the sync into Postgres failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
     }
 
+    // 3b: the same sync in socket mode, a connection per socket.
+    let socket_config = dir.join("pg-socket-destination.json");
+    std::fs::write(&socket_config, destination_config(args.url, "sluice_bench_socket")?.to_string())?;
+    let (socket, output) = measured(
+        Command::new(sluice)
+            .args(["sync", "--data-channel", "socket", "--data-format", "protobuf", "--source", "source-faker", "--source-config"])
+            .arg(&source_file)
+            .args(["--destination", "destination-postgres", "--destination-config"])
+            .arg(&socket_config)
+            .arg("--catalog")
+            .arg(&catalog_file)
+            .arg("--state-file")
+            .arg(dir.join("pg-socket-state.json"))
+            .arg("--log-file")
+            .arg(dir.join("pg-socket.log")),
+    )?;
+    if !output.status.success() || count(args.url, "sluice_bench_socket.users")? != args.records {
+        bail!("the socket-mode sync into Postgres failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
+    }
+
     // 4: dlt on the same records.
     let dlt = match &args.dlt_python {
         Some(python) => {
@@ -227,6 +248,7 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path, source_config: &Value, catalo
     row("COPY FROM STDIN by psql (CSV file)", &copy);
     row("destination-postgres (stdin, alone)", &alone);
     row("sync, legacy mode (source+orch.+dest.)", &sync);
+    row("sync, socket mode PROTOBUF (bookkeeper)", &socket);
     match &dlt {
         Some(d) => {
             row("dlt[postgres]", d);
@@ -234,7 +256,6 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path, source_config: &Value, catalo
         }
         None => println!("dlt: not measured (use --install-dlt)"),
     }
-    println!("socket mode: not measured (destination-postgres speaks stdio only for now)");
     println!("(MB/s counts the records' JSON; CPU s and RSS are the client side's: psql, our processes, dlt's Python; the sync's RSS is its largest process)");
     sql(args.url, &schemas.iter().map(|s| format!("drop schema if exists {s} cascade")).collect::<Vec<_>>().join(";"))?;
     Ok(())

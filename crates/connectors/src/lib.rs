@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 pub const REFERENCE_CONNECTORS: [&str; 5] = ["source-faker", "destination-jsonl", "destination-dev-null", "source-empty", "destination-postgres"];
 
 /// The reference connectors that speak stdio only (the others speak socket mode too).
-pub const STDIO_ONLY: [&str; 2] = ["source-empty", "destination-postgres"];
+pub const STDIO_ONLY: [&str; 1] = ["source-empty"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectorRef {

@@ -90,8 +90,15 @@ impl ExitWatch {
                 // A status above 128 is a signal: the runtime may be about to say whose.
                 // It says so once it has seen the container stop and reached
                 // this volume through its engine, which on a loaded machine
-                // took more than 3 s.
-                let patience = if code > 128 { Duration::from_secs(10) } else { Duration::ZERO };
+                // took more than 3 s. When we stopped it ourselves (`cancel`
+                // is there) our SIGTERM is the likely cause, and a runtime
+                // that writes no causes (ECS) must not hold up a cancel long.
+                let stopped_by_us = path.with_file_name("cancel").exists();
+                let patience = match (code > 128, stopped_by_us) {
+                    (false, _) => Duration::ZERO,
+                    (true, true) => Duration::from_secs(3),
+                    (true, false) => Duration::from_secs(10),
+                };
                 let started = std::time::Instant::now();
                 let cause = loop {
                     match std::fs::read_to_string(&cause_path) {

@@ -17,6 +17,8 @@ struct Builtin {
     runtime: &'static str,
     repository: &'static str,
     tag: &'static str,
+    /// Speaks socket mode (our reference connectors): its definition says so in `connectorIPCOptions`.
+    sockets: bool,
 }
 
 const BUILTINS: [Builtin; 7] = [
@@ -29,6 +31,7 @@ const BUILTINS: [Builtin; 7] = [
         runtime: "pypi:airbyte-source-faker==7.2.1",
         repository: "airbyte/source-faker",
         tag: "7.2.1",
+        sockets: false,
     },
     Builtin {
         id: "778daa7c-feaf-4db6-96f3-70fd645acc77",
@@ -38,6 +41,7 @@ const BUILTINS: [Builtin; 7] = [
         runtime: "pypi:airbyte-source-file==0.5.39",
         repository: "airbyte/source-file",
         tag: "0.5.39",
+        sockets: false,
     },
     Builtin {
         id: "9d7a3c0e-5f44-4b63-9d0e-6a1c0b9c2f01",
@@ -47,6 +51,7 @@ const BUILTINS: [Builtin; 7] = [
         runtime: "pypi:airbyte-source-hardcoded-records==0.0.48",
         repository: "airbyte/source-hardcoded-records",
         tag: "0.0.48",
+        sockets: false,
     },
     Builtin {
         id: "5c1b0e7a-2d5e-4f0b-8a57-1f2f4b0c6e11",
@@ -56,6 +61,7 @@ const BUILTINS: [Builtin; 7] = [
         runtime: "source-faker",
         repository: "sluice/source-faker",
         tag: "0.1.0",
+        sockets: true,
     },
     Builtin {
         id: "0b6f3a9d-7c2e-4e8a-9f1d-3a5b7c9e1d22",
@@ -65,6 +71,7 @@ const BUILTINS: [Builtin; 7] = [
         runtime: "destination-jsonl",
         repository: "sluice/destination-jsonl",
         tag: "0.1.0",
+        sockets: true,
     },
     Builtin {
         id: "e2a4c6d8-1b3f-4a5c-8e7d-9f0a1b2c3d33",
@@ -74,6 +81,7 @@ const BUILTINS: [Builtin; 7] = [
         runtime: "destination-dev-null",
         repository: "sluice/destination-dev-null",
         tag: "0.1.0",
+        sockets: true,
     },
     Builtin {
         // Airbyte's definition id for destination-postgres.
@@ -84,6 +92,7 @@ const BUILTINS: [Builtin; 7] = [
         runtime: "destination-postgres",
         repository: "airbyte/destination-postgres",
         tag: "3.0.0",
+        sockets: true,
     },
 ];
 
@@ -106,7 +115,7 @@ pub async fn seed(app: &App) -> Result<usize, StoreError> {
             docker_image_tag: b.tag.to_owned(),
             protocol_version: "0.2.0".into(),
             // Our reference connectors speak socket mode (both framings) and stdio.
-            connector_ipc_options: b.repository.starts_with("sluice/").then(reference_ipc_options),
+            connector_ipc_options: b.sockets.then(reference_ipc_options),
             connection_specification: None,
             workspace_id: None,
         };

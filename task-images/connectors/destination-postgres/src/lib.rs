@@ -26,10 +26,13 @@ pub mod config;
 pub mod layout;
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sluice_connector_kit::sockets::{self, Sink};
 use sluice_connector_kit::{each_input_message, echo_state, read_json, Command, Failure, Output};
+use sluice_protocol::socket::SocketRecord;
 use sluice_protocol::*;
 
 use client::{Db, Table};
@@ -71,6 +74,7 @@ enum Loader {
     Truncate { key: Option<(Vec<String>, Option<String>)> },
 }
 
+/// A stream's table and how it is loaded: settled before the first row.
 struct Target {
     descriptor: StreamDescriptor,
     table: Table,
@@ -81,12 +85,22 @@ struct Target {
     generation: i64,
     sync_id: Option<i64>,
     cdc_deletes: bool,
+}
+
+/// A stream's rows not yet copied, on one connection.
+#[derive(Default)]
+struct Batch {
     rows: Vec<u8>,
     /// One row's data fields, encoded before its `_airbyte_meta`.
     fields: Vec<u8>,
     buffered: usize,
     oldest: Option<Instant>,
-    status: Option<StreamStatus>,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.buffered >= FLUSH_ROWS || self.rows.len() >= FLUSH_BYTES || self.oldest.is_some_and(|t| t.elapsed() >= FLUSH_AGE)
+    }
 }
 
 /// The loader Airbyte's Bulk Load CDK would choose for a configured stream.
@@ -165,23 +179,27 @@ fn open_targets(db: &mut Db, config: &Config, catalog: &ConfiguredAirbyteCatalog
             generation,
             sync_id: configured.sync_id,
             cdc_deletes,
-            rows: Vec::with_capacity(FLUSH_BYTES + (1 << 20)),
-            fields: Vec::new(),
-            buffered: 0,
-            oldest: None,
-            status: None,
         });
     }
     Ok(targets)
 }
 
 fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) -> Result<(), Failure> {
-    if sluice_protocol::socket::DataChannel::from_env().map_err(Failure::config)?.is_some() {
-        return Err(Failure::config("destination-postgres reads stdin only in this version: run it in legacy (stdio) mode"));
-    }
+    let channel = sluice_protocol::socket::DataChannel::from_env().map_err(Failure::config)?;
     let mut db = Db::new(config.connect()?);
-    let mut targets = open_targets(&mut db, config, catalog)?;
+    let targets = open_targets(&mut db, config, catalog)?;
+    let statuses = match channel {
+        Some(channel) => write_sockets(config, &channel, catalog, &targets, out)?,
+        None => write_stdin(&mut db, &targets, out)?,
+    };
+    finish(&mut db, &targets, &statuses)
+}
+
+/// Legacy mode: every message on stdin, in order, on one connection.
+fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<Option<StreamStatus>>, Failure> {
     let index: HashMap<StreamDescriptor, usize> = targets.iter().enumerate().map(|(i, t)| (t.descriptor.clone(), i)).collect();
+    let mut batches: Vec<Batch> = targets.iter().map(|_| Batch::default()).collect();
+    let mut statuses = vec![None; targets.len()];
     let mut since_state = 0u64;
     each_input_message(|line, message| {
         if let Some(record) = message.record {
@@ -189,22 +207,21 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
             let Some(&i) = index.get(&descriptor) else {
                 return Err(Failure::system(format!("stdin line {line}: a record of stream {descriptor}, which the configured catalog does not have")));
             };
-            let target = &mut targets[i];
             let Value::Object(data) = &record.data else {
                 return Err(Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object")));
             };
-            encode_row(target, data, record.emitted_at);
+            encode_row(&targets[i], &mut batches[i], data, record.emitted_at);
             since_state += 1;
-            if target.buffered >= FLUSH_ROWS || target.rows.len() >= FLUSH_BYTES || target.oldest.is_some_and(|t| t.elapsed() >= FLUSH_AGE) {
-                flush(&mut db, target)?;
+            if batches[i].full() {
+                flush(db, &targets[i], &mut batches[i])?;
             }
         } else if let Some(status) = message.trace.and_then(|t| t.stream_status) {
             if let Some(&i) = index.get(&status.stream_descriptor) {
-                targets[i].status = Some(status.status);
+                statuses[i] = Some(status.status);
             }
         } else if let Some(state) = message.state {
-            for target in targets.iter_mut() {
-                flush(&mut db, target)?;
+            for (target, batch) in targets.iter().zip(batches.iter_mut()) {
+                flush(db, target, batch)?;
             }
             db.commit()?;
             echo_state(out, state, since_state)?;
@@ -212,16 +229,82 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
         }
         Ok(())
     })?;
-    for target in targets.iter_mut() {
-        flush(&mut db, target)?;
+    for (target, batch) in targets.iter().zip(batches.iter_mut()) {
+        flush(db, target, batch)?;
     }
     db.commit()?;
-    finish(&mut db, targets)
+    Ok(statuses)
+}
+
+/// Socket mode: a connection per socket, each reading thread copying its
+/// own batches and committing them at its partition's STATE, which the
+/// kit then releases in id order.
+fn write_sockets(
+    config: &Config,
+    channel: &sluice_protocol::socket::DataChannel,
+    catalog: &ConfiguredAirbyteCatalog,
+    targets: &[Target],
+    out: &mut Output,
+) -> Result<Vec<Option<StreamStatus>>, Failure> {
+    let connections = (0..channel.socket_paths.len()).map(|_| config.connect().map(Db::new)).collect::<Result<Vec<_>, _>>()?;
+    let sink = Tables { targets, connections: Mutex::new(connections), statuses: Mutex::new(vec![None; targets.len()]) };
+    let shared = Mutex::new(std::mem::take(out));
+    let result = sockets::write(channel, catalog, &sink, &shared);
+    *out = shared.into_inner().expect("stdout lock");
+    result?;
+    Ok(sink.statuses.into_inner().expect("statuses lock"))
+}
+
+struct Tables<'a> {
+    targets: &'a [Target],
+    /// One per socket, taken by its reading thread.
+    connections: Mutex<Vec<Db>>,
+    statuses: Mutex<Vec<Option<StreamStatus>>>,
+}
+
+/// A reading thread's connection, its batches, and a record's JSON.
+struct Reader {
+    db: Db,
+    batches: Vec<Batch>,
+    json: Vec<u8>,
+}
+
+impl Sink for Tables<'_> {
+    type Local = Reader;
+
+    fn local(&self) -> Reader {
+        let db = self.connections.lock().expect("connections lock").pop().expect("a connection per socket");
+        Reader { db, batches: self.targets.iter().map(|_| Batch::default()).collect(), json: Vec::new() }
+    }
+
+    fn record(&self, local: &mut Reader, stream: usize, properties: &[String], record: &SocketRecord<'_>) -> Result<(), Failure> {
+        local.json.clear();
+        record.write_data(properties, &mut local.json).map_err(|e| Failure::system(e.to_string()))?;
+        let data: serde_json::Map<String, Value> =
+            serde_json::from_slice(&local.json).map_err(|_| Failure::system(format!("record data of stream {} is not an object", record.stream())))?;
+        let (target, batch) = (&self.targets[stream], &mut local.batches[stream]);
+        encode_row(target, batch, &data, record.emitted_at());
+        if batch.full() {
+            flush(&mut local.db, target, batch)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, local: &mut Reader) -> Result<(), Failure> {
+        for (target, batch) in self.targets.iter().zip(local.batches.iter_mut()) {
+            flush(&mut local.db, target, batch)?;
+        }
+        local.db.commit()
+    }
+
+    fn status(&self, stream: usize, status: StreamStatus) {
+        self.statuses.lock().expect("statuses lock")[stream] = Some(status);
+    }
 }
 
 /// One row of binary `COPY`: Airbyte's four columns, then the data.
-fn encode_row(target: &mut Target, data: &serde_json::Map<String, Value>, emitted_at: i64) {
-    let Target { rows, fields, columns, .. } = target;
+fn encode_row(target: &Target, batch: &mut Batch, data: &serde_json::Map<String, Value>, emitted_at: i64) {
+    let (Batch { rows, fields, .. }, columns) = (&mut *batch, &target.columns);
     // The data first, aside: `_airbyte_meta` before it names what did not fit.
     fields.clear();
     let mut nulled: Vec<&str> = Vec::new();
@@ -243,29 +326,29 @@ fn encode_row(target: &mut Target, data: &serde_json::Map<String, Value>, emitte
     rows.extend_from_slice(&8i32.to_be_bytes());
     rows.extend_from_slice(&target.generation.to_be_bytes());
     rows.extend_from_slice(fields);
-    target.buffered += 1;
-    target.oldest.get_or_insert_with(Instant::now);
+    batch.buffered += 1;
+    batch.oldest.get_or_insert_with(Instant::now);
 }
 
-fn flush(db: &mut Db, target: &mut Target) -> Result<(), Failure> {
-    if target.buffered == 0 {
+fn flush(db: &mut Db, target: &Target, batch: &mut Batch) -> Result<(), Failure> {
+    if batch.buffered == 0 {
         return Ok(());
     }
-    let copied = db.copy_in(&target.copy_into, &target.columns, &target.rows)?;
-    if copied != target.buffered as u64 {
-        return Err(Failure::system(format!("PostgreSQL took {copied} of {} rows into {}", target.buffered, target.copy_into)));
+    let copied = db.copy_in(&target.copy_into, &target.columns, &batch.rows)?;
+    if copied != batch.buffered as u64 {
+        return Err(Failure::system(format!("PostgreSQL took {copied} of {} rows into {}", batch.buffered, target.copy_into)));
     }
-    target.rows.clear();
-    target.buffered = 0;
-    target.oldest = None;
+    batch.rows.clear();
+    batch.buffered = 0;
+    batch.oldest = None;
     Ok(())
 }
 
 /// The end of the input: staged rows merged or swapped in, for the streams
 /// that are complete (the source said so, or reports no statuses).
-fn finish(db: &mut Db, targets: Vec<Target>) -> Result<(), Failure> {
-    for target in targets {
-        let complete = matches!(target.status, None | Some(StreamStatus::Complete));
+fn finish(db: &mut Db, targets: &[Target], statuses: &[Option<StreamStatus>]) -> Result<(), Failure> {
+    for (target, status) in targets.iter().zip(statuses) {
+        let complete = matches!(status, None | Some(StreamStatus::Complete));
         match &target.loader {
             Loader::Append => {}
             // Merging is safe whatever the stream's status: what is staged is committed.
