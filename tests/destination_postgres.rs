@@ -436,3 +436,85 @@ fn socket_mode_from_our_source_faker_loads_each_row_once_over_several_connection
     assert_eq!(second.code, 0, "{}", second.stderr);
     assert_eq!(count("select count(*) from t_socket.users"), 20000, "resumed: nothing added");
 }
+
+/// A cluster of this test's own, to restart without disturbing the others.
+struct OwnServer {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnServer {
+    fn as_postgres(&self, program: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(self.bin.join(program));
+        c
+    }
+
+    fn start(s: &Scratch) -> OwnServer {
+        let bin = std::path::PathBuf::from(std::env::var("SLUICE_POSTGRES_BIN").expect("SLUICE_POSTGRES_BIN, as tests/postgres.sh exports it"));
+        let dir = s.path("own-cluster");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(std::process::Command::new("chown").args(["-R", "postgres:"]).arg(s.dir.path()).status().unwrap().success());
+        std::fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = OwnServer { dir, bin, port };
+        let init = server.as_postgres("initdb").arg("-D").arg(server.dir.join("data")).args(["-U", "sluice", "-A", "trust", "--no-sync"]).output().unwrap();
+        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+        server.pg_ctl("start");
+        server
+    }
+
+    fn pg_ctl(&self, verb: &str) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.display());
+        let done = self.as_postgres("pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-w", "-m", "fast", "-l"]).arg(self.dir.join("log")).args(["-o", &options, verb]).output().unwrap();
+        assert!(done.status.success(), "pg_ctl {verb}: {}", String::from_utf8_lossy(&done.stderr));
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        let mut c = postgres::Client::connect(&format!("host=127.0.0.1 port={} user=sluice dbname=postgres", self.port), postgres::NoTls).unwrap();
+        c.query_one(sql, &[]).unwrap().get(0)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.as_postgres("pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-m", "immediate", "stop"]).output();
+    }
+}
+
+#[test]
+fn a_server_restarted_mid_sync_fails_the_attempt_by_name_and_the_retry_completes_once() {
+    let s = Scratch::new();
+    let server = OwnServer::start(&s);
+    let source = s.json("faker.json", &json!({"count": 5000, "records_per_slice": 500, "slice_pause_ms": 150}));
+    let destination = s.json("pg.json", &json!({"host": "127.0.0.1", "port": server.port, "database": "postgres", "schema": "t_restart", "username": "sluice"}));
+    let state = s.path("state.json");
+    let args = [
+        "--source", "source-faker",
+        "--source-config", source.to_str().unwrap(),
+        "--destination", "destination-postgres",
+        "--destination-config", destination.to_str().unwrap(),
+        "--streams", "users",
+        "--state-file", state.to_str().unwrap(),
+        "--data-channel", "stdio",
+    ];
+    let sync = sluice().arg("sync").arg("--json").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let committed = || server.count("select count(*) from information_schema.tables where table_schema = 't_restart'") == 1 && server.count("select count(*) from t_restart.users") >= 500;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !committed() {
+        assert!(std::time::Instant::now() < deadline, "no rows committed in a minute");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    server.pg_ctl("restart");
+    let first = parse_sync(sync.wait_with_output().unwrap());
+    assert_ne!(first.code, 0, "the attempt failed");
+    let failure = first.outcome.to_string();
+    assert!(failure.contains("PostgreSQL"), "the failure names the server: {failure}");
+    let kept = server.count("select count(*) from t_restart.users");
+    assert!(kept >= 500 && kept % 500 == 0, "what was committed stays, a STATE at a time: {kept}");
+    let retry = run_sync(&args);
+    assert_eq!(retry.code, 0, "{}", retry.stderr);
+    assert_eq!(server.count("select count(*) from t_restart.users"), 5000);
+    assert_eq!(server.count("select count(distinct id) from t_restart.users"), 5000, "none twice");
+}
