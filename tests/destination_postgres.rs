@@ -518,3 +518,44 @@ fn a_server_restarted_mid_sync_fails_the_attempt_by_name_and_the_retry_completes
     assert_eq!(server.count("select count(*) from t_restart.users"), 5000);
     assert_eq!(server.count("select count(distinct id) from t_restart.users"), 5000, "none twice");
 }
+
+#[test]
+fn in_socket_mode_a_killed_destination_retried_keeps_one_row_per_key_in_a_dedup_stream() {
+    let s = Scratch::new();
+    client().batch_execute("drop schema if exists t_sockdedup cascade").unwrap();
+    let source = s.json("faker.json", &json!({"count": 8000, "records_per_slice": 500, "slice_pause_ms": 150}));
+    let discovered = sluice().args(["connector", "source-faker", "discover", "--config"]).arg(&source).output().unwrap();
+    let catalog: Value = String::from_utf8_lossy(&discovered.stdout).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|m| m["type"] == "CATALOG").expect("a CATALOG");
+    let users = catalog["catalog"]["streams"].as_array().unwrap().iter().find(|st| st["name"] == "users").unwrap().clone();
+    let configured = s.json("catalog.json", &json!({"streams": [{"stream": users, "sync_mode": "incremental", "cursor_field": ["updated_at"],
+        "destination_sync_mode": "append_dedup", "primary_key": [["id"]], "generation_id": 1, "minimum_generation_id": 0, "sync_id": 1}]}));
+    let destination = s.json("pg.json", &config("t_sockdedup"));
+    let state = s.path("state.json");
+    let args = [
+        "--source", "source-faker",
+        "--source-config", source.to_str().unwrap(),
+        "--destination", "destination-postgres",
+        "--destination-config", destination.to_str().unwrap(),
+        "--catalog", configured.to_str().unwrap(),
+        "--state-file", state.to_str().unwrap(),
+        "--data-channel", "socket",
+        "--sockets", "4",
+    ];
+    let sync = sluice().arg("sync").arg("--json").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let staged = || count("select count(*) from information_schema.tables where table_schema = 't_sockdedup' and table_name = 'users_airbyte_tmp'") == 1
+        && count("select count(*) from t_sockdedup.users_airbyte_tmp") >= 1000;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !staged() {
+        assert!(std::time::Instant::now() < deadline, "no rows staged in a minute");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = children_with(sync.id(), "destination-postgres");
+    assert_eq!(killed.len(), 1, "the destination's process");
+    unsafe { libc::kill(killed[0] as i32, libc::SIGKILL) };
+    let first = parse_sync(sync.wait_with_output().unwrap());
+    assert_ne!(first.code, 0, "the attempt failed");
+    let retry = run_sync(&args);
+    assert_eq!(retry.code, 0, "{}", retry.stderr);
+    assert_eq!(count("select count(*) from t_sockdedup.users"), 8000, "one row per key");
+    assert_eq!(count("select count(distinct id) from t_sockdedup.users"), 8000);
+}
