@@ -321,6 +321,22 @@ fn airbyte_source_faker_from_pypi_into_postgres_then_resumes() {
     assert_eq!(count("select count(*) from t_faker.users"), 300, "the resumed sync added nothing");
 }
 
+/// Polls `ready` every 50 ms; fails, saying `what` did not happen, after a minute.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `kill -9` of the destination a running `sluice sync` spawned.
+fn kill_destination_of(sync: &std::process::Child) {
+    let killed = children_with(sync.id(), "destination-postgres");
+    assert_eq!(killed.len(), 1, "the destination's process");
+    unsafe { libc::kill(killed[0] as i32, libc::SIGKILL) };
+}
+
 /// The processes whose parent is `parent` and whose command line has `part`.
 fn children_with(parent: u32, part: &str) -> Vec<u32> {
     let mut found = Vec::new();
@@ -356,15 +372,9 @@ fn a_destination_killed_midway_keeps_what_its_states_covered_and_the_retry_dupli
         "--data-channel", "stdio",
     ];
     let sync = sluice().arg("sync").arg("--json").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let committed_some = || client().query_one("select count(*) from information_schema.tables where table_schema = 't_kill' and table_name = 'users'", &[]).unwrap().get::<_, i64>(0) == 1 && count("select count(*) from t_kill.users") >= 1000;
-    while !committed_some() {
-        assert!(std::time::Instant::now() < deadline, "no rows committed in a minute");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let killed = children_with(sync.id(), "destination-postgres");
-    assert_eq!(killed.len(), 1, "the destination's process");
-    unsafe { libc::kill(killed[0] as i32, libc::SIGKILL) };
+    wait_until("no rows committed in a minute", committed_some);
+    kill_destination_of(&sync);
     let first = parse_sync(sync.wait_with_output().unwrap());
     assert_ne!(first.code, 0, "the attempt failed: {}", first.stderr);
     let kept = count("select count(*) from t_kill.users");
@@ -501,11 +511,7 @@ fn a_server_restarted_mid_sync_fails_the_attempt_by_name_and_the_retry_completes
     ];
     let sync = sluice().arg("sync").arg("--json").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let committed = || server.count("select count(*) from information_schema.tables where table_schema = 't_restart'") == 1 && server.count("select count(*) from t_restart.users") >= 500;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !committed() {
-        assert!(std::time::Instant::now() < deadline, "no rows committed in a minute");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until("no rows committed in a minute", committed);
     server.pg_ctl("restart");
     let first = parse_sync(sync.wait_with_output().unwrap());
     assert_ne!(first.code, 0, "the attempt failed");
@@ -544,14 +550,8 @@ fn in_socket_mode_a_killed_destination_retried_keeps_one_row_per_key_in_a_dedup_
     let sync = sluice().arg("sync").arg("--json").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let staged = || count("select count(*) from information_schema.tables where table_schema = 't_sockdedup' and table_name = 'users_airbyte_tmp'") == 1
         && count("select count(*) from t_sockdedup.users_airbyte_tmp") >= 1000;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !staged() {
-        assert!(std::time::Instant::now() < deadline, "no rows staged in a minute");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let killed = children_with(sync.id(), "destination-postgres");
-    assert_eq!(killed.len(), 1, "the destination's process");
-    unsafe { libc::kill(killed[0] as i32, libc::SIGKILL) };
+    wait_until("no rows staged in a minute", staged);
+    kill_destination_of(&sync);
     let first = parse_sync(sync.wait_with_output().unwrap());
     assert_ne!(first.code, 0, "the attempt failed");
     let retry = run_sync(&args);

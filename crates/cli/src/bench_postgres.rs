@@ -181,45 +181,33 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path, source_config: &Value, catalo
     }
     let csv_bytes = std::fs::metadata(&csv)?.len();
 
-    // 3: the whole sync through the orchestrator.
-    let sync_config = dir.join("pg-sync-destination.json");
-    std::fs::write(&sync_config, destination_config(args.url, "sluice_bench_sync")?.to_string())?;
-    let (sync, output) = measured(
-        Command::new(sluice)
-            .args(["sync", "--data-channel", "stdio", "--source", "source-faker", "--source-config"])
-            .arg(&source_file)
-            .args(["--destination", "destination-postgres", "--destination-config"])
-            .arg(&sync_config)
-            .arg("--catalog")
-            .arg(&catalog_file)
-            .arg("--state-file")
-            .arg(dir.join("pg-state.json"))
-            .arg("--log-file")
-            .arg(dir.join("pg-sync.log")),
-    )?;
-    if !output.status.success() || count(args.url, "sluice_bench_sync.users")? != args.records {
-        bail!("the sync into Postgres failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
-    }
-
-    // 3b: the same sync in socket mode, a connection per socket.
-    let socket_config = dir.join("pg-socket-destination.json");
-    std::fs::write(&socket_config, destination_config(args.url, "sluice_bench_socket")?.to_string())?;
-    let (socket, output) = measured(
-        Command::new(sluice)
-            .args(["sync", "--data-channel", "socket", "--data-format", "protobuf", "--source", "source-faker", "--source-config"])
-            .arg(&source_file)
-            .args(["--destination", "destination-postgres", "--destination-config"])
-            .arg(&socket_config)
-            .arg("--catalog")
-            .arg(&catalog_file)
-            .arg("--state-file")
-            .arg(dir.join("pg-socket-state.json"))
-            .arg("--log-file")
-            .arg(dir.join("pg-socket.log")),
-    )?;
-    if !output.status.success() || count(args.url, "sluice_bench_socket.users")? != args.records {
-        bail!("the socket-mode sync into Postgres failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
-    }
+    // 3: the whole sync, in legacy mode (the orchestrator) and socket mode
+    // (the bookkeeper, a connection per socket), each into its own schema.
+    let whole_sync = |schema: &str, channel: &[&str]| -> anyhow::Result<Run> {
+        let config = dir.join(format!("{schema}.json"));
+        std::fs::write(&config, destination_config(args.url, schema)?.to_string())?;
+        let (run, output) = measured(
+            Command::new(sluice)
+                .arg("sync")
+                .args(channel)
+                .args(["--source", "source-faker", "--source-config"])
+                .arg(&source_file)
+                .args(["--destination", "destination-postgres", "--destination-config"])
+                .arg(&config)
+                .arg("--catalog")
+                .arg(&catalog_file)
+                .arg("--state-file")
+                .arg(dir.join(format!("{schema}-state.json")))
+                .arg("--log-file")
+                .arg(dir.join(format!("{schema}.log"))),
+        )?;
+        if !output.status.success() || count(args.url, &format!("{schema}.users"))? != args.records {
+            bail!("the sync into {schema} failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
+        }
+        Ok(run)
+    };
+    let sync = whole_sync("sluice_bench_sync", &["--data-channel", "stdio"])?;
+    let socket = whole_sync("sluice_bench_socket", &["--data-channel", "socket", "--data-format", "protobuf"])?;
 
     // 4: dlt on the same records.
     let dlt = match &args.dlt_python {

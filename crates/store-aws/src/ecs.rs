@@ -49,10 +49,10 @@ impl EcsTasks {
         EcsTasks::new(config, placement)
     }
 
-    /// The cluster's tasks meant to be running: (task ARN, `startedBy`, i.e. the workload).
-    pub async fn running(&self) -> Result<Vec<(String, String)>, StoreError> {
+    /// The cluster's tasks of a desired status, described.
+    async fn tasks(&self, status: aws_sdk_ecs::types::DesiredStatus) -> Result<Vec<aws_sdk_ecs::types::Task>, StoreError> {
         let mut arns = Vec::new();
-        let mut pages = self.client.list_tasks().cluster(&self.placement.cluster).desired_status(aws_sdk_ecs::types::DesiredStatus::Running).into_paginator().send();
+        let mut pages = self.client.list_tasks().cluster(&self.placement.cluster).desired_status(status).into_paginator().send();
         while let Some(page) = pages.next().await {
             arns.extend(page.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?.task_arns().iter().cloned());
         }
@@ -66,42 +66,33 @@ impl EcsTasks {
                 .send()
                 .await
                 .map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
-            tasks.extend(described.tasks().iter().filter_map(|t| Some((t.task_arn()?.to_owned(), t.started_by()?.to_owned()))));
+            tasks.extend(described.tasks().iter().cloned());
         }
         Ok(tasks)
+    }
+
+    /// The cluster's tasks meant to be running: (task ARN, `startedBy`, i.e. the workload).
+    pub async fn running(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let tasks = self.tasks(aws_sdk_ecs::types::DesiredStatus::Running).await?;
+        Ok(tasks.iter().filter_map(|t| Some((t.task_arn()?.to_owned(), t.started_by()?.to_owned()))).collect())
     }
 
     /// The cluster's stopped tasks (ECS shows them for about an hour): (task
     /// ARN, `startedBy`, why it stopped: the task's reason and each
     /// container's exit or reason).
     pub async fn stopped(&self) -> Result<Vec<(String, String, String)>, StoreError> {
-        let mut arns = Vec::new();
-        let mut pages = self.client.list_tasks().cluster(&self.placement.cluster).desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            arns.extend(page.map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?.task_arns().iter().cloned());
-        }
         let mut tasks = Vec::new();
-        for chunk in arns.chunks(100) {
-            let described = self
-                .client
-                .describe_tasks()
-                .cluster(&self.placement.cluster)
-                .set_tasks(Some(chunk.to_vec()))
-                .send()
-                .await
-                .map_err(|e| failed(aws_sdk_ecs::error::DisplayErrorContext(e)))?;
-            for t in described.tasks() {
-                let (Some(arn), Some(workload)) = (t.task_arn(), t.started_by()) else { continue };
-                let mut why = t.stopped_reason().unwrap_or("no reason given").to_owned();
-                for c in t.containers() {
-                    match (c.name(), c.exit_code(), c.reason()) {
-                        (Some(name), _, Some(reason)) => why.push_str(&format!("; {name}: {reason}")),
-                        (Some(name), Some(code), None) if code != 0 => why.push_str(&format!("; {name} exited {code}")),
-                        _ => {}
-                    }
+        for t in &self.tasks(aws_sdk_ecs::types::DesiredStatus::Stopped).await? {
+            let (Some(arn), Some(workload)) = (t.task_arn(), t.started_by()) else { continue };
+            let mut why = t.stopped_reason().unwrap_or("no reason given").to_owned();
+            for c in t.containers() {
+                match (c.name(), c.exit_code(), c.reason()) {
+                    (Some(name), _, Some(reason)) => why.push_str(&format!("; {name}: {reason}")),
+                    (Some(name), Some(code), None) if code != 0 => why.push_str(&format!("; {name} exited {code}")),
+                    _ => {}
                 }
-                tasks.push((arn.to_owned(), workload.to_owned(), why));
             }
+            tasks.push((arn.to_owned(), workload.to_owned(), why));
         }
         Ok(tasks)
     }
