@@ -462,6 +462,13 @@ impl OwnServer {
     }
 
     fn start(s: &Scratch) -> OwnServer {
+        let server = OwnServer::init(s);
+        server.pg_ctl("start");
+        server
+    }
+
+    /// A cluster made but not started, for a test to set up first.
+    fn init(s: &Scratch) -> OwnServer {
         let bin = std::path::PathBuf::from(std::env::var("SLUICE_POSTGRES_BIN").expect("SLUICE_POSTGRES_BIN, as tests/postgres.sh exports it"));
         let dir = s.path("own-cluster");
         std::fs::create_dir_all(&dir).unwrap();
@@ -471,7 +478,6 @@ impl OwnServer {
         let server = OwnServer { dir, bin, port };
         let init = server.as_postgres("initdb").arg("-D").arg(server.dir.join("data")).args(["-U", "sluice", "-A", "trust", "--no-sync"]).output().unwrap();
         assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-        server.pg_ctl("start");
         server
     }
 
@@ -481,9 +487,13 @@ impl OwnServer {
         assert!(done.status.success(), "pg_ctl {verb}: {}", String::from_utf8_lossy(&done.stderr));
     }
 
+    /// A client over the cluster's Unix socket (which its pg_hba always trusts).
+    fn client(&self, database: &str) -> postgres::Client {
+        postgres::Client::connect(&format!("host={} port={} user=sluice dbname={database}", self.dir.display(), self.port), postgres::NoTls).unwrap()
+    }
+
     fn count(&self, sql: &str) -> i64 {
-        let mut c = postgres::Client::connect(&format!("host=127.0.0.1 port={} user=sluice dbname=postgres", self.port), postgres::NoTls).unwrap();
-        c.query_one(sql, &[]).unwrap().get(0)
+        self.client("postgres").query_one(sql, &[]).unwrap().get(0)
     }
 }
 
@@ -558,4 +568,173 @@ fn in_socket_mode_a_killed_destination_retried_keeps_one_row_per_key_in_a_dedup_
     assert_eq!(retry.code, 0, "{}", retry.stderr);
     assert_eq!(count("select count(*) from t_sockdedup.users"), 8000, "one row per key");
     assert_eq!(count("select count(distinct id) from t_sockdedup.users"), 8000);
+}
+
+fn status(stream: &str, status: &str) -> Value {
+    json!({"type": "TRACE", "trace": {"type": "STREAM_STATUS", "emitted_at": 1.0, "stream_status": {"stream_descriptor": {"name": stream}, "status": status}}})
+}
+
+#[test]
+fn rows_after_the_last_state_are_committed_only_when_every_stream_completed() {
+    let s = Scratch::new();
+    for (schema, last, kept) in [("t_tail_done", "COMPLETE", 8), ("t_tail_cut", "INCOMPLETE", 5)] {
+        client().batch_execute(&format!("drop schema if exists {schema} cascade")).unwrap();
+        let mut messages: Vec<Value> = (1..=5).map(|i| item(i, i)).collect();
+        messages.push(state(5));
+        messages.extend((6..=8).map(|i| item(i, i)));
+        messages.push(status("items", last));
+        let w = write(&s, &config(schema), &catalog("items", items_schema(), "append", (1, 0), None), &messages);
+        assert_eq!(w.code, 0, "{}\n{}", w.error(), w.stderr);
+        // An incomplete stream's retry resumes from the STATE, before rows 6 to 8.
+        assert_eq!(count(&format!("select count(*) from {schema}.items")), kept, "{schema}");
+    }
+}
+
+#[test]
+fn in_socket_mode_rows_commit_in_state_id_order_so_what_is_committed_is_what_is_released() {
+    use std::os::unix::net::UnixListener;
+    let s = Scratch::new();
+    client().batch_execute("drop schema if exists t_order cascade").unwrap();
+    let paths = [s.path("a.sock"), s.path("b.sock")];
+    let listeners: Vec<UnixListener> = paths.iter().map(|p| UnixListener::bind(p).unwrap()).collect();
+    let (config, catalog) = (s.json("config.json", &config("t_order")), s.json("catalog.json", &catalog("items", items_schema(), "append", (1, 0), None)));
+    let joined = paths.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().join(",");
+    let child = sluice()
+        .args(["connector", "destination-postgres", "write", "--config"])
+        .arg(&config)
+        .arg("--catalog")
+        .arg(&catalog)
+        .env("DATA_CHANNEL_MEDIUM", "SOCKET")
+        .env("DATA_CHANNEL_FORMAT", "JSONL")
+        .env("DATA_CHANNEL_SOCKET_PATHS", &joined)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut a, mut b) = (listeners[0].accept().unwrap().0, listeners[1].accept().unwrap().0);
+    let send = |socket: &mut std::os::unix::net::UnixStream, partition: &str, ids: std::ops::RangeInclusive<i64>, state_id: u64| {
+        for id in ids.clone() {
+            let mut m = item(id, id);
+            m["record"]["partition_id"] = json!(partition);
+            writeln!(socket, "{m}").unwrap();
+        }
+        let mut st = state(*ids.end());
+        st["state"]["id"] = json!(state_id);
+        st["state"]["partition_id"] = json!(partition);
+        st["state"]["sourceStats"] = json!({"recordCount": ids.count() as f64});
+        writeln!(socket, "{st}").unwrap();
+    };
+    // Partition a's STATE is id 2: its rows are copied, and wait for id 1.
+    send(&mut a, "a", 1..=10, 2);
+    // A transaction that copied into the table holds its lock until it ends.
+    let copied_not_committed = || {
+        count("select count(*) from pg_locks l join pg_class c on c.oid = l.relation join pg_namespace n on n.oid = c.relnamespace \
+               where n.nspname = 't_order' and c.relname = 'items' and l.mode = 'RowExclusiveLock' and l.granted") == 1
+    };
+    wait_until("partition a's rows were never copied", copied_not_committed);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(count("select count(*) from t_order.items"), 0, "id 2 is not committed before id 1");
+    send(&mut b, "b", 11..=15, 1);
+    wait_until("ids 1 and 2 never committed", || count("select count(*) from t_order.items") == 15);
+    drop((a, b));
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let released: Vec<(u64, f64)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["type"] == "STATE")
+        .map(|m| (m["state"]["id"].as_u64().unwrap(), m["state"]["destinationStats"]["recordCount"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(released, [(1, 5.0), (2, 10.0)], "released in id order, each with its count");
+}
+
+/// `openssl` with these arguments, in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("openssl, which Debian's postgresql package depends on");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a key and a certificate it signs (`extensions` as openssl's extfile).
+fn signed(dir: &std::path::Path, ca: &str, name: &str, subject: &str, extensions: &str) {
+    std::fs::write(dir.join(format!("{name}.ext")), extensions).unwrap();
+    openssl(dir, &["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", subject]);
+    openssl(dir, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-days", "2", "-out", &format!("{name}.crt"), "-extfile", &format!("{name}.ext")]);
+}
+
+fn authority(dir: &std::path::Path, name: &str) {
+    openssl(dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"), "-days", "2", "-subj", &format!("/CN={name}")]);
+}
+
+#[test]
+fn every_ssl_mode_on_a_server_that_takes_only_tls_and_a_sync_over_verify_full_with_a_client_certificate() {
+    let s = Scratch::new();
+    let server = OwnServer::init(&s);
+    let pki = s.path("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    authority(&pki, "sluice-test-ca");
+    authority(&pki, "some-other-ca");
+    // The server's name is its address only: `localhost` is not in it.
+    signed(&pki, "sluice-test-ca", "server", "/CN=sluice-test-server", "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n");
+    signed(&pki, "sluice-test-ca", "client", "/CN=sluice", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n");
+    let data = server.dir.join("data");
+    for file in ["server.crt", "server.key", "sluice-test-ca.crt"] {
+        std::fs::copy(pki.join(file), data.join(file)).unwrap();
+    }
+    let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+    writeln!(conf, "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'sluice-test-ca.crt'").unwrap();
+    // TLS or nothing over TCP; database `certdb` also wants a client certificate.
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\nhostssl certdb all 127.0.0.1/32 trust clientcert=verify-ca\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+    )
+    .unwrap();
+    assert!(std::process::Command::new("chown").args(["-R", "postgres:"]).arg(&data).status().unwrap().success());
+    std::fs::set_permissions(data.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    server.pg_ctl("start");
+    server.client("postgres").batch_execute("create database certdb").unwrap();
+
+    let pem = |name: &str| std::fs::read_to_string(pki.join(name)).unwrap();
+    let base = |host: &str, database: &str, ssl: Value| json!({"host": host, "port": server.port, "database": database, "schema": "t_tls", "username": "sluice", "ssl_mode": ssl});
+    let check = |config: &Value| -> (String, String) {
+        let path = s.json("check.json", config);
+        let out = sluice().args(["connector", "destination-postgres", "check", "--config"]).arg(&path).output().unwrap();
+        let status = String::from_utf8_lossy(&out.stdout).lines().find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|m| m["type"] == "CONNECTION_STATUS")).expect("a CONNECTION_STATUS");
+        (status["connectionStatus"]["status"].as_str().unwrap().to_owned(), status["connectionStatus"]["message"].as_str().unwrap_or_default().to_owned())
+    };
+    let succeeds = |config: Value| {
+        let (status, message) = check(&config);
+        assert_eq!(status, "SUCCEEDED", "{config}: {message}");
+    };
+    let fails_saying = |config: Value, said: &[&str]| {
+        let (status, message) = check(&config);
+        assert_eq!(status, "FAILED", "{config}");
+        assert!(said.iter().all(|part| message.contains(part)), "{config}: {message}");
+        assert!(!message.contains("MII") && !message.contains("PRIVATE KEY"), "no certificate or key in the message: {message}");
+    };
+
+    fails_saying(base("127.0.0.1", "postgres", json!({"mode": "disable"})), &["no encryption"]);
+    succeeds(base("127.0.0.1", "postgres", json!({"mode": "prefer"})));
+    succeeds(base("127.0.0.1", "postgres", json!({"mode": "require"})));
+    // verify-ca proves the chain, not the name.
+    succeeds(base("localhost", "postgres", json!({"mode": "verify-ca", "ca_certificate": pem("sluice-test-ca.crt")})));
+    fails_saying(base("127.0.0.1", "postgres", json!({"mode": "verify-ca", "ca_certificate": pem("some-other-ca.crt")})), &["TLS handshake", "ssl_mode verify-ca", "UnknownIssuer"]);
+    fails_saying(base("127.0.0.1", "postgres", json!({"mode": "verify-ca", "ca_certificate": "not a certificate"})), &["ca_certificate holds no PEM certificate"]);
+    let full = |host: &str, database: &str| {
+        base(host, database, json!({"mode": "verify-full", "ca_certificate": pem("sluice-test-ca.crt"), "client_certificate": pem("client.crt"), "client_key": pem("client.key")}))
+    };
+    fails_saying(full("localhost", "postgres"), &["TLS handshake", "not valid for name \"localhost\""]);
+    succeeds(full("127.0.0.1", "postgres"));
+    // The server wants a client certificate for certdb: without one it says so.
+    fails_saying(base("127.0.0.1", "certdb", json!({"mode": "require"})), &["certificate"]);
+    let mut encrypted = full("127.0.0.1", "certdb");
+    encrypted["ssl_mode"]["client_key_password"] = json!("secret-pass-1");
+    fails_saying(encrypted, &["client_key_password", "not supported"]);
+
+    let mut messages: Vec<Value> = (1..=20).map(|i| item(i, i)).collect();
+    messages.push(state(20));
+    let w = write(&s, &full("127.0.0.1", "certdb"), &catalog("items", items_schema(), "append", (1, 0), None), &messages);
+    assert_eq!(w.code, 0, "{}\n{}", w.error(), w.stderr);
+    let mut c = server.client("certdb");
+    assert_eq!(c.query_one("select count(*) from t_tls.items", &[]).unwrap().get::<_, i64>(0), 20);
 }

@@ -38,7 +38,7 @@ fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
                 let shared = std::sync::Mutex::new(std::mem::take(out));
                 let result = sockets::write(&channel, &catalog, &Discard, &shared);
                 *out = shared.into_inner().expect("stdout lock");
-                return result;
+                return result.map(drop);
             }
             let mut since_state = 0u64;
             each_input_message(|_, message| {

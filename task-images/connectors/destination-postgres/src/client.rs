@@ -62,6 +62,14 @@ impl Db {
         Ok(())
     }
 
+    /// Drops every row copied since the last commit.
+    pub fn rollback(&mut self) -> Result<(), Failure> {
+        if std::mem::take(&mut self.open) {
+            self.execute("rolling back the rows no STATE covers", "rollback")?;
+        }
+        Ok(())
+    }
+
     pub fn execute(&mut self, what: &str, sql: &str) -> Result<(), Failure> {
         self.client.batch_execute(sql).map_err(|e| failed(what, e))
     }

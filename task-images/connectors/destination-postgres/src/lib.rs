@@ -17,9 +17,13 @@
 //! when the buffer is full (memory stays bounded whatever the volume), and
 //! committed when a STATE arrives, which is echoed only then: a crash loses
 //! only rows no STATE covers, so a retry from the last STATE duplicates
-//! nothing, even in append mode. A staged table outlives a failed attempt:
-//! the rows in it are covered by states already released, and the retry
-//! goes on with them.
+//! nothing, even in append mode. In socket mode each socket's connection
+//! commits at its partition's STATEs, in id order (the kit waits for the
+//! turn), so what is committed is what is released there too. Rows after
+//! the last STATE are committed at the end only if no stream ended
+//! incomplete: after a source's failure the retry reads them again. A
+//! staged table outlives a failed attempt: the rows in it are covered by
+//! states already released, and the retry goes on with them.
 
 pub mod client;
 pub mod config;
@@ -232,13 +236,24 @@ fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<
     for (target, batch) in targets.iter().zip(batches.iter_mut()) {
         flush(db, target, batch)?;
     }
-    db.commit()?;
+    end_tail(db, &statuses)?;
     Ok(statuses)
 }
 
+/// The rows after the last STATE: committed when every stream that said
+/// how it ended said COMPLETE (or none said anything), else rolled back,
+/// since the retry resumes before them.
+fn end_tail(db: &mut Db, statuses: &[Option<StreamStatus>]) -> Result<(), Failure> {
+    if statuses.iter().all(|s| matches!(s, None | Some(StreamStatus::Complete))) {
+        db.commit()
+    } else {
+        db.rollback()
+    }
+}
+
 /// Socket mode: a connection per socket, each reading thread copying its
-/// own batches and committing them at its partition's STATE, which the
-/// kit then releases in id order.
+/// own batches and committing them at its partition's STATE in id order,
+/// as the kit releases them.
 fn write_sockets(
     config: &Config,
     channel: &sluice_protocol::socket::DataChannel,
@@ -251,8 +266,12 @@ fn write_sockets(
     let shared = Mutex::new(std::mem::take(out));
     let result = sockets::write(channel, catalog, &sink, &shared);
     *out = shared.into_inner().expect("stdout lock");
-    result?;
-    Ok(sink.statuses.into_inner().expect("statuses lock"))
+    let readers = result?;
+    let statuses = sink.statuses.into_inner().expect("statuses lock");
+    for mut reader in readers {
+        end_tail(&mut reader.db, &statuses)?;
+    }
+    Ok(statuses)
 }
 
 struct Tables<'a> {
@@ -294,6 +313,15 @@ impl Sink for Tables<'_> {
         for (target, batch) in self.targets.iter().zip(local.batches.iter_mut()) {
             flush(&mut local.db, target, batch)?;
         }
+        Ok(())
+    }
+
+    /// What is committed must be what is released: a partition's rows
+    /// committed ahead of a lower STATE of another would be read again by
+    /// a retry that resumes from the last released one.
+    const COMMITS_IN_ID_ORDER: bool = true;
+
+    fn commit(&self, local: &mut Reader) -> Result<(), Failure> {
         local.db.commit()
     }
 

@@ -8,9 +8,14 @@
 //! holds all of them when the STATE arrives: it checks the count, stores
 //! what it buffered (`Sink::checkpoint`) and hands the STATE to the
 //! [`Releaser`], which prints STATEs on stdout strictly in `id` order.
+//!
+//! A sink that commits (a database) commits in `id` order too
+//! ([`Sink::COMMITS_IN_ID_ORDER`]): a reader whose STATE is not yet next
+//! waits for its turn, so what is committed is always what is released,
+//! and a retry from the last released STATE reads nothing twice.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_protocol::socket::{self, DataChannel, FrameReader, SocketFrame, SocketRecord};
@@ -27,6 +32,15 @@ pub trait Sink: Sync {
     fn record(&self, local: &mut Self::Local, stream: usize, properties: &[String], record: &SocketRecord<'_>) -> Result<(), Failure>;
     /// Stores everything this thread buffered: a STATE is about to be released.
     fn checkpoint(&self, local: &mut Self::Local) -> Result<(), Failure>;
+    /// Whether [`Sink::commit`] must run in STATE id order.
+    const COMMITS_IN_ID_ORDER: bool = false;
+    /// Makes what `checkpoint` stored durable, just before its STATE is
+    /// released; with `COMMITS_IN_ID_ORDER`, only once every lower id is.
+    /// Not called after the last STATE of a socket: what follows it is the
+    /// caller's to commit or drop when [`write`] returns the locals.
+    fn commit(&self, _local: &mut Self::Local) -> Result<(), Failure> {
+        Ok(())
+    }
     fn status(&self, stream: usize, status: StreamStatus);
 }
 
@@ -78,6 +92,7 @@ impl Emitted {
 pub struct Releaser<'a> {
     out: &'a Mutex<Output>,
     inner: Mutex<Pending>,
+    turn: Condvar,
 }
 
 struct Pending {
@@ -85,14 +100,77 @@ struct Pending {
     next: u64,
     emitted: Emitted,
     last_stats: Instant,
+    /// Readers still reading, and those of them waiting for their turn.
+    readers: usize,
+    in_line: BTreeSet<u64>,
+    /// Readers that failed, first first: the first says why.
+    failed: Vec<usize>,
 }
 
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a reader waits for its turn to commit before it commits out of
+/// order (at-least-once, never a hang): a source that holds a lower STATE
+/// in a buffer while it blocks on this reader's socket would otherwise
+/// wait on us forever.
+const TURN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// What a reader's wait for its turn ended in.
+#[derive(Debug, PartialEq)]
+enum Turn {
+    Mine,
+    /// Every other reader ended or waits too: the lower id never comes.
+    Never { missing: u64 },
+    /// Waited `TURN_PATIENCE`: go on out of order.
+    TooLong { missing: u64 },
+}
+
 impl<'a> Releaser<'a> {
-    fn new(out: &'a Mutex<Output>, streams: usize) -> Self {
+    fn new(out: &'a Mutex<Output>, streams: usize, readers: usize) -> Self {
         let emitted = Emitted { records: vec![0; streams], bytes: vec![0; streams] };
-        Releaser { out, inner: Mutex::new(Pending { waiting: BTreeMap::new(), next: 1, emitted, last_stats: Instant::now() }) }
+        let pending = Pending { waiting: BTreeMap::new(), next: 1, emitted, last_stats: Instant::now(), readers, in_line: BTreeSet::new(), failed: Vec::new() };
+        Releaser { out, inner: Mutex::new(pending), turn: Condvar::new() }
+    }
+
+    /// Waits until every id below `id` is released.
+    fn wait_turn(&self, id: u64) -> Turn {
+        let started = Instant::now();
+        let mut pending = self.inner.lock().expect("releaser lock");
+        pending.in_line.insert(id);
+        let turn = loop {
+            if id <= pending.next {
+                break Turn::Mine;
+            }
+            // Everyone still reading waits, and none of them is next.
+            let stuck = pending.in_line.len() == pending.readers && pending.in_line.first().is_some_and(|&low| low > pending.next);
+            if stuck {
+                self.turn.notify_all();
+                break Turn::Never { missing: pending.next };
+            }
+            let left = TURN_PATIENCE.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break Turn::TooLong { missing: pending.next };
+            }
+            pending = self.turn.wait_timeout(pending, left).expect("releaser lock").0;
+        };
+        pending.in_line.remove(&id);
+        turn
+    }
+
+    fn warn(&self, text: String) -> Result<(), Failure> {
+        let mut out = self.out.lock().expect("stdout lock");
+        out.log(sluice_protocol::LogLevel::Warn, text)?;
+        Ok(out.flush()?)
+    }
+
+    /// A reader stopped reading: those waiting may now be waiting for nothing.
+    fn reader_done(&self, reader: usize, failed: bool) {
+        let mut pending = self.inner.lock().expect("releaser lock");
+        pending.readers -= 1;
+        if failed {
+            pending.failed.push(reader);
+        }
+        self.turn.notify_all();
     }
 
     fn ready(&self, state: AirbyteStateMessage, id: u64, counts: &mut [(u64, u64)], streams: &Streams) -> Result<(), Failure> {
@@ -106,6 +184,7 @@ impl<'a> Releaser<'a> {
             pending.next = pending.next.max(state.id.unwrap_or(0) + 1);
             out.message(&AirbyteMessage::state(state))?;
         }
+        self.turn.notify_all();
         if pending.last_stats.elapsed() >= STATS_EVERY {
             pending.last_stats = Instant::now();
             stats(&mut out, &pending.emitted, streams)?;
@@ -151,29 +230,55 @@ fn stats(out: &mut Output, emitted: &Emitted, streams: &Streams) -> std::io::Res
 }
 
 /// Reads every socket of `channel` into `sink` and releases the STATEs.
-pub fn write<S: Sink>(channel: &DataChannel, catalog: &ConfiguredAirbyteCatalog, sink: &S, out: &Mutex<Output>) -> Result<(), Failure> {
+/// Returns each reader's local, checkpointed but not committed past its
+/// last STATE: the caller commits that tail only if the input ended well.
+pub fn write<S: Sink>(channel: &DataChannel, catalog: &ConfiguredAirbyteCatalog, sink: &S, out: &Mutex<Output>) -> Result<Vec<S::Local>, Failure> {
     let streams = Streams::of(catalog);
-    let releaser = Releaser::new(out, streams.descriptors.len());
-    let results: Vec<Result<Vec<(u64, u64)>, Failure>> = std::thread::scope(|scope| {
+    let releaser = Releaser::new(out, streams.descriptors.len(), channel.socket_paths.len());
+    let results: Vec<Result<Read<S::Local>, Failure>> = std::thread::scope(|scope| {
         let readers: Vec<_> = channel
             .socket_paths
             .iter()
-            .map(|path| {
+            .enumerate()
+            .map(|(reader, path)| {
                 let (streams, releaser) = (&streams, &releaser);
-                scope.spawn(move || read_socket(path, channel.format, streams, sink, releaser))
+                scope.spawn(move || {
+                    let read = read_socket(path, channel.format, streams, sink, releaser);
+                    releaser.reader_done(reader, read.is_err());
+                    read
+                })
             })
             .collect();
         readers.into_iter().map(|r| r.join().unwrap_or_else(|_| Err(Failure::system("a socket reader panicked")))).collect()
     });
+    // The first reader to fail says why; the others may only have waited for it.
+    let first_failed = releaser.inner.lock().expect("releaser lock").failed.first().copied();
     let mut left = vec![(0, 0); streams.descriptors.len()];
-    for result in results {
-        for (total, (records, bytes)) in left.iter_mut().zip(result?) {
-            total.0 += records;
-            total.1 += bytes;
+    let mut locals = Vec::with_capacity(results.len());
+    let mut failures = Vec::new();
+    for (reader, result) in results.into_iter().enumerate() {
+        match result {
+            Ok((counts, local)) => {
+                for (total, (records, bytes)) in left.iter_mut().zip(counts) {
+                    total.0 += records;
+                    total.1 += bytes;
+                }
+                locals.push(local);
+            }
+            Err(failure) => failures.push((reader, failure)),
         }
     }
-    releaser.finish(&streams, &left)
+    if !failures.is_empty() {
+        let first = failures.iter().position(|(reader, _)| Some(*reader) == first_failed).unwrap_or(0);
+        return Err(failures.swap_remove(first).1);
+    }
+    releaser.finish(&streams, &left)?;
+    Ok(locals)
 }
+
+/// What a socket's reader ends with: records and bytes per stream since
+/// its last release, and its sink's local.
+type Read<L> = (Vec<(u64, u64)>, L);
 
 fn read_socket<S: Sink>(
     path: &std::path::Path,
@@ -181,7 +286,7 @@ fn read_socket<S: Sink>(
     streams: &Streams,
     sink: &S,
     releaser: &Releaser<'_>,
-) -> Result<Vec<(u64, u64)>, Failure> {
+) -> Result<Read<S::Local>, Failure> {
     let name = path.display();
     let stream = socket::connect(path, socket::CONNECT_GIVE_UP).map_err(|e| Failure::system(e.to_string()))?;
     let mut reader = FrameReader::new(stream, format, MAX_INPUT_LINE_BYTES);
@@ -232,6 +337,21 @@ fn read_socket<S: Sink>(
                         )));
                     }
                     sink.checkpoint(&mut local)?;
+                    if S::COMMITS_IN_ID_ORDER {
+                        match releaser.wait_turn(id) {
+                            Turn::Mine => {}
+                            Turn::Never { missing } => {
+                                return Err(Failure::system(format!(
+                                    "socket {name}: STATE id {id} cannot be released: STATE id {missing} never came on any socket (the source stopped before sending it)"
+                                )))
+                            }
+                            Turn::TooLong { missing } => releaser.warn(format!(
+                                "socket {name}: STATE id {id} waited {}s for STATE id {missing}; committing it out of order (a retry may read its rows again)",
+                                TURN_PATIENCE.as_secs()
+                            ))?,
+                        }
+                    }
+                    sink.commit(&mut local)?;
                     state.destination_stats = Some(AirbyteStateStats { record_count: Some(arrived as f64), ..Default::default() });
                     releaser.ready(state, id, &mut counts, streams)?;
                 } else if let Some(status) = message.trace.and_then(|t| t.stream_status) {
@@ -244,5 +364,53 @@ fn read_socket<S: Sink>(
         }
     }
     sink.checkpoint(&mut local)?;
-    Ok(counts)
+    Ok((counts, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(id: u64) -> AirbyteStateMessage {
+        let mut state = AirbyteStateMessage::for_stream(StreamDescriptor::new("s", None), serde_json::json!({}));
+        state.id = Some(id);
+        state
+    }
+
+    #[test]
+    fn a_reader_commits_only_once_every_lower_id_is_released() {
+        let out = Mutex::new(Output::new());
+        let releaser = Releaser::new(&out, 1, 2);
+        let streams = Streams { descriptors: vec![StreamDescriptor::new("s", None)], properties: vec![vec![]] };
+        let released_first = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                assert_eq!(releaser.wait_turn(2), Turn::Mine);
+                released_first.lock().unwrap().push(2);
+                releaser.ready(state(2), 2, &mut [(0, 0)], &streams).unwrap();
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(released_first.lock().unwrap().is_empty(), "id 2 waits for id 1");
+            assert_eq!(releaser.wait_turn(1), Turn::Mine);
+            released_first.lock().unwrap().push(1);
+            releaser.ready(state(1), 1, &mut [(0, 0)], &streams).unwrap();
+        });
+        assert_eq!(*released_first.lock().unwrap(), [1, 2]);
+        assert_eq!(releaser.inner.lock().unwrap().next, 3);
+    }
+
+    #[test]
+    fn a_reader_waiting_for_an_id_no_reader_can_bring_gives_up_at_once() {
+        let out = Mutex::new(Output::new());
+        let releaser = Releaser::new(&out, 1, 2);
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| releaser.wait_turn(3));
+            std::thread::sleep(Duration::from_millis(100));
+            // The other reader ends without ids 1 and 2 (its source crashed).
+            releaser.reader_done(1, false);
+            assert_eq!(waiting.join().unwrap(), Turn::Never { missing: 1 });
+        });
+        assert!(started.elapsed() < TURN_PATIENCE / 2);
+    }
 }
