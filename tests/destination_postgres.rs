@@ -213,6 +213,29 @@ fn appends_typed_columns_and_airbytes_own_nulling_what_does_not_fit() {
     assert_eq!(w.code, 0, "{}\n{}", w.error(), w.stderr);
     assert_eq!(count("select count(*) from t_append.items where colour = 'red' and updated = 1.5"), 1);
     assert_eq!(count("select count(*) from t_append.items"), 32);
+
+    // A boolean that becomes a date: neither holds the other, so the column
+    // becomes jsonb with the old values in it; a string that becomes an
+    // integer stays a string column, which holds both.
+    let mut changed = items_schema();
+    changed["properties"]["active"] = json!({"type": "string", "format": "date"});
+    changed["properties"]["name"] = json!({"type": "integer"});
+    let w = write(&s, &config("t_append"), &catalog("items", changed, "append", (1, 0), None), &[record("items", json!({"id": 41, "active": "2024-01-02", "name": 7})), state(41)]);
+    assert_eq!(w.code, 0, "{}\n{}", w.error(), w.stderr);
+    let kinds = rows("select column_name::text, data_type::text from information_schema.columns where table_schema = 't_append' and table_name = 'items' and column_name in ('active', 'name') order by column_name");
+    let kinds: Vec<(String, String)> = kinds.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(kinds, [("active".to_owned(), "jsonb".to_owned()), ("name".to_owned(), "character varying".to_owned())]);
+    assert_eq!(count("select count(*) from t_append.items where active = 'true'::jsonb"), 30, "the booleans kept");
+    assert_eq!(count("select count(*) from t_append.items where id = 41 and active = '\"2024-01-02\"'::jsonb and name = '7' and jsonb_array_length(_airbyte_meta->'changes') = 0"), 1);
+
+    // A column altered by hand to a type we cannot COPY into is named.
+    client().batch_execute("alter table t_append.items alter column colour type inet using null").unwrap();
+    let mut wider2 = items_schema();
+    wider2["properties"]["colour"] = json!({"type": "string"});
+    let w = write(&s, &config("t_append"), &catalog("items", wider2, "append", (1, 0), None), &[record("items", json!({"id": 42, "colour": "blue"})), state(42)]);
+    assert_ne!(w.code, 0);
+    assert!(w.error().contains("column colour of t_append.items") && w.error().contains("alter it to varchar"), "{}", w.error());
+    assert_eq!(count("select count(*) from t_append.items"), 33, "nothing of the refused sync loaded");
 }
 
 #[test]

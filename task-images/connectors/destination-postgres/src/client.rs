@@ -90,9 +90,9 @@ impl Db {
     }
 
     /// Makes the table, or evolves it to hold `columns`: new columns added,
-    /// types widened. Returns the columns as the table has them (a column
-    /// whose type could not be widened keeps its own, and values that do
-    /// not fit it are nulled).
+    /// types changed as [`ColumnType::evolved`] says (never losing a value
+    /// already stored). Returns the columns as the table has them. A column
+    /// the stream no longer declares stays, and fills with nulls.
     pub fn ensure_table(&mut self, table: &Table, columns: &[Column]) -> Result<Vec<Column>, Failure> {
         self.execute(&format!("creating schema {}", table.schema), &format!("create schema if not exists {}", quoted(&table.schema)))?;
         let Some(existing) = self.columns(table)? else {
@@ -112,17 +112,25 @@ impl Db {
                     self.execute(&format!("adding column {} to {table}", c.name), &sql)?;
                     now.push(c.clone());
                 }
-                Some((_, Some(kind))) if *kind == c.kind => now.push(c.clone()),
-                Some((_, Some(kind))) if kind.widens_to(c.kind) => {
-                    let using = match c.kind {
-                        ColumnType::Jsonb => format!("to_jsonb({})", quoted(&c.name)),
-                        _ => format!("{}::{}", quoted(&c.name), c.kind.sql()),
-                    };
-                    let sql = format!("alter table {} alter column {} type {} using {using}", table.sql(), quoted(&c.name), c.kind.sql());
-                    self.execute(&format!("widening column {} of {table}", c.name), &sql)?;
-                    now.push(c.clone());
+                Some((_, Some(had))) => {
+                    let kind = had.evolved(c.kind);
+                    if kind != *had {
+                        let using = match kind {
+                            ColumnType::Jsonb => format!("to_jsonb({})", quoted(&c.name)),
+                            _ => format!("{}::{}", quoted(&c.name), kind.sql()),
+                        };
+                        let sql = format!("alter table {} alter column {} type {} using {using}", table.sql(), quoted(&c.name), kind.sql());
+                        self.execute(&format!("changing column {} of {table} to {}", c.name, kind.sql()), &sql)?;
+                    }
+                    now.push(Column { kind, ..c.clone() });
                 }
-                Some((_, kind)) => now.push(Column { kind: kind.unwrap_or(ColumnType::Jsonb), ..c.clone() }),
+                Some((_, None)) => {
+                    return Err(Failure::config(format!(
+                        "column {} of {table} has a type destination-postgres cannot load by binary COPY; alter it to {} (what the stream declares), or drop it and the next sync adds it",
+                        c.name,
+                        c.kind.sql()
+                    )))
+                }
             }
         }
         Ok(now)

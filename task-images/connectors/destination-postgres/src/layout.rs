@@ -84,7 +84,8 @@ impl ColumnType {
         .into_iter()
         .find(|t| match t {
             ColumnType::Decimal => data_type == "numeric",
-            ColumnType::Varchar => data_type == "character varying",
+            // text and varchar share their binary format.
+            ColumnType::Varchar => data_type == "character varying" || data_type == "text",
             other => other.sql() == data_type,
         })
     }
@@ -93,6 +94,22 @@ impl ColumnType {
     /// `ALTER COLUMN ... TYPE`: the widenings schema evolution applies.
     pub fn widens_to(self, to: ColumnType) -> bool {
         matches!((self, to), (ColumnType::BigInt, ColumnType::Decimal) | (_, ColumnType::Jsonb) | (_, ColumnType::Varchar)) && self != to
+    }
+
+    /// The column type a column of `self` becomes when the stream now
+    /// declares `to`: the narrowest that holds both the values it has and
+    /// the ones to come, so a change of type never loses a value. A type
+    /// that already holds `to`'s values stays (a string column stays one
+    /// when the stream's field becomes an integer); two types neither of
+    /// which holds the other meet in jsonb, as Airbyte maps a union.
+    pub fn evolved(self, to: ColumnType) -> ColumnType {
+        if self == to || to.widens_to(self) {
+            self
+        } else if self.widens_to(to) {
+            to
+        } else {
+            ColumnType::Jsonb
+        }
     }
 }
 
@@ -371,6 +388,18 @@ pub fn meta(sync_id: Option<i64>, nulled: &[&str]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_type_change_never_loses_a_value() {
+        use ColumnType::*;
+        assert_eq!(BigInt.evolved(Decimal), Decimal, "widened");
+        assert_eq!(Decimal.evolved(BigInt), Decimal, "a decimal holds integers");
+        assert_eq!(Varchar.evolved(BigInt), Varchar, "a string holds an integer's text");
+        assert_eq!(Boolean.evolved(Varchar), Varchar);
+        assert_eq!(Boolean.evolved(Date), Jsonb, "neither holds the other");
+        assert_eq!(Jsonb.evolved(TimestampTz), Jsonb);
+        assert_eq!(Date.evolved(Date), Date);
+    }
 
     #[test]
     fn names_follow_airbytes_rules_for_postgres() {
