@@ -761,3 +761,18 @@ fn every_ssl_mode_on_a_server_that_takes_only_tls_and_a_sync_over_verify_full_wi
     let mut c = server.client("certdb");
     assert_eq!(c.query_one("select count(*) from t_tls.items", &[]).unwrap().get::<_, i64>(0), 20);
 }
+
+#[test]
+fn the_postgres_bench_runs_its_short_form() {
+    let psql = std::path::Path::new(&std::env::var("SLUICE_POSTGRES_BIN").expect("SLUICE_POSTGRES_BIN")).join("psql");
+    let out = sluice()
+        .args(["bench", "--destination", "postgres", "--records", "2000", "--record-size", "256", "--postgres-url", &server(), "--psql"])
+        .arg(&psql)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}\n{}", String::from_utf8_lossy(&out.stderr));
+    for way in ["COPY FROM STDIN by psql", "destination-postgres (stdin, alone)", "sync, legacy mode", "sync, socket mode", "peak RSS: "] {
+        assert!(printed.contains(way), "{way} missing from:\n{printed}");
+    }
+}

@@ -126,6 +126,43 @@ pub fn dlt_python(cache: &Cache, install: bool) -> anyhow::Result<Option<PathBuf
     Ok(venv.join(".sluice-installed").exists().then(|| venv.join("bin/python")))
 }
 
+/// source-faker's output for `source`, into `records`.
+fn read_source(sluice: &Path, source: &Path, catalog: &Path, records: &Path) -> anyhow::Result<()> {
+    let read = Command::new(sluice)
+        .args(["connector", "source-faker", "read", "--config"])
+        .arg(source)
+        .arg("--catalog")
+        .arg(catalog)
+        .stdout(std::fs::File::create(records)?)
+        .status()?;
+    if !read.success() {
+        bail!("source-faker read failed ({read})");
+    }
+    Ok(())
+}
+
+/// destination-postgres alone, fed `records` on stdin, into `schema`.
+fn destination_alone(args: &Args, sluice: &Path, dir: &Path, catalog: &Path, records: &Path, schema: &str, rows: u64) -> anyhow::Result<Run> {
+    let config_file = dir.join(format!("{schema}.json"));
+    std::fs::write(&config_file, destination_config(args.url, schema)?.to_string())?;
+    let (run, output) = measured(
+        Command::new(sluice)
+            .args(["connector", "destination-postgres", "write", "--config"])
+            .arg(&config_file)
+            .arg("--catalog")
+            .arg(catalog)
+            .stdin(std::fs::File::open(records)?),
+    )?;
+    if !output.status.success() {
+        bail!("destination-postgres failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stdout, 5));
+    }
+    let moved = count(args.url, &format!("{schema}.users"))?;
+    if moved != rows {
+        bail!("destination-postgres loaded {moved} of {rows} rows into {schema}");
+    }
+    Ok(run)
+}
+
 pub fn run(args: &Args, sluice: &Path, dir: &Path, source_config: &Value, catalog: &Value) -> anyhow::Result<()> {
     eprintln!("sluice bench --destination postgres: {} rows of about {} bytes into {}", args.records, args.record_size, args.url.split('@').next_back().unwrap_or("the server"));
     // The rows, once: the source's output, and the same rows as CSV for psql.
@@ -133,38 +170,21 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path, source_config: &Value, catalo
     std::fs::write(&source_file, source_config.to_string())?;
     std::fs::write(&catalog_file, catalog.to_string())?;
     let records_file = dir.join("records.jsonl");
-    let read = Command::new(sluice)
-        .args(["connector", "source-faker", "read", "--config"])
-        .arg(&source_file)
-        .arg("--catalog")
-        .arg(&catalog_file)
-        .stdout(std::fs::File::create(&records_file)?)
-        .status()?;
-    if !read.success() {
-        bail!("source-faker read failed ({read})");
-    }
-    let schemas = ["sluice_bench_copy", "sluice_bench_stdin", "sluice_bench_sync", "sluice_bench_socket", "sluice_bench_dlt"];
+    read_source(sluice, &source_file, &catalog_file, &records_file)?;
+    let schemas = ["sluice_bench_copy", "sluice_bench_stdin", "sluice_bench_quarter", "sluice_bench_sync", "sluice_bench_socket", "sluice_bench_dlt"];
     sql(args.url, &schemas.iter().map(|s| format!("drop schema if exists {s} cascade")).collect::<Vec<_>>().join(";"))?;
 
     // 2 first: its table is the one the COPY baseline copies the shape of.
-    let config_file = dir.join("pg-destination.json");
-    std::fs::write(&config_file, destination_config(args.url, "sluice_bench_stdin")?.to_string())?;
-    let (alone, output) = measured(
-        Command::new(sluice)
-            .args(["connector", "destination-postgres", "write", "--config"])
-            .arg(&config_file)
-            .arg("--catalog")
-            .arg(&catalog_file)
-            .stdin(std::fs::File::open(&records_file)?),
-    )?;
-    if !output.status.success() {
-        bail!("destination-postgres failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stdout, 5));
-    }
+    let alone = destination_alone(args, sluice, dir, &catalog_file, &records_file, "sluice_bench_stdin", args.records)?;
     let bytes = std::fs::metadata(&records_file)?.len();
-    let moved = count(args.url, "sluice_bench_stdin.users")?;
-    if moved != args.records {
-        bail!("destination-postgres loaded {moved} of {} rows", args.records);
-    }
+    // The same with a quarter of the rows: memory must not grow with volume.
+    let quarter_rows = (args.records / 4).max(1);
+    let (quarter_source, quarter_file) = (dir.join("pg-source-quarter.json"), dir.join("records-quarter.jsonl"));
+    let mut quarter_config = source_config.clone();
+    quarter_config["count"] = quarter_rows.into();
+    std::fs::write(&quarter_source, quarter_config.to_string())?;
+    read_source(sluice, &quarter_source, &catalog_file, &quarter_file)?;
+    let quarter = destination_alone(args, sluice, dir, &catalog_file, &quarter_file, "sluice_bench_quarter", quarter_rows)?;
 
     // 1: the same rows as CSV, by the server's own COPY.
     let csv = dir.join("rows.csv");
@@ -244,6 +264,13 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path, source_config: &Value, catalo
         }
         None => println!("dlt: not measured (use --install-dlt)"),
     }
+    println!(
+        "destination-postgres alone, peak RSS: {:.1} MB for {quarter_rows} rows, {:.1} MB for {} rows ({:+.1} MB for 4x the volume)",
+        quarter.peak_rss_bytes as f64 / 1e6,
+        alone.peak_rss_bytes as f64 / 1e6,
+        args.records,
+        (alone.peak_rss_bytes as f64 - quarter.peak_rss_bytes as f64) / 1e6
+    );
     println!("(MB/s counts the records' JSON; CPU s and RSS are the client side's: psql, our processes, dlt's Python; the sync's RSS is its largest process)");
     sql(args.url, &schemas.iter().map(|s| format!("drop schema if exists {s} cascade")).collect::<Vec<_>>().join(";"))?;
     Ok(())
