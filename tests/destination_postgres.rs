@@ -148,7 +148,7 @@ fn spec_and_check_say_what_is_wrong_without_showing_the_password() {
 
     // A user without CREATE on the schema is told what to grant.
     let mut c = client();
-    c.batch_execute("drop schema if exists locked cascade; create schema locked; drop role if exists reader; create role reader login password 'reader-pw'; grant connect on database sluice to reader;").unwrap();
+    c.batch_execute("drop schema if exists locked cascade; create schema locked; do $$ begin if not exists (select from pg_roles where rolname = 'reader') then create role reader login password 'reader-pw'; end if; end $$; grant connect on database sluice to reader;").unwrap();
     let mut reader = config("locked");
     reader["username"] = json!("reader");
     reader["password"] = json!("reader-pw");

@@ -32,9 +32,7 @@ pub fn identifier(name: &str) -> String {
 }
 
 /// `"name"`, with quotes doubled: every identifier we send is quoted.
-pub fn quoted(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
-}
+pub use sluice_postgres::quoted;
 
 /// A column's type, as Airbyte maps JSON Schema to Postgres.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
