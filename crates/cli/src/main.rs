@@ -115,6 +115,7 @@ fn run_reference_connector(name: &str, args: &[String]) -> i32 {
         "destination-dev-null" => sluice_destination_dev_null::main(args),
         "source-empty" => sluice_source_empty::main(args),
         "destination-postgres" => sluice_destination_postgres::main(args),
+        "source-postgres" => sluice_source_postgres::main(args),
         other => {
             eprintln!("sluice: no reference connector `{other}`; there are {}", sluice_connectors::REFERENCE_CONNECTORS.join(", "));
             2

@@ -21,7 +21,7 @@ struct Builtin {
     sockets: bool,
 }
 
-const BUILTINS: [Builtin; 7] = [
+const BUILTINS: [Builtin; 8] = [
     // Airbyte's own definition id for source-faker, so scripts that name it work.
     Builtin {
         id: "dfd88b22-b603-4c3d-aad7-3701784586b1",
@@ -93,6 +93,17 @@ const BUILTINS: [Builtin; 7] = [
         repository: "airbyte/destination-postgres",
         tag: "3.0.0",
         sockets: true,
+    },
+    Builtin {
+        // Airbyte's definition id for source-postgres.
+        id: "decd338e-5647-4c0b-adf4-da0e75f5a750",
+        kind: ActorKind::Source,
+        name: "Postgres",
+        type_key: "postgres",
+        runtime: "source-postgres",
+        repository: "airbyte/source-postgres",
+        tag: "3.7.0",
+        sockets: false,
     },
 ];
 
