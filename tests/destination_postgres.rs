@@ -11,34 +11,13 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 use support::*;
 
-/// The server `tests/run` started: a superuser's URL.
-fn server() -> String {
-    std::env::var("SLUICE_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!("no SLUICE_POSTGRES_URL: these tests need PostgreSQL; ./tests/run starts one (tests/postgres.sh: `. tests/postgres.sh; postgres_start`)")
-    })
-}
-
-fn client() -> postgres::Client {
-    postgres::Client::connect(&server(), postgres::NoTls).expect("the tests' PostgreSQL answers")
-}
+use support::postgres::{client, count, rows, server};
 
 /// The destination's config for `schema` on the tests' server, as the superuser.
 fn config(schema: &str) -> Value {
-    let url = server();
-    let rest = url.strip_prefix("postgres://").unwrap();
-    let (credentials, place) = rest.split_once('@').unwrap();
-    let (user, password) = credentials.split_once(':').unwrap();
-    let (address, database) = place.split_once('/').unwrap();
-    let (host, port) = address.split_once(':').unwrap();
-    json!({"host": host, "port": port.parse::<u16>().unwrap(), "database": database, "schema": schema, "username": user, "password": password, "ssl_mode": {"mode": "disable"}})
-}
-
-fn rows(sql: &str) -> Vec<postgres::Row> {
-    client().query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-fn count(sql: &str) -> i64 {
-    rows(sql)[0].get(0)
+    let mut config = support::postgres::connection("sluice");
+    config["schema"] = json!(schema);
+    config
 }
 
 struct Written {
@@ -344,35 +323,11 @@ fn airbyte_source_faker_from_pypi_into_postgres_then_resumes() {
     assert_eq!(count("select count(*) from t_faker.users"), 300, "the resumed sync added nothing");
 }
 
-/// Polls `ready` every 50 ms; fails, saying `what` did not happen, after a minute.
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ready() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 /// `kill -9` of the destination a running `sluice sync` spawned.
 fn kill_destination_of(sync: &std::process::Child) {
     let killed = children_with(sync.id(), "destination-postgres");
     assert_eq!(killed.len(), 1, "the destination's process");
     unsafe { libc::kill(killed[0] as i32, libc::SIGKILL) };
-}
-
-/// The processes whose parent is `parent` and whose command line has `part`.
-fn children_with(parent: u32, part: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(part) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 #[test]
@@ -511,8 +466,8 @@ impl OwnServer {
     }
 
     /// A client over the cluster's Unix socket (which its pg_hba always trusts).
-    fn client(&self, database: &str) -> postgres::Client {
-        postgres::Client::connect(&format!("host={} port={} user=sluice dbname={database}", self.dir.display(), self.port), postgres::NoTls).unwrap()
+    fn client(&self, database: &str) -> ::postgres::Client {
+        ::postgres::Client::connect(&format!("host={} port={} user=sluice dbname={database}", self.dir.display(), self.port), ::postgres::NoTls).unwrap()
     }
 
     fn count(&self, sql: &str) -> i64 {

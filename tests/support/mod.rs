@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod docker;
 pub mod platform;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -90,4 +91,28 @@ pub fn parse_sync(output: Output) -> Synced {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let outcome = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("no outcome on stdout ({e}); stderr:\n{stderr}\nstdout:\n{stdout}"));
     Synced { code: output.status.code().unwrap_or(-1), outcome, stderr }
+}
+
+/// Polls `ready` every 50 ms; fails, saying `what` did not happen, after a minute.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The processes whose parent is `parent` and whose command line has `part`.
+pub fn children_with(parent: u32, part: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(part) {
+            found.push(pid);
+        }
+    }
+    found
 }

@@ -246,6 +246,13 @@ pub struct JsonRecord<'a> {
     pub meta: Option<&'a RawValue>,
 }
 
+/// A protocol line's RECORD, its data left as written (numbers keep every
+/// digit), or None for a line of another type.
+pub fn json_record(line: &[u8]) -> Result<Option<JsonRecord<'_>>, serde_json::Error> {
+    let parsed: JsonLine<'_> = serde_json::from_slice(line)?;
+    Ok(if parsed.kind == "RECORD" { parsed.record } else { None })
+}
+
 #[derive(Deserialize)]
 struct JsonLine<'a> {
     #[serde(rename = "type")]

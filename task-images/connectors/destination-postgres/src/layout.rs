@@ -192,6 +192,47 @@ pub fn columns(schema: &Value) -> Result<Vec<Column>, String> {
 const PG_EPOCH_DAYS: i64 = 10_957;
 const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400 * 1_000_000;
 
+/// [`encode`] for a value as written in the record: a number for a numeric
+/// column keeps every digit (no trip through a double), and JSON for a
+/// jsonb column goes as it came.
+pub fn encode_raw(out: &mut Vec<u8>, kind: ColumnType, raw: Option<&serde_json::value::RawValue>) -> bool {
+    let text = raw.map_or("null", |r| r.get());
+    let number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+    match kind {
+        _ if text == "null" => encode(out, kind, &Value::Null),
+        ColumnType::Decimal if number => {
+            let start = out.len();
+            out.extend_from_slice(&[0; 4]);
+            if numeric(out, text) {
+                let len = (out.len() - start - 4) as i32;
+                out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+                true
+            } else {
+                out.truncate(start);
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+                false
+            }
+        }
+        ColumnType::Jsonb => {
+            let start = out.len();
+            out.extend_from_slice(&((text.len() + 1) as i32).to_be_bytes());
+            out.push(1);
+            out.extend_from_slice(text.as_bytes());
+            // Postgres refuses \u0000 in jsonb text.
+            let fits = !text.contains("\\u0000");
+            if !fits {
+                out.truncate(start);
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+            }
+            fits
+        }
+        _ => {
+            let value = serde_json::from_str::<Value>(text).expect("a RawValue is valid JSON");
+            encode(out, kind, &value)
+        }
+    }
+}
+
 /// Appends one field of a binary `COPY` row: its length, then its bytes;
 /// NULL is length -1. Returns false (and writes NULL) when the value does
 /// not fit the column.
@@ -448,6 +489,26 @@ mod tests {
         let mut out = Vec::new();
         let fits = encode(&mut out, kind, &value);
         (fits, out)
+    }
+
+    #[test]
+    fn numbers_as_written_keep_every_digit_and_json_goes_as_it_came() {
+        let raw = |text: &str| serde_json::value::RawValue::from_string(text.to_owned()).unwrap();
+        let mut exact = Vec::new();
+        assert!(encode_raw(&mut exact, ColumnType::Decimal, Some(&raw("123456789012345678901234567890.123456789"))));
+        let mut lossy = Vec::new();
+        encode(&mut lossy, ColumnType::Decimal, &json!(123456789012345678901234567890.123456789));
+        assert_ne!(exact, lossy, "a double holds 17 digits; the text holds all 39");
+        assert_eq!(numeric_of("123456789012345678901234567890.123456789").map(|n| n.4.len()), Some(11), "8 base-10000 digits before the point, 3 after");
+        let mut doc = Vec::new();
+        assert!(encode_raw(&mut doc, ColumnType::Jsonb, Some(&raw(r#"{"big": 1234567890123456789012}"#))));
+        assert_eq!(&doc[5..], br#"{"big": 1234567890123456789012}"#);
+        let mut nothing = Vec::new();
+        assert!(encode_raw(&mut nothing, ColumnType::Jsonb, None));
+        assert_eq!(nothing, (-1i32).to_be_bytes());
+        let mut misfit = Vec::new();
+        assert!(!encode_raw(&mut misfit, ColumnType::Decimal, Some(&raw(r#""abc""#))));
+        assert_eq!(misfit, (-1i32).to_be_bytes(), "a misfit is NULL");
     }
 
     #[test]

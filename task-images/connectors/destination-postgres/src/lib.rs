@@ -33,10 +33,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use sluice_connector_kit::sockets::{self, Sink};
-use sluice_connector_kit::{each_input_message, echo_state, read_json, Command, Failure, Output};
-use sluice_protocol::socket::SocketRecord;
+use serde_json::value::RawValue;
+use sluice_connector_kit::{each_input_line, echo_state, parse_message, read_json, Command, Failure, Output};
+use sluice_protocol::socket::{self, SocketRecord};
 use sluice_protocol::*;
 
 use client::{Db, Table};
@@ -205,21 +205,24 @@ fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<
     let mut batches: Vec<Batch> = targets.iter().map(|_| Batch::default()).collect();
     let mut statuses = vec![None; targets.len()];
     let mut since_state = 0u64;
-    each_input_message(|line, message| {
-        if let Some(record) = message.record {
-            let descriptor = StreamDescriptor::new(record.stream, record.namespace);
+    each_input_line(|line, text| {
+        // Records keep their data as written: a number keeps every digit on its way to a numeric column.
+        let record = socket::json_record(text).map_err(|e| Failure::system(format!("stdin line {line} is not a protocol message: {e}")))?;
+        if let Some(record) = record {
+            let descriptor = StreamDescriptor::new(record.stream.as_ref(), record.namespace.map(String::from));
             let Some(&i) = index.get(&descriptor) else {
                 return Err(Failure::system(format!("stdin line {line}: a record of stream {descriptor}, which the configured catalog does not have")));
             };
-            let Value::Object(data) = &record.data else {
-                return Err(Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object")));
-            };
-            encode_row(&targets[i], &mut batches[i], data, record.emitted_at);
+            let data = fields(record.data.get().as_bytes()).ok_or_else(|| Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object")))?;
+            encode_row(&targets[i], &mut batches[i], &data, record.emitted_at);
             since_state += 1;
             if batches[i].full() {
                 flush(db, &targets[i], &mut batches[i])?;
             }
-        } else if let Some(status) = message.trace.and_then(|t| t.stream_status) {
+            return Ok(());
+        }
+        let message = parse_message(line, text)?;
+        if let Some(status) = message.trace.and_then(|t| t.stream_status) {
             if let Some(&i) = index.get(&status.stream_descriptor) {
                 statuses[i] = Some(status.status);
             }
@@ -299,8 +302,7 @@ impl Sink for Tables<'_> {
     fn record(&self, local: &mut Reader, stream: usize, properties: &[String], record: &SocketRecord<'_>) -> Result<(), Failure> {
         local.json.clear();
         record.write_data(properties, &mut local.json).map_err(|e| Failure::system(e.to_string()))?;
-        let data: serde_json::Map<String, Value> =
-            serde_json::from_slice(&local.json).map_err(|_| Failure::system(format!("record data of stream {} is not an object", record.stream())))?;
+        let data = fields(&local.json).ok_or_else(|| Failure::system(format!("record data of stream {} is not an object", record.stream())))?;
         let (target, batch) = (&self.targets[stream], &mut local.batches[stream]);
         encode_row(target, batch, &data, record.emitted_at());
         if batch.full() {
@@ -330,14 +332,19 @@ impl Sink for Tables<'_> {
     }
 }
 
+/// A record's data, each field's value as written; None if it is not an object.
+fn fields(data: &[u8]) -> Option<HashMap<String, &RawValue>> {
+    serde_json::from_slice(data).ok()
+}
+
 /// One row of binary `COPY`: Airbyte's four columns, then the data.
-fn encode_row(target: &Target, batch: &mut Batch, data: &serde_json::Map<String, Value>, emitted_at: i64) {
+fn encode_row(target: &Target, batch: &mut Batch, data: &HashMap<String, &RawValue>, emitted_at: i64) {
     let (Batch { rows, fields, .. }, columns) = (&mut *batch, &target.columns);
     // The data first, aside: `_airbyte_meta` before it names what did not fit.
     fields.clear();
     let mut nulled: Vec<&str> = Vec::new();
     for c in columns.iter() {
-        if !layout::encode(fields, c.kind, data.get(&c.property).unwrap_or(&Value::Null)) {
+        if !layout::encode_raw(fields, c.kind, data.get(&c.property).copied()) {
             nulled.push(&c.property);
         }
     }

@@ -154,6 +154,11 @@ pub const MAX_INPUT_LINE_BYTES: usize = 256 * 1024 * 1024;
 /// Feeds every message on stdin to `handle`, parsed, with its line number.
 /// A line that is not a protocol message is a failure naming that line.
 pub fn each_input_message(mut handle: impl FnMut(u64, AirbyteMessage) -> Result<(), Failure>) -> Result<(), Failure> {
+    each_input_line(|number, line| handle(number, parse_message(number, line)?))
+}
+
+/// Feeds every line on stdin to `handle`, with its line number.
+pub fn each_input_line(mut handle: impl FnMut(u64, &[u8]) -> Result<(), Failure>) -> Result<(), Failure> {
     let stdin = io::stdin().lock();
     let mut lines = sluice_protocol::LineReader::new(stdin, MAX_INPUT_LINE_BYTES);
     loop {
@@ -162,10 +167,13 @@ pub fn each_input_message(mut handle: impl FnMut(u64, AirbyteMessage) -> Result<
             Ok(None) => return Ok(()),
             Err(e) => return Err(Failure::system(format!("stdin: {e}"))),
         };
-        let message: AirbyteMessage = serde_json::from_slice(line)
-            .map_err(|e| Failure::system(format!("stdin line {number} is not a protocol message: {e}")))?;
-        handle(number, message)?;
+        handle(number, line)?;
     }
+}
+
+/// Line `number` of stdin as a protocol message, or a failure naming it.
+pub fn parse_message(number: u64, line: &[u8]) -> Result<AirbyteMessage, Failure> {
+    serde_json::from_slice(line).map_err(|e| Failure::system(format!("stdin line {number} is not a protocol message: {e}")))
 }
 
 /// The STATE a destination prints once everything before it is stored:

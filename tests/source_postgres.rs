@@ -1,0 +1,323 @@
+//! source-postgres on a real PostgreSQL (`tests/postgres.sh`): check and
+//! discover on the server's catalog, and syncs into destination-postgres
+//! compared with SQL. The source reads database `sluice`; the destination
+//! writes database `sluice_sp`, into the schema named by the stream's
+//! namespace (the source's schema), so the two never share a table.
+
+mod support;
+
+use std::process::Stdio;
+
+use serde_json::{json, Value};
+use support::postgres::{client, client_of, connection, ensure_database};
+use support::*;
+
+const DESTINATION_DB: &str = "sluice_sp";
+
+fn source_config(schema: &str) -> Value {
+    let mut config = connection("sluice");
+    config["schemas"] = json!([schema]);
+    config
+}
+
+fn destination_config() -> Value {
+    ensure_database(DESTINATION_DB);
+    let mut config = connection(DESTINATION_DB);
+    config["schema"] = json!("public");
+    config
+}
+
+/// Runs `sql` in the source database, and drops the destination's copy of `schema`.
+fn fresh(schema: &str, sql: &str) {
+    client().batch_execute(&format!("drop schema if exists {schema} cascade; create schema {schema}; set search_path = {schema}; {sql}")).unwrap();
+    ensure_database(DESTINATION_DB);
+    client_of(DESTINATION_DB).batch_execute(&format!("drop schema if exists {schema} cascade")).unwrap();
+}
+
+/// The protocol messages a `sluice connector source-postgres ...` printed.
+fn connector(args: &[&str]) -> Vec<Value> {
+    let out = sluice().args(["connector", "source-postgres"]).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn of_type<'a>(messages: &'a [Value], kind: &str) -> &'a Value {
+    messages.iter().find(|m| m["type"] == kind).unwrap_or_else(|| panic!("no {kind} in {messages:#?}"))
+}
+
+fn discover(s: &Scratch, config: &Value) -> Vec<Value> {
+    let path = s.json("discover.json", config);
+    let messages = connector(&["discover", "--config", path.to_str().unwrap()]);
+    of_type(&messages, "CATALOG")["catalog"]["streams"].as_array().unwrap().clone()
+}
+
+/// The configured catalog for `streams` of the discovered ones.
+fn configured(discovered: &[Value], streams: &[(&str, Value)]) -> Value {
+    let streams: Vec<Value> = streams
+        .iter()
+        .map(|(name, how)| {
+            let stream = discovered.iter().find(|s| s["name"] == *name).unwrap_or_else(|| panic!("discover found no {name}"));
+            let mut c = json!({"stream": stream, "generation_id": 1, "minimum_generation_id": 0, "sync_id": 1});
+            c.as_object_mut().unwrap().extend(how.as_object().unwrap().clone());
+            c
+        })
+        .collect();
+    json!({"streams": streams})
+}
+
+struct Pair {
+    args: Vec<String>,
+}
+
+impl Pair {
+    fn new(s: &Scratch, source: &Value, catalog: &Value) -> Pair {
+        let (source, destination, catalog) = (s.json("source.json", source), s.json("destination.json", &destination_config()), s.json("catalog.json", catalog));
+        let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+        let args = [
+            "--source", "source-postgres",
+            "--source-config", &path(source),
+            "--destination", "destination-postgres",
+            "--destination-config", &path(destination),
+            "--catalog", &path(catalog),
+            "--state-file", &path(s.path("state.json")),
+        ];
+        Pair { args: args.iter().map(|a| a.to_string()).collect() }
+    }
+    fn sync(&self) -> Synced {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        run_sync(&args)
+    }
+    fn spawn(&self) -> std::process::Child {
+        sluice().arg("sync").arg("--json").args(&self.args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    }
+}
+
+/// Each row of `select` in the source and in the destination, as text,
+/// sorted: the two sides of an EXCEPT, taken both ways.
+fn differences(source_select: &str, destination_select: &str) -> (Vec<String>, Vec<String>) {
+    let side = |c: &mut ::postgres::Client, sql: &str| -> Vec<String> {
+        let mut rows: Vec<String> = c.query(&format!("select row(q.*)::text from ({sql}) q"), &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).iter().map(|r| r.get(0)).collect();
+        rows.sort();
+        rows
+    };
+    let source = side(&mut client(), source_select);
+    let destination = side(&mut client_of(DESTINATION_DB), destination_select);
+    let missing: Vec<String> = source.iter().filter(|r| !destination.contains(r)).cloned().collect();
+    let extra: Vec<String> = destination.iter().filter(|r| !source.contains(r)).cloned().collect();
+    (missing, extra)
+}
+
+fn assert_same(source_select: &str, destination_select: &str) {
+    let (missing, extra) = differences(source_select, destination_select);
+    assert!(missing.is_empty() && extra.is_empty(), "source EXCEPT destination: {missing:#?}\ndestination EXCEPT source: {extra:#?}");
+}
+
+fn destination_count(sql: &str) -> i64 {
+    client_of(DESTINATION_DB).query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+#[test]
+fn check_and_discover_say_what_is_there_and_what_is_missing() {
+    let s = Scratch::new();
+    fresh("sp_disc", "create type mood as enum ('sad', 'happy'); \
+        create table things (id bigint, part int, name text, at timestamptz, price numeric(10,2), tags text[], doc jsonb, mood mood, primary key (id, part)); \
+        create table nokey (v text); create view named as select id, name from things; \
+        create materialized view counted as select count(*) as n from things;");
+    let check = |config: &Value| -> Value {
+        let path = s.json("check.json", config);
+        of_type(&connector(&["check", "--config", path.to_str().unwrap()]), "CONNECTION_STATUS")["connectionStatus"].clone()
+    };
+    assert_eq!(check(&source_config("sp_disc"))["status"], "SUCCEEDED");
+    let missing = check(&source_config("sp_nowhere"));
+    assert_eq!(missing["status"], "FAILED");
+    assert!(missing["message"].as_str().unwrap().contains("schema sp_nowhere does not exist"), "{missing}");
+    let mut wrong = source_config("sp_disc");
+    wrong["password"] = json!("not-the-password-456");
+    let message = check(&wrong)["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("refused the password") && !message.contains("not-the-password-456"), "{message}");
+    client().batch_execute("do $$ begin if not exists (select from pg_roles where rolname = 'sp_reader') then create role sp_reader login password 'sp-reader-pw'; end if; end $$").unwrap();
+    let mut reader = source_config("sp_disc");
+    reader["username"] = json!("sp_reader");
+    reader["password"] = json!("sp-reader-pw");
+    let message = check(&reader)["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("may not use schema sp_disc") && message.contains("GRANT USAGE ON SCHEMA \"sp_disc\""), "{message}");
+
+    let streams = discover(&s, &source_config("sp_disc"));
+    let names: Vec<&str> = streams.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["counted", "named", "nokey", "things"], "tables, views and materialized views, by name");
+    let things = streams.iter().find(|s| s["name"] == "things").unwrap();
+    assert_eq!(things["namespace"], "sp_disc");
+    assert_eq!(things["source_defined_primary_key"], json!([["id"], ["part"]]));
+    assert_eq!(things["supported_sync_modes"], json!(["full_refresh", "incremental"]));
+    assert_eq!(things["is_resumable"], true);
+    let p = &things["json_schema"]["properties"];
+    assert_eq!(p["id"], json!({"type": ["null", "integer"]}));
+    assert_eq!(p["price"], json!({"type": ["null", "number"]}));
+    assert_eq!(p["at"]["airbyte_type"], "timestamp_with_timezone");
+    assert_eq!(p["tags"], json!({"type": ["null", "array"], "items": {"type": "string"}}));
+    assert_eq!(p["doc"], json!({}));
+    assert_eq!(p["mood"], json!({"type": ["null", "string"]}));
+    let named = streams.iter().find(|s| s["name"] == "named").unwrap();
+    assert_eq!(named["is_resumable"], false, "a view has no pages to resume by");
+    assert!(named.get("source_defined_primary_key").is_none());
+}
+
+#[test]
+fn every_type_round_trips_into_destination_postgres() {
+    let s = Scratch::new();
+    fresh("sp_types", r#"
+        create type mood as enum ('sad', 'happy');
+        create table all_types (id serial primary key, i2 smallint, i4 int, i8 bigint, n numeric(20,5), nbig numeric, r real, d double precision,
+            b bool, t text, v varchar(10), c char(3), dt date, tm time, tmz timetz, ts timestamp, tsz timestamptz, u uuid, j json, jb jsonb,
+            ai int[], "at" text[], "by" bytea, e mood, iv interval, ip inet, "Odd Name" text);
+        insert into all_types (i2, i4, i8, n, nbig, r, d, b, t, v, c, dt, tm, tmz, ts, tsz, u, j, jb, ai, "at", "by", e, iv, ip, "Odd Name") values
+            (1, 2, 3, 12345.6789, 123456789012345678901234567890.123456789, 0.1, 2.25, true, E'a\nb "q" \\ \x01\x02 é ☃', 'var', 'ab', '2024-02-29',
+             '12:34:56.789', '12:34:56+02', '2024-01-02 03:04:05.678', '2024-01-02 03:04:05+05', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+             E'{"x": [1,\n 2], "s": "\\u00e9"}', '{"y": null, "z": [true]}', '{1,2,NULL}', '{"a","b c",NULL}', '\xdeadbeef00', 'happy', '1 day 02:03:04.5', '10.0.0.1/32', 'odd'),
+            (-32768, -2147483648, -9223372036854775808, -0.00001, 0, -3.4e38, 1.7976931348623157e308, false, '', '', '', '1970-01-01',
+             '00:00:00', '23:59:59.999999-11', '1900-01-01 00:00:00', '2038-01-19 03:14:08+00', '00000000-0000-0000-0000-000000000000',
+             '[]', '"just a string"', '{}', '{}', '\x', 'sad', '-1 mons', '::1', repeat('long ', 20000));
+        insert into all_types default values;
+    "#);
+    let discovered = discover(&s, &source_config("sp_types"));
+    let catalog = configured(&discovered, &[("all_types", json!({"sync_mode": "full_refresh", "destination_sync_mode": "overwrite", "minimum_generation_id": 1}))]);
+    let synced = Pair::new(&s, &source_config("sp_types"), &catalog).sync();
+    assert_eq!(synced.code, 0, "{}", synced.stderr);
+    assert_eq!(synced.committed("all_types"), 3);
+    let types: Vec<(String, String)> = client_of(DESTINATION_DB)
+        .query("select column_name::text, data_type::text from information_schema.columns where table_schema = 'sp_types' and table_name = 'all_types' and column_name in ('i2', 'n', 't', 'tsz', 'ai', 'by') order by column_name", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let types: Vec<(&str, &str)> = types.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(types, [("ai", "jsonb"), ("by", "character varying"), ("i2", "bigint"), ("n", "numeric"), ("t", "character varying"), ("tsz", "timestamp with time zone")]);
+    // Each value, as the destination's type holds it, equals the source's.
+    assert_same(
+        "select id, i2, i4, i8, trim_scale(n), trim_scale(nbig), r::text::numeric, d::text::numeric, b, t, v, c::text, dt, tm, tmz, ts, tsz, u::text, j::jsonb, jb, \
+                to_jsonb(ai), to_jsonb(\"at\"), encode(\"by\", 'hex'), e::text, iv, ip::text, \"Odd Name\" from sp_types.all_types",
+        "select id, i2, i4, i8, trim_scale(n), trim_scale(nbig), trim_scale(r), trim_scale(d), b, t, v, c, dt, tm, tmz, ts, tsz, u, j, jb, \
+                ai, \"at\", encode(decode(\"by\", 'base64'), 'hex'), e, iv::interval, ip, \"Odd_Name\" from sp_types.all_types",
+    );
+    assert_eq!(destination_count("select count(*) from sp_types.all_types where _airbyte_meta->'changes' <> '[]'::jsonb"), 0, "no value was nulled on the way");
+    // Airbyte's names in the destination: the column "Odd Name" is Odd_Name there.
+}
+
+#[test]
+fn a_full_refresh_killed_mid_table_resumes_from_its_last_range_and_loads_each_row_once() {
+    let s = Scratch::new();
+    // About 1 KB a row, 20,000 rows: some 20 MB in ranges of 1 MB of pages.
+    fresh("sp_kill", "create table big (id int primary key, body text); \
+        insert into big select g, repeat(md5(g::text), 30) from generate_series(1, 20000) g;");
+    let mut source = source_config("sp_kill");
+    source["checkpoint_mb"] = json!(1);
+    let catalog = configured(&discover(&s, &source), &[("big", json!({"sync_mode": "full_refresh", "destination_sync_mode": "overwrite", "minimum_generation_id": 1}))]);
+    let pair = Pair::new(&s, &source, &catalog);
+    let sync = pair.spawn();
+    let state = s.path("state.json");
+    wait_until("no range of the table was committed in a minute", || std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"ctid\"")));
+    let sources = children_with(sync.id(), "source-postgres");
+    assert_eq!(sources.len(), 1, "the source's process");
+    unsafe { libc::kill(sources[0] as i32, libc::SIGKILL) };
+    let first = parse_sync(sync.wait_with_output().unwrap());
+    assert_ne!(first.code, 0, "the attempt failed: {}", first.stderr);
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(saved.contains("\"ctid\""), "the state names the next range: {saved}");
+
+    let retry = pair.sync();
+    assert_eq!(retry.code, 0, "{}", retry.stderr);
+    assert!(retry.emitted("big") < 20000, "the retry resumed mid-table: {} rows read again", retry.emitted("big"));
+    assert_eq!(destination_count("select count(*) from sp_kill.big"), 20000);
+    assert_eq!(destination_count("select count(distinct id) from sp_kill.big"), 20000, "no row twice");
+    assert_same("select id, body from sp_kill.big", "select id, body from sp_kill.big");
+    // Read whole, the next full refresh starts from the first page again.
+    let again = pair.sync();
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.emitted("big"), 20000);
+    assert_eq!(destination_count("select count(*) from sp_kill.big"), 20000);
+}
+
+#[test]
+fn incremental_by_cursor_into_dedup_equals_the_source_after_every_sync_and_ties_are_neither_lost_nor_repeated() {
+    let s = Scratch::new();
+    fresh("sp_ties", "create table items (id int primary key, updated int not null, note text); \
+        insert into items values (1, 1, 'a'), (2, 1, 'b'), (3, 2, 'c'), (4, 3, 'd'), (5, 3, 'e'), (6, 3, 'f');");
+    // A STATE after every row or so: STATEs fall between rows of one cursor value too.
+    let mut source = source_config("sp_ties");
+    source["checkpoint_mb"] = json!(0.00005);
+    let how = json!({"sync_mode": "incremental", "cursor_field": ["updated"], "destination_sync_mode": "append_dedup", "primary_key": [["id"]]});
+    let pair = Pair::new(&s, &source, &configured(&discover(&s, &source), &[("items", how)]));
+    let same = || assert_same("select id, updated, note from sp_ties.items", "select id, updated, note from sp_ties.items");
+
+    let first = pair.sync();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.emitted("items"), 6);
+    same();
+
+    // A row at the saved cursor value with a later key, and a row moved forward.
+    client().batch_execute("insert into sp_ties.items values (7, 3, 'g'); update sp_ties.items set updated = 4, note = 'B' where id = 2;").unwrap();
+    let second = pair.sync();
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(second.emitted("items"), 2, "exactly the new row at the tie and the updated row");
+    same();
+
+    // A row at the saved value with an earlier key than the last one read:
+    // the rows at that value are read again rather than risk losing it.
+    client().batch_execute("insert into sp_ties.items values (0, 4, 'z');").unwrap();
+    let third = pair.sync();
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    assert_eq!(third.emitted("items"), 2, "the new row and the one row already read at that value");
+    same();
+
+    let idle = pair.sync();
+    assert_eq!(idle.code, 0, "{}", idle.stderr);
+    assert_eq!(idle.emitted("items"), 0, "nothing new, nothing read");
+    same();
+}
+
+#[test]
+fn incremental_without_a_key_reads_ties_again_rather_than_lose_them() {
+    let s = Scratch::new();
+    fresh("sp_nokey", "create table log (at date, line text); \
+        insert into log values ('2024-01-01', 'one'), ('2024-01-02', 'two'), ('2024-01-02', 'three');");
+    let source = source_config("sp_nokey");
+    let how = json!({"sync_mode": "incremental", "cursor_field": ["at"], "destination_sync_mode": "append"});
+    let pair = Pair::new(&s, &source, &configured(&discover(&s, &source), &[("log", how)]));
+    let first = pair.sync();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.emitted("log"), 3);
+    let idle = pair.sync();
+    assert_eq!(idle.emitted("log"), 0, "the rows at the last value were all read");
+    client().batch_execute("insert into sp_nokey.log values ('2024-01-02', 'four'), ('2024-01-03', 'five');").unwrap();
+    let second = pair.sync();
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(second.emitted("log"), 4, "the three rows at 2024-01-02 (one of them new) and the later one");
+    let (missing, _) = differences("select at, line from sp_nokey.log", "select distinct at, line from sp_nokey.log");
+    assert!(missing.is_empty(), "no row lost: {missing:?}");
+}
+
+#[test]
+fn a_catalog_that_does_not_fit_the_tables_is_refused_by_name_before_anything_moves() {
+    let s = Scratch::new();
+    fresh("sp_bad", "create table t (id int primary key, doc jsonb, at timestamp);");
+    let source = source_config("sp_bad");
+    let discovered = discover(&s, &source);
+    let read = |catalog: &Value| -> String {
+        let (config, catalog) = (s.json("config.json", &source), s.json("catalog.json", catalog));
+        let messages = connector(&["read", "--config", config.to_str().unwrap(), "--catalog", catalog.to_str().unwrap()]);
+        assert!(!messages.iter().any(|m| m["type"] == "RECORD"), "nothing was read");
+        of_type(&messages, "TRACE")["trace"]["error"]["message"].as_str().unwrap_or_default().to_owned()
+    };
+    let incremental = |cursor: &str| json!({"sync_mode": "incremental", "cursor_field": [cursor], "destination_sync_mode": "append"});
+    let message = read(&configured(&discovered, &[("t", incremental("nope"))]));
+    assert!(message.contains("cursor_field nope is not a column"), "{message}");
+    let message = read(&configured(&discovered, &[("t", incremental("doc"))]));
+    assert!(message.contains("cursor_field doc is of type jsonb"), "{message}");
+    let mut gone = configured(&discovered, &[("t", json!({"sync_mode": "full_refresh", "destination_sync_mode": "overwrite"}))]);
+    gone["streams"][0]["stream"]["name"] = json!("vanished");
+    let message = read(&gone);
+    assert!(message.contains("sp_bad.vanished is not a table or view"), "{message}");
+    let mut extra = configured(&discovered, &[("t", json!({"sync_mode": "full_refresh", "destination_sync_mode": "overwrite"}))]);
+    extra["streams"][0]["stream"]["json_schema"]["properties"]["dropped"] = json!({"type": "string"});
+    let message = read(&extra);
+    assert!(message.contains("column dropped is not in the table"), "{message}");
+}
