@@ -321,3 +321,153 @@ fn a_catalog_that_does_not_fit_the_tables_is_refused_by_name_before_anything_mov
     let message = read(&extra);
     assert!(message.contains("column dropped is not in the table"), "{message}");
 }
+
+/// A CDC source config for `schema`, its publication and slot, and a fresh
+/// start: the slot and publication of an earlier run are dropped.
+fn cdc_config(schema: &str, tables: &str) -> Value {
+    let (slot, publication) = (format!("{schema}_slot"), format!("{schema}_pub"));
+    client()
+        .batch_execute(&format!(
+            "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = '{slot}'; \
+             drop publication if exists {publication}; create publication {publication} for table {tables};"
+        ))
+        .unwrap();
+    let mut config = source_config(schema);
+    config["replication_method"] = json!({"method": "CDC", "replication_slot": slot, "publication": publication});
+    config
+}
+
+/// Changes made durable at once: logical decoding reads only WAL flushed to disk.
+fn change(sql: &str) {
+    let mut c = client();
+    c.batch_execute("set synchronous_commit = on").unwrap();
+    c.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+fn confirmed_flush(slot: &str) -> String {
+    client().query_one("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = $1", &[&slot]).unwrap().get(0)
+}
+
+/// The shared LSN of the GLOBAL state in a state file.
+fn saved_lsn(s: &Scratch) -> String {
+    let states = s.read_json("state.json");
+    states.as_array().unwrap().iter().find(|m| m["type"] == "GLOBAL").and_then(|m| m["global"]["shared_state"]["lsn"].as_str()).unwrap_or_else(|| panic!("no GLOBAL state in {states}")).to_owned()
+}
+
+fn cdc_stream() -> Value {
+    json!({"sync_mode": "incremental", "cursor_field": ["_ab_cdc_lsn"], "destination_sync_mode": "append_dedup", "primary_key": [["id"]]})
+}
+
+#[test]
+fn cdc_into_dedup_equals_the_source_after_every_sync_and_the_slot_moves_only_to_committed_positions() {
+    let s = Scratch::new();
+    fresh("sp_cdc", "create table items (id int primary key, note text, n numeric, at timestamptz, tags int[]); \
+        insert into items select g, 'note ' || g, g * 1.5, '2024-01-01'::timestamptz + g * interval '1 hour', array[g, g + 1] from generate_series(1, 50) g;");
+    let mut source = cdc_config("sp_cdc", "sp_cdc.items");
+    source["checkpoint_mb"] = json!(0.01);
+    let discovered = discover(&s, &source);
+    let items = discovered.iter().find(|d| d["name"] == "items").unwrap();
+    assert_eq!(items["default_cursor_field"], json!(["_ab_cdc_lsn"]));
+    assert!(items["json_schema"]["properties"]["_ab_cdc_deleted_at"].is_object());
+    let pair = Pair::new(&s, &source, &configured(&discovered, &[("items", cdc_stream())]));
+    let same = || assert_same("select id, note, n, at, to_jsonb(tags) from sp_cdc.items", "select id, note, n, at, tags from sp_cdc.items");
+
+    let first = pair.sync();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.emitted("items"), 50, "the snapshot");
+    same();
+    let after_first = saved_lsn(&s);
+
+    // Inserts, updates and deletes, one key changed twice in one transaction.
+    change("insert into sp_cdc.items values (51, 'new', 1, now(), '{}'); update sp_cdc.items set note = 'changed', tags = null where id = 7; \
+            delete from sp_cdc.items where id in (3, 4); begin; insert into sp_cdc.items values (52, 'x', 2, now(), '{1}'); \
+            update sp_cdc.items set note = 'y' where id = 52; commit;");
+    let second = pair.sync();
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(second.emitted("items"), 6, "each change once");
+    same();
+    assert_eq!(confirmed_flush("sp_cdc_slot"), after_first, "the slot moved to the position the first sync committed, no further");
+    let after_second = saved_lsn(&s);
+    assert_ne!(after_second, after_first);
+
+    // Many small transactions, read in several STATEs; the source is killed among them.
+    change("do $$ begin for i in 1..400 loop insert into sp_cdc.items select 1000 + i * 50 + g, repeat('x', 500), g, now(), null from generate_series(1, 50) g; commit; end loop; end $$;");
+    let sync = pair.spawn();
+    wait_until("no state past the second sync's was committed", || {
+        std::fs::read_to_string(s.path("state.json")).is_ok_and(|t| !t.contains(&format!("\"{after_second}\"")))
+    });
+    let sources = children_with(sync.id(), "source-postgres");
+    assert_eq!(sources.len(), 1, "the source's process");
+    unsafe { libc::kill(sources[0] as i32, libc::SIGKILL) };
+    let killed = parse_sync(sync.wait_with_output().unwrap());
+    assert_ne!(killed.code, 0, "the attempt failed: {}", killed.stderr);
+    assert_eq!(confirmed_flush("sp_cdc_slot"), after_second, "a failed attempt moved the slot no further than what was committed before it");
+    let committed = saved_lsn(&s);
+
+    let retry = pair.sync();
+    assert_eq!(retry.code, 0, "{}", retry.stderr);
+    assert_eq!(confirmed_flush("sp_cdc_slot"), committed, "the retry let go of what the killed attempt had committed");
+    assert!(retry.emitted("items") < 20_000, "the retry read only what was not committed: {}", retry.emitted("items"));
+    same();
+    assert_eq!(destination_count("select count(*) from sp_cdc.items"), destination_count("select count(distinct id) from sp_cdc.items"), "one row per key");
+
+    let idle = pair.sync();
+    assert_eq!(idle.code, 0, "{}", idle.stderr);
+    assert_eq!(idle.emitted("items"), 0);
+    same();
+}
+
+#[test]
+fn cdc_errors_name_the_table_or_slot_and_what_to_do() {
+    let s = Scratch::new();
+    fresh("sp_cdcbad", "create table keyed (id int primary key, v text); create table loose (v text); create table hidden (id int primary key, v text); \
+        create table blind (id int primary key, v text); alter table blind replica identity nothing; insert into keyed values (1, 'a');");
+    let read = |config: &Value, stream: &str| -> String {
+        let appended = json!({"sync_mode": "incremental", "cursor_field": ["_ab_cdc_lsn"], "destination_sync_mode": "append"});
+        let catalog = configured(&discover(&s, config), &[(stream, appended)]);
+        let synced = Pair::new(&s, config, &catalog).sync();
+        assert_ne!(synced.code, 0, "the sync failed");
+        synced.failure().to_string()
+    };
+    let source = cdc_config("sp_cdcbad", "sp_cdcbad.keyed, sp_cdcbad.loose, sp_cdcbad.blind");
+    let message = read(&source, "loose");
+    assert!(message.contains("table sp_cdcbad.loose has no primary key"), "{message}");
+    let message = read(&source, "blind");
+    assert!(message.contains("table sp_cdcbad.blind has REPLICA IDENTITY NOTHING") && message.contains("REPLICA IDENTITY DEFAULT"), "{message}");
+    // A table outside the publication: discover does not list it, and a catalog that names it is refused.
+    assert!(!discover(&s, &source).iter().any(|d| d["name"] == "hidden"));
+    let mut outside = configured(&discover(&s, &source), &[("keyed", cdc_stream())]);
+    outside["streams"][0]["stream"]["name"] = json!("hidden");
+    let (config_path, catalog_path) = (s.json("c.json", &source), s.json("k.json", &outside));
+    let messages = connector(&["read", "--config", config_path.to_str().unwrap(), "--catalog", catalog_path.to_str().unwrap()]);
+    let message = of_type(&messages, "TRACE")["trace"]["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("not in publication sp_cdcbad_pub") && message.contains("ALTER PUBLICATION"), "{message}");
+    let mut unpublished = source.clone();
+    unpublished["replication_method"]["publication"] = json!("no_such_pub");
+    let catalog = configured(&discover(&s, &source), &[("keyed", cdc_stream())]);
+    let synced = Pair::new(&s, &unpublished, &catalog).sync();
+    assert!(synced.failure().to_string().contains("publication no_such_pub does not exist"), "{}", synced.failure());
+
+    // A saved position the slot has moved past: fail, or read again when asked to.
+    std::fs::remove_file(s.path("state.json")).ok();
+    let pair = Pair::new(&s, &source, &catalog);
+    let first = pair.sync();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    change("insert into sp_cdcbad.keyed values (2, 'b'); select pg_replication_slot_advance('sp_cdcbad_slot', pg_current_wal_flush_lsn());");
+    let behind = pair.sync();
+    assert_ne!(behind.code, 0);
+    let message = behind.failure().to_string();
+    assert!(message.contains("is no longer in replication slot sp_cdcbad_slot") && message.contains("Re-sync data"), "{message}");
+    let mut resync = source.clone();
+    resync["replication_method"]["invalid_cdc_cursor_position_behavior"] = json!("Re-sync data");
+    let again = Pair::new(&s, &resync, &catalog).sync();
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.emitted("keyed") >= 2, "every row read again (and changes after the slot's position replayed): {}", again.emitted("keyed"));
+    assert_same("select id, v from sp_cdcbad.keyed", "select id, v from sp_cdcbad.keyed");
+
+    // The slot dropped under a connection that has a saved position.
+    client().batch_execute("select pg_drop_replication_slot('sp_cdcbad_slot')").unwrap();
+    let gone = Pair::new(&s, &source, &catalog).sync();
+    let message = gone.failure().to_string();
+    assert!(message.contains("replication slot sp_cdcbad_slot does not exist any more") && message.contains("pg_create_logical_replication_slot"), "{message}");
+}

@@ -1,7 +1,7 @@
 //! The one module that talks to PostgreSQL: the catalog's tables, their
 //! size, and rows streamed out by `COPY (SELECT ...) TO STDOUT`.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use sluice_connector_kit::Failure;
 use sluice_postgres::quoted;
@@ -166,4 +166,132 @@ impl Db {
         }
         Ok(rows)
     }
+
+    /// The one value a query of one row and column answers, as text.
+    fn text(&mut self, what: &str, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Option<String>, Failure> {
+        let rows = self.client.query(sql, params).map_err(|e| failed(what, e))?;
+        Ok(rows.first().and_then(|r| r.get::<_, Option<String>>(0)))
+    }
+
+    pub fn setting(&mut self, name: &str) -> Result<String, Failure> {
+        Ok(self.text(&format!("reading the setting {name}"), "select current_setting($1)", &[&name])?.unwrap_or_default())
+    }
+
+    pub fn publication_exists(&mut self, publication: &str) -> Result<bool, Failure> {
+        let row = self.client.query_one("select exists(select 1 from pg_publication where pubname = $1)", &[&publication]).map_err(|e| failed("reading the publications", e))?;
+        Ok(row.get(0))
+    }
+
+    /// The tables of the publication, as (schema, name).
+    pub fn published(&mut self, publication: &str) -> Result<Vec<(String, String)>, Failure> {
+        let rows = self
+            .client
+            .query("select schemaname::text, tablename::text from pg_publication_tables where pubname = $1", &[&publication])
+            .map_err(|e| failed(&format!("reading the tables of publication {publication}"), e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// `pg_class.relreplident`: d (the key), n (nothing), f (full), i (an index).
+    pub fn replica_identity(&mut self, table: &Table) -> Result<String, Failure> {
+        Ok(self.text("reading a replica identity", "select relreplident::text from pg_class where oid = $1::text::regclass", &[&table.sql()])?.unwrap_or_default())
+    }
+
+    /// The slot as the server has it, or None when there is no such slot.
+    pub fn slot(&mut self, slot: &str) -> Result<Option<Slot>, Failure> {
+        let rows = self
+            .client
+            .query(
+                "select coalesce(plugin, '')::text, slot_type::text, coalesce(database, '')::text, confirmed_flush_lsn::text, \
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+                 from pg_replication_slots where slot_name = $1",
+                &[&slot],
+            )
+            .map_err(|e| failed(&format!("reading replication slot {slot}"), e))?;
+        Ok(rows.first().map(|r| Slot {
+            plugin: r.get(0),
+            kind: r.get(1),
+            database: r.get(2),
+            confirmed: r.get::<_, Option<String>>(3).as_deref().and_then(crate::pgoutput::parse_lsn).unwrap_or(0),
+            held_bytes: r.get::<_, Option<i64>>(4).unwrap_or(0),
+        }))
+    }
+
+    /// Makes the slot; its position is where its changes start.
+    pub fn create_slot(&mut self, slot: &str) -> Result<u64, Failure> {
+        let lsn = self.text(&format!("creating replication slot {slot}"), "select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])?;
+        Ok(lsn.as_deref().and_then(crate::pgoutput::parse_lsn).unwrap_or(0))
+    }
+
+    /// Moves the slot's confirmed position to `lsn`: the server may then
+    /// drop the WAL before it.
+    pub fn advance_slot(&mut self, slot: &str, lsn: u64) -> Result<(), Failure> {
+        let text = crate::pgoutput::lsn_text(lsn);
+        self.text(&format!("moving replication slot {slot} to {text}"), "select pg_replication_slot_advance($1, $2::text::pg_lsn)::text", &[&slot, &text])?;
+        Ok(())
+    }
+
+    /// The WAL flushed to disk: logical decoding reads no further.
+    pub fn flushed_lsn(&mut self) -> Result<u64, Failure> {
+        let text = self.text("reading the WAL position", "select pg_current_wal_flush_lsn()::text", &[])?;
+        Ok(text.as_deref().and_then(crate::pgoutput::parse_lsn).unwrap_or(0))
+    }
+
+    /// Streams the slot's changes of transactions that committed before
+    /// `upto`, without consuming them (the slot moves only by
+    /// `advance_slot`): `each` gets each pgoutput message and its LSN.
+    pub fn each_change(&mut self, slot: &str, publication: &str, upto: u64, mut each: impl FnMut(u64, &[u8]) -> Result<(), Failure>) -> Result<u64, Failure> {
+        let what = format!("reading the changes of replication slot {slot}");
+        let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
+        let sql = format!(
+            "copy (select lsn, data from pg_logical_slot_peek_binary_changes({}, {}::pg_lsn, null, 'proto_version', '1', 'publication_names', {})) to stdout (format binary)",
+            literal(slot),
+            literal(&crate::pgoutput::lsn_text(upto)),
+            literal(publication)
+        );
+        let reader = self.client.copy_out(&sql).map_err(|e| failed(&what, e))?;
+        let mut reader = std::io::BufReader::with_capacity(256 << 10, reader);
+        let io = |e: std::io::Error| Failure::system(format!("PostgreSQL: {what}: {e}"));
+        // Binary COPY: a signature, flags and an extension area, then tuples.
+        let mut header = [0u8; 19];
+        reader.read_exact(&mut header).map_err(io)?;
+        if &header[..11] != b"PGCOPY\n\xff\r\n\0" {
+            return Err(Failure::system(format!("PostgreSQL: {what}: not a binary COPY")));
+        }
+        let extension = u32::from_be_bytes(header[15..19].try_into().expect("4 bytes")) as usize;
+        std::io::copy(&mut (&mut reader).take(extension as u64), &mut std::io::sink()).map_err(io)?;
+        let mut data = Vec::with_capacity(64 << 10);
+        let mut n = 0;
+        loop {
+            let mut count = [0u8; 2];
+            reader.read_exact(&mut count).map_err(io)?;
+            if i16::from_be_bytes(count) == -1 {
+                break;
+            }
+            let mut field = |out: &mut Vec<u8>| -> Result<(), Failure> {
+                let mut len = [0u8; 4];
+                reader.read_exact(&mut len).map_err(io)?;
+                let len = i32::from_be_bytes(len).max(0) as usize;
+                out.resize(len, 0);
+                reader.read_exact(out).map_err(io)
+            };
+            let mut lsn = Vec::with_capacity(8);
+            field(&mut lsn)?;
+            field(&mut data)?;
+            let lsn = u64::from_be_bytes(lsn.as_slice().try_into().map_err(|_| Failure::system(format!("PostgreSQL: {what}: an LSN of {} bytes", lsn.len())))?);
+            each(lsn, &data)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// A replication slot as `pg_replication_slots` has it.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub plugin: String,
+    pub kind: String,
+    pub database: String,
+    pub confirmed: u64,
+    /// WAL the slot keeps from being removed, in bytes.
+    pub held_bytes: i64,
 }

@@ -25,6 +25,17 @@ pub struct Config {
     pub other: serde_json::Map<String, Value>,
 }
 
+/// CDC's settings, as Airbyte's `replication_method` names them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cdc {
+    pub slot: String,
+    pub publication: String,
+    /// `invalid_cdc_cursor_position_behavior`: when the saved position is no
+    /// longer in the slot, read every stream again ("Re-sync data") rather
+    /// than fail ("Fail sync").
+    pub resync_when_behind: bool,
+}
+
 fn default_schemas() -> Vec<String> {
     vec!["public".into()]
 }
@@ -41,11 +52,32 @@ impl Config {
         }
         match config.method() {
             "Standard" => Ok(config),
-            "CDC" => Err(Failure::config(
-                "replication_method CDC is not in this build of source-postgres yet: use Standard (full refresh, or incremental by a cursor column)",
-            )),
+            "CDC" => {
+                config.cdc()?;
+                Ok(config)
+            }
             other => Err(Failure::config(format!("replication_method `{other}` is not one of Standard, CDC (Airbyte's Xmin is not offered: use a cursor column)"))),
         }
+    }
+
+    /// The CDC settings, when `replication_method` is CDC.
+    pub fn cdc(&self) -> Result<Option<Cdc>, Failure> {
+        if self.method() != "CDC" {
+            return Ok(None);
+        }
+        let m = self.replication_method.as_ref().expect("CDC has a replication_method");
+        let text = |key: &str| m.get(key).and_then(Value::as_str).map(str::to_owned).filter(|v| !v.is_empty());
+        let slot = text("replication_slot").ok_or_else(|| Failure::config("replication_method CDC needs `replication_slot`: the logical replication slot to read (pgoutput)"))?;
+        let publication = text("publication").ok_or_else(|| Failure::config("replication_method CDC needs `publication`: the publication naming the tables to read"))?;
+        if let Some(plugin) = text("plugin").filter(|p| p != "pgoutput") {
+            return Err(Failure::config(format!("replication_method CDC: plugin {plugin} is not offered; pgoutput is")));
+        }
+        let resync = match text("invalid_cdc_cursor_position_behavior").as_deref() {
+            None | Some("Fail sync") => false,
+            Some("Re-sync data") => true,
+            Some(other) => return Err(Failure::config(format!("invalid_cdc_cursor_position_behavior `{other}` is not one of \"Fail sync\", \"Re-sync data\""))),
+        };
+        Ok(Some(Cdc { slot, publication, resync_when_behind: resync }))
     }
 
     /// Airbyte's `replication_method.method`; Standard when absent.
@@ -117,19 +149,39 @@ pub fn spec() -> ConnectorSpecification {
                 "ssl_mode": sluice_postgres::ssl_mode_spec(8),
                 "checkpoint_mb": {"title": "Checkpoint every (MB)", "type": "number", "exclusiveMinimum": 0, "default": 64, "order": 10, "airbyte_hidden": true,
                     "description": "About how much data goes between two checkpoints: a failed sync resumes from the last one."},
-                "replication_method": {
-                    "title": "Update Method", "type": "object", "order": 9,
-                    "description": "Standard: each stream is read whole (full refresh) or by a cursor column (incremental).",
-                    "default": {"method": "Standard"},
-                    "oneOf": [
-                        {"title": "Scan Changes with User Defined Cursor", "required": ["method"],
-                         "properties": {"method": {"type": "string", "const": "Standard"}}}
-                    ]
-                }
+                "replication_method": replication_method_spec()
             }
         },
         "supportsIncremental": true,
         "protocol_version": "0.5.2"
     }))
     .expect("static spec")
+}
+
+/// `replication_method`: CDC or Standard, as Airbyte's source-postgres offers them.
+fn replication_method_spec() -> Value {
+    json!({
+        "title": "Update Method", "type": "object", "order": 9,
+        "description": "CDC: changes read from a logical replication slot after a first snapshot. Standard: each stream is read whole (full refresh) or by a cursor column (incremental).",
+        "default": {"method": "Standard"},
+        "oneOf": [
+            {"title": "Read Changes using Write-Ahead Log (CDC)", "required": ["method", "replication_slot", "publication"],
+             "properties": {
+                "method": {"type": "string", "const": "CDC", "order": 1},
+                "plugin": {"type": "string", "enum": ["pgoutput"], "default": "pgoutput", "order": 2},
+                "replication_slot": {"type": "string", "order": 3, "title": "Replication Slot",
+                    "description": "A logical replication slot with the pgoutput plugin: SELECT pg_create_logical_replication_slot('airbyte_slot', 'pgoutput'). Created on the first sync if it does not exist."},
+                "publication": {"type": "string", "order": 4, "title": "Publication",
+                    "description": "The publication of the tables to read: CREATE PUBLICATION airbyte_publication FOR TABLE ..."},
+                "initial_waiting_seconds": {"type": "integer", "default": 1200, "minimum": 120, "maximum": 2400, "order": 5, "airbyte_hidden": true},
+                "invalid_cdc_cursor_position_behavior": {"type": "string", "enum": ["Fail sync", "Re-sync data"], "default": "Fail sync", "order": 6,
+                    "title": "Invalid CDC position behavior",
+                    "description": "When the position saved by the last sync is no longer in the slot: fail, or read every table again."},
+                "lsn_commit_behaviour": {"type": "string", "enum": ["After loading Data in the destination"], "default": "After loading Data in the destination", "order": 7,
+                    "description": "The slot moves forward only to a position the destination has committed, at the start of the next sync."}
+             }},
+            {"title": "Scan Changes with User Defined Cursor", "required": ["method"],
+             "properties": {"method": {"type": "string", "const": "Standard"}}}
+        ]
+    })
 }

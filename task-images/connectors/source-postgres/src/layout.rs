@@ -77,6 +77,151 @@ pub fn literal(text: &str, type_sql: &str) -> String {
     format!("{}::{type_sql}", string_literal(text))
 }
 
+/// Writes a value that came in its type's text form (a change from the
+/// replication slot) as the JSON `expression` makes of it in a snapshot,
+/// so that a row reads the same whichever way it came.
+pub fn write_text_value(column: &Column, text: &[u8], out: &mut Vec<u8>) {
+    match column.element.as_deref() {
+        Some(element) => {
+            out.push(b'[');
+            for (i, item) in array_items(text).into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                match item {
+                    None => out.extend_from_slice(b"null"),
+                    Some(item) => write_scalar(element, item.as_bytes(), out),
+                }
+            }
+            out.push(b']');
+        }
+        None => write_scalar(&column.type_name, text, out),
+    }
+}
+
+fn write_scalar(type_name: &str, text: &[u8], out: &mut Vec<u8>) {
+    let string = |s: &str, out: &mut Vec<u8>| serde_json::to_writer(&mut *out, s).expect("a string serializes");
+    let t = String::from_utf8_lossy(text);
+    match type_name {
+        "bool" => out.extend_from_slice(if text == b"t" { b"true" } else { b"false" }),
+        "int2" | "int4" | "int8" | "oid" | "xid" | "float4" | "float8" | "numeric" => {
+            // NaN and Infinity are no JSON numbers: to_json quotes them too.
+            if serde_json::from_str::<serde_json::Number>(&t).is_ok() {
+                out.extend_from_slice(text);
+            } else {
+                string(&t, out);
+            }
+        }
+        "money" => {
+            let digits: String = t.chars().filter(|c| c.is_ascii_digit() || *c == '.' || *c == '-').collect();
+            if serde_json::from_str::<serde_json::Number>(&digits).is_ok() {
+                out.extend_from_slice(digits.as_bytes());
+            } else {
+                string(&t, out);
+            }
+        }
+        "json" | "jsonb" => minify_json(text, out),
+        "bytea" => {
+            let hex = t.strip_prefix("\\x").unwrap_or(&t);
+            let bytes: Vec<u8> = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
+            string(&base64(&bytes), out);
+        }
+        "timestamp" => string(&t.replacen(' ', "T", 1), out),
+        "timestamptz" => {
+            let mut iso = t.replacen(' ', "T", 1);
+            // `+00` as to_json writes it: `+00:00`.
+            if iso.len() >= 3 && iso.as_bytes()[iso.len() - 3] == b'+' || iso.len() >= 3 && iso.as_bytes()[iso.len() - 3] == b'-' {
+                iso.push_str(":00");
+            }
+            string(&iso, out);
+        }
+        _ => string(&t, out),
+    }
+}
+
+/// JSON text without the whitespace between its tokens: a record is one line.
+fn minify_json(text: &[u8], out: &mut Vec<u8>) {
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text {
+        if in_string {
+            out.push(b);
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+            out.push(b);
+        } else if !b.is_ascii_whitespace() {
+            out.push(b);
+        }
+    }
+}
+
+/// The items of a one-dimensional array literal (`{1,2,NULL}`,
+/// `{"a b","c\"d",NULL}`); a nested array's items are flattened.
+fn array_items(text: &[u8]) -> Vec<Option<String>> {
+    let t = String::from_utf8_lossy(text);
+    let body = t.trim();
+    // `[1:2]={...}`: explicit bounds, which JSON has no place for.
+    let body = body.split_once('=').filter(|(bounds, _)| bounds.starts_with('[')).map_or(body, |(_, rest)| rest);
+    let mut items = Vec::new();
+    let mut chars = body.chars().peekable();
+    let mut current = String::new();
+    let (mut quoted, mut had_quotes, mut any) = (false, false, false);
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted => current.extend(chars.next()),
+            '"' => {
+                quoted = !quoted;
+                had_quotes = true;
+                any = true;
+            }
+            '{' | '}' if !quoted => {
+                if any || !current.is_empty() {
+                    items.push(item(&current, had_quotes));
+                }
+                current.clear();
+                (had_quotes, any) = (false, false);
+            }
+            ',' if !quoted => {
+                if any || !current.is_empty() {
+                    items.push(item(&current, had_quotes));
+                }
+                current.clear();
+                (had_quotes, any) = (false, false);
+            }
+            c => {
+                current.push(c);
+                any = true;
+            }
+        }
+    }
+    items
+}
+
+fn item(text: &str, quoted: bool) -> Option<String> {
+    (quoted || text != "NULL").then(|| text.to_owned())
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +240,28 @@ mod tests {
         assert_eq!(expression(&column("uuid", None)), "\"c\"::text as \"c\"");
         assert_eq!(expression(&column("int4", None)), "\"c\" as \"c\"");
         assert_eq!(literal("O'Brien", "text"), "'O''Brien'::text");
+    }
+
+    fn text_json(type_name: &str, element: Option<&str>, text: &str) -> String {
+        let mut out = Vec::new();
+        write_text_value(&column(type_name, element), text.as_bytes(), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn values_in_text_form_read_as_the_snapshot_writes_them() {
+        assert_eq!(text_json("int4", None, "42"), "42");
+        assert_eq!(text_json("numeric", None, "123456789012345678901234567890.123456789"), "123456789012345678901234567890.123456789");
+        assert_eq!(text_json("numeric", None, "NaN"), r#""NaN""#);
+        assert_eq!(text_json("bool", None, "t"), "true");
+        assert_eq!(text_json("jsonb", None, "{\"x\": [1,\n 2], \"s\": \"a b\"}"), r#"{"x":[1,2],"s":"a b"}"#);
+        assert_eq!(text_json("bytea", None, "\\xdeadbeef00"), r#""3q2+7wA=""#);
+        assert_eq!(text_json("timestamp", None, "2024-01-02 03:04:05.678"), r#""2024-01-02T03:04:05.678""#);
+        assert_eq!(text_json("timestamptz", None, "2024-01-01 22:04:05+00"), r#""2024-01-01T22:04:05+00:00""#);
+        assert_eq!(text_json("_int4", Some("int4"), "{1,2,NULL}"), "[1,2,null]");
+        assert_eq!(text_json("_text", Some("text"), r#"{"a","b c",NULL,"NULL","q\"d"}"#), r#"["a","b c",null,"NULL","q\"d"]"#);
+        assert_eq!(text_json("_text", Some("text"), "{}"), "[]");
+        assert_eq!(text_json("text", None, "line\none"), r#""line\none""#);
+        assert_eq!(base64(b"ab"), "YWI=");
     }
 }

@@ -19,7 +19,9 @@
 
 pub mod client;
 pub mod config;
+mod cdc;
 pub mod layout;
+pub mod pgoutput;
 
 use std::io::Write;
 
@@ -44,7 +46,14 @@ fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
         Command::Discover { config } => {
             let config = Config::load(&config)?;
             let mut db = Db::new(config.connect()?)?;
-            Ok(out.message(&AirbyteMessage::catalog(catalog(&db.tables(&config.schemas)?)))?)
+            let mut tables = db.tables(&config.schemas)?;
+            let cdc = config.cdc()?.is_some();
+            if let Some(cdc) = config.cdc()? {
+                // CDC reads the tables of the publication.
+                let published = db.published(&cdc.publication)?;
+                tables.retain(|t| published.iter().any(|(s, n)| *s == t.schema && *n == t.name));
+            }
+            Ok(out.message(&AirbyteMessage::catalog(catalog(&tables, cdc)))?)
         }
         Command::Read { config, catalog, state } => {
             let config = Config::load(&config)?;
@@ -59,20 +68,24 @@ fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
     }
 }
 
-/// Each table or view as a stream named by the table, in its schema's namespace.
-pub fn catalog(tables: &[Table]) -> AirbyteCatalog {
+/// Each table or view as a stream named by the table, in its schema's
+/// namespace; with `cdc`, with the CDC columns and the LSN as its cursor.
+pub fn catalog(tables: &[Table], cdc: bool) -> AirbyteCatalog {
     let streams = tables
         .iter()
         .map(|t| {
-            let properties: serde_json::Map<String, Value> = t.columns.iter().map(|c| (c.name.clone(), layout::schema(c))).collect();
+            let mut properties: serde_json::Map<String, Value> = t.columns.iter().map(|c| (c.name.clone(), layout::schema(c))).collect();
+            if cdc {
+                properties.extend(cdc::column_schemas().map(|(name, schema)| (name.to_owned(), schema)));
+            }
             let key = (!t.primary_key.is_empty()).then(|| t.primary_key.iter().map(|k| vec![k.clone()]).collect());
             AirbyteStream {
                 name: t.name.clone(),
                 namespace: Some(t.schema.clone()),
                 json_schema: json!({"type": "object", "properties": properties}),
                 supported_sync_modes: vec![SyncMode::FullRefresh, SyncMode::Incremental],
-                source_defined_cursor: Some(false),
-                default_cursor_field: Some(Vec::new()),
+                source_defined_cursor: Some(cdc),
+                default_cursor_field: Some(if cdc { vec!["_ab_cdc_lsn".to_owned()] } else { Vec::new() }),
                 source_defined_primary_key: key,
                 is_resumable: Some(t.has_pages()),
                 is_file_based: None,
@@ -102,19 +115,23 @@ fn read(config: &Config, catalog: &ConfiguredAirbyteCatalog, state: &Value, out:
     }
     let mut db = Db::new(config.connect()?)?;
     let tables = db.tables(&config.schemas)?;
+    if let Some(cdc) = config.cdc()? {
+        return cdc::read(config, &cdc, &mut db, &tables, catalog, state, out);
+    }
     // Every stream is checked before any is read: a bad catalog moves nothing.
     let mut plans = Vec::new();
     for configured in &catalog.streams {
-        plans.push(plan(configured, &tables, &config.schemas)?);
+        plans.push(plan(configured, &tables, &config.schemas, None)?);
     }
     let emitted_at = now_millis();
+    let mut book = Book::Streams;
     for plan in &plans {
-        let descriptor = StreamDescriptor::new(&plan.table.name, Some(plan.table.schema.clone()));
+        let descriptor = plan.descriptor();
         status(out, &descriptor, StreamStatus::Started)?;
-        let mut emit = Emitter::new(out, &descriptor, emitted_at, config.checkpoint_bytes());
+        let mut emit = Emitter::new(out, &mut book, &descriptor, emitted_at, config.checkpoint_bytes());
         let saved = saved_state(state, &descriptor);
         match &plan.cursor {
-            None => full_refresh(&mut db, plan, saved, &mut emit)?,
+            None => full_refresh(&mut db, plan, saved, &mut emit, json!({}))?,
             Some(cursor) => incremental(&mut db, plan, cursor, saved, &mut emit)?,
         }
         status(out, &descriptor, StreamStatus::Complete)?;
@@ -126,15 +143,26 @@ fn read(config: &Config, catalog: &ConfiguredAirbyteCatalog, state: &Value, out:
 /// for an incremental stream its cursor.
 struct Plan<'a> {
     table: &'a Table,
+    /// The selected columns, in the table's order.
+    columns: Vec<&'a layout::Column>,
     /// The FROM clause whose `_sluice_r` is a row of the selected columns as Airbyte emits them.
     from: String,
     cursor: Option<String>,
+    sync_mode: SyncMode,
+}
+
+impl Plan<'_> {
+    fn descriptor(&self) -> StreamDescriptor {
+        StreamDescriptor::new(&self.table.name, Some(self.table.schema.clone()))
+    }
 }
 
 /// The record's JSON, first of every COPY line.
 const RECORD: &str = "row_to_json(_sluice_r)::text";
 
-fn plan<'a>(configured: &ConfiguredAirbyteStream, tables: &'a [Table], schemas: &[String]) -> Result<Plan<'a>, Failure> {
+/// `snapshot`: in CDC, when the rows read from the table were read (their
+/// CDC columns' values).
+fn plan<'a>(configured: &ConfiguredAirbyteStream, tables: &'a [Table], schemas: &[String], snapshot: Option<&str>) -> Result<Plan<'a>, Failure> {
     let stream = &configured.stream;
     let schema = stream.namespace.as_deref().unwrap_or(schemas[0].as_str());
     let table = tables.iter().find(|t| t.name == stream.name && t.schema == schema).ok_or_else(|| {
@@ -142,16 +170,21 @@ fn plan<'a>(configured: &ConfiguredAirbyteStream, tables: &'a [Table], schemas: 
     })?;
     // Field selection: the configured schema's properties, in the table's order.
     let wanted: Vec<&str> = match stream.json_schema.get("properties").and_then(Value::as_object) {
-        Some(p) => p.keys().map(String::as_str).collect(),
+        Some(p) => p.keys().map(String::as_str).filter(|k| !cdc::COLUMNS.contains(k)).collect(),
         None => table.columns.iter().map(|c| c.name.as_str()).collect(),
     };
     if let Some(missing) = wanted.iter().find(|w| !table.columns.iter().any(|c| &c.name == *w)) {
         return Err(Failure::config(format!("stream {schema}.{}: column {missing} is not in the table any more (discover the schema again)", stream.name)));
     }
     let columns: Vec<_> = table.columns.iter().filter(|c| wanted.contains(&c.name.as_str())).collect();
-    let expressions: Vec<String> = columns.iter().map(|c| layout::expression(c)).collect();
+    let mut expressions: Vec<String> = columns.iter().map(|c| layout::expression(c)).collect();
+    if let Some(at) = snapshot {
+        expressions.extend(cdc::snapshot_columns(at));
+    }
     let cursor = match configured.sync_mode {
         SyncMode::FullRefresh => None,
+        // Changes come in order from the slot: no cursor column is read.
+        SyncMode::Incremental if snapshot.is_some() => None,
         SyncMode::Unknown(ref other) => return Err(Failure::config(format!("stream {schema}.{}: sync_mode {other} is not full_refresh or incremental", stream.name))),
         SyncMode::Incremental => {
             let field = configured.cursor_field.as_ref().filter(|f| !f.is_empty()).ok_or_else(|| {
@@ -175,28 +208,53 @@ fn plan<'a>(configured: &ConfiguredAirbyteStream, tables: &'a [Table], schemas: 
     // row_to_json names each value by its column, at any width.
     // The aliases are unlikely column names: a column named as one would make it ambiguous.
     let from = format!("{} _sluice_t, lateral (select {}) _sluice_r", table.sql(), expressions.join(", "));
-    Ok(Plan { table, from, cursor })
+    Ok(Plan { table, columns, from, cursor, sync_mode: configured.sync_mode.clone() })
+}
+
+/// How STATEs are written: per stream, or (CDC) one GLOBAL state holding
+/// the slot's position and every stream's own state.
+enum Book {
+    Streams,
+    Global { shared: Value, streams: Vec<(StreamDescriptor, Value)> },
+}
+
+impl Book {
+    fn message(&mut self, descriptor: &StreamDescriptor, stream_state: Value) -> AirbyteMessage {
+        match self {
+            Book::Streams => AirbyteMessage::state(AirbyteStateMessage::for_stream(descriptor.clone(), stream_state)),
+            Book::Global { streams, .. } => {
+                match streams.iter_mut().find(|(d, _)| d == descriptor) {
+                    Some(entry) => entry.1 = stream_state,
+                    None => streams.push((descriptor.clone(), stream_state)),
+                }
+                self.global()
+            }
+        }
+    }
+
+    /// The GLOBAL state as it stands.
+    fn global(&self) -> AirbyteMessage {
+        let Book::Global { shared, streams } = self else { unreachable!("only a global book has a global state") };
+        let stream_states: Vec<Value> = streams.iter().map(|(d, s)| json!({"stream_descriptor": d, "stream_state": s})).collect();
+        let global = serde_json::from_value(json!({"shared_state": shared, "stream_states": stream_states})).expect("a global state");
+        AirbyteMessage::state(AirbyteStateMessage { kind: Some(StateType::Global), global: Some(global), ..Default::default() })
+    }
 }
 
 /// Writes a stream's records to stdout and decides when a STATE is due.
 struct Emitter<'a> {
     out: &'a mut Output,
+    book: &'a mut Book,
     descriptor: &'a StreamDescriptor,
     /// `{"type":"RECORD","record":{"namespace":..,"stream":..,"emitted_at":..,"data":`
     prefix: Vec<u8>,
     checkpoint_bytes: u64,
     since_state: u64,
-    records: u64,
 }
 
 impl<'a> Emitter<'a> {
-    fn new(out: &'a mut Output, descriptor: &'a StreamDescriptor, emitted_at: i64, checkpoint_bytes: u64) -> Self {
-        let mut prefix = br#"{"type":"RECORD","record":{"#.to_vec();
-        if let Some(namespace) = &descriptor.namespace {
-            prefix.extend_from_slice(format!(r#""namespace":{},"#, json!(namespace)).as_bytes());
-        }
-        prefix.extend_from_slice(format!(r#""stream":{},"emitted_at":{emitted_at},"data":"#, json!(descriptor.name)).as_bytes());
-        Emitter { out, descriptor, prefix, checkpoint_bytes, since_state: 0, records: 0 }
+    fn new(out: &'a mut Output, book: &'a mut Book, descriptor: &'a StreamDescriptor, emitted_at: i64, checkpoint_bytes: u64) -> Self {
+        Emitter { out, book, descriptor, prefix: record_prefix(descriptor, emitted_at), checkpoint_bytes, since_state: 0 }
     }
 
     fn record(&mut self, data: &[u8]) -> Result<(), Failure> {
@@ -205,7 +263,6 @@ impl<'a> Emitter<'a> {
         w.write_all(data)?;
         w.write_all(b"}}\n")?;
         self.since_state += data.len() as u64;
-        self.records += 1;
         Ok(())
     }
 
@@ -214,14 +271,25 @@ impl<'a> Emitter<'a> {
     }
 
     fn state(&mut self, stream_state: Value) -> Result<(), Failure> {
-        self.out.message(&AirbyteMessage::state(AirbyteStateMessage::for_stream(self.descriptor.clone(), stream_state)))?;
+        self.out.message(&self.book.message(self.descriptor, stream_state))?;
         self.since_state = 0;
         Ok(())
     }
 }
 
-/// The whole table, by ranges of pages under one snapshot; a STATE after each range.
-fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut Emitter<'_>) -> Result<(), Failure> {
+/// `{"type":"RECORD","record":{"namespace":..,"stream":..,"emitted_at":..,"data":`
+fn record_prefix(descriptor: &StreamDescriptor, emitted_at: i64) -> Vec<u8> {
+    let mut prefix = br#"{"type":"RECORD","record":{"#.to_vec();
+    if let Some(namespace) = &descriptor.namespace {
+        prefix.extend_from_slice(format!(r#""namespace":{},"#, json!(namespace)).as_bytes());
+    }
+    prefix.extend_from_slice(format!(r#""stream":{},"emitted_at":{emitted_at},"data":"#, json!(descriptor.name)).as_bytes());
+    prefix
+}
+
+/// The whole table, by ranges of pages under one snapshot; a STATE after
+/// each range, and `done` once the table was read whole.
+fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut Emitter<'_>, done: Value) -> Result<(), Failure> {
     let table = plan.table;
     let what = format!("reading {}.{}", table.schema, table.name);
     db.begin_snapshot(&what)?;
@@ -229,7 +297,7 @@ fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut 
         let select = format!("select {RECORD} from {}", plan.from);
         db.each_row(&what, &select, |fields| emit.record(fields[0]))?;
         db.end_snapshot(&what)?;
-        return emit.state(json!({}));
+        return emit.state(done);
     }
     let (pages, filenode) = db.pages_and_filenode(table)?;
     let mut page = match saved {
@@ -264,8 +332,7 @@ fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut 
         emit.state(json!({"state_type": "ctid", "ctid": format!("({page},0)"), "relation_filenode": filenode}))?;
     }
     db.end_snapshot(&what)?;
-    // Read whole: the next sync reads the table again from its start.
-    emit.state(json!({}))
+    emit.state(done)
 }
 
 /// `(page,tuple)` to its page.
