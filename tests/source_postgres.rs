@@ -471,3 +471,17 @@ fn cdc_errors_name_the_table_or_slot_and_what_to_do() {
     let message = gone.failure().to_string();
     assert!(message.contains("replication slot sp_cdcbad_slot does not exist any more") && message.contains("pg_create_logical_replication_slot"), "{message}");
 }
+
+#[test]
+fn the_postgres_to_postgres_bench_runs_its_short_form() {
+    let output = sluice()
+        .args(["bench", "--source", "postgres", "--records", "2000", "--record-size", "256", "--postgres-url", &support::postgres::server(), "--psql"])
+        .arg(std::path::Path::new(&std::env::var("SLUICE_POSTGRES_BIN").expect("tests/postgres.sh exports SLUICE_POSTGRES_BIN")).join("psql"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    for way in ["COPY binary out | COPY binary in (psql)", "source-postgres alone", "sync, legacy mode"] {
+        assert!(stdout.contains(way), "the bench reports {way}: {stdout}");
+    }
+}

@@ -61,7 +61,14 @@ pub struct BenchArgs {
     /// own COPY, and dlt when installed
     #[arg(long, value_name = "NAME")]
     destination: Option<String>,
-    /// The PostgreSQL server for `--destination postgres` (postgres://user:password@host:port/db); it needs CREATE there
+    /// Instead: moving a table from this source (`postgres`) into
+    /// destination-postgres, against psql's binary COPY pipe, dlt and Sling
+    #[arg(long, value_name = "NAME", conflicts_with = "destination")]
+    source: Option<String>,
+    /// Install Sling (PyPI sling-linux-amd64) into the cache first, for --source postgres
+    #[arg(long)]
+    install_sling: bool,
+    /// The PostgreSQL server for `--destination postgres` and `--source postgres` (postgres://user:password@host:port/db); it needs CREATE there
     #[arg(long, value_name = "URL", env = "SLUICE_POSTGRES_URL")]
     postgres_url: Option<String>,
     /// psql, for the COPY baseline [default: psql on PATH]
@@ -108,6 +115,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let destination = wrapper(&dir, &sluice, "destination-dev-null")?;
     let source_config = json!({"count": args.records, "record_size_bytes": args.record_size, "records_per_slice": 1000});
     let catalog = users_catalog()?;
+    if let Some(name) = &args.source {
+        if name != "postgres" {
+            bail!("--source {name}: only `postgres` can be measured this way");
+        }
+        let url = args.postgres_url.as_deref().context("--source postgres needs --postgres-url (or SLUICE_POSTGRES_URL)")?;
+        let pg = crate::bench_pg_to_pg::Args {
+            records: args.records,
+            record_size: args.record_size,
+            url,
+            psql: args.psql.clone(),
+            dlt_python: crate::bench_pg_to_pg::dlt_python(&cache, args.install_dlt)?,
+            sling: crate::bench_pg_to_pg::sling(&cache, args.install_sling)?,
+        };
+        let result = crate::bench_pg_to_pg::run(&pg, &sluice, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        return result.map(|_| 0);
+    }
     if let Some(name) = &args.destination {
         if name != "postgres" {
             bail!("--destination {name}: only `postgres` can be measured this way");

@@ -42,14 +42,14 @@ pipeline.run(dlt.resource(users, name="users", write_disposition="append"))
 print(json.dumps({"elapsed_secs": time.perf_counter() - started}))
 "#;
 
-struct Run {
-    secs: f64,
-    cpu_secs: f64,
-    peak_rss_bytes: u64,
+pub struct Run {
+    pub secs: f64,
+    pub cpu_secs: f64,
+    pub peak_rss_bytes: u64,
 }
 
 /// Runs a command to its end, with what the kernel counted of it.
-fn measured(command: &mut Command) -> anyhow::Result<(Run, std::process::Output)> {
+pub fn measured(command: &mut Command) -> anyhow::Result<(Run, std::process::Output)> {
     let started = Instant::now();
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let pid = child.id() as i32;
@@ -79,7 +79,7 @@ fn measured(command: &mut Command) -> anyhow::Result<(Run, std::process::Output)
 }
 
 /// The destination's config for a server URL and a schema.
-fn destination_config(url: &str, schema: &str) -> anyhow::Result<Value> {
+pub fn destination_config(url: &str, schema: &str) -> anyhow::Result<Value> {
     let parsed: postgres::Config = url.parse().with_context(|| "--postgres-url is not a PostgreSQL URL (postgres://user:password@host:port/database)")?;
     let host = match parsed.get_hosts().first() {
         Some(postgres::config::Host::Tcp(h)) => h.clone(),
@@ -96,7 +96,7 @@ fn destination_config(url: &str, schema: &str) -> anyhow::Result<Value> {
     }))
 }
 
-fn sql(url: &str, text: &str) -> anyhow::Result<Vec<postgres::Row>> {
+pub fn sql(url: &str, text: &str) -> anyhow::Result<Vec<postgres::Row>> {
     let mut client = postgres::Client::connect(url, postgres::NoTls).with_context(|| "cannot reach the server --postgres-url names")?;
     let mut rows = Vec::new();
     for statement in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
@@ -105,7 +105,7 @@ fn sql(url: &str, text: &str) -> anyhow::Result<Vec<postgres::Row>> {
     Ok(rows)
 }
 
-fn count(url: &str, table: &str) -> anyhow::Result<u64> {
+pub fn count(url: &str, table: &str) -> anyhow::Result<u64> {
     Ok(sql(url, &format!("select count(*) from {table}"))?[0].get::<_, i64>(0) as u64)
 }
 

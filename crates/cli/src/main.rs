@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_containers;
+mod bench_pg_to_pg;
 mod bench_postgres;
 mod progress;
 mod remote;

@@ -149,11 +149,13 @@ struct Plan<'a> {
     from: String,
     cursor: Option<String>,
     sync_mode: SyncMode,
+    /// The stream as the catalog names it: its records and states say so.
+    stream: StreamDescriptor,
 }
 
 impl Plan<'_> {
     fn descriptor(&self) -> StreamDescriptor {
-        StreamDescriptor::new(&self.table.name, Some(self.table.schema.clone()))
+        self.stream.clone()
     }
 }
 
@@ -208,7 +210,7 @@ fn plan<'a>(configured: &ConfiguredAirbyteStream, tables: &'a [Table], schemas: 
     // row_to_json names each value by its column, at any width.
     // The aliases are unlikely column names: a column named as one would make it ambiguous.
     let from = format!("{} _sluice_t, lateral (select {}) _sluice_r", table.sql(), expressions.join(", "));
-    Ok(Plan { table, columns, from, cursor, sync_mode: configured.sync_mode.clone() })
+    Ok(Plan { table, columns, from, cursor, sync_mode: configured.sync_mode.clone(), stream: stream.descriptor() })
 }
 
 /// How STATEs are written: per stream, or (CDC) one GLOBAL state holding

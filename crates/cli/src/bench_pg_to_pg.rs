@@ -1,0 +1,221 @@
+//! `sluice bench --source postgres --postgres-url URL`: a table moved from
+//! PostgreSQL to PostgreSQL (one server, one database, schema to schema),
+//! against the server's own limit and the peers, in one run:
+//! 1. `COPY ... TO STDOUT (FORMAT binary)` by psql piped into `COPY ...
+//!    FROM STDIN (FORMAT binary)` by psql: the physical limit;
+//! 2. source-postgres alone, its records to /dev/null (its own rate and peak RSS);
+//! 3. the whole sync in legacy mode: source-postgres, the orchestrator and
+//!    destination-postgres (a full refresh that overwrites);
+//! 4. dlt: `sql_database`'s `sql_table` with the pyarrow backend into
+//!    `dlt[postgres]` (loading by COPY from CSV files, its fastest);
+//! 5. Sling (PyPI `sling-linux-amd64`), `sling run` full refresh.
+//!
+//! PyAirbyte is not among them: Airbyte's source-postgres and
+//! destination-postgres are Java images, not PyPI packages, and no image
+//! registry is reached here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use sluice_connectors::Cache;
+
+use crate::bench_postgres::{count, destination_config, measured, sql, Run};
+
+pub const DLT_PACKAGE: &str = "dlt[postgres,sql-database,parquet]";
+pub const SLING_PACKAGE: &str = "sling-linux-amd64";
+pub const SLING_VERSION: &str = "1.4.11";
+
+const DLT_SCRIPT: &str = r#"
+import json, sys, time, dlt
+from dlt.sources.sql_database import sql_table
+url, schema, table, dataset, workdir = sys.argv[1:6]
+# SQLAlchemy 2.1 takes postgresql+psycopg2:// (dlt[postgres] brings psycopg2); dlt's destination the plain URL.
+resource = sql_table(credentials=url.replace("postgres://", "postgresql+psycopg2://", 1), schema=schema, table=table, backend="pyarrow", chunk_size=50000)
+pipeline = dlt.pipeline(pipeline_name="sluice_bench_" + dataset, destination=dlt.destinations.postgres(credentials=url), dataset_name=dataset, pipelines_dir=workdir)
+started = time.perf_counter()
+pipeline.run(resource, write_disposition="append", loader_file_format="csv")
+print(json.dumps({"elapsed_secs": time.perf_counter() - started}))
+"#;
+
+pub struct Args<'a> {
+    pub records: u64,
+    pub record_size: usize,
+    pub url: &'a str,
+    pub psql: PathBuf,
+    pub dlt_python: Option<PathBuf>,
+    pub sling: Option<PathBuf>,
+}
+
+/// dlt with its SQL source and Arrow, from the cache (installed first when asked).
+pub fn dlt_python(cache: &Cache, install: bool) -> anyhow::Result<Option<PathBuf>> {
+    let version = crate::bench_postgres::DLT_VERSION;
+    if install {
+        let venv = cache.python_env(DLT_PACKAGE, Some(version), &mut |line| eprintln!("  {line}")).map_err(|e| anyhow::anyhow!("installing dlt: {e}"))?;
+        return Ok(Some(venv.join("bin/python")));
+    }
+    let venv = cache.root.join("venvs").join(format!("{DLT_PACKAGE}-{version}"));
+    Ok(venv.join(".sluice-installed").exists().then(|| venv.join("bin/python")))
+}
+
+/// Sling's binary from its PyPI wheel (installed first when asked).
+pub fn sling(cache: &Cache, install: bool) -> anyhow::Result<Option<PathBuf>> {
+    let venv = if install {
+        cache.python_env(SLING_PACKAGE, Some(SLING_VERSION), &mut |line| eprintln!("  {line}")).map_err(|e| anyhow::anyhow!("installing Sling: {e}"))?
+    } else {
+        let venv = cache.root.join("venvs").join(format!("{SLING_PACKAGE}-{SLING_VERSION}"));
+        if !venv.join(".sluice-installed").exists() {
+            return Ok(None);
+        }
+        venv
+    };
+    let lib = venv.join("lib");
+    for python in std::fs::read_dir(&lib).with_context(|| format!("{}", lib.display()))?.flatten() {
+        let binary = python.path().join("site-packages/sling_linux_amd64/bin/sling-linux-amd64");
+        if binary.exists() {
+            return Ok(Some(binary));
+        }
+    }
+    bail!("the Sling wheel in {} has no sling-linux-amd64 binary", venv.display())
+}
+
+const SOURCE: &str = "sluice_pg2pg_src";
+const TARGETS: [&str; 4] = ["sluice_pg2pg_copy", "sluice_pg2pg_sluice", "sluice_pg2pg_dlt", "sluice_pg2pg_sling"];
+
+fn drop_all(url: &str) -> anyhow::Result<()> {
+    let schemas = std::iter::once(SOURCE).chain(TARGETS);
+    sql(url, &schemas.map(|s| format!("drop schema if exists {s} cascade")).collect::<Vec<_>>().join(";"))?;
+    Ok(())
+}
+
+pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
+    let server = args.url.split('@').next_back().unwrap_or("the server");
+    eprintln!("sluice bench --source postgres: a table of {} rows of about {} bytes, from schema to schema on {server}", args.records, args.record_size);
+    drop_all(args.url)?;
+    // The rows: a key, a few typed columns, and text padding each to the record size.
+    let padding = args.record_size.saturating_sub(100).max(1);
+    sql(
+        args.url,
+        &format!(
+            "create schema {SOURCE}; \
+             create table {SOURCE}.t (id bigint primary key, name text, amount numeric(12,2), created_at timestamptz, flag boolean, payload text); \
+             insert into {SOURCE}.t select g, 'name ' || g, g * 0.01, timestamptz '2024-01-01' + g * interval '1 second', g % 2 = 0, \
+                 substr(repeat(md5(g::text), {}), 1, {padding}) from generate_series(1, {}) g; \
+             vacuum analyze {SOURCE}.t",
+            padding / 32 + 1,
+            args.records
+        ),
+    )?;
+    let table_bytes = sql(args.url, &format!("select pg_relation_size('{SOURCE}.t')"))?[0].get::<_, i64>(0) as u64;
+
+    // 1: COPY out piped into COPY in, both binary.
+    sql(args.url, &format!("create schema sluice_pg2pg_copy; create table sluice_pg2pg_copy.t (like {SOURCE}.t including all)"))?;
+    let psql = args.psql.display().to_string();
+    let pipe = format!(
+        "{psql} '{url}' -q -c 'COPY {SOURCE}.t TO STDOUT (FORMAT binary)' | {psql} '{url}' -q -c 'COPY sluice_pg2pg_copy.t FROM STDIN (FORMAT binary)'",
+        url = args.url
+    );
+    let (copy, output) = measured(Command::new("sh").args(["-ec", &pipe]))?;
+    if !output.status.success() || count(args.url, "sluice_pg2pg_copy.t")? != args.records {
+        bail!("the COPY pipe failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+    }
+
+    // 2 and 3: the source alone, then the whole sync.
+    let (source_file, destination_file, catalog_file) = (dir.join("pg-source.json"), dir.join("pg-destination.json"), dir.join("pg-catalog.json"));
+    let mut source = destination_config(args.url, SOURCE)?;
+    source.as_object_mut().expect("an object").remove("schema");
+    source["schemas"] = json!([SOURCE]);
+    std::fs::write(&source_file, source.to_string())?;
+    std::fs::write(&destination_file, destination_config(args.url, "sluice_pg2pg_sluice")?.to_string())?;
+    let discovered = Command::new(sluice).args(["connector", "source-postgres", "discover", "--config"]).arg(&source_file).output()?;
+    let catalog = String::from_utf8_lossy(&discovered.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|m| m["type"] == "CATALOG")
+        .with_context(|| format!("source-postgres discover gave no catalog: {}", String::from_utf8_lossy(&discovered.stdout)))?;
+    let mut stream = catalog["catalog"]["streams"][0].clone();
+    // No namespace: the source reads its first schema, the destination writes its own.
+    stream.as_object_mut().expect("a stream").remove("namespace");
+    let configured = json!({"streams": [{"stream": stream, "sync_mode": "full_refresh", "destination_sync_mode": "overwrite", "generation_id": 1, "minimum_generation_id": 1, "sync_id": 1}]});
+    std::fs::write(&catalog_file, configured.to_string())?;
+    let (alone, output) = measured(
+        Command::new(sluice).args(["connector", "source-postgres", "read", "--config"]).arg(&source_file).arg("--catalog").arg(&catalog_file).stdout(std::process::Stdio::null()),
+    )?;
+    if !output.status.success() {
+        bail!("source-postgres failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+    }
+    let (sync, output) = measured(
+        Command::new(sluice)
+            .args(["sync", "--data-channel", "stdio", "--source", "source-postgres", "--source-config"])
+            .arg(&source_file)
+            .args(["--destination", "destination-postgres", "--destination-config"])
+            .arg(&destination_file)
+            .arg("--catalog")
+            .arg(&catalog_file)
+            .arg("--state-file")
+            .arg(dir.join("pg-state.json"))
+            .arg("--log-file")
+            .arg(dir.join("pg-sync.log")),
+    )?;
+    if !output.status.success() || count(args.url, "sluice_pg2pg_sluice.t")? != args.records {
+        bail!("the sync failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
+    }
+
+    // 4 and 5: the peers, when installed.
+    let dlt = match &args.dlt_python {
+        Some(python) => {
+            let work = dir.join("dlt");
+            let (run, output) = measured(Command::new(python).args(["-c", DLT_SCRIPT, args.url, SOURCE, "t", "sluice_pg2pg_dlt"]).arg(&work).env("RUNTIME__LOG_LEVEL", "WARNING"))?;
+            if !output.status.success() || count(args.url, "sluice_pg2pg_dlt.t")? != args.records {
+                bail!("dlt failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 15));
+            }
+            Some(run)
+        }
+        None => None,
+    };
+    let sling = match &args.sling {
+        Some(binary) => {
+            let (run, output) = measured(
+                Command::new(binary)
+                    .args(["run", "--src-conn", "PG", "--src-stream", &format!("{SOURCE}.t"), "--tgt-conn", "PG", "--tgt-object", "sluice_pg2pg_sling.t", "--mode", "full-refresh"])
+                    .env("PG", format!("{}{}sslmode=disable", args.url, if args.url.contains('?') { "&" } else { "?" }))
+                    .env("SLING_DISABLE_TELEMETRY", "true")
+                    .env("SLING_HOME_DIR", dir.join("sling")),
+            )?;
+            if !output.status.success() || count(args.url, "sluice_pg2pg_sling.t")? != args.records {
+                bail!("Sling failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stdout, 15));
+            }
+            Some(run)
+        }
+        None => None,
+    };
+
+    println!("{} rows; the table is {:.1} MB", args.records, table_bytes as f64 / 1e6);
+    println!("{:<44} {:>11} {:>9} {:>8} {:>10} {:>14}", "way", "rows/s", "MB/s", "CPU s", "peak RSS", "vs COPY pipe");
+    let rate = |r: &Run| args.records as f64 / r.secs;
+    let row = |way: &str, r: &Run| {
+        let versus = if std::ptr::eq(r, &copy) { "(baseline)".to_owned() } else { format!("{:.2}x", rate(r) / rate(&copy)) };
+        println!("{way:<44} {:>11.0} {:>9.1} {:>8.2} {:>7.1} MB {versus:>14}", rate(r), table_bytes as f64 / 1e6 / r.secs, r.cpu_secs, r.peak_rss_bytes as f64 / 1e6);
+    };
+    row("COPY binary out | COPY binary in (psql)", &copy);
+    row("source-postgres alone (to /dev/null)", &alone);
+    row("sync, legacy mode (source+orch.+dest.)", &sync);
+    match &dlt {
+        Some(d) => row(&format!("dlt {} (sql_table, pyarrow, csv)", crate::bench_postgres::DLT_VERSION), d),
+        None => println!("dlt: not measured (use --install-dlt)"),
+    }
+    match &sling {
+        Some(s) => row(&format!("Sling {SLING_VERSION}"), s),
+        None => println!("Sling: not measured (use --install-sling)"),
+    }
+    if let Some(d) = &dlt {
+        println!("sync / dlt: {:.1}x", rate(&sync) / rate(d));
+    }
+    if let Some(s) = &sling {
+        println!("sync / Sling: {:.2}x", rate(&sync) / rate(s));
+    }
+    println!("PyAirbyte: not measured (Airbyte's Postgres connectors are Java images, and no image registry is reached here)");
+    println!("(MB/s counts the source table's pages; CPU s and RSS are the client side's, not the server's; the sync's RSS is its largest process)");
+    drop_all(args.url)
+}
