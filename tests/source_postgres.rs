@@ -320,6 +320,16 @@ fn a_catalog_that_does_not_fit_the_tables_is_refused_by_name_before_anything_mov
     extra["streams"][0]["stream"]["json_schema"]["properties"]["dropped"] = json!({"type": "string"});
     let message = read(&extra);
     assert!(message.contains("column dropped is not in the table"), "{message}");
+    // A stream without a namespace (the platform's "destination" namespace) must name one table.
+    client().batch_execute("drop schema if exists sp_bad2 cascade; create schema sp_bad2; create table sp_bad2.t (id int primary key, doc jsonb, at timestamp);").unwrap();
+    let mut two = source.clone();
+    two["schemas"] = json!(["sp_bad", "sp_bad2"]);
+    let mut bare = configured(&discovered, &[("t", json!({"sync_mode": "full_refresh", "destination_sync_mode": "overwrite"}))]);
+    bare["streams"][0]["stream"].as_object_mut().unwrap().remove("namespace");
+    let (config, catalog) = (s.json("two.json", &two), s.json("bare.json", &bare));
+    let messages = connector(&["read", "--config", config.to_str().unwrap(), "--catalog", catalog.to_str().unwrap()]);
+    let message = of_type(&messages, "TRACE")["trace"]["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("has no namespace") && message.contains("sp_bad.t, sp_bad2.t"), "{message}");
 }
 
 /// A CDC source config for `schema`, its publication and slot, and a fresh

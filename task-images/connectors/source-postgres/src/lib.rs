@@ -166,10 +166,29 @@ const RECORD: &str = "row_to_json(_sluice_r)::text";
 /// CDC columns' values).
 fn plan<'a>(configured: &ConfiguredAirbyteStream, tables: &'a [Table], schemas: &[String], snapshot: Option<&str>) -> Result<Plan<'a>, Failure> {
     let stream = &configured.stream;
-    let schema = stream.namespace.as_deref().unwrap_or(schemas[0].as_str());
-    let table = tables.iter().find(|t| t.name == stream.name && t.schema == schema).ok_or_else(|| {
-        Failure::config(format!("the catalog's stream {schema}.{} is not a table or view this user may read in schemas {schemas:?} (discover the schema again)", stream.name))
+    // A stream without a namespace is the table of that name in the
+    // configured schemas: exactly one, or the catalog is refused.
+    let table = match stream.namespace.as_deref() {
+        Some(schema) => tables.iter().find(|t| t.name == stream.name && t.schema == schema),
+        None => {
+            let named: Vec<&Table> = tables.iter().filter(|t| t.name == stream.name).collect();
+            if named.len() > 1 {
+                let found: Vec<String> = named.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
+                return Err(Failure::config(format!(
+                    "the catalog's stream {} has no namespace, and schemas {schemas:?} have {} tables of that name ({}): give the stream its namespace",
+                    stream.name,
+                    named.len(),
+                    found.join(", ")
+                )));
+            }
+            named.first().copied()
+        }
+    };
+    let table = table.ok_or_else(|| {
+        let schema = stream.namespace.as_deref().map_or_else(|| format!("{schemas:?}"), str::to_owned);
+        Failure::config(format!("the catalog's stream {}.{} is not a table or view this user may read in schemas {schemas:?} (discover the schema again)", schema, stream.name))
     })?;
+    let schema = table.schema.as_str();
     // Field selection: the configured schema's properties, in the table's order.
     let wanted: Vec<&str> = match stream.json_schema.get("properties").and_then(Value::as_object) {
         Some(p) => p.keys().map(String::as_str).filter(|k| !cdc::COLUMNS.contains(k)).collect(),
