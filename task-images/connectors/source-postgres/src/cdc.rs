@@ -28,7 +28,7 @@ use sluice_protocol::*;
 use crate::client::{Db, Table};
 use crate::config::{Cdc, Config};
 use crate::pgoutput::{self, Datum, Message};
-use crate::{full_refresh, plan, record_prefix, status, Book, Emitter, Plan};
+use crate::{full_refresh, plan, record_prefix, status, Book, Emitter, Plan, Stdout};
 
 /// The columns CDC adds to every stream, as Airbyte's database sources name them.
 pub const COLUMNS: [&str; 3] = ["_ab_cdc_lsn", "_ab_cdc_updated_at", "_ab_cdc_deleted_at"];
@@ -181,10 +181,11 @@ pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, tables: &[Table], catalog: 
             }
         }
         status(out, &descriptor, StreamStatus::Started)?;
-        let mut emit = Emitter::new(out, &mut book, &descriptor, emitted_at, config.checkpoint_bytes());
+        let mut sink = Stdout { out, book: &mut book };
+        let mut emit = Emitter::new(&mut sink, &descriptor, record_prefix(&descriptor, emitted_at, None), config.checkpoint_bytes());
         if p.sync_mode == SyncMode::Incremental {
             let marked = plan(configured, tables, &config.schemas, Some(&started))?;
-            emit.out.log(LogLevel::Info, format!("snapshot of {}.{} before the changes after {}", p.table.schema, p.table.name, pgoutput::lsn_text(position)))?;
+            emit.log(LogLevel::Info, format!("snapshot of {}.{} before the changes after {}", p.table.schema, p.table.name, pgoutput::lsn_text(position)))?;
             full_refresh(db, &marked, own, &mut emit, json!({"state_type": "cdc"}))?;
         } else {
             full_refresh(db, p, own, &mut emit, json!({}))?;
@@ -275,7 +276,7 @@ impl<'p> Changes<'p> {
             Message::Relation { id, schema, name, columns, .. } => {
                 let target = self.plans.get(&(schema, name)).map(|p| Target {
                     plan: p,
-                    prefix: record_prefix(&p.descriptor(), self.emitted_at),
+                    prefix: record_prefix(&p.descriptor(), self.emitted_at, None),
                     columns: columns.iter().map(|c| p.columns.iter().copied().find(|s| s.name == c.name)).collect(),
                 });
                 self.relations.insert(id, target);

@@ -128,7 +128,8 @@ fn read(config: &Config, catalog: &ConfiguredAirbyteCatalog, state: &Value, out:
     for plan in &plans {
         let descriptor = plan.descriptor();
         status(out, &descriptor, StreamStatus::Started)?;
-        let mut emit = Emitter::new(out, &mut book, &descriptor, emitted_at, config.checkpoint_bytes());
+        let mut sink = Stdout { out, book: &mut book };
+        let mut emit = Emitter::new(&mut sink, &descriptor, record_prefix(&descriptor, emitted_at, None), config.checkpoint_bytes());
         let saved = saved_state(state, &descriptor);
         match &plan.cursor {
             None => full_refresh(&mut db, plan, saved, &mut emit, json!({}))?,
@@ -262,28 +263,57 @@ impl Book {
     }
 }
 
-/// Writes a stream's records to stdout and decides when a STATE is due.
-struct Emitter<'a> {
+/// Where a stream's records and STATEs go: stdout (legacy mode), or a
+/// socket with a copy of each STATE on stdout (socket mode).
+trait Sink {
+    fn record(&mut self, prefix: &[u8], data: &[u8]) -> Result<(), Failure>;
+    /// A STATE covering the `records` written since the last one.
+    fn state(&mut self, descriptor: &StreamDescriptor, stream_state: Value, records: u64) -> Result<(), Failure>;
+    fn log(&mut self, level: LogLevel, text: String) -> Result<(), Failure>;
+}
+
+/// Legacy mode: everything on stdout, STATEs as the book writes them.
+struct Stdout<'a> {
     out: &'a mut Output,
     book: &'a mut Book,
+}
+
+impl Sink for Stdout<'_> {
+    fn record(&mut self, prefix: &[u8], data: &[u8]) -> Result<(), Failure> {
+        let w = self.out.writer();
+        w.write_all(prefix)?;
+        w.write_all(data)?;
+        w.write_all(b"}}\n")?;
+        Ok(())
+    }
+    fn state(&mut self, descriptor: &StreamDescriptor, stream_state: Value, _records: u64) -> Result<(), Failure> {
+        Ok(self.out.message(&self.book.message(descriptor, stream_state))?)
+    }
+    fn log(&mut self, level: LogLevel, text: String) -> Result<(), Failure> {
+        Ok(self.out.log(level, text)?)
+    }
+}
+
+/// Writes a stream's records to its sink and decides when a STATE is due.
+struct Emitter<'a> {
+    sink: &'a mut dyn Sink,
     descriptor: &'a StreamDescriptor,
     /// `{"type":"RECORD","record":{"namespace":..,"stream":..,"emitted_at":..,"data":`
     prefix: Vec<u8>,
     checkpoint_bytes: u64,
     since_state: u64,
+    records: u64,
 }
 
 impl<'a> Emitter<'a> {
-    fn new(out: &'a mut Output, book: &'a mut Book, descriptor: &'a StreamDescriptor, emitted_at: i64, checkpoint_bytes: u64) -> Self {
-        Emitter { out, book, descriptor, prefix: record_prefix(descriptor, emitted_at), checkpoint_bytes, since_state: 0 }
+    fn new(sink: &'a mut dyn Sink, descriptor: &'a StreamDescriptor, prefix: Vec<u8>, checkpoint_bytes: u64) -> Self {
+        Emitter { sink, descriptor, prefix, checkpoint_bytes, since_state: 0, records: 0 }
     }
 
     fn record(&mut self, data: &[u8]) -> Result<(), Failure> {
-        let w = self.out.writer();
-        w.write_all(&self.prefix)?;
-        w.write_all(data)?;
-        w.write_all(b"}}\n")?;
+        self.sink.record(&self.prefix, data)?;
         self.since_state += data.len() as u64;
+        self.records += 1;
         Ok(())
     }
 
@@ -292,19 +322,27 @@ impl<'a> Emitter<'a> {
     }
 
     fn state(&mut self, stream_state: Value) -> Result<(), Failure> {
-        self.out.message(&self.book.message(self.descriptor, stream_state))?;
-        self.since_state = 0;
+        self.sink.state(self.descriptor, stream_state, self.records)?;
+        (self.since_state, self.records) = (0, 0);
         Ok(())
+    }
+
+    fn log(&mut self, level: LogLevel, text: String) -> Result<(), Failure> {
+        self.sink.log(level, text)
     }
 }
 
-/// `{"type":"RECORD","record":{"namespace":..,"stream":..,"emitted_at":..,"data":`
-fn record_prefix(descriptor: &StreamDescriptor, emitted_at: i64) -> Vec<u8> {
+/// `{"type":"RECORD","record":{"namespace":..,"stream":..,"emitted_at":..,["partition_id":..,]"data":`
+fn record_prefix(descriptor: &StreamDescriptor, emitted_at: i64, partition: Option<&str>) -> Vec<u8> {
     let mut prefix = br#"{"type":"RECORD","record":{"#.to_vec();
     if let Some(namespace) = &descriptor.namespace {
         prefix.extend_from_slice(format!(r#""namespace":{},"#, json!(namespace)).as_bytes());
     }
-    prefix.extend_from_slice(format!(r#""stream":{},"emitted_at":{emitted_at},"data":"#, json!(descriptor.name)).as_bytes());
+    prefix.extend_from_slice(format!(r#""stream":{},"emitted_at":{emitted_at},"#, json!(descriptor.name)).as_bytes());
+    if let Some(partition) = partition {
+        prefix.extend_from_slice(format!(r#""partition_id":{},"#, json!(partition)).as_bytes());
+    }
+    prefix.extend_from_slice(br#""data":"#);
     prefix
 }
 
@@ -327,11 +365,11 @@ fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut 
             let resume = s.get("ctid").and_then(Value::as_str).and_then(page_of);
             match (resume, same_file) {
                 (Some(p), true) => {
-                    emit.out.log(LogLevel::Info, format!("{what}: resuming at page {p} of {pages}"))?;
+                    emit.log(LogLevel::Info, format!("{what}: resuming at page {p} of {pages}"))?;
                     p
                 }
                 (Some(_), false) => {
-                    emit.out.log(LogLevel::Warn, format!("{what}: the table was rewritten since the last attempt (VACUUM FULL, CLUSTER or TRUNCATE): reading it again from the start"))?;
+                    emit.log(LogLevel::Warn, format!("{what}: the table was rewritten since the last attempt (VACUUM FULL, CLUSTER or TRUNCATE): reading it again from the start"))?;
                     0
                 }
                 (None, _) => 0,
@@ -410,7 +448,7 @@ fn incremental(db: &mut Db, plan: &Plan<'_>, cursor: &str, saved: Option<&Value>
         let exact;
         (filter, exact) = after(db, table, &c, &cursor_type, p, &what)?;
         if !exact {
-            emit.out.log(LogLevel::Info, format!("{what}: rows at the saved cursor value {:?} changed since it was saved; reading them again", p.cursor))?;
+            emit.log(LogLevel::Info, format!("{what}: rows at the saved cursor value {:?} changed since it was saved; reading them again", p.cursor))?;
             p.count = 0;
         }
     }
