@@ -86,6 +86,12 @@ impl Pair {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         run_sync(&args)
     }
+    /// The same pair in socket mode: JSONL frames over `sockets` sockets.
+    fn over_sockets(mut self, sockets: usize) -> Pair {
+        self.args.extend(["--data-channel", "socket", "--data-format", "jsonl", "--sockets"].map(String::from));
+        self.args.push(sockets.to_string());
+        self
+    }
     fn spawn(&self) -> std::process::Child {
         sluice().arg("sync").arg("--json").args(&self.args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
     }
@@ -494,4 +500,38 @@ fn the_postgres_to_postgres_bench_runs_its_short_form() {
     for way in ["COPY binary out | COPY binary in (psql)", "source-postgres alone", "sync, legacy mode"] {
         assert!(stdout.contains(way), "the bench reports {way}: {stdout}");
     }
+}
+
+#[test]
+fn socket_mode_reads_ranges_in_parallel_under_one_snapshot_and_a_killed_read_resumes_each_range_once() {
+    let s = Scratch::new();
+    fresh("sp_sock", "create table big (id int primary key, body text); \
+        insert into big select g, repeat(md5(g::text), 30) from generate_series(1, 20000) g; \
+        create table small (k text primary key, v int, updated int); insert into small select 'k' || g, g, g % 7 from generate_series(1, 500) g; \
+        create view seen as select id from big where id % 100 = 0;");
+    let mut source = source_config("sp_sock");
+    source["checkpoint_mb"] = json!(0.5);
+    let discovered = discover(&s, &source);
+    let overwrite = json!({"sync_mode": "full_refresh", "destination_sync_mode": "overwrite", "minimum_generation_id": 1});
+    let dedup = json!({"sync_mode": "incremental", "cursor_field": ["updated"], "destination_sync_mode": "append_dedup", "primary_key": [["k"]]});
+    let catalog = configured(&discovered, &[("big", overwrite.clone()), ("small", dedup), ("seen", overwrite)]);
+    let pair = Pair::new(&s, &source, &catalog).over_sockets(4);
+
+    // Killed while ranges are being read on four connections at once.
+    let sync = pair.spawn();
+    wait_until("no range was committed in a minute", || std::fs::read_to_string(s.path("state.json")).is_ok_and(|t| t.contains("\"ctid\"")));
+    let sources = children_with(sync.id(), "source-postgres");
+    assert_eq!(sources.len(), 1, "the source's process");
+    unsafe { libc::kill(sources[0] as i32, libc::SIGKILL) };
+    let killed = parse_sync(sync.wait_with_output().unwrap());
+    assert_ne!(killed.code, 0, "the attempt failed: {}", killed.stderr);
+
+    let retry = pair.sync();
+    assert_eq!(retry.code, 0, "{}", retry.stderr);
+    assert!(retry.emitted("big") < 20000, "the retry resumed: {} rows read again", retry.emitted("big"));
+    assert_eq!(destination_count("select count(*) from sp_sock.big"), 20000, "every row");
+    assert_eq!(destination_count("select count(distinct id) from sp_sock.big"), 20000, "each once: no range was read twice");
+    assert_same("select id, body from sp_sock.big", "select id, body from sp_sock.big");
+    assert_same("select k, v, updated from sp_sock.small", "select k, v, updated from sp_sock.small");
+    assert_same("select id from sp_sock.seen", "select id from sp_sock.seen");
 }

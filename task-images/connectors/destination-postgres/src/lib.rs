@@ -270,7 +270,9 @@ fn write_sockets(
     let result = sockets::write(channel, catalog, &sink, &shared);
     *out = shared.into_inner().expect("stdout lock");
     let readers = result?;
-    let statuses = sink.statuses.into_inner().expect("statuses lock");
+    // A source says STARTED on stdout only: a stream that said nothing on
+    // the sockets may have been cut off, and is neither finished nor swapped in.
+    let statuses: Vec<Option<StreamStatus>> = sink.statuses.into_inner().expect("statuses lock").into_iter().map(|s| s.or(Some(StreamStatus::Incomplete))).collect();
     for mut reader in readers {
         end_tail(&mut reader.db, &statuses)?;
     }

@@ -129,6 +129,19 @@ impl Db {
         self.client.batch_execute("begin isolation level repeatable read read only").map_err(|e| failed(what, e))
     }
 
+    /// Begins a snapshot that other connections can read under too, and names it.
+    pub fn export_snapshot(&mut self) -> Result<String, Failure> {
+        self.begin_snapshot("beginning a snapshot to share")?;
+        Ok(self.text("exporting the snapshot", "select pg_export_snapshot()", &[])?.unwrap_or_default())
+    }
+
+    /// Reads under the snapshot another connection exported, until `end_snapshot`.
+    pub fn import_snapshot(&mut self, name: &str) -> Result<(), Failure> {
+        self.begin_snapshot("beginning a shared snapshot")?;
+        let literal = name.replace('\'', "''");
+        self.client.batch_execute(&format!("set transaction snapshot '{literal}'")).map_err(|e| failed("reading under the shared snapshot", e))
+    }
+
     pub fn end_snapshot(&mut self, what: &str) -> Result<(), Failure> {
         self.client.batch_execute("commit").map_err(|e| failed(what, e))
     }

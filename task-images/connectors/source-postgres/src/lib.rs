@@ -20,6 +20,7 @@
 pub mod client;
 pub mod config;
 mod cdc;
+mod sockets;
 pub mod layout;
 pub mod pgoutput;
 
@@ -110,18 +111,22 @@ fn saved_state<'a>(state: &'a Value, stream: &StreamDescriptor) -> Option<&'a Va
 }
 
 fn read(config: &Config, catalog: &ConfiguredAirbyteCatalog, state: &Value, out: &mut Output) -> Result<(), Failure> {
-    if sluice_protocol::socket::DataChannel::from_env().map_err(Failure::config)?.is_some() {
-        return Err(Failure::config("source-postgres speaks stdio only in this build: run it without SLUICE's socket data channel"));
-    }
+    let channel = sluice_protocol::socket::DataChannel::from_env().map_err(Failure::config)?;
     let mut db = Db::new(config.connect()?)?;
     let tables = db.tables(&config.schemas)?;
     if let Some(cdc) = config.cdc()? {
+        if channel.is_some() {
+            return Err(Failure::config("source-postgres reads CDC in legacy mode (stdio) only; socket mode is for Standard replication"));
+        }
         return cdc::read(config, &cdc, &mut db, &tables, catalog, state, out);
     }
     // Every stream is checked before any is read: a bad catalog moves nothing.
     let mut plans = Vec::new();
     for configured in &catalog.streams {
         plans.push(plan(configured, &tables, &config.schemas, None)?);
+    }
+    if let Some(channel) = channel {
+        return sockets::read(config, &mut db, &plans, state, &channel, out);
     }
     let emitted_at = now_millis();
     let mut book = Book::Streams;
@@ -359,39 +364,107 @@ fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut 
         return emit.state(done);
     }
     let (pages, filenode) = db.pages_and_filenode(table)?;
-    let mut page = match saved {
-        Some(s) if s.get("state_type").and_then(Value::as_str) == Some("ctid") => {
-            let same_file = s.get("relation_filenode").and_then(Value::as_i64) == Some(filenode);
-            let resume = s.get("ctid").and_then(Value::as_str).and_then(page_of);
-            match (resume, same_file) {
-                (Some(p), true) => {
-                    emit.log(LogLevel::Info, format!("{what}: resuming at page {p} of {pages}"))?;
-                    p
-                }
-                (Some(_), false) => {
-                    emit.log(LogLevel::Warn, format!("{what}: the table was rewritten since the last attempt (VACUUM FULL, CLUSTER or TRUNCATE): reading it again from the start"))?;
-                    0
-                }
-                (None, _) => 0,
-            }
-        }
-        _ => 0,
-    };
-    let per_range = (emit.checkpoint_bytes / 8192).max(1) as i64;
-    loop {
-        // The last range is open-ended: pages added since the size was read are read too.
-        let last = page + per_range >= pages;
-        let upper = if last { String::new() } else { format!(" and _sluice_t.ctid < '({},0)'::tid", page + per_range) };
-        let select = format!("select {RECORD} from {} where _sluice_t.ctid >= '({page},0)'::tid{upper}", plan.from);
+    let mut ranges = Ranges::resumed(saved, pages, filenode, emit.checkpoint_bytes, &what, emit.sink)?;
+    while let Some(i) = ranges.list.iter().position(|r| !r.read) {
+        let select = format!("select {RECORD} from {}{}", plan.from, ranges.list[i].filter());
         db.each_row(&what, &select, |fields| emit.record(fields[0]))?;
-        if last {
-            break;
+        ranges.list[i].read = true;
+        if ranges.list.iter().any(|r| !r.read) {
+            emit.state(ranges.state())?;
         }
-        page += per_range;
-        emit.state(json!({"state_type": "ctid", "ctid": format!("({page},0)"), "relation_filenode": filenode}))?;
     }
     db.end_snapshot(&what)?;
     emit.state(done)
+}
+
+/// A range of a table's pages, `from..to` (to the end when `to` is None).
+#[derive(Debug, Clone, PartialEq)]
+struct PageRange {
+    from: i64,
+    to: Option<i64>,
+    read: bool,
+}
+
+impl PageRange {
+    fn filter(&self) -> String {
+        match self.to {
+            Some(to) => format!(" where _sluice_t.ctid >= '({},0)'::tid and _sluice_t.ctid < '({to},0)'::tid", self.from),
+            None => format!(" where _sluice_t.ctid >= '({},0)'::tid", self.from),
+        }
+    }
+}
+
+/// A full refresh's ranges, in page order: the ones a state says were
+/// read, and the rest cut to a checkpoint's size. Ranges are read in any
+/// order (socket mode reads several at once), so the state names the first
+/// page not read and every range read after it: a retry reads each page once.
+#[derive(Debug, Clone, PartialEq)]
+struct Ranges {
+    filenode: i64,
+    list: Vec<PageRange>,
+}
+
+impl Ranges {
+    fn resumed(saved: Option<&Value>, pages: i64, filenode: i64, checkpoint_bytes: u64, what: &str, sink: &mut dyn Sink) -> Result<Ranges, Failure> {
+        let per_range = (checkpoint_bytes / 8192).max(1) as i64;
+        let saved = saved.filter(|s| s.get("state_type").and_then(Value::as_str) == Some("ctid"));
+        let first = saved.and_then(|s| s.get("ctid")).and_then(Value::as_str).and_then(page_of);
+        let same_file = saved.and_then(|s| s.get("relation_filenode")).and_then(Value::as_i64) == Some(filenode);
+        let (first, read) = match (first, same_file) {
+            (Some(first), true) => {
+                let read: Vec<(i64, Option<i64>)> = saved
+                    .and_then(|s| s.get("read"))
+                    .and_then(Value::as_array)
+                    .map(|list| list.iter().filter_map(|r| Some((r.get(0)?.as_i64()?, r.get(1)?.as_i64()))).collect())
+                    .unwrap_or_default();
+                sink.log(LogLevel::Info, format!("{what}: resuming at page {first} of {pages}, {} later ranges already read", read.len()))?;
+                (first, read)
+            }
+            (Some(_), false) => {
+                sink.log(LogLevel::Warn, format!("{what}: the table was rewritten since the last attempt (VACUUM FULL, CLUSTER or TRUNCATE): reading it again from the start"))?;
+                (0, Vec::new())
+            }
+            (None, _) => (0, Vec::new()),
+        };
+        Ok(Ranges { filenode, list: Self::cut(first, &read, pages, per_range) })
+    }
+
+    /// Ranges from `first`: those `read` as they were, the gaps between them
+    /// cut to `per_range` pages; the last is open-ended, so that pages added
+    /// since the size was taken are read too.
+    fn cut(first: i64, read: &[(i64, Option<i64>)], pages: i64, per_range: i64) -> Vec<PageRange> {
+        let mut list = Vec::new();
+        let mut at = first;
+        let gap = |list: &mut Vec<PageRange>, from: i64, to: Option<i64>| {
+            let end = to.unwrap_or(pages.max(from + 1));
+            let mut start = from;
+            while start < end {
+                let next = (start + per_range).min(end);
+                let open = to.is_none() && next >= end;
+                list.push(PageRange { from: start, to: if open { None } else { Some(next) }, read: false });
+                start = next;
+            }
+        };
+        for &(from, to) in read.iter().filter(|(from, _)| *from >= first) {
+            if from > at {
+                gap(&mut list, at, Some(from));
+            }
+            list.push(PageRange { from, to, read: true });
+            match to {
+                Some(to) => at = to,
+                None => return list,
+            }
+        }
+        gap(&mut list, at, None);
+        list
+    }
+
+    /// Where a retry starts: the first page not read, and the ranges read after it.
+    fn state(&self) -> Value {
+        let Some(first) = self.list.iter().find(|r| !r.read) else { return json!({}) };
+        let read: Vec<Value> = self.list.iter().filter(|r| r.read && r.from > first.from).map(|r| json!([r.from, r.to])).collect();
+        json!({"state_type": "ctid", "ctid": format!("({},0)", first.from), "relation_filenode": self.filenode, "read": read})
+    }
 }
 
 /// `(page,tuple)` to its page.
@@ -557,6 +630,24 @@ fn status(out: &mut Output, stream: &StreamDescriptor, status: StreamStatus) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_resume_at_the_first_page_not_read_and_skip_those_read_after_it() {
+        let cut = Ranges::cut(0, &[], 250, 100);
+        assert_eq!(cut.iter().map(|r| (r.from, r.to)).collect::<Vec<_>>(), [(0, Some(100)), (100, Some(200)), (200, None)]);
+        let mut ranges = Ranges { filenode: 9, list: cut };
+        ranges.list[1].read = true;
+        assert_eq!(ranges.state(), json!({"state_type": "ctid", "ctid": "(0,0)", "relation_filenode": 9, "read": [[100, 200]]}));
+        // The retry: the range read is skipped, the others read, cut as before.
+        let again = Ranges::cut(0, &[(100, Some(200))], 250, 100);
+        assert_eq!(again.iter().map(|r| (r.from, r.to, r.read)).collect::<Vec<_>>(), [(0, Some(100), false), (100, Some(200), true), (200, None, false)]);
+        // An empty table is one open-ended range.
+        assert_eq!(Ranges::cut(0, &[], 0, 100), [PageRange { from: 0, to: None, read: false }]);
+        // The open-ended range read: nothing after it.
+        assert_eq!(Ranges::cut(0, &[(100, None)], 250, 100).len(), 2);
+        ranges.list.iter_mut().for_each(|r| r.read = true);
+        assert_eq!(ranges.state(), json!({}));
+    }
 
     #[test]
     fn positions_round_trip_through_state() {
