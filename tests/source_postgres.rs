@@ -497,7 +497,7 @@ fn the_postgres_to_postgres_bench_runs_its_short_form() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for way in ["COPY binary out | COPY binary in (psql)", "source-postgres alone", "sync, legacy mode"] {
+    for way in ["COPY binary out | COPY binary in (psql)", "source-postgres alone", "sync, legacy mode", "sync, socket mode JSONL"] {
         assert!(stdout.contains(way), "the bench reports {way}: {stdout}");
     }
 }

@@ -4,8 +4,9 @@
 //! 1. `COPY ... TO STDOUT (FORMAT binary)` by psql piped into `COPY ...
 //!    FROM STDIN (FORMAT binary)` by psql: the physical limit;
 //! 2. source-postgres alone, its records to /dev/null (its own rate and peak RSS);
-//! 3. the whole sync in legacy mode: source-postgres, the orchestrator and
-//!    destination-postgres (a full refresh that overwrites);
+//! 3. the whole sync in legacy mode (source-postgres, the orchestrator and
+//!    destination-postgres; a full refresh that overwrites) and in socket
+//!    mode (JSONL, the table's page ranges read over a connection per socket);
 //! 4. dlt: `sql_database`'s `sql_table` with the pyarrow backend into
 //!    `dlt[postgres]` (loading by COPY from CSV files, its fastest);
 //! 5. Sling (PyPI `sling-linux-amd64`), `sling run` full refresh.
@@ -81,7 +82,7 @@ pub fn sling(cache: &Cache, install: bool) -> anyhow::Result<Option<PathBuf>> {
 }
 
 const SOURCE: &str = "sluice_pg2pg_src";
-const TARGETS: [&str; 4] = ["sluice_pg2pg_copy", "sluice_pg2pg_sluice", "sluice_pg2pg_dlt", "sluice_pg2pg_sling"];
+const TARGETS: [&str; 5] = ["sluice_pg2pg_copy", "sluice_pg2pg_sluice", "sluice_pg2pg_socket", "sluice_pg2pg_dlt", "sluice_pg2pg_sling"];
 
 fn drop_all(url: &str) -> anyhow::Result<()> {
     let schemas = std::iter::once(SOURCE).chain(TARGETS);
@@ -122,12 +123,11 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     }
 
     // 2 and 3: the source alone, then the whole sync.
-    let (source_file, destination_file, catalog_file) = (dir.join("pg-source.json"), dir.join("pg-destination.json"), dir.join("pg-catalog.json"));
+    let (source_file, catalog_file) = (dir.join("pg-source.json"), dir.join("pg-catalog.json"));
     let mut source = destination_config(args.url, SOURCE)?;
     source.as_object_mut().expect("an object").remove("schema");
     source["schemas"] = json!([SOURCE]);
     std::fs::write(&source_file, source.to_string())?;
-    std::fs::write(&destination_file, destination_config(args.url, "sluice_pg2pg_sluice")?.to_string())?;
     let discovered = Command::new(sluice).args(["connector", "source-postgres", "discover", "--config"]).arg(&source_file).output()?;
     let catalog = String::from_utf8_lossy(&discovered.stdout)
         .lines()
@@ -145,22 +145,31 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     if !output.status.success() {
         bail!("source-postgres failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
     }
-    let (sync, output) = measured(
-        Command::new(sluice)
-            .args(["sync", "--data-channel", "stdio", "--source", "source-postgres", "--source-config"])
-            .arg(&source_file)
-            .args(["--destination", "destination-postgres", "--destination-config"])
-            .arg(&destination_file)
-            .arg("--catalog")
-            .arg(&catalog_file)
-            .arg("--state-file")
-            .arg(dir.join("pg-state.json"))
-            .arg("--log-file")
-            .arg(dir.join("pg-sync.log")),
-    )?;
-    if !output.status.success() || count(args.url, "sluice_pg2pg_sluice.t")? != args.records {
-        bail!("the sync failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
-    }
+    let whole_sync = |schema: &str, channel: &[&str]| -> anyhow::Result<Run> {
+        let destination = dir.join(format!("{schema}.json"));
+        std::fs::write(&destination, destination_config(args.url, schema)?.to_string())?;
+        let (run, output) = measured(
+            Command::new(sluice)
+                .arg("sync")
+                .args(channel)
+                .args(["--source", "source-postgres", "--source-config"])
+                .arg(&source_file)
+                .args(["--destination", "destination-postgres", "--destination-config"])
+                .arg(&destination)
+                .arg("--catalog")
+                .arg(&catalog_file)
+                .arg("--state-file")
+                .arg(dir.join(format!("{schema}-state.json")))
+                .arg("--log-file")
+                .arg(dir.join(format!("{schema}.log"))),
+        )?;
+        if !output.status.success() || count(args.url, &format!("{schema}.t"))? != args.records {
+            bail!("the sync into {schema} failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
+        }
+        Ok(run)
+    };
+    let sync = whole_sync("sluice_pg2pg_sluice", &["--data-channel", "stdio"])?;
+    let socket = whole_sync("sluice_pg2pg_socket", &["--data-channel", "socket", "--data-format", "jsonl"])?;
 
     // 4 and 5: the peers, when installed.
     let dlt = match &args.dlt_python {
@@ -201,6 +210,8 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     row("COPY binary out | COPY binary in (psql)", &copy);
     row("source-postgres alone (to /dev/null)", &alone);
     row("sync, legacy mode (source+orch.+dest.)", &sync);
+    let sockets = sluice_domain::channel::socket_count(cores(), cores());
+    row(&format!("sync, socket mode JSONL x{sockets} (bookkeeper)"), &socket);
     match &dlt {
         Some(d) => row(&format!("dlt {} (sql_table, pyarrow, csv)", crate::bench_postgres::DLT_VERSION), d),
         None => println!("dlt: not measured (use --install-dlt)"),
@@ -210,12 +221,16 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
         None => println!("Sling: not measured (use --install-sling)"),
     }
     if let Some(d) = &dlt {
-        println!("sync / dlt: {:.1}x", rate(&sync) / rate(d));
+        println!("socket mode / dlt: {:.1}x; legacy mode / dlt: {:.1}x", rate(&socket) / rate(d), rate(&sync) / rate(d));
     }
     if let Some(s) = &sling {
-        println!("sync / Sling: {:.2}x", rate(&sync) / rate(s));
+        println!("socket mode / Sling: {:.2}x; legacy mode / Sling: {:.2}x", rate(&socket) / rate(s), rate(&sync) / rate(s));
     }
     println!("PyAirbyte: not measured (Airbyte's Postgres connectors are Java images, and no image registry is reached here)");
     println!("(MB/s counts the source table's pages; CPU s and RSS are the client side's, not the server's; the sync's RSS is its largest process)");
     drop_all(args.url)
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
