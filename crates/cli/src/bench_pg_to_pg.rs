@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use sluice_connectors::Cache;
 
-use crate::bench_postgres::{count, destination_config, measured, sql, Run};
+use crate::bench_postgres::{cached_venv, count, destination_config, measured, sql, whole_sync, Run, Source};
 
 pub const DLT_PACKAGE: &str = "dlt[postgres,sql-database,parquet]";
 pub const SLING_PACKAGE: &str = "sling-linux-amd64";
@@ -51,26 +51,12 @@ pub struct Args<'a> {
 
 /// dlt with its SQL source and Arrow, from the cache (installed first when asked).
 pub fn dlt_python(cache: &Cache, install: bool) -> anyhow::Result<Option<PathBuf>> {
-    let version = crate::bench_postgres::DLT_VERSION;
-    if install {
-        let venv = cache.python_env(DLT_PACKAGE, Some(version), &mut |line| eprintln!("  {line}")).map_err(|e| anyhow::anyhow!("installing dlt: {e}"))?;
-        return Ok(Some(venv.join("bin/python")));
-    }
-    let venv = cache.root.join("venvs").join(format!("{DLT_PACKAGE}-{version}"));
-    Ok(venv.join(".sluice-installed").exists().then(|| venv.join("bin/python")))
+    Ok(cached_venv(cache, DLT_PACKAGE, crate::bench_postgres::DLT_VERSION, install)?.map(|venv| venv.join("bin/python")))
 }
 
 /// Sling's binary from its PyPI wheel (installed first when asked).
 pub fn sling(cache: &Cache, install: bool) -> anyhow::Result<Option<PathBuf>> {
-    let venv = if install {
-        cache.python_env(SLING_PACKAGE, Some(SLING_VERSION), &mut |line| eprintln!("  {line}")).map_err(|e| anyhow::anyhow!("installing Sling: {e}"))?
-    } else {
-        let venv = cache.root.join("venvs").join(format!("{SLING_PACKAGE}-{SLING_VERSION}"));
-        if !venv.join(".sluice-installed").exists() {
-            return Ok(None);
-        }
-        venv
-    };
+    let Some(venv) = cached_venv(cache, SLING_PACKAGE, SLING_VERSION, install)? else { return Ok(None) };
     let lib = venv.join("lib");
     for python in std::fs::read_dir(&lib).with_context(|| format!("{}", lib.display()))?.flatten() {
         let binary = python.path().join("site-packages/sling_linux_amd64/bin/sling-linux-amd64");
@@ -145,29 +131,8 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     if !output.status.success() {
         bail!("source-postgres failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
     }
-    let whole_sync = |schema: &str, channel: &[&str]| -> anyhow::Result<Run> {
-        let destination = dir.join(format!("{schema}.json"));
-        std::fs::write(&destination, destination_config(args.url, schema)?.to_string())?;
-        let (run, output) = measured(
-            Command::new(sluice)
-                .arg("sync")
-                .args(channel)
-                .args(["--source", "source-postgres", "--source-config"])
-                .arg(&source_file)
-                .args(["--destination", "destination-postgres", "--destination-config"])
-                .arg(&destination)
-                .arg("--catalog")
-                .arg(&catalog_file)
-                .arg("--state-file")
-                .arg(dir.join(format!("{schema}-state.json")))
-                .arg("--log-file")
-                .arg(dir.join(format!("{schema}.log"))),
-        )?;
-        if !output.status.success() || count(args.url, &format!("{schema}.t"))? != args.records {
-            bail!("the sync into {schema} failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
-        }
-        Ok(run)
-    };
+    let source = Source { name: "source-postgres", config: &source_file, catalog: &catalog_file };
+    let whole_sync = |schema: &str, channel: &[&str]| whole_sync(sluice, dir, args.url, &source, schema, "t", args.records, channel);
     let sync = whole_sync("sluice_pg2pg_sluice", &["--data-channel", "stdio"])?;
     let socket = whole_sync("sluice_pg2pg_socket", &["--data-channel", "socket", "--data-format", "jsonl"])?;
 

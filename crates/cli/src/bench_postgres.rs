@@ -109,6 +109,40 @@ pub fn count(url: &str, table: &str) -> anyhow::Result<u64> {
     Ok(sql(url, &format!("select count(*) from {table}"))?[0].get::<_, i64>(0) as u64)
 }
 
+/// A source as a whole sync runs it: its name, config file and configured catalog.
+pub struct Source<'a> {
+    pub name: &'a str,
+    pub config: &'a Path,
+    pub catalog: &'a Path,
+}
+
+/// One `sluice sync` from `source` into destination-postgres's `schema`,
+/// checked to have loaded `rows` rows into its `table`.
+#[allow(clippy::too_many_arguments)]
+pub fn whole_sync(sluice: &Path, dir: &Path, url: &str, source: &Source, schema: &str, table: &str, rows: u64, channel: &[&str]) -> anyhow::Result<Run> {
+    let destination = dir.join(format!("{schema}.json"));
+    std::fs::write(&destination, destination_config(url, schema)?.to_string())?;
+    let (run, output) = measured(
+        Command::new(sluice)
+            .arg("sync")
+            .args(channel)
+            .args(["--source", source.name, "--source-config"])
+            .arg(source.config)
+            .args(["--destination", "destination-postgres", "--destination-config"])
+            .arg(&destination)
+            .arg("--catalog")
+            .arg(source.catalog)
+            .arg("--state-file")
+            .arg(dir.join(format!("{schema}-state.json")))
+            .arg("--log-file")
+            .arg(dir.join(format!("{schema}.log"))),
+    )?;
+    if !output.status.success() || count(url, &format!("{schema}.{table}"))? != rows {
+        bail!("the sync into {schema} failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
+    }
+    Ok(run)
+}
+
 pub struct Args<'a> {
     pub records: u64,
     pub record_size: usize,
@@ -117,13 +151,19 @@ pub struct Args<'a> {
     pub dlt_python: Option<PathBuf>,
 }
 
-pub fn dlt_python(cache: &Cache, install: bool) -> anyhow::Result<Option<PathBuf>> {
+/// The venv of `package` (at its pinned version) in the cache, installed
+/// first when asked; None when it is not there.
+pub fn cached_venv(cache: &Cache, package: &str, version: &str, install: bool) -> anyhow::Result<Option<PathBuf>> {
     if install {
-        let venv = cache.python_env(DLT_PACKAGE, Some(DLT_VERSION), &mut |line| eprintln!("  {line}")).map_err(|e| anyhow::anyhow!("installing dlt: {e}"))?;
-        return Ok(Some(venv.join("bin/python")));
+        let venv = cache.python_env(package, Some(version), &mut |line| eprintln!("  {line}")).map_err(|e| anyhow::anyhow!("installing {package}: {e}"))?;
+        return Ok(Some(venv));
     }
-    let venv = cache.root.join("venvs").join(format!("{DLT_PACKAGE}-{DLT_VERSION}"));
-    Ok(venv.join(".sluice-installed").exists().then(|| venv.join("bin/python")))
+    let venv = cache.root.join("venvs").join(format!("{package}-{version}"));
+    Ok(venv.join(".sluice-installed").exists().then_some(venv))
+}
+
+pub fn dlt_python(cache: &Cache, install: bool) -> anyhow::Result<Option<PathBuf>> {
+    Ok(cached_venv(cache, DLT_PACKAGE, DLT_VERSION, install)?.map(|venv| venv.join("bin/python")))
 }
 
 /// source-faker's output for `source`, into `records`.
@@ -203,28 +243,9 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path, source_config: &Value, catalo
 
     // 3: the whole sync, in legacy mode (the orchestrator) and socket mode
     // (the bookkeeper, a connection per socket), each into its own schema.
-    let whole_sync = |schema: &str, channel: &[&str]| -> anyhow::Result<Run> {
-        let config = dir.join(format!("{schema}.json"));
-        std::fs::write(&config, destination_config(args.url, schema)?.to_string())?;
-        let (run, output) = measured(
-            Command::new(sluice)
-                .arg("sync")
-                .args(channel)
-                .args(["--source", "source-faker", "--source-config"])
-                .arg(&source_file)
-                .args(["--destination", "destination-postgres", "--destination-config"])
-                .arg(&config)
-                .arg("--catalog")
-                .arg(&catalog_file)
-                .arg("--state-file")
-                .arg(dir.join(format!("{schema}-state.json")))
-                .arg("--log-file")
-                .arg(dir.join(format!("{schema}.log"))),
-        )?;
-        if !output.status.success() || count(args.url, &format!("{schema}.users"))? != args.records {
-            bail!("the sync into {schema} failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 10));
-        }
-        Ok(run)
+    let whole_sync = |schema: &str, channel: &[&str]| {
+        let source = Source { name: "source-faker", config: &source_file, catalog: &catalog_file };
+        whole_sync(sluice, dir, args.url, &source, schema, "users", args.records, channel)
     };
     let sync = whole_sync("sluice_bench_sync", &["--data-channel", "stdio"])?;
     let socket = whole_sync("sluice_bench_socket", &["--data-channel", "socket", "--data-format", "protobuf"])?;

@@ -93,6 +93,11 @@ impl Output {
     pub fn log(&mut self, level: LogLevel, text: impl Into<String>) -> io::Result<()> {
         self.message(&AirbyteMessage::log(level, text))
     }
+    /// A stream's STARTED, COMPLETE or INCOMPLETE, as a TRACE.
+    pub fn stream_status(&mut self, stream: &sluice_protocol::StreamDescriptor, status: sluice_protocol::StreamStatus) -> io::Result<()> {
+        let trace = AirbyteTraceMessage::stream_status(sluice_protocol::now_millis() as f64, stream.clone(), status);
+        self.message(&AirbyteMessage::trace(trace))
+    }
     /// The answer to `check`: SUCCEEDED, or FAILED with the failure's message.
     pub fn check_result(&mut self, result: Result<(), Failure>) -> io::Result<()> {
         use sluice_protocol::ConnectionStatusKind::{Failed, Succeeded};

@@ -623,8 +623,7 @@ fn json_text(value: Option<&str>) -> Vec<u8> {
 }
 
 fn status(out: &mut Output, stream: &StreamDescriptor, status: StreamStatus) -> Result<(), Failure> {
-    let trace = AirbyteTraceMessage::stream_status(now_millis() as f64, stream.clone(), status);
-    Ok(out.message(&AirbyteMessage::trace(trace))?)
+    Ok(out.stream_status(stream, status)?)
 }
 
 #[cfg(test)]
