@@ -25,7 +25,7 @@ use sluice_connector_kit::{Failure, Output};
 use sluice_postgres::quoted;
 use sluice_protocol::*;
 
-use crate::client::{Db, Table};
+use crate::client::{Db, Replication, Table};
 use crate::config::{Cdc, Config};
 use crate::pgoutput::{self, Datum, Message};
 use crate::{full_refresh, plan, record_prefix, status, Book, Emitter, Plan, Stdout};
@@ -114,6 +114,9 @@ pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, tables: &[Table], catalog: 
     // Position: where the changes of this sync start.
     let saved = saved(state);
     let mut fresh = false;
+    // A slot made here comes with a snapshot of the moment it starts at:
+    // the tables read under it and the changes after it meet exactly.
+    let mut exported: Option<(Replication, String)> = None;
     let position = match (db.slot(slot)?, saved.lsn) {
         (None, Some(lsn)) => {
             return Err(Failure::config(format!(
@@ -122,8 +125,10 @@ pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, tables: &[Table], catalog: 
             )))
         }
         (None, None) => {
-            let lsn = db.create_slot(slot)?;
-            out.log(LogLevel::Info, format!("created replication slot {slot} (pgoutput) at {}", pgoutput::lsn_text(lsn)))?;
+            let mut replication = Replication::connect(&config.server)?;
+            let (lsn, snapshot) = replication.create_slot_with_snapshot(slot)?;
+            out.log(LogLevel::Info, format!("created replication slot {slot} (pgoutput) at {}, with snapshot {snapshot}", pgoutput::lsn_text(lsn)))?;
+            exported = Some((replication, snapshot));
             fresh = true;
             lsn
         }
@@ -168,7 +173,12 @@ pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, tables: &[Table], catalog: 
     let known = known.clone();
     let emitted_at = now_millis();
 
-    // Snapshots: full refresh streams, and CDC streams not read whole yet.
+    // Snapshots: full refresh streams, and CDC streams not read whole yet,
+    // under the slot's own snapshot when it was made now.
+    if let Some((_, snapshot)) = &exported {
+        db.import_snapshot(snapshot)?;
+    }
+    let shared = exported.is_some();
     let mut changing = Vec::new();
     for (configured, p) in &plans {
         let descriptor = p.descriptor();
@@ -186,11 +196,16 @@ pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, tables: &[Table], catalog: 
         if p.sync_mode == SyncMode::Incremental {
             let marked = plan(configured, tables, &config.schemas, Some(&started))?;
             emit.log(LogLevel::Info, format!("snapshot of {}.{} before the changes after {}", p.table.schema, p.table.name, pgoutput::lsn_text(position)))?;
-            full_refresh(db, &marked, own, &mut emit, json!({"state_type": "cdc"}))?;
+            full_refresh(db, &marked, own, &mut emit, json!({"state_type": "cdc"}), shared)?;
         } else {
-            full_refresh(db, p, own, &mut emit, json!({}))?;
+            full_refresh(db, p, own, &mut emit, json!({}), shared)?;
             status(out, &descriptor, StreamStatus::Complete)?;
         }
+    }
+
+    if let Some((replication, _)) = exported.take() {
+        db.end_snapshot("ending the slot's snapshot")?;
+        drop(replication);
     }
 
     // Changes: every CDC stream, from the position up to the flushed WAL.

@@ -229,12 +229,6 @@ impl Db {
         }))
     }
 
-    /// Makes the slot; its position is where its changes start.
-    pub fn create_slot(&mut self, slot: &str) -> Result<u64, Failure> {
-        let lsn = self.text(&format!("creating replication slot {slot}"), "select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])?;
-        Ok(lsn.as_deref().and_then(crate::pgoutput::parse_lsn).unwrap_or(0))
-    }
-
     /// Moves the slot's confirmed position to `lsn`: the server may then
     /// drop the WAL before it.
     pub fn advance_slot(&mut self, slot: &str, lsn: u64) -> Result<(), Failure> {
@@ -307,4 +301,180 @@ pub struct Slot {
     pub confirmed: u64,
     /// WAL the slot keeps from being removed, in bytes.
     pub held_bytes: i64,
+}
+
+/// A replication connection (`replication=database`), for the one command
+/// only it can run: `CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT`, which
+/// makes a slot and names a snapshot of the moment the slot starts at. The
+/// snapshot can be imported only while this connection is open and idle.
+pub struct Replication {
+    stream: Wire,
+    buf: bytes::BytesMut,
+    what: String,
+}
+
+enum Wire {
+    Plain(std::net::TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>),
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.read(buf),
+            Wire::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl std::io::Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.write(buf),
+            Wire::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Wire::Plain(s) => s.flush(),
+            Wire::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Replication {
+    pub fn connect(server: &sluice_postgres::Server) -> Result<Replication, Failure> {
+        use postgres_protocol::message::frontend;
+        let what = format!("the replication connection to {}:{}", server.host, server.port);
+        let io = |e: std::io::Error| Failure::config(format!("{what}: {e}"));
+        let address = std::net::ToSocketAddrs::to_socket_addrs(&(server.host.as_str(), server.port)).map_err(io)?.next().ok_or_else(|| Failure::config(format!("{what}: no address")))?;
+        let mut tcp = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(30)).map_err(io)?;
+        let (_, tls) = server.connection("sluice-source-postgres")?;
+        let mode = server.ssl_mode.as_ref().map_or("disable", |m| m.mode.as_str()).to_owned();
+        let stream = match tls {
+            None => Wire::Plain(tcp),
+            Some(config) => {
+                let mut request = bytes::BytesMut::new();
+                frontend::ssl_request(&mut request);
+                std::io::Write::write_all(&mut tcp, &request).map_err(io)?;
+                let mut answer = [0u8; 1];
+                tcp.read_exact(&mut answer).map_err(io)?;
+                match answer[0] {
+                    b'S' => {
+                        let name = rustls::pki_types::ServerName::try_from(server.host.clone()).map_err(|e| Failure::config(format!("{what}: {e}")))?;
+                        let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(|e| Failure::config(format!("{what}: TLS: {e}")))?;
+                        Wire::Tls(Box::new(rustls::StreamOwned::new(connection, tcp)))
+                    }
+                    _ if matches!(mode.as_str(), "allow" | "prefer") => Wire::Plain(tcp),
+                    _ => return Err(Failure::config(format!("{what}: the server does not take TLS, and ssl_mode is {mode}"))),
+                }
+            }
+        };
+        let mut r = Replication { stream, buf: bytes::BytesMut::with_capacity(8192), what };
+        let database = server.database.as_str();
+        let params = [("user", server.username.as_str()), ("database", database), ("replication", "database"), ("application_name", "sluice-source-postgres")];
+        r.send(|buf| frontend::startup_message(params.iter().copied(), buf))?;
+        r.authenticate(server)?;
+        Ok(r)
+    }
+
+    fn send(&mut self, write: impl FnOnce(&mut bytes::BytesMut) -> std::io::Result<()>) -> Result<(), Failure> {
+        let mut buf = bytes::BytesMut::new();
+        let sent = write(&mut buf).and_then(|_| std::io::Write::write_all(&mut self.stream, &buf)).and_then(|_| std::io::Write::flush(&mut self.stream));
+        sent.map_err(|e| Failure::system(format!("{}: {e}", self.what)))
+    }
+
+    fn receive(&mut self) -> Result<postgres_protocol::message::backend::Message, Failure> {
+        use postgres_protocol::message::backend::Message;
+        loop {
+            match Message::parse(&mut self.buf).map_err(|e| Failure::system(format!("{}: {e}", self.what)))? {
+                Some(Message::ErrorResponse(body)) => {
+                    let (mut message, mut code) = (String::new(), String::new());
+                    let mut fields = body.fields();
+                    while let Ok(Some(field)) = fallible_iterator::FallibleIterator::next(&mut fields) {
+                        match field.type_() {
+                            b'M' => message = String::from_utf8_lossy(field.value_bytes()).into_owned(),
+                            b'C' => code = String::from_utf8_lossy(field.value_bytes()).into_owned(),
+                            _ => {}
+                        }
+                    }
+                    let hint = match code.as_str() {
+                        "28P01" => " (check the username and password)",
+                        "28000" | "42501" => " (CDC needs a user with the REPLICATION attribute, and pg_hba.conf must let it make replication connections)",
+                        _ => "",
+                    };
+                    return Err(Failure::config(format!("PostgreSQL, {}: {message} ({code}){hint}", self.what)));
+                }
+                Some(message) => return Ok(message),
+                None => {
+                    let mut chunk = [0u8; 8192];
+                    let n = self.stream.read(&mut chunk).map_err(|e| Failure::system(format!("{}: {e}", self.what)))?;
+                    if n == 0 {
+                        return Err(Failure::system(format!("{}: the server closed the connection", self.what)));
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+
+    fn authenticate(&mut self, server: &sluice_postgres::Server) -> Result<(), Failure> {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+        use postgres_protocol::message::{backend::Message, frontend};
+        let password = server.password.clone().unwrap_or_default();
+        let mut scram = None;
+        loop {
+            match self.receive()? {
+                Message::AuthenticationOk | Message::ParameterStatus(_) | Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
+                Message::ReadyForQuery(_) => return Ok(()),
+                Message::AuthenticationCleartextPassword => self.send(|buf| frontend::password_message(password.as_bytes(), buf))?,
+                Message::AuthenticationMd5Password(body) => {
+                    let hashed = postgres_protocol::authentication::md5_hash(server.username.as_bytes(), password.as_bytes(), body.salt());
+                    self.send(|buf| frontend::password_message(hashed.as_bytes(), buf))?;
+                }
+                Message::AuthenticationSasl(_) => {
+                    let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                    self.send(|buf| frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), buf))?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram.as_mut().ok_or_else(|| Failure::system(format!("{}: SASL out of turn", self.what)))?;
+                    s.update(body.data()).map_err(|e| Failure::config(format!("{}: {e}", self.what)))?;
+                    let message = s.message().to_vec();
+                    self.send(|buf| frontend::sasl_response(&message, buf))?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let s = scram.as_mut().ok_or_else(|| Failure::system(format!("{}: SASL out of turn", self.what)))?;
+                    s.finish(body.data()).map_err(|e| Failure::config(format!("{}: the server's proof is wrong: {e}", self.what)))?;
+                }
+                _ => return Err(Failure::system(format!("{}: an authentication method sluice does not speak", self.what))),
+            }
+        }
+    }
+
+    /// Makes the slot; its consistent point, and the snapshot of that moment.
+    pub fn create_slot_with_snapshot(&mut self, slot: &str) -> Result<(u64, String), Failure> {
+        use postgres_protocol::message::{backend::Message, frontend};
+        let command = format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT", quoted(slot));
+        self.send(|buf| frontend::query(&command, buf))?;
+        let mut row: Vec<Option<String>> = Vec::new();
+        loop {
+            match self.receive()? {
+                Message::DataRow(body) => {
+                    let mut ranges = body.ranges();
+                    while let Ok(Some(range)) = fallible_iterator::FallibleIterator::next(&mut ranges) {
+                        row.push(range.map(|r| String::from_utf8_lossy(&body.buffer()[r]).into_owned()));
+                    }
+                }
+                Message::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        // slot_name, consistent_point, snapshot_name, output_plugin
+        let lsn = row.get(1).cloned().flatten().as_deref().and_then(crate::pgoutput::parse_lsn);
+        match (lsn, row.get(2).cloned().flatten()) {
+            (Some(lsn), Some(snapshot)) => Ok((lsn, snapshot)),
+            _ => Err(Failure::system(format!("{}: CREATE_REPLICATION_SLOT answered {row:?}", self.what))),
+        }
+    }
 }

@@ -137,7 +137,7 @@ fn read(config: &Config, catalog: &ConfiguredAirbyteCatalog, state: &Value, out:
         let mut emit = Emitter::new(&mut sink, &descriptor, record_prefix(&descriptor, emitted_at, None), config.checkpoint_bytes());
         let saved = saved_state(state, &descriptor);
         match &plan.cursor {
-            None => full_refresh(&mut db, plan, saved, &mut emit, json!({}))?,
+            None => full_refresh(&mut db, plan, saved, &mut emit, json!({}), false)?,
             Some(cursor) => incremental(&mut db, plan, cursor, saved, &mut emit)?,
         }
         status(out, &descriptor, StreamStatus::Complete)?;
@@ -351,16 +351,21 @@ fn record_prefix(descriptor: &StreamDescriptor, emitted_at: i64, partition: Opti
     prefix
 }
 
-/// The whole table, by ranges of pages under one snapshot; a STATE after
-/// each range, and `done` once the table was read whole.
-fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut Emitter<'_>, done: Value) -> Result<(), Failure> {
+/// The whole table, by ranges of pages under one snapshot (its own, or
+/// with `shared`, the one the connection is already reading under); a
+/// STATE after each range, and `done` once the table was read whole.
+fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut Emitter<'_>, done: Value, shared: bool) -> Result<(), Failure> {
     let table = plan.table;
     let what = format!("reading {}.{}", table.schema, table.name);
-    db.begin_snapshot(&what)?;
+    if !shared {
+        db.begin_snapshot(&what)?;
+    }
     if !table.has_pages() {
         let select = format!("select {RECORD} from {}", plan.from);
         db.each_row(&what, &select, |fields| emit.record(fields[0]))?;
-        db.end_snapshot(&what)?;
+        if !shared {
+            db.end_snapshot(&what)?;
+        }
         return emit.state(done);
     }
     let (pages, filenode) = db.pages_and_filenode(table)?;
@@ -373,7 +378,9 @@ fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut 
             emit.state(ranges.state())?;
         }
     }
-    db.end_snapshot(&what)?;
+    if !shared {
+        db.end_snapshot(&what)?;
+    }
     emit.state(done)
 }
 
