@@ -125,8 +125,15 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     stream.as_object_mut().expect("a stream").remove("namespace");
     let configured = json!({"streams": [{"stream": stream, "sync_mode": "full_refresh", "destination_sync_mode": "overwrite", "generation_id": 1, "minimum_generation_id": 1, "sync_id": 1}]});
     std::fs::write(&catalog_file, configured.to_string())?;
+    // The records go to /dev/null by the shell: read into this process, they
+    // would grow it, and every process started after would count its size
+    // (a spawned child shares the parent's memory until it runs its program).
     let (alone, output) = measured(
-        Command::new(sluice).args(["connector", "source-postgres", "read", "--config"]).arg(&source_file).arg("--catalog").arg(&catalog_file).stdout(std::process::Stdio::null()),
+        Command::new("sh")
+            .args(["-c", r#"exec "$0" connector source-postgres read --config "$1" --catalog "$2" > /dev/null"#])
+            .arg(sluice)
+            .arg(&source_file)
+            .arg(&catalog_file),
     )?;
     if !output.status.success() {
         bail!("source-postgres failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
