@@ -159,7 +159,7 @@ fn serve(listener: UnixListener, path: &std::path::Path, shared: &Shared<'_>) ->
     writer.flush().map_err(broken)
 }
 
-/// One STATE of a partition, on its socket and on stdout; after the last
+/// One STATE of a partition, on stdout and on its socket; after the last
 /// partition of a stream, the stream's COMPLETE as well.
 fn checkpoint(shared: &Shared<'_>, writer: &mut FrameWriter<std::os::unix::net::UnixStream>, work: &Work, records: u64, cursor: Option<i64>, finished: bool) -> std::io::Result<()> {
     let (state, stream, complete) = {
@@ -184,17 +184,23 @@ fn checkpoint(shared: &Shared<'_>, writer: &mut FrameWriter<std::os::unix::net::
         let descriptor = StreamDescriptor::new(stream.name(), None);
         AirbyteMessage::trace(AirbyteTraceMessage::stream_status(now_millis() as f64, descriptor, StreamStatus::Complete))
     });
+    // The platform's copy first: a STATE the destination released while
+    // its copy never reached the platform (the source killed in between)
+    // would hold back every later one, and the retry would read again
+    // rows the destination had committed.
+    {
+        let mut out = shared.out.lock().expect("stdout lock");
+        out.message(&state)?;
+        if let Some(completed) = &completed {
+            out.message(completed)?;
+        }
+        out.flush()?;
+    }
     writer.message(&state)?;
     if let Some(completed) = &completed {
         writer.message(completed)?;
     }
-    writer.flush()?;
-    let mut out = shared.out.lock().expect("stdout lock");
-    out.message(&state)?;
-    if let Some(completed) = &completed {
-        out.message(completed)?;
-    }
-    out.flush()
+    writer.flush()
 }
 
 #[cfg(test)]

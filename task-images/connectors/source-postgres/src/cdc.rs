@@ -28,6 +28,7 @@ use sluice_protocol::*;
 use crate::client::{Db, Replication, Table};
 use crate::config::{Cdc, Config};
 use crate::pgoutput::{self, Datum, Message};
+use crate::values::Wire;
 use crate::{full_refresh, plan, record_prefix, status, Book, Emitter, Plan, Stdout};
 
 /// The columns CDC adds to every stream, as Airbyte's database sources name them.
@@ -44,11 +45,11 @@ pub fn column_schemas() -> [(&'static str, Value); 3] {
 /// destination (which orders by the cursor, nulls last), and a change of a
 /// transaction that spanned the slot's position can have an LSN below it:
 /// no LSN is below every change.
-pub fn snapshot_columns(at: &str) -> [String; 3] {
+pub fn snapshot_columns(at: &str) -> [(String, Wire); 3] {
     [
-        "null::numeric as \"_ab_cdc_lsn\"".to_owned(),
-        format!("'{at}'::text as \"_ab_cdc_updated_at\""),
-        "null::text as \"_ab_cdc_deleted_at\"".to_owned(),
+        ("null::numeric as \"_ab_cdc_lsn\"".to_owned(), Wire::Numeric),
+        (format!("'{at}'::text as \"_ab_cdc_updated_at\""), Wire::Text),
+        ("null::text as \"_ab_cdc_deleted_at\"".to_owned(), Wire::Text),
     ]
 }
 

@@ -1,7 +1,7 @@
 //! The one module that talks to PostgreSQL: the catalog's tables, their
 //! size, and rows streamed out by `COPY (SELECT ...) TO STDOUT`.
 
-use std::io::{BufRead, Read};
+use std::io::Read;
 
 use sluice_connector_kit::Failure;
 use sluice_postgres::quoted;
@@ -50,10 +50,6 @@ fn failed(what: &str, e: postgres::Error) -> Failure {
 pub struct Db {
     client: postgres::Client,
 }
-
-/// `COPY ... TO STDOUT` as lines whose fields are split by \x02 and never
-/// quoted: the JSON the server builds has no raw control characters.
-const COPY_OPTIONS: &str = "(format csv, delimiter e'\\x02', quote e'\\x01')";
 
 impl Db {
     pub fn new(mut client: postgres::Client) -> Result<Db, Failure> {
@@ -152,29 +148,16 @@ impl Db {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
-    /// Streams `select` out by COPY; `each` gets every line's fields (the
-    /// first the record's JSON, the others `to_json` of a value or empty
-    /// for null). Only one line is held at a time.
-    pub fn each_row(&mut self, what: &str, select: &str, mut each: impl FnMut(&[&[u8]]) -> Result<(), Failure>) -> Result<u64, Failure> {
-        let sql = format!("copy ({select}) to stdout {COPY_OPTIONS}");
-        let mut reader = self.client.copy_out(&sql).map_err(|e| failed(what, e))?;
-        let mut line = Vec::with_capacity(64 << 10);
+    /// Streams `select` out by a binary COPY; `each` gets every row's
+    /// fields in their types' binary form (None for null). Only one row is
+    /// held at a time.
+    pub fn each_row(&mut self, what: &str, select: &str, mut each: impl FnMut(&[Option<&[u8]>]) -> Result<(), Failure>) -> Result<u64, Failure> {
+        let reader = self.client.copy_out(&format!("copy ({select}) to stdout (format binary)")).map_err(|e| failed(what, e))?;
+        let mut tuples = Tuples::new(reader, what)?;
         let mut rows = 0;
-        loop {
-            line.clear();
-            let n = reader.read_until(b'\n', &mut line).map_err(|e| Failure::system(format!("PostgreSQL: {what}: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            let body = line.strip_suffix(b"\n").unwrap_or(&line);
-            // The record, the cursor and at most 32 key columns (PostgreSQL's limit for a key).
-            let mut fields: [&[u8]; 34] = [&[]; 34];
-            let mut used = 0;
-            for (slot, field) in fields.iter_mut().zip(body.split(|&b| b == 0x02)) {
-                *slot = field;
-                used += 1;
-            }
-            each(&fields[..used])?;
+        while tuples.next()? {
+            let fields: Vec<Option<&[u8]>> = (0..tuples.fields.len()).map(|i| tuples.field(i)).collect();
+            each(&fields)?;
             rows += 1;
         }
         Ok(rows)
@@ -256,39 +239,83 @@ impl Db {
             literal(publication)
         );
         let reader = self.client.copy_out(&sql).map_err(|e| failed(&what, e))?;
-        let mut reader = std::io::BufReader::with_capacity(256 << 10, reader);
-        let io = |e: std::io::Error| Failure::system(format!("PostgreSQL: {what}: {e}"));
-        // Binary COPY: a signature, flags and an extension area, then tuples.
-        let mut header = [0u8; 19];
-        reader.read_exact(&mut header).map_err(io)?;
-        if &header[..11] != b"PGCOPY\n\xff\r\n\0" {
-            return Err(Failure::system(format!("PostgreSQL: {what}: not a binary COPY")));
-        }
-        let extension = u32::from_be_bytes(header[15..19].try_into().expect("4 bytes")) as usize;
-        std::io::copy(&mut (&mut reader).take(extension as u64), &mut std::io::sink()).map_err(io)?;
-        let mut data = Vec::with_capacity(64 << 10);
+        let mut tuples = Tuples::new(reader, &what)?;
         let mut n = 0;
-        loop {
-            let mut count = [0u8; 2];
-            reader.read_exact(&mut count).map_err(io)?;
-            if i16::from_be_bytes(count) == -1 {
-                break;
-            }
-            let mut field = |out: &mut Vec<u8>| -> Result<(), Failure> {
-                let mut len = [0u8; 4];
-                reader.read_exact(&mut len).map_err(io)?;
-                let len = i32::from_be_bytes(len).max(0) as usize;
-                out.resize(len, 0);
-                reader.read_exact(out).map_err(io)
+        while tuples.next()? {
+            let (Some(lsn), Some(data)) = (tuples.field(0), tuples.field(1)) else {
+                return Err(Failure::system(format!("PostgreSQL: {what}: a change without its LSN or data")));
             };
-            let mut lsn = Vec::with_capacity(8);
-            field(&mut lsn)?;
-            field(&mut data)?;
-            let lsn = u64::from_be_bytes(lsn.as_slice().try_into().map_err(|_| Failure::system(format!("PostgreSQL: {what}: an LSN of {} bytes", lsn.len())))?);
-            each(lsn, &data)?;
+            let lsn = u64::from_be_bytes(lsn.try_into().map_err(|_| Failure::system(format!("PostgreSQL: {what}: an LSN of {} bytes", lsn.len())))?);
+            each(lsn, data)?;
             n += 1;
         }
         Ok(n)
+    }
+}
+
+/// The rows of a binary COPY, one at a time in one buffer: a signature,
+/// flags and an extension area, then per row a field count and each
+/// field's length (-1 for null) and bytes.
+struct Tuples<R> {
+    reader: std::io::BufReader<R>,
+    buf: Vec<u8>,
+    /// Each field's bytes in `buf`, None for null.
+    fields: Vec<Option<(usize, usize)>>,
+    what: String,
+}
+
+impl<R: Read> Tuples<R> {
+    fn new(reader: R, what: &str) -> Result<Self, Failure> {
+        let mut tuples = Tuples { reader: std::io::BufReader::with_capacity(256 << 10, reader), buf: Vec::with_capacity(64 << 10), fields: Vec::new(), what: what.to_owned() };
+        let mut header = [0u8; 19];
+        tuples.read(&mut header)?;
+        if &header[..11] != b"PGCOPY\n\xff\r\n\0" {
+            return Err(Failure::system(format!("PostgreSQL: {what}: not a binary COPY")));
+        }
+        let extension = u32::from_be_bytes(header[15..19].try_into().expect("4 bytes")) as u64;
+        std::io::copy(&mut (&mut tuples.reader).take(extension), &mut std::io::sink()).map_err(|e| tuples.broken(e))?;
+        Ok(tuples)
+    }
+
+    fn broken(&self, e: std::io::Error) -> Failure {
+        Failure::system(format!("PostgreSQL: {}: {e}", self.what))
+    }
+
+    fn read(&mut self, into: &mut [u8]) -> Result<(), Failure> {
+        self.reader.read_exact(into).map_err(|e| Failure::system(format!("PostgreSQL: {}: {e}", self.what)))
+    }
+
+    /// Reads the next row; false at the end.
+    fn next(&mut self) -> Result<bool, Failure> {
+        let mut word = [0u8; 2];
+        self.read(&mut word)?;
+        let count = i16::from_be_bytes(word);
+        if count == -1 {
+            return Ok(false);
+        }
+        self.buf.clear();
+        self.fields.clear();
+        for _ in 0..count {
+            let mut len = [0u8; 4];
+            self.read(&mut len)?;
+            let len = i32::from_be_bytes(len);
+            if len < 0 {
+                self.fields.push(None);
+                continue;
+            }
+            let from = self.buf.len();
+            self.buf.resize(from + len as usize, 0);
+            let mut field = std::mem::take(&mut self.buf);
+            let read = self.read(&mut field[from..]);
+            self.buf = field;
+            read?;
+            self.fields.push(Some((from, self.buf.len())));
+        }
+        Ok(true)
+    }
+
+    fn field(&self, i: usize) -> Option<&[u8]> {
+        self.fields.get(i).copied().flatten().map(|(from, to)| &self.buf[from..to])
     }
 }
 

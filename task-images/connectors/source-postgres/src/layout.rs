@@ -1,9 +1,11 @@
-//! Plain data: a column's PostgreSQL type as Airbyte's JSON Schema, and the
-//! expression that makes its value the JSON Airbyte's source-postgres emits
-//! (the server builds each record's JSON; this says how per type).
+//! Plain data: a column's PostgreSQL type as Airbyte's JSON Schema, and how
+//! its value is selected so that it becomes the JSON Airbyte's
+//! source-postgres emits (`values.rs` writes it).
 
 use serde_json::{json, Value};
 use sluice_postgres::quoted;
+
+use crate::values::Wire;
 
 /// A column as the catalog has it.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,23 +50,44 @@ pub fn schema(column: &Column) -> Value {
     schema
 }
 
-/// The select-list expression whose `to_json` is the value as Airbyte emits it.
-pub fn expression(column: &Column) -> String {
+/// The select-list expression of a column and how its value comes in a
+/// binary COPY (`values.rs` writes it as the JSON Airbyte emits): types
+/// with a binary decoder as they are, text-like ones as text, the rest
+/// (arrays, timetz) as the server's `to_json`.
+pub fn select(column: &Column) -> (String, Wire) {
     let c = quoted(&column.name);
-    let converted = match (column.element.as_deref(), column.type_name.as_str()) {
-        (Some("bytea"), _) => format!("(select array_agg(translate(encode(e, 'base64'), E'\\n', '')) from unnest({c}) e)"),
-        (Some("json"), _) => format!("{c}::jsonb[]"),
-        (Some("money"), _) => format!("{c}::numeric[]"),
-        (Some(element), _) if scalar(element)["type"] == "string" && !matches!(element, "date" | "time" | "timetz" | "timestamp" | "timestamptz") => format!("{c}::text[]"),
-        (Some(_), _) => c.clone(),
-        (None, "bytea") => format!("translate(encode({c}, 'base64'), E'\\n', '')"),
+    let (expression, wire) = match (column.element.as_deref(), column.type_name.as_str()) {
+        (Some("bytea"), _) => (format!("to_json((select array_agg(translate(encode(e, 'base64'), E'\\n', '')) from unnest({c}) e))::text"), Wire::Json),
+        (Some("json"), _) => (format!("to_json({c}::jsonb[])::text"), Wire::Json),
+        (Some("money"), _) => (format!("to_json({c}::numeric[])::text"), Wire::Json),
+        (Some(element), _) if is_text(element) => (format!("to_json({c}::text[])::text"), Wire::Json),
+        (Some(_), _) => (format!("to_json({c})::text"), Wire::Json),
+        (None, "bool") => (c.clone(), Wire::Bool),
+        (None, "int2") => (c.clone(), Wire::Int2),
+        (None, "int4") => (c.clone(), Wire::Int4),
+        (None, "int8") => (c.clone(), Wire::Int8),
+        (None, "oid" | "xid") => (format!("{c}::text::int8"), Wire::Int8),
+        (None, "float4") => (c.clone(), Wire::Float4),
+        (None, "float8") => (c.clone(), Wire::Float8),
+        (None, "numeric") => (c.clone(), Wire::Numeric),
+        (None, "money") => (format!("{c}::numeric"), Wire::Numeric),
+        (None, "date") => (c.clone(), Wire::Date),
+        (None, "time") => (c.clone(), Wire::Time),
+        (None, "timestamp") => (c.clone(), Wire::Timestamp),
+        (None, "timestamptz") => (c.clone(), Wire::Timestamptz),
+        (None, "timetz") => (format!("to_json({c})::text"), Wire::Json),
+        (None, "jsonb") => (c.clone(), Wire::Jsonb),
         // jsonb's text never has a raw newline; json's may.
-        (None, "json") => format!("{c}::jsonb"),
-        (None, "money") => format!("{c}::numeric"),
-        (None, t) if scalar(t)["type"] == "string" && !matches!(t, "date" | "time" | "timetz" | "timestamp" | "timestamptz") => format!("{c}::text"),
-        (None, _) => c.clone(),
+        (None, "json") => (format!("{c}::jsonb"), Wire::Jsonb),
+        (None, "bytea") => (format!("translate(encode({c}, 'base64'), E'\\n', '')"), Wire::Text),
+        (None, _) => (format!("{c}::text"), Wire::Text),
     };
-    format!("{converted} as {c}")
+    (format!("{expression} as {c}"), wire)
+}
+
+/// A type whose values Airbyte emits as their text.
+fn is_text(type_name: &str) -> bool {
+    scalar(type_name)["type"] == "string" && !matches!(type_name, "date" | "time" | "timetz" | "timestamp" | "timestamptz" | "bytea")
 }
 
 /// A string as an SQL literal.
@@ -78,7 +101,7 @@ pub fn literal(text: &str, type_sql: &str) -> String {
 }
 
 /// Writes a value that came in its type's text form (a change from the
-/// replication slot) as the JSON `expression` makes of it in a snapshot,
+/// replication slot) as the JSON a snapshot makes of it (`select`),
 /// so that a row reads the same whichever way it came.
 pub fn write_text_value(column: &Column, text: &[u8], out: &mut Vec<u8>) {
     match column.element.as_deref() {
@@ -104,6 +127,12 @@ fn write_scalar(type_name: &str, text: &[u8], out: &mut Vec<u8>) {
     let t = String::from_utf8_lossy(text);
     match type_name {
         "bool" => out.extend_from_slice(if text == b"t" { b"true" } else { b"false" }),
+        // The shortest text of the float, as a snapshot's binary value is written.
+        "float4" if t.parse::<f32>().is_ok() => {
+            let f: f32 = t.parse().expect("parsed");
+            crate::values::write_float(f as f64, Some(f), out)
+        }
+        "float8" if t.parse::<f64>().is_ok() => crate::values::write_float(t.parse().expect("parsed"), None, out),
         "int2" | "int4" | "int8" | "oid" | "xid" | "float4" | "float8" | "numeric" => {
             // NaN and Infinity are no JSON numbers: to_json quotes them too.
             if serde_json::from_str::<serde_json::Number>(&t).is_ok() {
@@ -236,9 +265,10 @@ mod tests {
         assert_eq!(schema(&column("timestamptz", None))["airbyte_type"], "timestamp_with_timezone");
         assert_eq!(schema(&column("jsonb", None)), json!({}));
         assert_eq!(schema(&column("_int4", Some("int4"))), json!({"type": ["null", "array"], "items": {"type": "integer"}}));
-        assert_eq!(expression(&column("bytea", None)), "translate(encode(\"c\", 'base64'), E'\\n', '') as \"c\"");
-        assert_eq!(expression(&column("uuid", None)), "\"c\"::text as \"c\"");
-        assert_eq!(expression(&column("int4", None)), "\"c\" as \"c\"");
+        assert_eq!(select(&column("bytea", None)), ("translate(encode(\"c\", 'base64'), E'\\n', '') as \"c\"".into(), Wire::Text));
+        assert_eq!(select(&column("uuid", None)), ("\"c\"::text as \"c\"".into(), Wire::Text));
+        assert_eq!(select(&column("int4", None)), ("\"c\" as \"c\"".into(), Wire::Int4));
+        assert_eq!(select(&column("_int4", Some("int4"))), ("to_json(\"c\")::text as \"c\"".into(), Wire::Json));
         assert_eq!(literal("O'Brien", "text"), "'O''Brien'::text");
     }
 

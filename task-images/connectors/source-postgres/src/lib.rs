@@ -1,7 +1,7 @@
 //! `source-postgres`: PostgreSQL tables and views as streams, read by
-//! `COPY (SELECT ...) TO STDOUT` with the server building each record's
-//! JSON (`layout.rs` says how per type), so the connector only frames
-//! lines and never holds more than one row.
+//! `COPY (SELECT ...) TO STDOUT (FORMAT binary)`: the server sends each
+//! value in its type's binary form, and `values.rs` writes the record's
+//! JSON from it; the connector never holds more than one row.
 //!
 //! - **Full refresh** reads a table by ranges of its pages (`ctid`), all
 //!   under one REPEATABLE READ snapshot per attempt; the STATE after each
@@ -23,6 +23,7 @@ mod cdc;
 mod sockets;
 pub mod layout;
 pub mod pgoutput;
+pub mod values;
 
 use std::io::Write;
 
@@ -33,6 +34,7 @@ use sluice_protocol::*;
 
 use client::{Db, Table};
 use config::Config;
+use values::{Row, Wire};
 
 pub const NAME: &str = "source-postgres";
 
@@ -151,8 +153,11 @@ struct Plan<'a> {
     table: &'a Table,
     /// The selected columns, in the table's order.
     columns: Vec<&'a layout::Column>,
-    /// The FROM clause whose `_sluice_r` is a row of the selected columns as Airbyte emits them.
+    /// The select list: the record's values, as `row` reads them.
+    select: String,
+    /// The FROM clause: the table as `_sluice_t`.
     from: String,
+    row: Row,
     cursor: Option<String>,
     sync_mode: SyncMode,
     /// The stream as the catalog names it: its records and states say so.
@@ -163,10 +168,14 @@ impl Plan<'_> {
     fn descriptor(&self) -> StreamDescriptor {
         self.stream.clone()
     }
-}
 
-/// The record's JSON, first of every COPY line.
-const RECORD: &str = "row_to_json(_sluice_r)::text";
+    /// The record's JSON from a row's first fields, into `data`.
+    fn record<'d>(&self, fields: &[Option<&[u8]>], data: &'d mut Vec<u8>) -> Result<&'d [u8], Failure> {
+        data.clear();
+        self.row.write(fields, data).map_err(|e| Failure::system(format!("reading {}.{}: {e}", self.table.schema, self.table.name)))?;
+        Ok(data)
+    }
+}
 
 /// `snapshot`: in CDC, when the rows read from the table were read (their
 /// CDC columns' values).
@@ -204,10 +213,14 @@ fn plan<'a>(configured: &ConfiguredAirbyteStream, tables: &'a [Table], schemas: 
         return Err(Failure::config(format!("stream {schema}.{}: column {missing} is not in the table any more (discover the schema again)", stream.name)));
     }
     let columns: Vec<_> = table.columns.iter().filter(|c| wanted.contains(&c.name.as_str())).collect();
-    let mut expressions: Vec<String> = columns.iter().map(|c| layout::expression(c)).collect();
+    let mut selected: Vec<(String, Wire)> = columns.iter().map(|c| layout::select(c)).collect();
+    let mut names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     if let Some(at) = snapshot {
-        expressions.extend(cdc::snapshot_columns(at));
+        selected.extend(cdc::snapshot_columns(at));
+        names.extend(cdc::COLUMNS);
     }
+    let row = Row::new(names.into_iter().zip(selected.iter().map(|(_, wire)| *wire)));
+    let select = selected.into_iter().map(|(expression, _)| expression).collect::<Vec<_>>().join(", ");
     let cursor = match configured.sync_mode {
         SyncMode::FullRefresh => None,
         // Changes come in order from the slot: no cursor column is read.
@@ -232,10 +245,8 @@ fn plan<'a>(configured: &ConfiguredAirbyteStream, tables: &'a [Table], schemas: 
             Some(field[0].clone())
         }
     };
-    // row_to_json names each value by its column, at any width.
-    // The aliases are unlikely column names: a column named as one would make it ambiguous.
-    let from = format!("{} _sluice_t, lateral (select {}) _sluice_r", table.sql(), expressions.join(", "));
-    Ok(Plan { table, columns, from, cursor, sync_mode: configured.sync_mode.clone(), stream: stream.descriptor() })
+    let from = format!("{} _sluice_t", table.sql());
+    Ok(Plan { table, columns, select, from, row, cursor, sync_mode: configured.sync_mode.clone(), stream: stream.descriptor() })
 }
 
 /// How STATEs are written: per stream, or (CDC) one GLOBAL state holding
@@ -360,9 +371,10 @@ fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut 
     if !shared {
         db.begin_snapshot(&what)?;
     }
+    let mut data = Vec::new();
     if !table.has_pages() {
-        let select = format!("select {RECORD} from {}", plan.from);
-        db.each_row(&what, &select, |fields| emit.record(fields[0]))?;
+        let select = format!("select {} from {}", plan.select, plan.from);
+        db.each_row(&what, &select, |fields| emit.record(plan.record(fields, &mut data)?))?;
         if !shared {
             db.end_snapshot(&what)?;
         }
@@ -371,8 +383,8 @@ fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut 
     let (pages, filenode) = db.pages_and_filenode(table)?;
     let mut ranges = Ranges::resumed(saved, pages, filenode, emit.checkpoint_bytes, &what, emit.sink)?;
     while let Some(i) = ranges.list.iter().position(|r| !r.read) {
-        let select = format!("select {RECORD} from {}{}", plan.from, ranges.list[i].filter());
-        db.each_row(&what, &select, |fields| emit.record(fields[0]))?;
+        let select = format!("select {} from {}{}", plan.select, plan.from, ranges.list[i].filter());
+        db.each_row(&what, &select, |fields| emit.record(plan.record(fields, &mut data)?))?;
         ranges.list[i].read = true;
         if ranges.list.iter().any(|r| !r.read) {
             emit.state(ranges.state())?;
@@ -533,7 +545,7 @@ fn incremental(db: &mut Db, plan: &Plan<'_>, cursor: &str, saved: Option<&Value>
         }
     }
     let text = |column: &str| format!("to_json(_sluice_t.{}::text)", quoted(column));
-    let mut select = format!("select {RECORD}, {}", text(cursor));
+    let mut select = format!("select {}, {}", plan.select, text(cursor));
     for k in key {
         select.push_str(&format!(", {}", text(k)));
     }
@@ -551,8 +563,11 @@ fn incremental(db: &mut Db, plan: &Plan<'_>, cursor: &str, saved: Option<&Value>
         count,
         key: keyed.then(|| key.iter().map(|k| text_of(Some(k))).collect()),
     };
+    let width = plan.row.width();
+    let mut data = Vec::new();
     let read = db.each_row(&what, &select, |fields| {
-        let (data, value) = (fields[0], fields[1]);
+        // The record's fields, then the cursor's and the key's text as JSON.
+        let (value, key) = (fields[width].unwrap_or_default(), &fields[width + 1..]);
         let changed = last_cursor.as_deref() != Some(value);
         // Without a key a STATE is taken only between two cursor values.
         if changed && !keyed && emit.due() {
@@ -564,11 +579,11 @@ fn incremental(db: &mut Db, plan: &Plan<'_>, cursor: &str, saved: Option<&Value>
             last_cursor = Some(value.to_vec());
             count = 0;
         }
-        emit.record(data)?;
+        emit.record(plan.record(fields, &mut data)?)?;
         count += 1;
         if keyed {
             last_key.clear();
-            last_key.extend(fields[2..].iter().map(|k| k.to_vec()));
+            last_key.extend(key.iter().map(|k| k.unwrap_or_default().to_vec()));
             if emit.due() {
                 emit.state(here(value, count, &last_key).to_state(cursor))?;
             }

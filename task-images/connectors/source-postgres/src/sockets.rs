@@ -27,7 +27,7 @@ use sluice_protocol::*;
 
 use crate::client::Db;
 use crate::config::Config;
-use crate::{incremental, record_prefix, saved_state, status, Emitter, Plan, Ranges, Sink, RECORD};
+use crate::{incremental, record_prefix, saved_state, status, Emitter, Plan, Ranges, Sink};
 
 enum Kind {
     /// The range of that index in the stream's `Ranges`.
@@ -150,8 +150,9 @@ fn serve(listener: UnixListener, path: &std::path::Path, shared: &Shared<'_>) ->
                     Kind::Pages(i) => shared.books.lock().expect("books lock").streams[work.stream].list[i].filter(),
                     _ => String::new(),
                 };
-                let select = format!("select {RECORD} from {}{range}", plan.from);
-                let records = db.each_row(&what, &select, |fields| sink.record(&prefix, fields[0]))?;
+                let select = format!("select {} from {}{range}", plan.select, plan.from);
+                let mut data = Vec::new();
+                let records = db.each_row(&what, &select, |fields| sink.record(&prefix, plan.record(fields, &mut data)?))?;
                 if !sink.finish(records)? {
                     continue;
                 }
@@ -208,12 +209,18 @@ impl Socket<'_, '_> {
         AirbyteMessage::state(state)
     }
 
-    /// A STATE on the partition's socket, for the destination, and on stdout, for the platform.
+    /// A STATE on stdout, for the platform, then on the partition's socket,
+    /// for the destination. In that order: a STATE the destination released
+    /// while its copy never reached the platform (the source killed in
+    /// between) would hold back every later one, and the retry would read
+    /// again a range the destination had committed.
     fn send(&mut self, state: &AirbyteMessage) -> Result<(), Failure> {
-        self.writer.message(state).and_then(|_| self.writer.flush()).map_err(|e| self.broken(e))?;
-        let mut out = self.shared.out.lock().expect("stdout lock");
-        out.message(state)?;
-        Ok(out.flush()?)
+        {
+            let mut out = self.shared.out.lock().expect("stdout lock");
+            out.message(state)?;
+            out.flush()?;
+        }
+        self.writer.message(state).and_then(|_| self.writer.flush()).map_err(|e| self.broken(e))
     }
 
     fn broken(&self, e: std::io::Error) -> Failure {

@@ -1,0 +1,326 @@
+//! Rows of a binary `COPY ... TO STDOUT` written as a record's JSON.
+//!
+//! The server sends each value in its type's binary form, the cheapest it
+//! has (building JSON with `row_to_json` cost the server six times the
+//! COPY itself); this writes the JSON that `to_json` would have made of it.
+//! Types with no decoder here arrive already as JSON (`Wire::Json`) or as
+//! text (`Wire::Text`): the select list (`layout::select`) says which.
+
+/// How a selected value is sent, and so how it becomes JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Numeric,
+    /// `text` (and any type cast to it): a JSON string.
+    Text,
+    Date,
+    Time,
+    Timestamp,
+    /// In UTC, the session's time zone.
+    Timestamptz,
+    /// `jsonb`: a version byte, then its text.
+    Jsonb,
+    /// `to_json(...)::text`: JSON as it is.
+    Json,
+}
+
+/// A record's columns: each one's `"name":` and how its value comes.
+pub struct Row {
+    keys: Vec<Vec<u8>>,
+    wires: Vec<Wire>,
+}
+
+impl Row {
+    pub fn new<'a>(columns: impl IntoIterator<Item = (&'a str, Wire)>) -> Row {
+        let (mut keys, mut wires) = (Vec::new(), Vec::new());
+        for (i, (name, wire)) in columns.into_iter().enumerate() {
+            let mut key = if i == 0 { b"{".to_vec() } else { b",".to_vec() };
+            serde_json::to_writer(&mut key, name).expect("a string serializes");
+            key.push(b':');
+            keys.push(key);
+            wires.push(wire);
+        }
+        Row { keys, wires }
+    }
+
+    /// How many of a tuple's first fields are the record's.
+    pub fn width(&self) -> usize {
+        self.wires.len()
+    }
+
+    /// The record's JSON object from its fields (None: SQL null).
+    pub fn write(&self, fields: &[Option<&[u8]>], out: &mut Vec<u8>) -> Result<(), String> {
+        if self.keys.is_empty() {
+            out.extend_from_slice(b"{}");
+            return Ok(());
+        }
+        for ((key, wire), field) in self.keys.iter().zip(&self.wires).zip(fields) {
+            out.extend_from_slice(key);
+            match field {
+                None => out.extend_from_slice(b"null"),
+                Some(value) => write_value(*wire, value, out).map_err(|e| {
+                    let name: String = serde_json::from_slice(&key[1..key.len() - 1]).unwrap_or_default();
+                    format!("column {name}: {e}")
+                })?,
+            }
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+fn write_value(wire: Wire, v: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let int = |n: usize| -> Result<i64, String> {
+        match (n, v.len()) {
+            (2, 2) => Ok(i16::from_be_bytes([v[0], v[1]]) as i64),
+            (4, 4) => Ok(i32::from_be_bytes(v.try_into().unwrap()) as i64),
+            (8, 8) => Ok(i64::from_be_bytes(v.try_into().unwrap())),
+            _ => Err(format!("{} bytes where {n} were expected", v.len())),
+        }
+    };
+    match wire {
+        Wire::Bool => out.extend_from_slice(if v.first() == Some(&1) { b"true" } else { b"false" }),
+        Wire::Int2 => write_int(int(2)?, out),
+        Wire::Int4 => write_int(int(4)?, out),
+        Wire::Int8 => write_int(int(8)?, out),
+        Wire::Float4 => write_float(f32::from_bits(int(4)? as u32) as f64, Some(f32::from_bits(int(4)? as u32)), out),
+        Wire::Float8 => write_float(f64::from_bits(int(8)? as u64), None, out),
+        Wire::Numeric => write_numeric(v, out)?,
+        Wire::Text => write_string(v, out),
+        Wire::Jsonb => match v.split_first() {
+            Some((1, text)) => out.extend_from_slice(text),
+            _ => return Err("a jsonb value of an unknown version".into()),
+        },
+        Wire::Json => out.extend_from_slice(v),
+        Wire::Date => {
+            let days = int(4)?;
+            match days as i32 {
+                i32::MAX => out.extend_from_slice(b"\"infinity\""),
+                i32::MIN => out.extend_from_slice(b"\"-infinity\""),
+                _ => {
+                    out.push(b'"');
+                    let (year, month, day) = civil(days);
+                    write_date(year, month, day, out);
+                    era(year, out);
+                    out.push(b'"');
+                }
+            }
+        }
+        Wire::Time => {
+            out.push(b'"');
+            write_time(int(8)?, out);
+            out.push(b'"');
+        }
+        Wire::Timestamp | Wire::Timestamptz => {
+            let micros = int(8)?;
+            match micros {
+                i64::MAX => out.extend_from_slice(b"\"infinity\""),
+                i64::MIN => out.extend_from_slice(b"\"-infinity\""),
+                _ => {
+                    const DAY: i64 = 86_400_000_000;
+                    let (year, month, day) = civil(micros.div_euclid(DAY));
+                    out.push(b'"');
+                    write_date(year, month, day, out);
+                    out.push(b'T');
+                    write_time(micros.rem_euclid(DAY), out);
+                    if wire == Wire::Timestamptz {
+                        out.extend_from_slice(b"+00:00");
+                    }
+                    era(year, out);
+                    out.push(b'"');
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_int(n: i64, out: &mut Vec<u8>) {
+    let _ = std::io::Write::write_fmt(out, format_args!("{n}"));
+}
+
+/// The shortest text that reads back as the same float (what PostgreSQL
+/// prints by default); NaN and the infinities as strings, as `to_json`.
+pub(crate) fn write_float(x: f64, single: Option<f32>, out: &mut Vec<u8>) {
+    use std::io::Write;
+    if x.is_nan() {
+        out.extend_from_slice(b"\"NaN\"");
+    } else if x.is_infinite() {
+        out.extend_from_slice(if x > 0.0 { b"\"Infinity\"" } else { b"\"-Infinity\"" });
+    } else if x != 0.0 && !(1e-5..1e16).contains(&x.abs()) {
+        let _ = match single {
+            Some(f) => write!(out, "{f:e}"),
+            None => write!(out, "{x:e}"),
+        };
+    } else {
+        let _ = match single {
+            Some(f) => write!(out, "{f}"),
+            None => write!(out, "{x}"),
+        };
+    }
+}
+
+/// A JSON string of text; bytes that are not UTF-8 (a database in
+/// SQL_ASCII) become U+FFFD rather than fail the read.
+pub fn write_string(text: &[u8], out: &mut Vec<u8>) {
+    let text = String::from_utf8_lossy(text);
+    serde_json::to_writer(out, text.as_ref()).expect("a string serializes");
+}
+
+/// `numeric`'s binary form (digits in base 10000, the weight of the first,
+/// the sign, the display scale) as its text, every digit kept.
+fn write_numeric(v: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    if v.len() < 8 {
+        return Err(format!("a numeric of {} bytes", v.len()));
+    }
+    let word = |i: usize| u16::from_be_bytes([v[2 * i], v[2 * i + 1]]);
+    let (ndigits, weight, sign, dscale) = (word(0) as usize, word(1) as i16 as i64, word(2), word(3) as usize);
+    if v.len() != 8 + 2 * ndigits {
+        return Err(format!("a numeric of {ndigits} digits in {} bytes", v.len()));
+    }
+    match sign {
+        0x0000 | 0x4000 => {}
+        0xC000 => return Ok(out.extend_from_slice(b"\"NaN\"")),
+        0xD000 => return Ok(out.extend_from_slice(b"\"Infinity\"")),
+        0xF000 => return Ok(out.extend_from_slice(b"\"-Infinity\"")),
+        other => return Err(format!("a numeric with sign {other:#x}")),
+    }
+    let digit = |i: i64| if i >= 0 && (i as usize) < ndigits { word(4 + i as usize) } else { 0 };
+    if sign == 0x4000 {
+        out.push(b'-');
+    }
+    if weight < 0 {
+        out.push(b'0');
+    } else {
+        write_int(digit(0) as i64, out);
+        for i in 1..=weight {
+            let _ = std::io::Write::write_fmt(out, format_args!("{:04}", digit(i)));
+        }
+    }
+    if dscale > 0 {
+        out.push(b'.');
+        let mut written = 0;
+        let mut i = weight + 1;
+        while written < dscale {
+            let group = format!("{:04}", digit(i));
+            let take = (dscale - written).min(4);
+            out.extend_from_slice(&group.as_bytes()[..take]);
+            written += take;
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Days since PostgreSQL's epoch (2000-01-01) as a proleptic Gregorian
+/// (year, month, day); year 0 is 1 BC.
+fn civil(days: i64) -> (i64, u32, u32) {
+    // Howard Hinnant's days-to-civil, from 1970-01-01.
+    let z = days + 10_957 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// ISO's date, a BC year by its number before Christ as PostgreSQL prints it.
+fn write_date(year: i64, month: u32, day: u32, out: &mut Vec<u8>) {
+    let year = if year > 0 { year } else { 1 - year };
+    let _ = std::io::Write::write_fmt(out, format_args!("{year:04}-{month:02}-{day:02}"));
+}
+
+fn era(year: i64, out: &mut Vec<u8>) {
+    if year <= 0 {
+        out.extend_from_slice(b" BC");
+    }
+}
+
+/// Microseconds of a day as `HH:MM:SS`, with the fraction's significant digits.
+fn write_time(micros: i64, out: &mut Vec<u8>) {
+    let (seconds, fraction) = (micros / 1_000_000, micros % 1_000_000);
+    let _ = std::io::Write::write_fmt(out, format_args!("{:02}:{:02}:{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60));
+    if fraction > 0 {
+        let digits = format!("{fraction:06}");
+        out.push(b'.');
+        out.extend_from_slice(digits.trim_end_matches('0').as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(wire: Wire, v: &[u8]) -> String {
+        let mut out = Vec::new();
+        write_value(wire, v, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn numeric(ndigits: u16, weight: i16, sign: u16, dscale: u16, digits: &[u16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [ndigits, weight as u16, sign, dscale].iter().chain(digits) {
+            v.extend_from_slice(&w.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numerics_keep_every_digit_and_their_scale() {
+        // 12345.67890 (numeric(20,5)): digits 1|2345|6789, weight 1, scale 5.
+        assert_eq!(json(Wire::Numeric, &numeric(3, 1, 0, 5, &[1, 2345, 6789])), "12345.67890");
+        assert_eq!(json(Wire::Numeric, &numeric(1, -2, 0x4000, 5, &[1000])), "-0.00001");
+        assert_eq!(json(Wire::Numeric, &numeric(0, 0, 0, 0, &[])), "0");
+        assert_eq!(json(Wire::Numeric, &numeric(0, 0, 0, 2, &[])), "0.00");
+        // 10^8: one digit of weight 2, the lower groups implied zeros.
+        assert_eq!(json(Wire::Numeric, &numeric(1, 2, 0, 0, &[1])), "100000000");
+        assert_eq!(json(Wire::Numeric, &numeric(2, 0, 0, 9, &[3, 1415, 9265, 3589][..2])), "3.141500000");
+        assert_eq!(json(Wire::Numeric, &numeric(0, 0, 0xC000, 0, &[])), "\"NaN\"");
+        assert_eq!(json(Wire::Numeric, &numeric(0, 0, 0xF000, 0, &[])), "\"-Infinity\"");
+        assert!(write_value(Wire::Numeric, &numeric(3, 0, 0, 0, &[1]), &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn dates_and_times_read_as_postgres_prints_them() {
+        let date = |days: i32| json(Wire::Date, &days.to_be_bytes());
+        assert_eq!(date(0), "\"2000-01-01\"");
+        assert_eq!(date(-10_957), "\"1970-01-01\"");
+        assert_eq!(date(8_825), "\"2024-02-29\"");
+        // 44 BC, March 15: year -43 in the proleptic calendar.
+        assert_eq!(date(-746_117), "\"0044-03-15 BC\"");
+        assert_eq!(date(i32::MAX), "\"infinity\"");
+        let ts = |micros: i64, wire| json(wire, &micros.to_be_bytes());
+        assert_eq!(ts(0, Wire::Timestamp), "\"2000-01-01T00:00:00\"");
+        assert_eq!(ts(-1, Wire::Timestamptz), "\"1999-12-31T23:59:59.999999+00:00\"");
+        assert_eq!(ts(757_479_845_678_000, Wire::Timestamp), "\"2024-01-02T03:04:05.678\"");
+        assert_eq!(ts(i64::MIN, Wire::Timestamp), "\"-infinity\"");
+        assert_eq!(ts(45_296_789_000, Wire::Time), "\"12:34:56.789\"");
+    }
+
+    #[test]
+    fn floats_are_the_shortest_text_that_reads_back() {
+        assert_eq!(json(Wire::Float4, &0.1f32.to_bits().to_be_bytes()), "0.1");
+        assert_eq!(json(Wire::Float8, &2.25f64.to_bits().to_be_bytes()), "2.25");
+        assert_eq!(json(Wire::Float8, &f64::MAX.to_bits().to_be_bytes()), "1.7976931348623157e308");
+        assert_eq!(json(Wire::Float4, &(-3.4e38f32).to_bits().to_be_bytes()), "-3.4e38");
+        assert_eq!(json(Wire::Float8, &f64::NAN.to_bits().to_be_bytes()), "\"NaN\"");
+    }
+
+    #[test]
+    fn a_row_is_one_object_with_nulls_and_escaped_names() {
+        let row = Row::new([("id", Wire::Int8), ("a \"b\"", Wire::Text), ("j", Wire::Jsonb)]);
+        let mut out = Vec::new();
+        row.write(&[Some(&7i64.to_be_bytes()), Some(b"x\ny"), None], &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"id":7,"a \"b\"":"x\ny","j":null}"#);
+        let error = row.write(&[Some(b"abc"), None, None], &mut Vec::new()).unwrap_err();
+        assert!(error.contains("column id"), "{error}");
+    }
+}
