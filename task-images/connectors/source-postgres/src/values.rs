@@ -183,12 +183,16 @@ fn write_numeric(v: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     if v.len() != 8 + 2 * ndigits {
         return Err(format!("a numeric of {ndigits} digits in {} bytes", v.len()));
     }
-    match sign {
-        0x0000 | 0x4000 => {}
-        0xC000 => return Ok(out.extend_from_slice(b"\"NaN\"")),
-        0xD000 => return Ok(out.extend_from_slice(b"\"Infinity\"")),
-        0xF000 => return Ok(out.extend_from_slice(b"\"-Infinity\"")),
+    let special: &[u8] = match sign {
+        0x0000 | 0x4000 => b"",
+        0xC000 => b"\"NaN\"",
+        0xD000 => b"\"Infinity\"",
+        0xF000 => b"\"-Infinity\"",
         other => return Err(format!("a numeric with sign {other:#x}")),
+    };
+    if !special.is_empty() {
+        out.extend_from_slice(special);
+        return Ok(());
     }
     let digit = |i: i64| if i >= 0 && (i as usize) < ndigits { word(4 + i as usize) } else { 0 };
     if sign == 0x4000 {
