@@ -46,6 +46,8 @@ pub struct Db {
 
 /// `PGCOPY\n\377\r\n\0`, no flags, no header extension.
 const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// How much of a batch is handed to the client at once.
+const COPY_PIECE: usize = 256 << 10;
 
 impl Db {
     pub fn new(client: postgres::Client) -> Db {
@@ -147,7 +149,13 @@ impl Db {
         let sql = format!("copy {} ({}) from stdin (format binary)", table.sql(), names.join(", "));
         let what = format!("copying into {table}");
         let mut writer = self.client.copy_in(&sql).map_err(|e| failed(&what, e))?;
-        let written = writer.write_all(COPY_HEADER).and_then(|_| writer.write_all(rows)).and_then(|_| writer.write_all(&(-1i16).to_be_bytes()));
+        // In pieces: the client copies what one write gives it twice (its
+        // buffer, then the connection's), and keeps those buffers' size; a
+        // whole batch at once held three batches per connection.
+        let written = writer
+            .write_all(COPY_HEADER)
+            .and_then(|_| rows.chunks(COPY_PIECE).try_for_each(|piece| writer.write_all(piece)))
+            .and_then(|_| writer.write_all(&(-1i16).to_be_bytes()));
         if let Err(e) = written {
             // Dropping the writer unfinished aborts the COPY.
             drop(writer);
