@@ -1,6 +1,7 @@
 //! A destination's side of socket mode: connect to every socket, read them
 //! in parallel, and release the source's STATEs in `id` order once every
-//! record they cover is stored.
+//! record they cover is stored. (A source's side has one rule here too:
+//! [`send_state`], the platform's copy of a STATE before the destination's.)
 //!
 //! Each STATE carries its partition and how many records of that partition
 //! came since the partition's previous STATE (`sourceStats.recordCount`).
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_protocol::socket::{self, DataChannel, FrameReader, SocketFrame, SocketRecord};
+use sluice_protocol::socket::{self, DataChannel, FrameReader, FrameWriter, SocketFrame, SocketRecord};
 use sluice_protocol::{AirbyteMessage, AirbyteRecordMessage, AirbyteStateMessage, AirbyteStateStats, ConfiguredAirbyteCatalog, Extra, StreamDescriptor, StreamStatus};
 
 use crate::{Failure, Output, MAX_INPUT_LINE_BYTES};
@@ -232,6 +233,27 @@ fn stats(out: &mut Output, emitted: &Emitted, streams: &Streams) -> std::io::Res
 /// Reads every socket of `channel` into `sink` and releases the STATEs.
 /// Returns each reader's local, checkpointed but not committed past its
 /// last STATE: the caller commits that tail only if the input ended well.
+/// A source's STATE in socket mode, with what follows it (its stream's
+/// COMPLETE): on stdout for the platform first, then on the partition's
+/// socket for the destination. In that order: a STATE the destination
+/// released while its copy never reached the platform (the source killed
+/// in between) would hold back every later one, and the retry would read
+/// again what the destination had committed. `broken` names the socket in
+/// its errors.
+pub fn send_state<W: std::io::Write>(out: &Mutex<Output>, socket: &mut FrameWriter<W>, messages: &[&AirbyteMessage], broken: impl Fn(std::io::Error) -> Failure) -> Result<(), Failure> {
+    {
+        let mut out = out.lock().expect("stdout lock");
+        for message in messages {
+            out.message(message)?;
+        }
+        out.flush()?;
+    }
+    for message in messages {
+        socket.message(message).map_err(&broken)?;
+    }
+    socket.flush().map_err(broken)
+}
+
 pub fn write<S: Sink>(channel: &DataChannel, catalog: &ConfiguredAirbyteCatalog, sink: &S, out: &Mutex<Output>) -> Result<Vec<S::Local>, Failure> {
     let streams = Streams::of(catalog);
     let releaser = Releaser::new(out, streams.descriptors.len(), channel.socket_paths.len());

@@ -146,7 +146,7 @@ fn serve(listener: UnixListener, path: &std::path::Path, shared: &Shared<'_>) ->
             since += 1;
             last = row.cursor().or(last);
             if since == shared.config.records_per_slice {
-                checkpoint(shared, &mut writer, &work, since, last, false).map_err(broken)?;
+                checkpoint(shared, &mut writer, &work, since, last, false, broken)?;
                 since = 0;
                 if shared.config.slice_pause_ms > 0 {
                     writer.flush().map_err(broken)?;
@@ -154,14 +154,22 @@ fn serve(listener: UnixListener, path: &std::path::Path, shared: &Shared<'_>) ->
                 }
             }
         }
-        checkpoint(shared, &mut writer, &work, since, last, true).map_err(broken)?;
+        checkpoint(shared, &mut writer, &work, since, last, true, broken)?;
     }
     writer.flush().map_err(broken)
 }
 
 /// One STATE of a partition, on stdout and on its socket; after the last
 /// partition of a stream, the stream's COMPLETE as well.
-fn checkpoint(shared: &Shared<'_>, writer: &mut FrameWriter<std::os::unix::net::UnixStream>, work: &Work, records: u64, cursor: Option<i64>, finished: bool) -> std::io::Result<()> {
+fn checkpoint(
+    shared: &Shared<'_>,
+    writer: &mut FrameWriter<std::os::unix::net::UnixStream>,
+    work: &Work,
+    records: u64,
+    cursor: Option<i64>,
+    finished: bool,
+    broken: impl Fn(std::io::Error) -> Failure,
+) -> Result<(), Failure> {
     let (state, stream, complete) = {
         let mut books = shared.books.lock().expect("books lock");
         let id = books.next_id;
@@ -184,23 +192,8 @@ fn checkpoint(shared: &Shared<'_>, writer: &mut FrameWriter<std::os::unix::net::
         let descriptor = StreamDescriptor::new(stream.name(), None);
         AirbyteMessage::trace(AirbyteTraceMessage::stream_status(now_millis() as f64, descriptor, StreamStatus::Complete))
     });
-    // The platform's copy first: a STATE the destination released while
-    // its copy never reached the platform (the source killed in between)
-    // would hold back every later one, and the retry would read again
-    // rows the destination had committed.
-    {
-        let mut out = shared.out.lock().expect("stdout lock");
-        out.message(&state)?;
-        if let Some(completed) = &completed {
-            out.message(completed)?;
-        }
-        out.flush()?;
-    }
-    writer.message(&state)?;
-    if let Some(completed) = &completed {
-        writer.message(completed)?;
-    }
-    writer.flush()
+    let messages: Vec<&AirbyteMessage> = std::iter::once(&state).chain(&completed).collect();
+    sluice_connector_kit::sockets::send_state(&shared.out, writer, &messages, broken)
 }
 
 #[cfg(test)]

@@ -45,11 +45,12 @@ pub fn column_schemas() -> [(&'static str, Value); 3] {
 /// destination (which orders by the cursor, nulls last), and a change of a
 /// transaction that spanned the slot's position can have an LSN below it:
 /// no LSN is below every change.
-pub fn snapshot_columns(at: &str) -> [(String, Wire); 3] {
+pub fn snapshot_columns(at: &str) -> [(&'static str, String, Wire); 3] {
+    let [lsn, updated, deleted] = COLUMNS;
     [
-        ("null::numeric as \"_ab_cdc_lsn\"".to_owned(), Wire::Numeric),
-        (format!("'{at}'::text as \"_ab_cdc_updated_at\""), Wire::Text),
-        ("null::text as \"_ab_cdc_deleted_at\"".to_owned(), Wire::Text),
+        (lsn, format!("null::numeric as {}", quoted(lsn)), Wire::Numeric),
+        (updated, format!("'{at}'::text as {}", quoted(updated)), Wire::Text),
+        (deleted, format!("null::text as {}", quoted(deleted)), Wire::Text),
     ]
 }
 

@@ -282,7 +282,7 @@ impl<R: Read> Tuples<R> {
     }
 
     fn read(&mut self, into: &mut [u8]) -> Result<(), Failure> {
-        self.reader.read_exact(into).map_err(|e| Failure::system(format!("PostgreSQL: {}: {e}", self.what)))
+        self.reader.read_exact(into).map_err(|e| self.broken(e))
     }
 
     /// Reads the next row; false at the end.
@@ -305,10 +305,9 @@ impl<R: Read> Tuples<R> {
             }
             let from = self.buf.len();
             self.buf.resize(from + len as usize, 0);
-            let mut field = std::mem::take(&mut self.buf);
-            let read = self.read(&mut field[from..]);
-            self.buf = field;
-            read?;
+            if let Err(e) = self.reader.read_exact(&mut self.buf[from..]) {
+                return Err(self.broken(e));
+            }
             self.fields.push(Some((from, self.buf.len())));
         }
         Ok(true)
@@ -335,36 +334,36 @@ pub struct Slot {
 /// makes a slot and names a snapshot of the moment the slot starts at. The
 /// snapshot can be imported only while this connection is open and idle.
 pub struct Replication {
-    stream: Wire,
+    stream: Stream,
     buf: bytes::BytesMut,
     what: String,
 }
 
-enum Wire {
+enum Stream {
     Plain(std::net::TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>),
 }
 
-impl Read for Wire {
+impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
-            Wire::Plain(s) => s.read(buf),
-            Wire::Tls(s) => s.read(buf),
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
 
-impl std::io::Write for Wire {
+impl std::io::Write for Stream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            Wire::Plain(s) => s.write(buf),
-            Wire::Tls(s) => s.write(buf),
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            Wire::Plain(s) => s.flush(),
-            Wire::Tls(s) => s.flush(),
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
         }
     }
 }
@@ -379,7 +378,7 @@ impl Replication {
         let (_, tls) = server.connection("sluice-source-postgres")?;
         let mode = server.ssl_mode.as_ref().map_or("disable", |m| m.mode.as_str()).to_owned();
         let stream = match tls {
-            None => Wire::Plain(tcp),
+            None => Stream::Plain(tcp),
             Some(config) => {
                 let mut request = bytes::BytesMut::new();
                 frontend::ssl_request(&mut request);
@@ -390,9 +389,9 @@ impl Replication {
                     b'S' => {
                         let name = rustls::pki_types::ServerName::try_from(server.host.clone()).map_err(|e| Failure::config(format!("{what}: {e}")))?;
                         let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(|e| Failure::config(format!("{what}: TLS: {e}")))?;
-                        Wire::Tls(Box::new(rustls::StreamOwned::new(connection, tcp)))
+                        Stream::Tls(Box::new(rustls::StreamOwned::new(connection, tcp)))
                     }
-                    _ if matches!(mode.as_str(), "allow" | "prefer") => Wire::Plain(tcp),
+                    _ if matches!(mode.as_str(), "allow" | "prefer") => Stream::Plain(tcp),
                     _ => return Err(Failure::config(format!("{what}: the server does not take TLS, and ssl_mode is {mode}"))),
                 }
             }

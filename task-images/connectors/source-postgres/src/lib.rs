@@ -213,14 +213,19 @@ fn plan<'a>(configured: &ConfiguredAirbyteStream, tables: &'a [Table], schemas: 
         return Err(Failure::config(format!("stream {schema}.{}: column {missing} is not in the table any more (discover the schema again)", stream.name)));
     }
     let columns: Vec<_> = table.columns.iter().filter(|c| wanted.contains(&c.name.as_str())).collect();
-    let mut selected: Vec<(String, Wire)> = columns.iter().map(|c| layout::select(c)).collect();
-    let mut names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    // Each value: its name in the record, its select-list expression, how it comes.
+    let mut selected: Vec<(&str, String, Wire)> = columns
+        .iter()
+        .map(|c| {
+            let (expression, wire) = layout::select(c);
+            (c.name.as_str(), expression, wire)
+        })
+        .collect();
     if let Some(at) = snapshot {
         selected.extend(cdc::snapshot_columns(at));
-        names.extend(cdc::COLUMNS);
     }
-    let row = Row::new(names.into_iter().zip(selected.iter().map(|(_, wire)| *wire)));
-    let select = selected.into_iter().map(|(expression, _)| expression).collect::<Vec<_>>().join(", ");
+    let row = Row::new(selected.iter().map(|(name, _, wire)| (*name, *wire)));
+    let select = selected.iter().map(|(_, expression, _)| expression.as_str()).collect::<Vec<_>>().join(", ");
     let cursor = match configured.sync_mode {
         SyncMode::FullRefresh => None,
         // Changes come in order from the slot: no cursor column is read.

@@ -21,6 +21,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Mutex;
 
 use serde_json::Value;
+use sluice_connector_kit::sockets::send_state;
 use sluice_connector_kit::{Failure, Output};
 use sluice_protocol::socket::{self, DataChannel, Format, FrameWriter};
 use sluice_protocol::*;
@@ -56,7 +57,7 @@ struct Shared<'a> {
     emitted_at: i64,
     queue: Mutex<VecDeque<Work>>,
     books: Mutex<Books>,
-    out: Mutex<&'a mut Output>,
+    out: Mutex<Output>,
 }
 
 pub fn read(config: &Config, db: &mut Db, plans: &[Plan<'_>], state: &Value, channel: &DataChannel, out: &mut Output) -> Result<(), Failure> {
@@ -101,12 +102,13 @@ pub fn read(config: &Config, db: &mut Db, plans: &[Plan<'_>], state: &Value, cha
         emitted_at: now_millis(),
         queue: Mutex::new(queue),
         books: Mutex::new(Books { streams: books, next_id: 1 }),
-        out: Mutex::new(out),
+        out: Mutex::new(std::mem::take(out)),
     };
     let results: Vec<Result<(), Failure>> = std::thread::scope(|scope| {
         let threads: Vec<_> = listeners.into_iter().zip(&channel.socket_paths).map(|(l, path)| scope.spawn(|| serve(l, path, &shared))).collect();
         threads.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(Failure::system("a socket writer panicked")))).collect()
     });
+    *out = shared.out.into_inner().expect("stdout lock");
     results.into_iter().collect::<Result<(), Failure>>()?;
     db.end_snapshot("ending the exported snapshot")
 }
@@ -131,7 +133,7 @@ fn serve(listener: UnixListener, path: &std::path::Path, shared: &Shared<'_>) ->
     let mut writer = FrameWriter::new(connection, Format::Jsonl);
     let mut db = Db::new(shared.config.connect()?)?;
     db.import_snapshot(&shared.snapshot)?;
-    let broken = |e: std::io::Error| Failure::system(format!("socket {}: {e}", path.display()));
+    let broken = |e: std::io::Error| socket_error(path, e);
     loop {
         let Some(work) = shared.queue.lock().expect("queue lock").pop_front() else { break };
         let plan = &shared.plans[work.stream];
@@ -160,15 +162,16 @@ fn serve(listener: UnixListener, path: &std::path::Path, shared: &Shared<'_>) ->
         }
         // The stream's last partition is read: its COMPLETE follows its last STATE.
         let complete = AirbyteMessage::trace(AirbyteTraceMessage::stream_status(now_millis() as f64, descriptor, StreamStatus::Complete));
-        writer.message(&complete).and_then(|_| writer.flush()).map_err(broken)?;
-        let mut out = shared.out.lock().expect("stdout lock");
-        out.message(&complete)?;
-        out.flush()?;
+        send_state(&shared.out, &mut writer, &[&complete], broken)?;
     }
     writer.flush().map_err(broken)
 }
 
-/// One partition's records on its socket; its STATEs there and on stdout.
+fn socket_error(path: &std::path::Path, e: std::io::Error) -> Failure {
+    Failure::system(format!("socket {}: {e}", path.display()))
+}
+
+/// One partition's records on its socket; its STATEs on stdout and there.
 struct Socket<'s, 'a> {
     writer: &'s mut FrameWriter<UnixStream>,
     shared: &'s Shared<'a>,
@@ -209,22 +212,13 @@ impl Socket<'_, '_> {
         AirbyteMessage::state(state)
     }
 
-    /// A STATE on stdout, for the platform, then on the partition's socket,
-    /// for the destination. In that order: a STATE the destination released
-    /// while its copy never reached the platform (the source killed in
-    /// between) would hold back every later one, and the retry would read
-    /// again a range the destination had committed.
     fn send(&mut self, state: &AirbyteMessage) -> Result<(), Failure> {
-        {
-            let mut out = self.shared.out.lock().expect("stdout lock");
-            out.message(state)?;
-            out.flush()?;
-        }
-        self.writer.message(state).and_then(|_| self.writer.flush()).map_err(|e| self.broken(e))
+        let path = self.path;
+        send_state(&self.shared.out, self.writer, &[state], |e| socket_error(path, e))
     }
 
     fn broken(&self, e: std::io::Error) -> Failure {
-        Failure::system(format!("socket {}: {e}", self.path.display()))
+        socket_error(self.path, e)
     }
 }
 

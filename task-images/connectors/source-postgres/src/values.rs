@@ -88,7 +88,10 @@ fn write_value(wire: Wire, v: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         Wire::Int2 => write_int(int(2)?, out),
         Wire::Int4 => write_int(int(4)?, out),
         Wire::Int8 => write_int(int(8)?, out),
-        Wire::Float4 => write_float(f32::from_bits(int(4)? as u32) as f64, Some(f32::from_bits(int(4)? as u32)), out),
+        Wire::Float4 => {
+            let f = f32::from_bits(int(4)? as u32);
+            write_float(f as f64, Some(f), out)
+        }
         Wire::Float8 => write_float(f64::from_bits(int(8)? as u64), None, out),
         Wire::Numeric => write_numeric(v, out)?,
         Wire::Text => write_string(v, out),
@@ -203,7 +206,7 @@ fn write_numeric(v: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     } else {
         write_int(digit(0) as i64, out);
         for i in 1..=weight {
-            let _ = std::io::Write::write_fmt(out, format_args!("{:04}", digit(i)));
+            out.extend_from_slice(&four_digits(digit(i)));
         }
     }
     if dscale > 0 {
@@ -211,14 +214,18 @@ fn write_numeric(v: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         let mut written = 0;
         let mut i = weight + 1;
         while written < dscale {
-            let group = format!("{:04}", digit(i));
             let take = (dscale - written).min(4);
-            out.extend_from_slice(&group.as_bytes()[..take]);
+            out.extend_from_slice(&four_digits(digit(i))[..take]);
             written += take;
             i += 1;
         }
     }
     Ok(())
+}
+
+/// A base-10000 digit as its four decimal digits, zeros leading.
+fn four_digits(d: u16) -> [u8; 4] {
+    [b'0' + (d / 1000 % 10) as u8, b'0' + (d / 100 % 10) as u8, b'0' + (d / 10 % 10) as u8, b'0' + (d % 10) as u8]
 }
 
 /// Days since PostgreSQL's epoch (2000-01-01) as a proleptic Gregorian
