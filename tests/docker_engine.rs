@@ -196,9 +196,11 @@ fn socket_mode_between_reference_images_crosses_containers_and_resumes() {
     let mut platform_program = None;
     while platform_program.is_none() && p.get(&format!("/jobs/{job}"))["status"] != "succeeded" {
         for c in containers_of(&connection) {
+            // The task may end and its containers go between the listing and this.
             if c["Labels"]["sluice.role"] == "orchestrator" {
-                let inspected = engine().inspect(c["Names"][0].as_str().unwrap().trim_start_matches('/')).unwrap();
-                platform_program = inspected["Config"]["Cmd"][0].as_str().map(String::from);
+                if let Ok(inspected) = engine().inspect(c["Names"][0].as_str().unwrap().trim_start_matches('/')) {
+                    platform_program = inspected["Config"]["Cmd"][0].as_str().map(String::from);
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(50));
