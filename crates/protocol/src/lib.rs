@@ -1,8 +1,10 @@
 //! The Airbyte Protocol: messages as Rust types ([`message`]), the line
-//! codec that the data plane routes with ([`codec`]), and socket mode's data
-//! channel ([`socket`], with its PROTOBUF framing in [`protobuf`]).
+//! codec that the data plane routes with ([`codec`]), socket mode's data
+//! channel ([`socket`], with its PROTOBUF framing in [`protobuf`]), and the
+//! hot path's JSON strings ([`json`]).
 
 pub mod codec;
+pub mod json;
 pub mod message;
 pub mod protobuf;
 pub mod socket;

@@ -308,6 +308,19 @@ impl SocketRecord<'_> {
         }
         Ok(())
     }
+
+    /// The record's data as JSON text: borrowed as written for JSONL,
+    /// written into `scratch` for PROTOBUF.
+    pub fn data_text<'s>(&'s self, properties: &[String], scratch: &'s mut Vec<u8>) -> Result<&'s str, FrameError> {
+        match self {
+            SocketRecord::Json(r) => Ok(r.data.get()),
+            SocketRecord::Proto(_) => {
+                scratch.clear();
+                self.write_data(properties, scratch)?;
+                Ok(std::str::from_utf8(scratch).expect("serde_json writes UTF-8"))
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -138,14 +138,15 @@ impl Db {
         Ok(now)
     }
 
-    /// One binary `COPY` of encoded rows (each already a field count and its
-    /// fields) into the table, in the transaction [`Db::commit`] ends.
+    /// One binary `COPY` of encoded rows (each already a field count, its
+    /// data fields, then Airbyte's four) into the table, in the transaction [`Db::commit`] ends.
     pub fn copy_in(&mut self, table: &Table, columns: &[Column], rows: &[u8]) -> Result<u64, Failure> {
         if !self.open {
             self.execute("starting a transaction", "begin")?;
             self.open = true;
         }
-        let names: Vec<String> = META_COLUMNS.iter().map(|(n, _)| quoted(n)).chain(columns.iter().map(|c| quoted(&c.name))).collect();
+        // The data first: a row's `_airbyte_meta`, after it, names what did not fit.
+        let names: Vec<String> = columns.iter().map(|c| quoted(&c.name)).chain(META_COLUMNS.iter().map(|(n, _)| quoted(n))).collect();
         let sql = format!("copy {} ({}) from stdin (format binary)", table.sql(), names.join(", "));
         let what = format!("copying into {table}");
         let mut writer = self.client.copy_in(&sql).map_err(|e| failed(&what, e))?;

@@ -200,36 +200,17 @@ pub fn encode_raw(out: &mut Vec<u8>, kind: ColumnType, raw: Option<&serde_json::
     let number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
     match kind {
         _ if text == "null" => encode(out, kind, &Value::Null),
-        ColumnType::Decimal if number => {
-            let start = out.len();
-            out.extend_from_slice(&[0; 4]);
-            if numeric(out, text) {
-                let len = (out.len() - start - 4) as i32;
-                out[start..start + 4].copy_from_slice(&len.to_be_bytes());
-                true
-            } else {
-                out.truncate(start);
-                out.extend_from_slice(&(-1i32).to_be_bytes());
-                false
-            }
-        }
-        ColumnType::Jsonb => {
-            let start = out.len();
-            out.extend_from_slice(&((text.len() + 1) as i32).to_be_bytes());
+        ColumnType::Decimal if number => field(out, |out| numeric(out, text)),
+        ColumnType::Jsonb => field(out, |out| {
             out.push(1);
             out.extend_from_slice(text.as_bytes());
             // Postgres refuses \u0000 in jsonb text.
-            let fits = !text.contains("\\u0000");
-            if !fits {
-                out.truncate(start);
-                out.extend_from_slice(&(-1i32).to_be_bytes());
-            }
-            fits
-        }
-        _ => {
-            let value = serde_json::from_str::<Value>(text).expect("a RawValue is valid JSON");
-            encode(out, kind, &value)
-        }
+            !text.contains("\\u0000")
+        }),
+        _ => match sluice_protocol::json::string_text(text) {
+            Some(s) => encode_str(out, kind, &s),
+            None => encode(out, kind, &serde_json::from_str::<Value>(text).expect("a RawValue is valid JSON")),
+        },
     }
 }
 
@@ -237,40 +218,68 @@ pub fn encode_raw(out: &mut Vec<u8>, kind: ColumnType, raw: Option<&serde_json::
 /// NULL is length -1. Returns false (and writes NULL) when the value does
 /// not fit the column.
 pub fn encode(out: &mut Vec<u8>, kind: ColumnType, value: &Value) -> bool {
-    if value.is_null() {
-        out.extend_from_slice(&(-1i32).to_be_bytes());
-        return true;
-    }
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    let fits = match kind {
-        ColumnType::BigInt => integer(value).map(|i| out.extend_from_slice(&i.to_be_bytes())).is_some(),
-        ColumnType::Decimal => decimal_text(value).is_some_and(|text| numeric(out, &text)),
-        ColumnType::Varchar => {
-            match value {
-                Value::String(s) => out.extend_from_slice(s.as_bytes()),
-                // A number or boolean where a string was declared is kept as its text.
-                Value::Number(_) | Value::Bool(_) => out.extend_from_slice(value.to_string().as_bytes()),
-                other => serde_json::to_writer(&mut *out, other).expect("JSON serializes"),
-            }
-            !out[start + 4..].contains(&0)
+    match value {
+        Value::Null => {
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            true
         }
-        ColumnType::Boolean => value.as_bool().map(|b| out.push(u8::from(b))).is_some(),
+        Value::String(s) => encode_str(out, kind, s),
+        _ => field(out, |out| match kind {
+            ColumnType::BigInt => integer(value).map(|i| out.extend_from_slice(&i.to_be_bytes())).is_some(),
+            ColumnType::Decimal => value.is_number() && numeric(out, &value.to_string()),
+            // A number or boolean where a string was declared is kept as its text.
+            ColumnType::Varchar => {
+                serde_json::to_writer(&mut *out, value).expect("JSON serializes");
+                true
+            }
+            ColumnType::Boolean => value.as_bool().map(|b| out.push(u8::from(b))).is_some(),
+            ColumnType::Jsonb => {
+                out.push(1);
+                let start = out.len();
+                serde_json::to_writer(&mut *out, value).expect("JSON serializes");
+                // Postgres refuses \u0000 in jsonb text.
+                !out[start..].windows(6).any(|w| w == b"\\u0000")
+            }
+            ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz | ColumnType::Time | ColumnType::TimeTz => false,
+        }),
+    }
+}
+
+/// [`encode`] for a string value: the common case, which the hot path
+/// takes without building a `Value`.
+fn encode_str(out: &mut Vec<u8>, kind: ColumnType, s: &str) -> bool {
+    field(out, |out| match kind {
+        ColumnType::BigInt => s.trim().parse::<i64>().map(|i| out.extend_from_slice(&i.to_be_bytes())).is_ok(),
+        ColumnType::Decimal => !s.trim().is_empty() && numeric(out, s.trim()),
+        ColumnType::Varchar => {
+            out.extend_from_slice(s.as_bytes());
+            !s.contains('\0')
+        }
+        ColumnType::Boolean => false,
         ColumnType::Jsonb => {
             out.push(1);
-            serde_json::to_writer(&mut *out, value).expect("JSON serializes");
-            // Postgres refuses \u0000 in jsonb text.
-            !out[start + 5..].windows(6).any(|w| w == b"\\u0000")
+            serde_json::to_writer(&mut *out, s).expect("JSON serializes");
+            !s.contains('\0')
         }
-        ColumnType::Date => value.as_str().and_then(|s| s.parse::<jiff::civil::Date>().ok()).map(|d| out.extend_from_slice(&(days(d) as i32).to_be_bytes())).is_some(),
-        ColumnType::Timestamp => value.as_str().and_then(civil_datetime).map(|us| out.extend_from_slice(&us.to_be_bytes())).is_some(),
-        ColumnType::TimestampTz => value.as_str().and_then(instant).map(|us| out.extend_from_slice(&us.to_be_bytes())).is_some(),
-        ColumnType::Time => value.as_str().and_then(|s| s.parse::<jiff::civil::Time>().ok()).map(|t| out.extend_from_slice(&time_micros(t).to_be_bytes())).is_some(),
-        ColumnType::TimeTz => value.as_str().and_then(time_tz).map(|(us, west)| {
-            out.extend_from_slice(&us.to_be_bytes());
-            out.extend_from_slice(&west.to_be_bytes());
-        }).is_some(),
-    };
+        ColumnType::Date => s.parse::<jiff::civil::Date>().map(|d| out.extend_from_slice(&(days(d) as i32).to_be_bytes())).is_ok(),
+        ColumnType::Timestamp => civil_datetime(s).map(|us| out.extend_from_slice(&us.to_be_bytes())).is_some(),
+        ColumnType::TimestampTz => instant(s).map(|us| out.extend_from_slice(&us.to_be_bytes())).is_some(),
+        ColumnType::Time => s.parse::<jiff::civil::Time>().map(|t| out.extend_from_slice(&time_micros(t).to_be_bytes())).is_ok(),
+        ColumnType::TimeTz => time_tz(s)
+            .map(|(us, west)| {
+                out.extend_from_slice(&us.to_be_bytes());
+                out.extend_from_slice(&west.to_be_bytes());
+            })
+            .is_some(),
+    })
+}
+
+/// One field: its length, then what `write` appends; NULL in its place
+/// when `write` says the value does not fit.
+fn field(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let fits = write(out);
     if fits {
         let len = (out.len() - start - 4) as i32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -281,21 +290,10 @@ pub fn encode(out: &mut Vec<u8>, kind: ColumnType, value: &Value) -> bool {
     fits
 }
 
+/// A JSON number that is a whole number in range.
 fn integer(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64)),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// A number's decimal text, from a JSON number or a numeric string.
-fn decimal_text(value: &Value) -> Option<String> {
-    match value {
-        Value::Number(n) => Some(n.to_string()),
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-        _ => None,
-    }
+    let n = value.as_number()?;
+    n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64))
 }
 
 /// Postgres's binary `numeric`: base-10000 digits, a weight, a sign and

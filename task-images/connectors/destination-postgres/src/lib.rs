@@ -88,6 +88,8 @@ struct Target {
     loader: Loader,
     generation: i64,
     sync_id: Option<i64>,
+    /// `_airbyte_meta` of a row where every value fit, written once.
+    clean_meta: Vec<u8>,
     cdc_deletes: bool,
 }
 
@@ -95,8 +97,6 @@ struct Target {
 #[derive(Default)]
 struct Batch {
     rows: Vec<u8>,
-    /// One row's data fields, encoded before its `_airbyte_meta`.
-    fields: Vec<u8>,
     buffered: usize,
     oldest: Option<Instant>,
 }
@@ -182,6 +182,7 @@ fn open_targets(db: &mut Db, config: &Config, catalog: &ConfiguredAirbyteCatalog
             loader,
             generation,
             sync_id: configured.sync_id,
+            clean_meta: layout::meta(configured.sync_id, &[]).to_string().into_bytes(),
             cdc_deletes,
         });
     }
@@ -213,8 +214,8 @@ fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<
             let Some(&i) = index.get(&descriptor) else {
                 return Err(Failure::system(format!("stdin line {line}: a record of stream {descriptor}, which the configured catalog does not have")));
             };
-            let data = fields(record.data.get().as_bytes()).ok_or_else(|| Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object")))?;
-            encode_row(&targets[i], &mut batches[i], &data, record.emitted_at);
+            let values = column_values(record.data.get(), &targets[i].columns).map_err(|e| Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object: {e}")))?;
+            encode_row(&targets[i], &mut batches[i], &values, record.emitted_at);
             since_state += 1;
             if batches[i].full() {
                 flush(db, &targets[i], &mut batches[i])?;
@@ -286,7 +287,7 @@ struct Tables<'a> {
     statuses: Mutex<Vec<Option<StreamStatus>>>,
 }
 
-/// A reading thread's connection, its batches, and a record's JSON.
+/// A reading thread's connection, its batches, and a PROTOBUF record's data as JSON.
 struct Reader {
     db: Db,
     batches: Vec<Batch>,
@@ -302,11 +303,10 @@ impl Sink for Tables<'_> {
     }
 
     fn record(&self, local: &mut Reader, stream: usize, properties: &[String], record: &SocketRecord<'_>) -> Result<(), Failure> {
-        local.json.clear();
-        record.write_data(properties, &mut local.json).map_err(|e| Failure::system(e.to_string()))?;
-        let data = fields(&local.json).ok_or_else(|| Failure::system(format!("record data of stream {} is not an object", record.stream())))?;
         let (target, batch) = (&self.targets[stream], &mut local.batches[stream]);
-        encode_row(target, batch, &data, record.emitted_at());
+        let data = record.data_text(properties, &mut local.json).map_err(|e| Failure::system(e.to_string()))?;
+        let values = column_values(data, &target.columns).map_err(|e| Failure::system(format!("record data of stream {} is not an object: {e}", record.stream())))?;
+        encode_row(target, batch, &values, record.emitted_at());
         if batch.full() {
             flush(&mut local.db, target, batch)?;
         }
@@ -334,35 +334,81 @@ impl Sink for Tables<'_> {
     }
 }
 
-/// A record's data, each field's value as written; None if it is not an object.
-fn fields(data: &[u8]) -> Option<HashMap<String, &RawValue>> {
-    serde_json::from_slice(data).ok()
+/// A record's data as each column's value, as written (None where the
+/// record has no such field); an error if the data is not an object. Keys
+/// are matched in place: a record's keys come in the schema's order, so the
+/// next column is tried first.
+fn column_values<'a>(data: &'a str, columns: &[Column]) -> Result<Vec<Option<&'a RawValue>>, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    #[derive(serde::Deserialize)]
+    struct Key<'k>(#[serde(borrow)] std::borrow::Cow<'k, str>);
+
+    struct Columns<'c>(&'c [Column]);
+    impl<'de> DeserializeSeed<'de> for Columns<'_> {
+        type Value = Vec<Option<&'de RawValue>>;
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Columns<'_> {
+        type Value = Vec<Option<&'de RawValue>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+            let columns = self.0;
+            let mut values = vec![None; columns.len()];
+            let mut next = 0;
+            while let Some(Key(key)) = map.next_key()? {
+                let at = if columns.get(next).is_some_and(|c| c.property == key) { Some(next) } else { columns.iter().position(|c| c.property == key) };
+                match at {
+                    Some(i) => {
+                        values[i] = Some(map.next_value()?);
+                        next = i + 1;
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(values)
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_str(data);
+    let values = Columns(columns).deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(values)
 }
 
-/// One row of binary `COPY`: Airbyte's four columns, then the data.
-fn encode_row(target: &Target, batch: &mut Batch, data: &HashMap<String, &RawValue>, emitted_at: i64) {
-    let (Batch { rows, fields, .. }, columns) = (&mut *batch, &target.columns);
-    // The data first, aside: `_airbyte_meta` before it names what did not fit.
-    fields.clear();
+/// One row of binary `COPY`: the data, then Airbyte's four columns.
+fn encode_row(target: &Target, batch: &mut Batch, values: &[Option<&RawValue>], emitted_at: i64) {
+    let rows = &mut batch.rows;
+    rows.extend_from_slice(&((target.columns.len() + layout::META_COLUMNS.len()) as i16).to_be_bytes());
     let mut nulled: Vec<&str> = Vec::new();
-    for c in columns.iter() {
-        if !layout::encode_raw(fields, c.kind, data.get(&c.property).copied()) {
+    for (c, value) in target.columns.iter().zip(values) {
+        if !layout::encode_raw(rows, c.kind, *value) {
             nulled.push(&c.property);
         }
     }
-    rows.extend_from_slice(&((layout::META_COLUMNS.len() + columns.len()) as i16).to_be_bytes());
     rows.extend_from_slice(&16i32.to_be_bytes());
     rows.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
     rows.extend_from_slice(&8i32.to_be_bytes());
     rows.extend_from_slice(&layout::extracted_at_micros(emitted_at).to_be_bytes());
-    let meta_at = rows.len();
-    rows.extend_from_slice(&[0, 0, 0, 0, 1]);
-    serde_json::to_writer(&mut *rows, &layout::meta(target.sync_id, &nulled)).expect("JSON serializes");
-    let len = (rows.len() - meta_at - 4) as i32;
-    rows[meta_at..meta_at + 4].copy_from_slice(&len.to_be_bytes());
+    if nulled.is_empty() {
+        rows.extend_from_slice(&((target.clean_meta.len() + 1) as i32).to_be_bytes());
+        rows.push(1);
+        rows.extend_from_slice(&target.clean_meta);
+    } else {
+        let meta_at = rows.len();
+        rows.extend_from_slice(&[0, 0, 0, 0, 1]);
+        serde_json::to_writer(&mut *rows, &layout::meta(target.sync_id, &nulled)).expect("JSON serializes");
+        let len = (rows.len() - meta_at - 4) as i32;
+        rows[meta_at..meta_at + 4].copy_from_slice(&len.to_be_bytes());
+    }
     rows.extend_from_slice(&8i32.to_be_bytes());
     rows.extend_from_slice(&target.generation.to_be_bytes());
-    rows.extend_from_slice(fields);
     batch.buffered += 1;
     batch.oldest.get_or_insert_with(Instant::now);
 }

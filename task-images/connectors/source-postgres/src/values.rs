@@ -94,7 +94,8 @@ fn write_value(wire: Wire, v: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         }
         Wire::Float8 => write_float(f64::from_bits(int(8)? as u64), None, out),
         Wire::Numeric => write_numeric(v, out)?,
-        Wire::Text => write_string(v, out),
+        // Bytes that are not UTF-8 (a database in SQL_ASCII) become U+FFFD rather than fail the read.
+        Wire::Text => sluice_protocol::json::write_string(v, out),
         Wire::Jsonb => match v.split_first() {
             Some((1, text)) => out.extend_from_slice(text),
             _ => return Err("a jsonb value of an unknown version".into()),
@@ -144,7 +145,7 @@ fn write_value(wire: Wire, v: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
 }
 
 fn write_int(n: i64, out: &mut Vec<u8>) {
-    let _ = std::io::Write::write_fmt(out, format_args!("{n}"));
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// The shortest text that reads back as the same float (what PostgreSQL
@@ -166,13 +167,6 @@ pub(crate) fn write_float(x: f64, single: Option<f32>, out: &mut Vec<u8>) {
             None => write!(out, "{x}"),
         };
     }
-}
-
-/// A JSON string of text; bytes that are not UTF-8 (a database in
-/// SQL_ASCII) become U+FFFD rather than fail the read.
-pub fn write_string(text: &[u8], out: &mut Vec<u8>) {
-    let text = String::from_utf8_lossy(text);
-    serde_json::to_writer(out, text.as_ref()).expect("a string serializes");
 }
 
 /// `numeric`'s binary form (digits in base 10000, the weight of the first,
