@@ -111,6 +111,18 @@ fn a_source_that_dies_keeps_the_released_state_and_the_retry_resumes_from_it() {
 }
 
 #[test]
+fn a_source_that_fails_before_it_listens_ends_the_attempt_at_once() {
+    let s = Scratch::new();
+    let started = std::time::Instant::now();
+    // No `records`: the source fails on its config before it listens on any socket.
+    let failed = sync(&s, &fixture("socket_source.py"), &json!({}), &["--data-channel", "socket", "--data-format", "jsonl", "--sockets", "2"]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert_eq!(failed.failure()["side"], "source", "{:#}", failed.outcome);
+    // The destination would otherwise wait its connect timeout (15 minutes) for sockets no one opens.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "the attempt took {:?}", started.elapsed());
+}
+
+#[test]
 fn a_state_whose_records_never_arrived_is_never_committed() {
     let s = Scratch::new();
     let source = fixture("socket_source.py");

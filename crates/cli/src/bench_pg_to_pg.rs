@@ -6,7 +6,8 @@
 //! 2. source-postgres alone, its records to /dev/null (its own rate and peak RSS);
 //! 3. the whole sync in legacy mode (source-postgres, the orchestrator and
 //!    destination-postgres; a full refresh that overwrites) and in socket
-//!    mode (JSONL, the table's page ranges read over a connection per socket);
+//!    mode (PROTOBUF and JSONL, the table's page ranges read over a
+//!    connection per socket);
 //! 4. dlt: `sql_database`'s `sql_table` with the pyarrow backend into
 //!    `dlt[postgres]` (loading by COPY from CSV files, its fastest);
 //! 5. Sling (PyPI `sling-linux-amd64`), `sling run` full refresh.
@@ -68,7 +69,7 @@ pub fn sling(cache: &Cache, install: bool) -> anyhow::Result<Option<PathBuf>> {
 }
 
 const SOURCE: &str = "sluice_pg2pg_src";
-const TARGETS: [&str; 5] = ["sluice_pg2pg_copy", "sluice_pg2pg_sluice", "sluice_pg2pg_socket", "sluice_pg2pg_dlt", "sluice_pg2pg_sling"];
+const TARGETS: [&str; 6] = ["sluice_pg2pg_copy", "sluice_pg2pg_sluice", "sluice_pg2pg_socket", "sluice_pg2pg_jsonl", "sluice_pg2pg_dlt", "sluice_pg2pg_sling"];
 
 fn drop_all(url: &str) -> anyhow::Result<()> {
     let schemas = std::iter::once(SOURCE).chain(TARGETS);
@@ -141,7 +142,8 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     let source = Source { name: "source-postgres", config: &source_file, catalog: &catalog_file };
     let whole_sync = |schema: &str, channel: &[&str]| whole_sync(sluice, dir, args.url, &source, schema, "t", args.records, channel);
     let sync = whole_sync("sluice_pg2pg_sluice", &["--data-channel", "stdio"])?;
-    let socket = whole_sync("sluice_pg2pg_socket", &["--data-channel", "socket", "--data-format", "jsonl"])?;
+    let socket = whole_sync("sluice_pg2pg_socket", &["--data-channel", "socket", "--data-format", "protobuf"])?;
+    let socket_jsonl = whole_sync("sluice_pg2pg_jsonl", &["--data-channel", "socket", "--data-format", "jsonl"])?;
 
     // 4 and 5: the peers, when installed.
     let dlt = match &args.dlt_python {
@@ -183,7 +185,8 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     row("source-postgres alone (to /dev/null)", &alone);
     row("sync, legacy mode (source+orch.+dest.)", &sync);
     let sockets = sluice_domain::channel::socket_count(cores(), cores());
-    row(&format!("sync, socket mode JSONL x{sockets} (bookkeeper)"), &socket);
+    row(&format!("sync, socket mode PROTOBUF x{sockets} (bookkeeper)"), &socket);
+    row(&format!("sync, socket mode JSONL x{sockets}"), &socket_jsonl);
     match &dlt {
         Some(d) => row(&format!("dlt {} (sql_table, pyarrow, csv)", crate::bench_postgres::DLT_VERSION), d),
         None => println!("dlt: not measured (use --install-dlt)"),

@@ -92,6 +92,7 @@ fn varint_len(v: u64) -> usize {
 pub struct RecordEncoder {
     record: Vec<u8>,
     value: Vec<u8>,
+    head: Vec<u8>,
 }
 
 impl RecordEncoder {
@@ -135,14 +136,55 @@ impl RecordEncoder {
         self.push_value();
     }
 
+    /// Written straight into the record: a string is most of a record's
+    /// bytes, and the value buffer would copy it once more.
     pub fn string(&mut self, v: &str) {
-        put_len(&mut self.value, field::STRING, v.as_bytes());
-        self.push_value();
+        self.bytes_value(field::STRING, v.as_bytes());
+    }
+
+    fn bytes_value(&mut self, number: u32, bytes: &[u8]) {
+        let inner = 1 + varint_len(bytes.len() as u64) + bytes.len();
+        put_tag(&mut self.record, field::DATA, LEN);
+        put_varint(&mut self.record, inner as u64);
+        put_len(&mut self.record, number, bytes);
     }
 
     /// A string that the schema marks as a number too large for i64 or f64.
     pub fn big_integer(&mut self, digits: &str) {
-        put_len(&mut self.value, field::BIG_INTEGER, digits.as_bytes());
+        self.bytes_value(field::BIG_INTEGER, digits.as_bytes());
+    }
+
+    /// A decimal number's text, every digit kept (`numeric`, or a float's
+    /// shortest text).
+    pub fn big_decimal(&mut self, text: &str) {
+        self.bytes_value(field::BIG_DECIMAL, text.as_bytes());
+    }
+
+    /// Days since 1970-01-01.
+    pub fn date(&mut self, days: i64) {
+        put_tag(&mut self.value, field::DATE, VARINT);
+        put_varint(&mut self.value, zigzag(days));
+        self.push_value();
+    }
+
+    pub fn time_without_timezone(&mut self, nanos_of_day: u64) {
+        put_tag(&mut self.value, field::TIME_WITHOUT_TIMEZONE, VARINT);
+        put_varint(&mut self.value, nanos_of_day);
+        self.push_value();
+    }
+
+    /// Days since 1970-01-01 and the time of that day.
+    pub fn timestamp_without_timezone(&mut self, days: i64, nanos_of_day: u64) {
+        let (days, nanos) = (zigzag(days), nanos_of_day);
+        let len = 1 + varint_len(days) + if nanos == 0 { 0 } else { 1 + varint_len(nanos) };
+        put_tag(&mut self.value, field::TIMESTAMP_WITHOUT_TIMEZONE, LEN);
+        put_varint(&mut self.value, len as u64);
+        put_tag(&mut self.value, 1, VARINT);
+        put_varint(&mut self.value, days);
+        if nanos != 0 {
+            put_tag(&mut self.value, 2, VARINT);
+            put_varint(&mut self.value, nanos);
+        }
         self.push_value();
     }
 
@@ -162,9 +204,12 @@ impl RecordEncoder {
 
     /// Objects and arrays travel as JSON bytes.
     pub fn json(&mut self, v: &Value) {
-        let bytes = serde_json::to_vec(v).expect("a JSON value serializes");
-        put_len(&mut self.value, field::JSON, &bytes);
-        self.push_value();
+        self.json_text(&serde_json::to_vec(v).expect("a JSON value serializes"));
+    }
+
+    /// JSON already written (a database's `jsonb`).
+    pub fn json_text(&mut self, json: &[u8]) {
+        self.bytes_value(field::JSON, json);
     }
 
     /// Any JSON value, by its JSON type: what a source without a typed
@@ -186,9 +231,20 @@ impl RecordEncoder {
 
     /// Ends the record and appends its frame to `out`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
+        let (head, record) = self.frame();
+        out.extend_from_slice(head);
+        out.extend_from_slice(record);
+    }
+
+    /// Ends the record: its frame as two pieces, the frame's length and the
+    /// record's tag and length, then the record (not copied into one).
+    pub fn frame(&mut self) -> (&[u8], &[u8]) {
         let record_len = self.record.len() as u64;
-        put_varint(out, (1 + varint_len(record_len)) as u64 + record_len);
-        put_len(out, field::RECORD, &self.record);
+        self.head.clear();
+        put_varint(&mut self.head, (1 + varint_len(record_len)) as u64 + record_len);
+        put_tag(&mut self.head, field::RECORD, LEN);
+        put_varint(&mut self.head, record_len);
+        (&self.head, &self.record)
     }
 }
 
@@ -337,6 +393,20 @@ impl Record<'_> {
         Ok(Value::Object(data))
     }
 
+    /// Each value in turn, borrowed from the frame: what a destination
+    /// that encodes values itself reads instead of [`Self::data`].
+    pub fn values(&self) -> impl Iterator<Item = Result<Scalar<'_>, DecodeError>> {
+        let mut wire = Wire { bytes: self.body };
+        std::iter::from_fn(move || loop {
+            match wire.next() {
+                Ok(Some((field::DATA, Field::Bytes(b)))) => return Some(scalar(b)),
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        })
+    }
+
     /// The record's `meta` in the protocol's JSON shape, if it has one.
     pub fn meta(&self) -> Result<Option<Value>, DecodeError> {
         let mut wire = Wire { bytes: self.body };
@@ -389,7 +459,61 @@ fn decode_meta(bytes: &[u8]) -> Result<Value, DecodeError> {
     Ok(serde_json::json!({"changes": changes}))
 }
 
-fn decode_value(bytes: &[u8]) -> Result<Value, DecodeError> {
+/// A record's value as a destination's hot path takes it: the kinds that
+/// make up most data borrowed as they came, the rest as their JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    Integer(i64),
+    Number(f64),
+    String(&'a str),
+    /// A big integer's or a decimal's text, every digit kept.
+    Decimal(&'a str),
+    /// An object or array, as JSON text.
+    Json(&'a str),
+    /// A timestamp with a time zone: microseconds since 1970 (UTC), and
+    /// the value as it came, for its text.
+    Instant { micros: i64, encoded: &'a [u8] },
+    /// Other dates and times, as the ISO text [`Record::data`] gives them.
+    Other(Value),
+}
+
+fn scalar(bytes: &[u8]) -> Result<Scalar<'_>, DecodeError> {
+    let mut wire = Wire { bytes };
+    let mut found = Scalar::Null;
+    while let Some((number, field)) = wire.next()? {
+        found = match (number, field) {
+            (field::IS_NULL, Field::Varint(v)) if v != 0 => return Ok(Scalar::Null),
+            (field::IS_NULL, _) => found,
+            (field::BOOLEAN, Field::Varint(v)) => Scalar::Bool(v != 0),
+            (field::STRING, Field::Bytes(b)) => Scalar::String(utf8(b, "a string value")?),
+            (field::INTEGER, Field::Varint(v)) => Scalar::Integer(unzigzag(v)),
+            (field::BIG_INTEGER | field::BIG_DECIMAL, Field::Bytes(b)) => Scalar::Decimal(utf8(b, "a big number")?),
+            (field::NUMBER, Field::Fixed64(b)) => Scalar::Number(f64::from_le_bytes(b)),
+            (field::JSON, Field::Bytes(b)) => Scalar::Json(utf8(b, "a json value")?),
+            (field::TIMESTAMP_WITH_TIMEZONE, Field::Bytes(b)) => {
+                let (mut second, mut nano) = (0i64, 0i64);
+                let mut inner = Wire { bytes: b };
+                while let Some((number, field)) = inner.next()? {
+                    match (number, field) {
+                        (1, Field::Varint(v)) => second = unzigzag(v),
+                        (2, Field::Varint(v)) => nano = v as i64,
+                        _ => {}
+                    }
+                }
+                let micros = second.checked_mul(1_000_000).and_then(|m| m.checked_add(nano / 1000)).ok_or_else(|| bad("a timestamp out of range"))?;
+                Scalar::Instant { micros, encoded: bytes }
+            }
+            _ => Scalar::Other(decode_value(bytes)?),
+        };
+    }
+    Ok(found)
+}
+
+/// One encoded value as [`Record::data`] gives it (a [`Scalar::Instant`]'s
+/// `encoded`, for its text).
+pub fn decode_value(bytes: &[u8]) -> Result<Value, DecodeError> {
     let mut wire = Wire { bytes };
     let mut value = Value::Null;
     while let Some((number, field)) = wire.next()? {
@@ -551,6 +675,36 @@ mod tests {
         let mut value = Vec::new();
         put_len(&mut value, field::TIMESTAMP_WITH_TIMEZONE, &inner);
         assert_eq!(decode_value(&value).unwrap(), json!("1969-12-31T19:00:00.500-05:00"));
+    }
+
+    #[test]
+    fn typed_values_decode_as_scalars_and_as_json() {
+        let mut encoder = RecordEncoder::default();
+        encoder.begin(None, "t", 1, "p");
+        encoder.date(19_782);
+        encoder.time_without_timezone(45_296_789_000_000);
+        encoder.timestamp_without_timezone(19_724, 11_045_678_000_000);
+        encoder.timestamp_with_timezone(1_704_164_645, 500_000_000, 0);
+        encoder.big_decimal("12345.67890");
+        encoder.json_text(br#"{"a":[1,2]}"#);
+        encoder.string("é ☃");
+        let mut out = Vec::new();
+        encoder.finish(&mut out);
+        let Frame::Record(record) = decode_frame(frame_body(&out)).unwrap() else { panic!("not a record") };
+        let names: Vec<String> = ["a", "b", "c", "d", "e", "f", "g"].map(String::from).to_vec();
+        let data = record.data(&names).unwrap();
+        assert_eq!(data["a"], json!("2024-02-29"));
+        assert_eq!(data["b"], json!("12:34:56.789"));
+        assert_eq!(data["c"], json!("2024-01-02T03:04:05.678"));
+        assert_eq!(data["d"], json!("2024-01-02T03:04:05.500+00:00"));
+        assert_eq!(data["e"], json!("12345.67890"), "a decimal whose text a double would not keep stays text");
+        assert_eq!(data["f"], json!({"a": [1, 2]}));
+        let scalars: Vec<Scalar> = record.values().collect::<Result<_, _>>().unwrap();
+        assert!(matches!(scalars[3], Scalar::Instant { micros: 1_704_164_645_500_000, .. }), "{:?}", scalars[3]);
+        assert_eq!(scalars[4], Scalar::Decimal("12345.67890"), "every digit, as sent");
+        assert_eq!(scalars[5], Scalar::Json(r#"{"a":[1,2]}"#));
+        assert_eq!(scalars[6], Scalar::String("é ☃"));
+        assert_eq!(scalars[0], Scalar::Other(json!("2024-02-29")));
     }
 
     #[test]

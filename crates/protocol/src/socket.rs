@@ -154,6 +154,7 @@ pub struct FrameWriter<W: Write> {
     out: BufWriter<W>,
     pub format: Format,
     encoder: RecordEncoder,
+    /// Protocol messages' and probes' frames.
     frame: Vec<u8>,
 }
 
@@ -180,10 +181,12 @@ impl<W: Write> FrameWriter<W> {
         &mut self.encoder
     }
 
-    pub fn end_record(&mut self) -> io::Result<()> {
-        self.frame.clear();
-        self.encoder.finish(&mut self.frame);
-        self.out.write_all(&self.frame)
+    /// Writes the record begun; returns its frame's size.
+    pub fn end_record(&mut self) -> io::Result<usize> {
+        let (head, record) = self.encoder.frame();
+        self.out.write_all(head)?;
+        self.out.write_all(record)?;
+        Ok(head.len() + record.len())
     }
 
     /// Any protocol message (a STATE, a stream status) in this framing.
@@ -307,19 +310,6 @@ impl SocketRecord<'_> {
             SocketRecord::Proto(r) => serde_json::to_writer(out, &r.data(properties)?).expect("a JSON value serializes"),
         }
         Ok(())
-    }
-
-    /// The record's data as JSON text: borrowed as written for JSONL,
-    /// written into `scratch` for PROTOBUF.
-    pub fn data_text<'s>(&'s self, properties: &[String], scratch: &'s mut Vec<u8>) -> Result<&'s str, FrameError> {
-        match self {
-            SocketRecord::Json(r) => Ok(r.data.get()),
-            SocketRecord::Proto(_) => {
-                scratch.clear();
-                self.write_data(properties, scratch)?;
-                Ok(std::str::from_utf8(scratch).expect("serde_json writes UTF-8"))
-            }
-        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod outcome;
 pub mod pump;
 pub mod report;
+mod stand_in;
 pub mod workload_api;
 
 use std::collections::VecDeque;
@@ -322,11 +323,13 @@ struct Attempt<'a> {
     cancelled: bool,
     sides: [SideState; 2],
     state_dirty: bool,
+    /// Socket mode, after the source exited: listens where it did.
+    stand_in: Option<stand_in::StandIn>,
 }
 
 impl<'a> Attempt<'a> {
     fn new(config: &'a SyncConfig, ledger: Ledger) -> Self {
-        Attempt { config, ledger, failures: Vec::new(), cancelled: false, sides: Default::default(), state_dirty: false }
+        Attempt { config, ledger, failures: Vec::new(), cancelled: false, sides: Default::default(), state_dirty: false, stand_in: None }
     }
 
     fn name(&self, side: Side) -> &str {
@@ -451,6 +454,13 @@ impl<'a> Attempt<'a> {
                 state.exit = Some(exit);
                 state.note_progress();
                 let stopped_by_us = state.stopping.is_some();
+                if let (Side::Source, Some(channel)) = (side, &self.config.data_channel) {
+                    let (stand_in, problems) = stand_in::StandIn::start(channel);
+                    self.stand_in = Some(stand_in);
+                    for problem in problems {
+                        self.log(reporter, Side::Orchestrator, LogLevel::Warn, &format!("the source exited, and its socket is left unanswered: {problem}"));
+                    }
+                }
                 if exit.success() {
                     return;
                 }

@@ -6,7 +6,9 @@
 //! the row's `_airbyte_meta.changes` (`DESTINATION_TYPECAST_ERROR`), as
 //! Airbyte's destinations do: a sync never fails on one bad value.
 
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use sluice_protocol::protobuf::Scalar;
 
 /// The longest identifier Postgres keeps, in bytes.
 const MAX_IDENTIFIER: usize = 63;
@@ -195,7 +197,7 @@ const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400 * 1_000_000;
 /// [`encode`] for a value as written in the record: a number for a numeric
 /// column keeps every digit (no trip through a double), and JSON for a
 /// jsonb column goes as it came.
-pub fn encode_raw(out: &mut Vec<u8>, kind: ColumnType, raw: Option<&serde_json::value::RawValue>) -> bool {
+pub fn encode_raw(out: &mut Vec<u8>, kind: ColumnType, raw: Option<&RawValue>) -> bool {
     let text = raw.map_or("null", |r| r.get());
     let number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
     match kind {
@@ -211,6 +213,35 @@ pub fn encode_raw(out: &mut Vec<u8>, kind: ColumnType, raw: Option<&serde_json::
             Some(s) => encode_str(out, kind, &s),
             None => encode(out, kind, &serde_json::from_str::<Value>(text).expect("a RawValue is valid JSON")),
         },
+    }
+}
+
+/// [`encode`] for a PROTOBUF record's value: strings, integers and
+/// decimals go straight in; JSON and decimals keep the text they came as.
+pub fn encode_scalar(out: &mut Vec<u8>, kind: ColumnType, value: &Scalar<'_>) -> bool {
+    let json_text = |out: &mut Vec<u8>, text: &str| match serde_json::from_str::<&RawValue>(text) {
+        Ok(raw) => encode_raw(out, kind, Some(raw)),
+        // A big number's text that is no JSON number (`NaN`) is kept as a string.
+        Err(_) => encode_str(out, kind, text),
+    };
+    match value {
+        Scalar::Null => encode(out, kind, &Value::Null),
+        Scalar::String(s) => encode_str(out, kind, s),
+        Scalar::Integer(i) if kind == ColumnType::BigInt => field(out, |out| {
+            out.extend_from_slice(&i.to_be_bytes());
+            true
+        }),
+        Scalar::Integer(i) => encode(out, kind, &Value::from(*i)),
+        Scalar::Number(f) => encode(out, kind, &serde_json::Number::from_f64(*f).map_or_else(|| Value::String(f.to_string()), Value::Number)),
+        Scalar::Bool(b) => encode(out, kind, &Value::Bool(*b)),
+        Scalar::Decimal(text) | Scalar::Json(text) => json_text(out, text),
+        Scalar::Instant { micros, .. } if kind == ColumnType::TimestampTz => field(out, |out| {
+            out.extend_from_slice(&(micros - PG_EPOCH_MICROS).to_be_bytes());
+            true
+        }),
+        // It decoded once already: its text does too.
+        Scalar::Instant { encoded, .. } => encode(out, kind, &sluice_protocol::protobuf::decode_value(encoded).unwrap_or_default()),
+        Scalar::Other(v) => encode(out, kind, v),
     }
 }
 

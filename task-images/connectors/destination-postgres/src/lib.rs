@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use sluice_connector_kit::sockets::{self, Sink};
 use serde_json::value::RawValue;
 use sluice_connector_kit::{each_input_line, echo_state, parse_message, read_json, Command, Failure, Output};
+use sluice_protocol::protobuf::Scalar;
 use sluice_protocol::socket::{self, SocketRecord};
 use sluice_protocol::*;
 
@@ -214,8 +215,9 @@ fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<
             let Some(&i) = index.get(&descriptor) else {
                 return Err(Failure::system(format!("stdin line {line}: a record of stream {descriptor}, which the configured catalog does not have")));
             };
-            let values = column_values(record.data.get(), &targets[i].columns).map_err(|e| Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object: {e}")))?;
-            encode_row(&targets[i], &mut batches[i], &values, record.emitted_at);
+            let (target, columns) = (&targets[i], &targets[i].columns);
+            let values = column_values(record.data.get(), columns).map_err(|e| Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object: {e}")))?;
+            encode_row(target, &mut batches[i], record.emitted_at, |i, out| layout::encode_raw(out, columns[i].kind, values[i]));
             since_state += 1;
             if batches[i].full() {
                 flush(db, &targets[i], &mut batches[i])?;
@@ -266,7 +268,14 @@ fn write_sockets(
     out: &mut Output,
 ) -> Result<Vec<Option<StreamStatus>>, Failure> {
     let connections = (0..channel.socket_paths.len()).map(|_| config.connect().map(Db::new)).collect::<Result<Vec<_>, _>>()?;
-    let sink = Tables { targets, connections: Mutex::new(connections), statuses: Mutex::new(vec![None; targets.len()]) };
+    // PROTOBUF values are positional: where each of a stream's sorted properties goes.
+    let positions = sockets::Streams::of(catalog)
+        .properties
+        .iter()
+        .zip(targets)
+        .map(|(properties, target)| properties.iter().map(|p| target.columns.iter().position(|c| &c.property == p)).collect())
+        .collect();
+    let sink = Tables { targets, positions, connections: Mutex::new(connections), statuses: Mutex::new(vec![None; targets.len()]) };
     let shared = Mutex::new(std::mem::take(out));
     let result = sockets::write(channel, catalog, &sink, &shared);
     *out = shared.into_inner().expect("stdout lock");
@@ -282,16 +291,17 @@ fn write_sockets(
 
 struct Tables<'a> {
     targets: &'a [Target],
+    /// Per stream, for each value of a PROTOBUF record, its column.
+    positions: Vec<Vec<Option<usize>>>,
     /// One per socket, taken by its reading thread.
     connections: Mutex<Vec<Db>>,
     statuses: Mutex<Vec<Option<StreamStatus>>>,
 }
 
-/// A reading thread's connection, its batches, and a PROTOBUF record's data as JSON.
+/// A reading thread's connection and its batches.
 struct Reader {
     db: Db,
     batches: Vec<Batch>,
-    json: Vec<u8>,
 }
 
 impl Sink for Tables<'_> {
@@ -299,14 +309,28 @@ impl Sink for Tables<'_> {
 
     fn local(&self) -> Reader {
         let db = self.connections.lock().expect("connections lock").pop().expect("a connection per socket");
-        Reader { db, batches: self.targets.iter().map(|_| Batch::default()).collect(), json: Vec::new() }
+        Reader { db, batches: self.targets.iter().map(|_| Batch::default()).collect() }
     }
 
-    fn record(&self, local: &mut Reader, stream: usize, properties: &[String], record: &SocketRecord<'_>) -> Result<(), Failure> {
+    fn record(&self, local: &mut Reader, stream: usize, _properties: &[String], record: &SocketRecord<'_>) -> Result<(), Failure> {
         let (target, batch) = (&self.targets[stream], &mut local.batches[stream]);
-        let data = record.data_text(properties, &mut local.json).map_err(|e| Failure::system(e.to_string()))?;
-        let values = column_values(data, &target.columns).map_err(|e| Failure::system(format!("record data of stream {} is not an object: {e}", record.stream())))?;
-        encode_row(target, batch, &values, record.emitted_at());
+        match record {
+            SocketRecord::Json(r) => {
+                let values = column_values(r.data.get(), &target.columns).map_err(|e| Failure::system(format!("record data of stream {} is not an object: {e}", r.stream)))?;
+                encode_row(target, batch, record.emitted_at(), |i, out| layout::encode_raw(out, target.columns[i].kind, values[i]));
+            }
+            SocketRecord::Proto(r) => {
+                // Values come in the order of the stream's sorted properties; the row wants the columns'.
+                let mut values: Vec<Option<Scalar>> = vec![None; target.columns.len()];
+                for (value, position) in r.values().zip(&self.positions[stream]) {
+                    let value = value.map_err(|e| Failure::system(format!("a record of stream {} does not decode: {e}", r.stream)))?;
+                    if let Some(column) = position {
+                        values[*column] = Some(value);
+                    }
+                }
+                encode_row(target, batch, record.emitted_at(), |i, out| layout::encode_scalar(out, target.columns[i].kind, values[i].as_ref().unwrap_or(&Scalar::Null)));
+            }
+        }
         if batch.full() {
             flush(&mut local.db, target, batch)?;
         }
@@ -382,13 +406,14 @@ fn column_values<'a>(data: &'a str, columns: &[Column]) -> Result<Vec<Option<&'a
     Ok(values)
 }
 
-/// One row of binary `COPY`: the data, then Airbyte's four columns.
-fn encode_row(target: &Target, batch: &mut Batch, values: &[Option<&RawValue>], emitted_at: i64) {
+/// One row of binary `COPY`: the data, each column's field written by
+/// `field` (false: the value did not fit, and is NULL), then Airbyte's four columns.
+fn encode_row(target: &Target, batch: &mut Batch, emitted_at: i64, mut field: impl FnMut(usize, &mut Vec<u8>) -> bool) {
     let rows = &mut batch.rows;
     rows.extend_from_slice(&((target.columns.len() + layout::META_COLUMNS.len()) as i16).to_be_bytes());
     let mut nulled: Vec<&str> = Vec::new();
-    for (c, value) in target.columns.iter().zip(values) {
-        if !layout::encode_raw(rows, c.kind, *value) {
+    for (i, c) in target.columns.iter().enumerate() {
+        if !field(i, rows) {
             nulled.push(&c.property);
         }
     }

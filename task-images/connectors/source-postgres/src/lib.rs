@@ -34,6 +34,7 @@ use sluice_protocol::*;
 
 use client::{Db, Table};
 use config::Config;
+use sluice_protocol::protobuf::RecordEncoder;
 use values::{Row, Wire};
 
 pub const NAME: &str = "source-postgres";
@@ -158,6 +159,9 @@ struct Plan<'a> {
     /// The FROM clause: the table as `_sluice_t`.
     from: String,
     row: Row,
+    /// PROTOBUF values are positional, one per property of the stream in
+    /// sorted order: the row's field each one is.
+    positions: Vec<Option<usize>>,
     cursor: Option<String>,
     sync_mode: SyncMode,
     /// The stream as the catalog names it: its records and states say so.
@@ -174,6 +178,11 @@ impl Plan<'_> {
         data.clear();
         self.row.write(fields, data).map_err(|e| Failure::system(format!("reading {}.{}: {e}", self.table.schema, self.table.name)))?;
         Ok(data)
+    }
+
+    /// The record's PROTOBUF values from a row's first fields.
+    fn encode(&self, fields: &[Option<&[u8]>], encoder: &mut RecordEncoder, scratch: &mut Vec<u8>) -> Result<(), Failure> {
+        self.row.encode(fields, &self.positions, encoder, scratch).map_err(|e| Failure::system(format!("reading {}.{}: {e}", self.table.schema, self.table.name)))
     }
 }
 
@@ -225,6 +234,9 @@ fn plan<'a>(configured: &ConfiguredAirbyteStream, tables: &'a [Table], schemas: 
         selected.extend(cdc::snapshot_columns(at));
     }
     let row = Row::new(selected.iter().map(|(name, _, wire)| (*name, *wire)));
+    let mut properties: Vec<&str> = stream.json_schema.get("properties").and_then(Value::as_object).map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+    properties.sort_unstable();
+    let positions = properties.iter().map(|p| selected.iter().position(|(name, _, _)| name == p)).collect();
     let select = selected.iter().map(|(_, expression, _)| expression.as_str()).collect::<Vec<_>>().join(", ");
     let cursor = match configured.sync_mode {
         SyncMode::FullRefresh => None,
@@ -251,7 +263,7 @@ fn plan<'a>(configured: &ConfiguredAirbyteStream, tables: &'a [Table], schemas: 
         }
     };
     let from = format!("{} _sluice_t", table.sql());
-    Ok(Plan { table, columns, select, from, row, cursor, sync_mode: configured.sync_mode.clone(), stream: stream.descriptor() })
+    Ok(Plan { table, columns, select, from, row, positions, cursor, sync_mode: configured.sync_mode.clone(), stream: stream.descriptor() })
 }
 
 /// How STATEs are written: per stream, or (CDC) one GLOBAL state holding
@@ -288,6 +300,12 @@ impl Book {
 /// socket with a copy of each STATE on stdout (socket mode).
 trait Sink {
     fn record(&mut self, prefix: &[u8], data: &[u8]) -> Result<(), Failure>;
+    /// A row's record, written as this sink frames it; returns its size.
+    fn row(&mut self, prefix: &[u8], plan: &Plan<'_>, fields: &[Option<&[u8]>], data: &mut Vec<u8>) -> Result<usize, Failure> {
+        let data = plan.record(fields, data)?;
+        self.record(prefix, data)?;
+        Ok(data.len())
+    }
     /// A STATE covering the `records` written since the last one.
     fn state(&mut self, descriptor: &StreamDescriptor, stream_state: Value, records: u64) -> Result<(), Failure>;
     fn log(&mut self, level: LogLevel, text: String) -> Result<(), Failure>;
@@ -324,16 +342,18 @@ struct Emitter<'a> {
     checkpoint_bytes: u64,
     since_state: u64,
     records: u64,
+    /// A record's JSON.
+    data: Vec<u8>,
 }
 
 impl<'a> Emitter<'a> {
     fn new(sink: &'a mut dyn Sink, descriptor: &'a StreamDescriptor, prefix: Vec<u8>, checkpoint_bytes: u64) -> Self {
-        Emitter { sink, descriptor, prefix, checkpoint_bytes, since_state: 0, records: 0 }
+        Emitter { sink, descriptor, prefix, checkpoint_bytes, since_state: 0, records: 0, data: Vec::new() }
     }
 
-    fn record(&mut self, data: &[u8]) -> Result<(), Failure> {
-        self.sink.record(&self.prefix, data)?;
-        self.since_state += data.len() as u64;
+    /// A row's record, in the sink's framing.
+    fn row(&mut self, plan: &Plan<'_>, fields: &[Option<&[u8]>]) -> Result<(), Failure> {
+        self.since_state += self.sink.row(&self.prefix, plan, fields, &mut self.data)? as u64;
         self.records += 1;
         Ok(())
     }
@@ -376,10 +396,9 @@ fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut 
     if !shared {
         db.begin_snapshot(&what)?;
     }
-    let mut data = Vec::new();
     if !table.has_pages() {
         let select = format!("select {} from {}", plan.select, plan.from);
-        db.each_row(&what, &select, |fields| emit.record(plan.record(fields, &mut data)?))?;
+        db.each_row(&what, &select, |fields| emit.row(plan, fields))?;
         if !shared {
             db.end_snapshot(&what)?;
         }
@@ -389,7 +408,7 @@ fn full_refresh(db: &mut Db, plan: &Plan<'_>, saved: Option<&Value>, emit: &mut 
     let mut ranges = Ranges::resumed(saved, pages, filenode, emit.checkpoint_bytes, &what, emit.sink)?;
     while let Some(i) = ranges.list.iter().position(|r| !r.read) {
         let select = format!("select {} from {}{}", plan.select, plan.from, ranges.list[i].filter());
-        db.each_row(&what, &select, |fields| emit.record(plan.record(fields, &mut data)?))?;
+        db.each_row(&what, &select, |fields| emit.row(plan, fields))?;
         ranges.list[i].read = true;
         if ranges.list.iter().any(|r| !r.read) {
             emit.state(ranges.state())?;
@@ -569,7 +588,6 @@ fn incremental(db: &mut Db, plan: &Plan<'_>, cursor: &str, saved: Option<&Value>
         key: keyed.then(|| key.iter().map(|k| text_of(Some(k))).collect()),
     };
     let width = plan.row.width();
-    let mut data = Vec::new();
     let read = db.each_row(&what, &select, |fields| {
         // The record's fields, then the cursor's and the key's text as JSON.
         let (value, key) = (fields[width].unwrap_or_default(), &fields[width + 1..]);
@@ -584,7 +602,7 @@ fn incremental(db: &mut Db, plan: &Plan<'_>, cursor: &str, saved: Option<&Value>
             last_cursor = Some(value.to_vec());
             count = 0;
         }
-        emit.record(plan.record(fields, &mut data)?)?;
+        emit.row(plan, fields)?;
         count += 1;
         if keyed {
             last_key.clear();

@@ -1,4 +1,4 @@
-//! Socket mode (Standard replication, JSONL frames): each table is cut
+//! Socket mode (Standard replication, JSONL or PROTOBUF frames): each table is cut
 //! into partitions, ranges of its pages as wide as a checkpoint, and the
 //! sockets' threads take partitions off one queue, each on its own
 //! connection. Every connection reads under the same snapshot, exported by
@@ -54,6 +54,7 @@ struct Shared<'a> {
     plans: &'a [Plan<'a>],
     state: &'a Value,
     snapshot: String,
+    format: Format,
     emitted_at: i64,
     queue: Mutex<VecDeque<Work>>,
     books: Mutex<Books>,
@@ -61,12 +62,6 @@ struct Shared<'a> {
 }
 
 pub fn read(config: &Config, db: &mut Db, plans: &[Plan<'_>], state: &Value, channel: &DataChannel, out: &mut Output) -> Result<(), Failure> {
-    if channel.format != Format::Jsonl {
-        return Err(Failure::config(format!(
-            "source-postgres writes socket mode's JSONL framing, not {}: its definition says so (connectorIPCOptions), and the platform picks JSONL",
-            channel.format.as_str()
-        )));
-    }
     // Listen on every socket before anything else, so the destination finds them.
     let listeners = channel.socket_paths.iter().map(|p| socket::listen(p)).collect::<std::io::Result<Vec<_>>>()?;
     let snapshot = db.export_snapshot()?;
@@ -99,6 +94,7 @@ pub fn read(config: &Config, db: &mut Db, plans: &[Plan<'_>], state: &Value, cha
         plans,
         state,
         snapshot,
+        format: channel.format,
         emitted_at: now_millis(),
         queue: Mutex::new(queue),
         books: Mutex::new(Books { streams: books, next_id: 1 }),
@@ -130,7 +126,7 @@ impl Sink for StdoutLog<'_> {
 
 fn serve(listener: UnixListener, path: &std::path::Path, shared: &Shared<'_>) -> Result<(), Failure> {
     let (connection, _) = listener.accept().map_err(|e| Failure::system(format!("socket {}: accept: {e}", path.display())))?;
-    let mut writer = FrameWriter::new(connection, Format::Jsonl);
+    let mut writer = FrameWriter::new(connection, shared.format);
     let mut db = Db::new(shared.config.connect()?)?;
     db.import_snapshot(&shared.snapshot)?;
     let broken = |e: std::io::Error| socket_error(path, e);
@@ -154,7 +150,7 @@ fn serve(listener: UnixListener, path: &std::path::Path, shared: &Shared<'_>) ->
                 };
                 let select = format!("select {} from {}{range}", plan.select, plan.from);
                 let mut data = Vec::new();
-                let records = db.each_row(&what, &select, |fields| sink.record(&prefix, plan.record(fields, &mut data)?))?;
+                let records = db.each_row(&what, &select, |fields| sink.row(&prefix, plan, fields, &mut data).map(drop))?;
                 if !sink.finish(records)? {
                     continue;
                 }
@@ -227,6 +223,18 @@ impl Sink for Socket<'_, '_> {
         let w = self.writer.writer();
         let written = w.write_all(prefix).and_then(|_| w.write_all(data)).and_then(|_| w.write_all(b"}}\n"));
         written.map_err(|e| self.broken(e))
+    }
+
+    fn row(&mut self, prefix: &[u8], plan: &Plan<'_>, fields: &[Option<&[u8]>], data: &mut Vec<u8>) -> Result<usize, Failure> {
+        if self.writer.format == Format::Jsonl {
+            let data = plan.record(fields, data)?;
+            self.record(prefix, data)?;
+            return Ok(data.len());
+        }
+        let descriptor = &plan.stream;
+        let encoder = self.writer.begin_record(descriptor.namespace.as_deref(), &descriptor.name, self.shared.emitted_at as u64, &self.work.id);
+        plan.encode(fields, encoder, data)?;
+        self.writer.end_record().map_err(|e| self.broken(e))
     }
 
     /// An incremental stream's STATE: its one partition says where it is.

@@ -6,6 +6,8 @@
 //! Types with no decoder here arrive already as JSON (`Wire::Json`) or as
 //! text (`Wire::Text`): the select list (`layout::select`) says which.
 
+use sluice_protocol::protobuf::RecordEncoder;
+
 /// How a selected value is sent, and so how it becomes JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
@@ -59,30 +61,99 @@ impl Row {
             out.extend_from_slice(b"{}");
             return Ok(());
         }
-        for ((key, wire), field) in self.keys.iter().zip(&self.wires).zip(fields) {
+        for (i, ((key, wire), field)) in self.keys.iter().zip(&self.wires).zip(fields).enumerate() {
             out.extend_from_slice(key);
             match field {
                 None => out.extend_from_slice(b"null"),
-                Some(value) => write_value(*wire, value, out).map_err(|e| {
-                    let name: String = serde_json::from_slice(&key[1..key.len() - 1]).unwrap_or_default();
-                    format!("column {name}: {e}")
-                })?,
+                Some(value) => write_value(*wire, value, out).map_err(|e| format!("column {}: {e}", self.name(i)))?,
             }
         }
         out.push(b'}');
         Ok(())
     }
+
+    /// The record's PROTOBUF values: for each of the stream's properties in
+    /// sorted order, the field `order` names (None: a property the row does
+    /// not have, sent as null).
+    pub fn encode(&self, fields: &[Option<&[u8]>], order: &[Option<usize>], e: &mut RecordEncoder, scratch: &mut Vec<u8>) -> Result<(), String> {
+        for &position in order {
+            match position.and_then(|i| Some((i, fields[i]?))) {
+                None => e.null(),
+                Some((i, value)) => encode_value(self.wires[i], value, e, scratch).map_err(|err| format!("column {}: {err}", self.name(i)))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The name of column `i`, for an error.
+    fn name(&self, i: usize) -> String {
+        let key = &self.keys[i];
+        serde_json::from_slice(&key[1..key.len() - 1]).unwrap_or_default()
+    }
+}
+
+/// A binary integer of `n` bytes.
+fn integer(v: &[u8], n: usize) -> Result<i64, String> {
+    match (n, v.len()) {
+        (2, 2) => Ok(i16::from_be_bytes([v[0], v[1]]) as i64),
+        (4, 4) => Ok(i32::from_be_bytes(v.try_into().expect("4 bytes")) as i64),
+        (8, 8) => Ok(i64::from_be_bytes(v.try_into().expect("8 bytes"))),
+        _ => Err(format!("{} bytes where {n} were expected", v.len())),
+    }
+}
+
+/// The PROTOBUF value of a field, typed where Airbyte's framing has the
+/// type; where it has none (a float's shortest text, NaN, infinity, a BC
+/// date) the JSON writer's text goes as a decimal or a string, so both
+/// framings carry the same value.
+fn encode_value(wire: Wire, v: &[u8], e: &mut RecordEncoder, scratch: &mut Vec<u8>) -> Result<(), String> {
+    const DAY: i64 = 86_400_000_000;
+    // Days from 1970-01-01 (the framing's epoch) to 2000-01-01 (PostgreSQL's).
+    const EPOCH_DAYS: i64 = 10_957;
+    let int = |n: usize| integer(v, n);
+    let ad = |days: i64| days != i32::MAX as i64 && days != i32::MIN as i64 && civil(days).0 > 0;
+    match wire {
+        Wire::Bool => e.boolean(v.first() == Some(&1)),
+        Wire::Int2 => e.integer(int(2)?),
+        Wire::Int4 => e.integer(int(4)?),
+        Wire::Int8 => e.integer(int(8)?),
+        Wire::Float8 if f64::from_bits(int(8)? as u64).is_finite() => e.number(f64::from_bits(int(8)? as u64)),
+        Wire::Text => match std::str::from_utf8(v) {
+            Ok(text) => e.string(text),
+            Err(_) => e.string(&String::from_utf8_lossy(v)),
+        },
+        Wire::Jsonb => match v.split_first() {
+            Some((1, text)) => e.json_text(text),
+            _ => return Err("a jsonb value of an unknown version".into()),
+        },
+        Wire::Json => e.json_text(v),
+        Wire::Date if ad(int(4)?) => e.date(int(4)? + EPOCH_DAYS),
+        Wire::Time => e.time_without_timezone(int(8)? as u64 * 1000),
+        Wire::Timestamp | Wire::Timestamptz if int(8)?.abs() != i64::MAX && int(8)? != i64::MIN && ad(int(8)?.div_euclid(DAY)) => {
+            let micros = int(8)?;
+            if wire == Wire::Timestamptz {
+                let micros = micros + EPOCH_DAYS * DAY;
+                e.timestamp_with_timezone(micros.div_euclid(1_000_000), (micros.rem_euclid(1_000_000) * 1000) as u32, 0);
+            } else {
+                e.timestamp_without_timezone(micros.div_euclid(DAY) + EPOCH_DAYS, micros.rem_euclid(DAY) as u64 * 1000);
+            }
+        }
+        _ => {
+            scratch.clear();
+            write_value(wire, v, scratch)?;
+            // These texts (numbers, or dates and words in quotes) never need an escape.
+            let text = std::str::from_utf8(scratch).map_err(|e| e.to_string())?;
+            match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                Some(quoted) => e.string(quoted),
+                None => e.big_decimal(text),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn write_value(wire: Wire, v: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    let int = |n: usize| -> Result<i64, String> {
-        match (n, v.len()) {
-            (2, 2) => Ok(i16::from_be_bytes([v[0], v[1]]) as i64),
-            (4, 4) => Ok(i32::from_be_bytes(v.try_into().unwrap()) as i64),
-            (8, 8) => Ok(i64::from_be_bytes(v.try_into().unwrap())),
-            _ => Err(format!("{} bytes where {n} were expected", v.len())),
-        }
-    };
+    let int = |n: usize| integer(v, n);
     match wire {
         Wire::Bool => out.extend_from_slice(if v.first() == Some(&1) { b"true" } else { b"false" }),
         Wire::Int2 => write_int(int(2)?, out),
@@ -240,7 +311,12 @@ fn civil(days: i64) -> (i64, u32, u32) {
 /// ISO's date, a BC year by its number before Christ as PostgreSQL prints it.
 fn write_date(year: i64, month: u32, day: u32, out: &mut Vec<u8>) {
     let year = if year > 0 { year } else { 1 - year };
-    let _ = std::io::Write::write_fmt(out, format_args!("{year:04}-{month:02}-{day:02}"));
+    if year < 10_000 {
+        out.extend_from_slice(&four_digits(year as u16));
+    } else {
+        write_int(year, out);
+    }
+    out.extend_from_slice(&[b'-', b'0' + (month / 10) as u8, b'0' + (month % 10) as u8, b'-', b'0' + (day / 10) as u8, b'0' + (day % 10) as u8]);
 }
 
 fn era(year: i64, out: &mut Vec<u8>) {
@@ -252,11 +328,14 @@ fn era(year: i64, out: &mut Vec<u8>) {
 /// Microseconds of a day as `HH:MM:SS`, with the fraction's significant digits.
 fn write_time(micros: i64, out: &mut Vec<u8>) {
     let (seconds, fraction) = (micros / 1_000_000, micros % 1_000_000);
-    let _ = std::io::Write::write_fmt(out, format_args!("{:02}:{:02}:{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60));
+    let two = |n: i64| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
+    let ([h1, h2], [m1, m2], [s1, s2]) = (two(seconds / 3600), two(seconds / 60 % 60), two(seconds % 60));
+    out.extend_from_slice(&[h1, h2, b':', m1, m2, b':', s1, s2]);
     if fraction > 0 {
-        let digits = format!("{fraction:06}");
+        let digits = [fraction / 100_000, fraction / 10_000, fraction / 1_000, fraction / 100, fraction / 10, fraction].map(|d| b'0' + (d % 10) as u8);
+        let significant = 6 - digits.iter().rev().take_while(|&&d| d == b'0').count();
         out.push(b'.');
-        out.extend_from_slice(digits.trim_end_matches('0').as_bytes());
+        out.extend_from_slice(&digits[..significant]);
     }
 }
 
