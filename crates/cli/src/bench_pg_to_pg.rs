@@ -104,6 +104,7 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
         "{psql} '{url}' -q -c 'COPY {SOURCE}.t TO STDOUT (FORMAT binary)' | {psql} '{url}' -q -c 'COPY sluice_pg2pg_copy.t FROM STDIN (FORMAT binary)'",
         url = args.url
     );
+    settle(args.url);
     let (copy, output) = measured(Command::new("sh").args(["-ec", &pipe]))?;
     if !output.status.success() || count(args.url, "sluice_pg2pg_copy.t")? != args.records {
         bail!("the COPY pipe failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
@@ -140,7 +141,10 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
         bail!("source-postgres failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
     }
     let source = Source { name: "source-postgres", config: &source_file, catalog: &catalog_file };
-    let whole_sync = |schema: &str, channel: &[&str]| whole_sync(sluice, dir, args.url, &source, schema, "t", args.records, channel);
+    let whole_sync = |schema: &str, channel: &[&str]| {
+        settle(args.url);
+        whole_sync(sluice, dir, args.url, &source, schema, "t", args.records, channel)
+    };
     let sync = whole_sync("sluice_pg2pg_sluice", &["--data-channel", "stdio"])?;
     let socket = whole_sync("sluice_pg2pg_socket", &["--data-channel", "socket", "--data-format", "protobuf"])?;
     let socket_jsonl = whole_sync("sluice_pg2pg_jsonl", &["--data-channel", "socket", "--data-format", "jsonl"])?;
@@ -148,6 +152,7 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     // 4 and 5: the peers, when installed.
     let dlt = match &args.dlt_python {
         Some(python) => {
+            settle(args.url);
             let work = dir.join("dlt");
             let (run, output) = measured(Command::new(python).args(["-c", DLT_SCRIPT, args.url, SOURCE, "t", "sluice_pg2pg_dlt"]).arg(&work).env("RUNTIME__LOG_LEVEL", "WARNING"))?;
             if !output.status.success() || count(args.url, "sluice_pg2pg_dlt.t")? != args.records {
@@ -159,6 +164,7 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     };
     let sling = match &args.sling {
         Some(binary) => {
+            settle(args.url);
             let (run, output) = measured(
                 Command::new(binary)
                     .args(["run", "--src-conn", "PG", "--src-stream", &format!("{SOURCE}.t"), "--tgt-conn", "PG", "--tgt-object", "sluice_pg2pg_sling.t", "--mode", "full-refresh"])
@@ -204,6 +210,16 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     println!("PyAirbyte: not measured (Airbyte's Postgres connectors are Java images, and no image registry is reached here)");
     println!("(MB/s counts the source table's pages; CPU s and RSS are the client side's, not the server's; the sync's RSS is its largest process)");
     drop_all(args.url)
+}
+
+/// A checkpoint before each way, so that none pays for the dirty pages and
+/// WAL of the one before it (at millions of rows the server's disk is what
+/// the ways wait on). Needs superuser or pg_checkpoint; without, the ways
+/// run as they come.
+fn settle(url: &str) {
+    if let Err(e) = sql(url, "checkpoint") {
+        eprintln!("  (no checkpoint between ways: {e})");
+    }
 }
 
 fn cores() -> f64 {
