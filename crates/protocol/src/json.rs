@@ -7,6 +7,8 @@
 
 use std::borrow::Cow;
 
+use serde_json::value::RawValue;
+
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
@@ -88,6 +90,54 @@ pub fn string_text(raw: &str) -> Option<Cow<'_, str>> {
     }
 }
 
+/// A JSON object's values for `names`, as written (None where the object
+/// has no such key); an error if `data` is not an object. Keys are matched
+/// in place, the next name tried first: a record's keys mostly come in its
+/// schema's order.
+pub fn fields_by_name<'a, 'n>(data: &'a str, names: impl ExactSizeIterator<Item = &'n str> + Clone) -> Result<Vec<Option<&'a RawValue>>, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    #[derive(serde::Deserialize)]
+    struct Key<'k>(#[serde(borrow)] Cow<'k, str>);
+
+    struct Names<I>(I);
+    impl<'de, 'n, I: ExactSizeIterator<Item = &'n str> + Clone> DeserializeSeed<'de> for Names<I> {
+        type Value = Vec<Option<&'de RawValue>>;
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+    }
+    impl<'de, 'n, I: ExactSizeIterator<Item = &'n str> + Clone> Visitor<'de> for Names<I> {
+        type Value = Vec<Option<&'de RawValue>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+            let names: Vec<&str> = self.0.collect();
+            let mut values = vec![None; names.len()];
+            let mut next = 0;
+            while let Some(Key(key)) = map.next_key()? {
+                let at = if names.get(next) == Some(&key.as_ref()) { Some(next) } else { names.iter().position(|n| *n == key) };
+                match at {
+                    Some(i) => {
+                        values[i] = Some(map.next_value()?);
+                        next = i + 1;
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(values)
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_str(data);
+    let values = Names(names).deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(values)
+}
+
 fn memchr_backslash(bytes: &[u8]) -> bool {
     let mut words = bytes.chunks_exact(8);
     for chunk in &mut words {
@@ -138,6 +188,16 @@ mod tests {
     #[test]
     fn bytes_that_are_not_utf8_become_replacement_characters() {
         assert_eq!(written(b"caf\xe9 au lait"), "\"caf\u{fffd} au lait\"");
+    }
+
+    #[test]
+    fn an_objects_fields_are_found_by_name_in_any_order() {
+        let data = r#"{"b": "x\"y", "a": 12.50, "skip": {"n": [1]}, "c": null}"#;
+        let found = fields_by_name(data, ["a", "b", "c", "d"].into_iter()).unwrap();
+        let texts: Vec<Option<&str>> = found.iter().map(|v| v.map(RawValue::get)).collect();
+        assert_eq!(texts, [Some("12.50"), Some("\"x\\\"y\""), Some("null"), None], "as written: every digit, every escape");
+        assert!(fields_by_name("[1, 2]", ["a"].into_iter()).is_err(), "an array is no record");
+        assert!(fields_by_name("{\"a\": 1} trailing", ["a"].into_iter()).is_err());
     }
 
     #[test]

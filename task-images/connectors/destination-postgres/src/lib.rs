@@ -34,8 +34,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sluice_connector_kit::sockets::{self, Sink};
-use serde_json::value::RawValue;
 use sluice_connector_kit::{each_input_line, echo_state, parse_message, read_json, Command, Failure, Output};
+use sluice_protocol::json;
 use sluice_protocol::protobuf::Scalar;
 use sluice_protocol::socket::{self, SocketRecord};
 use sluice_protocol::*;
@@ -216,7 +216,7 @@ fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<
                 return Err(Failure::system(format!("stdin line {line}: a record of stream {descriptor}, which the configured catalog does not have")));
             };
             let (target, columns) = (&targets[i], &targets[i].columns);
-            let values = column_values(record.data.get(), columns).map_err(|e| Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object: {e}")))?;
+            let values = json::fields_by_name(record.data.get(), columns.iter().map(|c| c.property.as_str())).map_err(|e| Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object: {e}")))?;
             encode_row(target, &mut batches[i], record.emitted_at, |i, out| layout::encode_raw(out, columns[i].kind, values[i]));
             since_state += 1;
             if batches[i].full() {
@@ -316,7 +316,7 @@ impl Sink for Tables<'_> {
         let (target, batch) = (&self.targets[stream], &mut local.batches[stream]);
         match record {
             SocketRecord::Json(r) => {
-                let values = column_values(r.data.get(), &target.columns).map_err(|e| Failure::system(format!("record data of stream {} is not an object: {e}", r.stream)))?;
+                let values = json::fields_by_name(r.data.get(), target.columns.iter().map(|c| c.property.as_str())).map_err(|e| Failure::system(format!("record data of stream {} is not an object: {e}", r.stream)))?;
                 encode_row(target, batch, record.emitted_at(), |i, out| layout::encode_raw(out, target.columns[i].kind, values[i]));
             }
             SocketRecord::Proto(r) => {
@@ -356,54 +356,6 @@ impl Sink for Tables<'_> {
     fn status(&self, stream: usize, status: StreamStatus) {
         self.statuses.lock().expect("statuses lock")[stream] = Some(status);
     }
-}
-
-/// A record's data as each column's value, as written (None where the
-/// record has no such field); an error if the data is not an object. Keys
-/// are matched in place: a record's keys come in the schema's order, so the
-/// next column is tried first.
-fn column_values<'a>(data: &'a str, columns: &[Column]) -> Result<Vec<Option<&'a RawValue>>, serde_json::Error> {
-    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-
-    #[derive(serde::Deserialize)]
-    struct Key<'k>(#[serde(borrow)] std::borrow::Cow<'k, str>);
-
-    struct Columns<'c>(&'c [Column]);
-    impl<'de> DeserializeSeed<'de> for Columns<'_> {
-        type Value = Vec<Option<&'de RawValue>>;
-        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-            deserializer.deserialize_map(self)
-        }
-    }
-    impl<'de> Visitor<'de> for Columns<'_> {
-        type Value = Vec<Option<&'de RawValue>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-            let columns = self.0;
-            let mut values = vec![None; columns.len()];
-            let mut next = 0;
-            while let Some(Key(key)) = map.next_key()? {
-                let at = if columns.get(next).is_some_and(|c| c.property == key) { Some(next) } else { columns.iter().position(|c| c.property == key) };
-                match at {
-                    Some(i) => {
-                        values[i] = Some(map.next_value()?);
-                        next = i + 1;
-                    }
-                    None => {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-            }
-            Ok(values)
-        }
-    }
-
-    let mut deserializer = serde_json::Deserializer::from_str(data);
-    let values = Columns(columns).deserialize(&mut deserializer)?;
-    deserializer.end()?;
-    Ok(values)
 }
 
 /// One row of binary `COPY`: the data, each column's field written by
