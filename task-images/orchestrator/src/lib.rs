@@ -454,7 +454,7 @@ impl<'a> Attempt<'a> {
                 state.exit = Some(exit);
                 state.note_progress();
                 let stopped_by_us = state.stopping.is_some();
-                if let (Side::Source, Some(channel)) = (side, &self.config.data_channel) {
+                if let (Side::Source, Some(channel), None) = (side, &self.config.data_channel, &self.stand_in) {
                     let (stand_in, problems) = stand_in::StandIn::start(channel);
                     self.stand_in = Some(stand_in);
                     for problem in problems {

@@ -29,6 +29,8 @@ impl StandIn {
         let (mut threads, mut paths, mut problems) = (Vec::new(), Vec::new(), Vec::new());
         for path in &channel.socket_paths {
             // The source's socket file, if it made one, is stale: it has exited.
+            // (Probing it first would be worse: a connection a lingering child
+            // of the source accepted would be taken for the destination's.)
             match socket::listen(path).and_then(|l| l.set_nonblocking(true).map(|_| l)) {
                 Ok(listener) => {
                     let stop = stop.clone();
@@ -46,8 +48,8 @@ fn close_each(listener: &UnixListener, stop: &AtomicBool) {
     while !stop.load(Relaxed) {
         match listener.accept() {
             Ok((connection, _)) => drop(connection),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
-            Err(_) => return,
+            // Any other error (a connection reset before it was taken) ends nothing.
+            Err(_) => thread::sleep(Duration::from_millis(20)),
         }
     }
 }

@@ -203,6 +203,8 @@ pub fn encode_raw(out: &mut Vec<u8>, kind: ColumnType, raw: Option<&RawValue>) -
     match kind {
         _ if text == "null" => encode(out, kind, &Value::Null),
         ColumnType::Decimal if number => field(out, |out| numeric(out, text)),
+        // A number where a string was declared keeps its text, every digit.
+        ColumnType::Varchar if number => encode_str(out, kind, text),
         ColumnType::Jsonb => field(out, |out| {
             out.push(1);
             out.extend_from_slice(text.as_bytes());
@@ -211,7 +213,11 @@ pub fn encode_raw(out: &mut Vec<u8>, kind: ColumnType, raw: Option<&RawValue>) -
         }),
         _ => match sluice_protocol::json::string_text(text) {
             Some(s) => encode_str(out, kind, &s),
-            None => encode(out, kind, &serde_json::from_str::<Value>(text).expect("a RawValue is valid JSON")),
+            // JSON that Rust's strings cannot hold (a lone surrogate escape) fits no column.
+            None => match serde_json::from_str::<Value>(text) {
+                Ok(value) => encode(out, kind, &value),
+                Err(_) => !encode(out, kind, &Value::Null),
+            },
         },
     }
 }
@@ -219,11 +225,6 @@ pub fn encode_raw(out: &mut Vec<u8>, kind: ColumnType, raw: Option<&RawValue>) -
 /// [`encode`] for a PROTOBUF record's value: strings, integers and
 /// decimals go straight in; JSON and decimals keep the text they came as.
 pub fn encode_scalar(out: &mut Vec<u8>, kind: ColumnType, value: &Scalar<'_>) -> bool {
-    let json_text = |out: &mut Vec<u8>, text: &str| match serde_json::from_str::<&RawValue>(text) {
-        Ok(raw) => encode_raw(out, kind, Some(raw)),
-        // A big number's text that is no JSON number (`NaN`) is kept as a string.
-        Err(_) => encode_str(out, kind, text),
-    };
     match value {
         Scalar::Null => encode(out, kind, &Value::Null),
         Scalar::String(s) => encode_str(out, kind, s),
@@ -234,7 +235,15 @@ pub fn encode_scalar(out: &mut Vec<u8>, kind: ColumnType, value: &Scalar<'_>) ->
         Scalar::Integer(i) => encode(out, kind, &Value::from(*i)),
         Scalar::Number(f) => encode(out, kind, &serde_json::Number::from_f64(*f).map_or_else(|| Value::String(f.to_string()), Value::Number)),
         Scalar::Bool(b) => encode(out, kind, &Value::Bool(*b)),
-        Scalar::Decimal(text) | Scalar::Json(text) => json_text(out, text),
+        Scalar::Decimal(text) => match serde_json::from_str::<&RawValue>(text).ok() {
+            Some(number) => encode_raw(out, kind, Some(number)),
+            // A big number's text that is no JSON number (`NaN`) is kept as a string.
+            None => encode_str(out, kind, text),
+        },
+        Scalar::Json(text) => match serde_json::from_str::<&RawValue>(text).ok() {
+            Some(json) => encode_raw(out, kind, Some(json)),
+            None => !encode(out, kind, &Value::Null),
+        },
         Scalar::Instant { micros, .. } if kind == ColumnType::TimestampTz => field(out, |out| {
             out.extend_from_slice(&(micros - PG_EPOCH_MICROS).to_be_bytes());
             true
@@ -538,6 +547,18 @@ mod tests {
         let mut misfit = Vec::new();
         assert!(!encode_raw(&mut misfit, ColumnType::Decimal, Some(&raw(r#""abc""#))));
         assert_eq!(misfit, (-1i32).to_be_bytes(), "a misfit is NULL");
+        let mut text = Vec::new();
+        assert!(encode_raw(&mut text, ColumnType::Varchar, Some(&raw("12.50"))));
+        assert_eq!(&text[4..], b"12.50", "a number into a string column keeps its text");
+        let mut surrogate = Vec::new();
+        assert!(!encode_raw(&mut surrogate, ColumnType::Varchar, Some(&raw(r#""\ud800""#))), "a lone surrogate fits no string");
+        assert_eq!(surrogate, (-1i32).to_be_bytes());
+        let mut decimal = Vec::new();
+        assert!(encode_scalar(&mut decimal, ColumnType::Varchar, &Scalar::Decimal("12345.67890")));
+        assert_eq!(&decimal[4..], b"12345.67890", "PROTOBUF's decimal text too");
+        let mut bad_json = Vec::new();
+        assert!(!encode_scalar(&mut bad_json, ColumnType::Jsonb, &Scalar::Json("{not json")));
+        assert_eq!(bad_json, (-1i32).to_be_bytes());
     }
 
     #[test]

@@ -321,12 +321,22 @@ impl Sink for Tables<'_> {
             }
             SocketRecord::Proto(r) => {
                 // Values come in the order of the stream's sorted properties; the row wants the columns'.
+                let positions = &self.positions[stream];
                 let mut values: Vec<Option<Scalar>> = vec![None; target.columns.len()];
-                for (value, position) in r.values().zip(&self.positions[stream]) {
+                let mut count = 0;
+                for value in r.values() {
                     let value = value.map_err(|e| Failure::system(format!("a record of stream {} does not decode: {e}", r.stream)))?;
-                    if let Some(column) = position {
+                    if let Some(Some(column)) = positions.get(count) {
                         values[*column] = Some(value);
                     }
+                    count += 1;
+                }
+                if count != positions.len() {
+                    return Err(Failure::system(format!(
+                        "a record of stream {} has {count} values and the configured catalog {} properties: the source and the catalog disagree",
+                        r.stream,
+                        positions.len()
+                    )));
                 }
                 encode_row(target, batch, record.emitted_at(), |i, out| layout::encode_scalar(out, target.columns[i].kind, values[i].as_ref().unwrap_or(&Scalar::Null)));
             }

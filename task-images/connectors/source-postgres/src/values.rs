@@ -118,6 +118,12 @@ fn encode_value(wire: Wire, v: &[u8], e: &mut RecordEncoder, scratch: &mut Vec<u
         Wire::Int4 => e.integer(int(4)?),
         Wire::Int8 => e.integer(int(8)?),
         Wire::Float8 if f64::from_bits(int(8)? as u64).is_finite() => e.number(f64::from_bits(int(8)? as u64)),
+        // The double nearest the float's shortest text: what that text reads as in JSON.
+        Wire::Float4 if f32::from_bits(int(4)? as u32).is_finite() => {
+            scratch.clear();
+            write_value(wire, v, scratch)?;
+            e.number(std::str::from_utf8(scratch).ok().and_then(|t| t.parse().ok()).ok_or("a float's text does not read back")?);
+        }
         Wire::Text => match std::str::from_utf8(v) {
             Ok(text) => e.string(text),
             Err(_) => e.string(&String::from_utf8_lossy(v)),
@@ -129,7 +135,9 @@ fn encode_value(wire: Wire, v: &[u8], e: &mut RecordEncoder, scratch: &mut Vec<u
         Wire::Json => e.json_text(v),
         Wire::Date if ad(int(4)?) => e.date(int(4)? + EPOCH_DAYS),
         Wire::Time => e.time_without_timezone(int(8)? as u64 * 1000),
-        Wire::Timestamp | Wire::Timestamptz if int(8)?.abs() != i64::MAX && int(8)? != i64::MIN && ad(int(8)?.div_euclid(DAY)) => {
+        // Infinity and -infinity are i64::MAX and i64::MIN, and the last
+        // millennia before them do not fit the framing's epoch: they go as text.
+        Wire::Timestamp | Wire::Timestamptz if ![i64::MAX, i64::MIN].contains(&int(8)?) && ad(int(8)?.div_euclid(DAY)) && int(8)?.checked_add(EPOCH_DAYS * DAY).is_some() => {
             let micros = int(8)?;
             if wire == Wire::Timestamptz {
                 let micros = micros + EPOCH_DAYS * DAY;
@@ -396,6 +404,46 @@ mod tests {
         assert_eq!(json(Wire::Float8, &f64::MAX.to_bits().to_be_bytes()), "1.7976931348623157e308");
         assert_eq!(json(Wire::Float4, &(-3.4e38f32).to_bits().to_be_bytes()), "-3.4e38");
         assert_eq!(json(Wire::Float8, &f64::NAN.to_bits().to_be_bytes()), "\"NaN\"");
+    }
+
+    #[test]
+    fn protobuf_values_carry_what_the_json_says() {
+        use sluice_protocol::protobuf::{decode_frame, Frame};
+        let columns = [
+            ("a_bool", Wire::Bool, vec![1]),
+            ("b_int", Wire::Int4, 7i32.to_be_bytes().to_vec()),
+            ("c_float4", Wire::Float4, 0.1f32.to_bits().to_be_bytes().to_vec()),
+            ("c_float4_small", Wire::Float4, 1e-7f32.to_bits().to_be_bytes().to_vec()),
+            ("d_nan", Wire::Float8, f64::NAN.to_bits().to_be_bytes().to_vec()),
+            ("e_numeric", Wire::Numeric, numeric(3, 1, 0, 5, &[1, 2345, 6789])),
+            ("f_date", Wire::Date, 8_825i32.to_be_bytes().to_vec()),
+            ("g_bc", Wire::Date, (-746_117i32).to_be_bytes().to_vec()),
+            ("h_before_2000", Wire::Timestamptz, (-1i64).to_be_bytes().to_vec()),
+            ("i_minus_infinity", Wire::Timestamp, i64::MIN.to_be_bytes().to_vec()),
+            ("i_plus_infinity", Wire::Timestamptz, i64::MAX.to_be_bytes().to_vec()),
+            ("j_time", Wire::Time, 45_296_789_000i64.to_be_bytes().to_vec()),
+            ("k_text", Wire::Text, b"x\ny".to_vec()),
+            ("l_null", Wire::Text, vec![]),
+        ];
+        let row = Row::new(columns.iter().map(|(name, wire, _)| (*name, *wire)));
+        let fields: Vec<Option<&[u8]>> = columns.iter().map(|(name, _, v)| (*name != "l_null").then_some(v.as_slice())).collect();
+        let positions: Vec<Option<usize>> = (0..columns.len()).map(Some).collect();
+        let (mut encoder, mut scratch, mut frame) = (RecordEncoder::default(), Vec::new(), Vec::new());
+        encoder.begin(None, "t", 0, "p");
+        row.encode(&fields, &positions, &mut encoder, &mut scratch).unwrap();
+        encoder.finish(&mut frame);
+        // The frame's length, a varint, then the frame.
+        let start = frame.iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+        let Frame::Record(record) = decode_frame(&frame[start..]).unwrap() else { panic!("not a record") };
+        let names: Vec<String> = columns.iter().map(|(name, _, _)| name.to_string()).collect();
+        assert_eq!(
+            record.data(&names).unwrap(),
+            serde_json::json!({
+                "a_bool": true, "b_int": 7, "c_float4": 0.1, "c_float4_small": 1e-7, "d_nan": "NaN", "e_numeric": "12345.67890",
+                "f_date": "2024-02-29", "g_bc": "0044-03-15 BC", "h_before_2000": "1999-12-31T23:59:59.999999+00:00",
+                "i_minus_infinity": "-infinity", "i_plus_infinity": "infinity", "j_time": "12:34:56.789", "k_text": "x\ny", "l_null": null
+            })
+        );
     }
 
     #[test]
