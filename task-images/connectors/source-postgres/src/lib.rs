@@ -302,13 +302,18 @@ trait Sink {
     fn record(&mut self, prefix: &[u8], data: &[u8]) -> Result<(), Failure>;
     /// A row's record, written as this sink frames it; returns its size.
     fn row(&mut self, prefix: &[u8], plan: &Plan<'_>, fields: &[Option<&[u8]>], data: &mut Vec<u8>) -> Result<usize, Failure> {
-        let data = plan.record(fields, data)?;
-        self.record(prefix, data)?;
-        Ok(data.len())
+        json_row(self, prefix, plan, fields, data)
     }
     /// A STATE covering the `records` written since the last one.
     fn state(&mut self, descriptor: &StreamDescriptor, stream_state: Value, records: u64) -> Result<(), Failure>;
     fn log(&mut self, level: LogLevel, text: String) -> Result<(), Failure>;
+}
+
+/// A row's record as a JSON line through `sink`; returns the data's size.
+fn json_row(sink: &mut (impl Sink + ?Sized), prefix: &[u8], plan: &Plan<'_>, fields: &[Option<&[u8]>], data: &mut Vec<u8>) -> Result<usize, Failure> {
+    let data = plan.record(fields, data)?;
+    sink.record(prefix, data)?;
+    Ok(data.len())
 }
 
 /// Legacy mode: everything on stdout, STATEs as the book writes them.

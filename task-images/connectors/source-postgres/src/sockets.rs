@@ -227,9 +227,7 @@ impl Sink for Socket<'_, '_> {
 
     fn row(&mut self, prefix: &[u8], plan: &Plan<'_>, fields: &[Option<&[u8]>], data: &mut Vec<u8>) -> Result<usize, Failure> {
         if self.writer.format == Format::Jsonl {
-            let data = plan.record(fields, data)?;
-            self.record(prefix, data)?;
-            return Ok(data.len());
+            return crate::json_row(self, prefix, plan, fields, data);
         }
         let descriptor = &plan.stream;
         let encoder = self.writer.begin_record(descriptor.namespace.as_deref(), &descriptor.name, self.shared.emitted_at as u64, &self.work.id);
