@@ -97,7 +97,7 @@ else
     triple="$arch-unknown-linux-gnu"
     export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
 fi
-connectors=(source-faker destination-jsonl destination-dev-null source-empty destination-postgres source-postgres)
+connectors=(source-faker destination-jsonl destination-dev-null source-empty destination-postgres source-postgres destination-s3)
 packages=(-p sluice-orchestrator -p sluice-bookkeeper)
 for c in "${connectors[@]}"; do packages+=(-p "sluice-$c"); done
 cargo build --quiet --locked --profile "$profile" --target "$triple" "${packages[@]}"

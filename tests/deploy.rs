@@ -238,6 +238,7 @@ fn the_cdk_app_synthesizes_passes_its_assertions_and_matches_the_sam_template() 
     assert_eq!(own_parameters(&cdk), own_parameters(&sam), "parameters");
     assert_eq!(keys(&cdk["Outputs"]), keys(&sam["Outputs"]), "outputs");
     assert_eq!(function_settings(&cdk, &Value::Null), function_settings(&sam, &sam["Globals"]), "the functions' environment");
+    assert_eq!(data_lake_grant(&cdk), data_lake_grant(&sam), "the task role's grant on the data lake");
 
     // Each route's authorization as API Gateway gets it: SAM's only after its transform.
     let transformed = run(Command::new(sam_tools().join("bin/python")).arg(repo().join("tests/fixtures/sam_transform.py")).arg(repo().join("template.yaml")));
@@ -246,6 +247,26 @@ fn the_cdk_app_synthesizes_passes_its_assertions_and_matches_the_sam_template() 
         [("/api/internal/v1/{proxy+}", "AWS_IAM"), ("/api/public/v1/{proxy+}", "NONE"), ("/v1/{proxy+}", "NONE")].map(|(p, a)| (p.to_owned(), a.to_owned())).into();
     assert_eq!(sam_routes(&transformed), expected, "template.yaml's routes, after SAM's transform");
     assert_eq!(cdk_routes(&cdk), expected, "the CDK stack's routes");
+}
+
+/// The data lake's grant: its condition, and each statement's actions and
+/// whether it is bounded by the prefix.
+fn data_lake_grant(template: &Value) -> (String, std::collections::BTreeMap<String, (std::collections::BTreeSet<String>, bool)>) {
+    let grant = by_purpose(template, "data-lake-grant");
+    let condition = grant["Condition"].as_str().expect("the grant is conditional").to_owned();
+    let statements = grant["Properties"]["PolicyDocument"]["Statement"].as_array().unwrap();
+    let mut found = std::collections::BTreeMap::new();
+    for statement in statements {
+        let actions = match &statement["Action"] {
+            Value::String(a) => [a.clone()].into(),
+            list => list.as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect(),
+        };
+        let bounded = statement.to_string().contains("DataLakePrefix");
+        found.insert(statement["Sid"].as_str().unwrap().to_owned(), (actions, bounded));
+    }
+    assert_eq!(found.len(), 2, "{grant}");
+    assert!(found.values().all(|(_, bounded)| *bounded), "every statement is bounded by the prefix: {grant}");
+    (condition, found)
 }
 
 /// Each proxy route of the SAM template's API and its authorization. An

@@ -170,6 +170,38 @@ export class SluiceStack extends cdk.Stack {
       assumedBy: new iam.ServicePrincipal('ecs-tasks.amazonaws.com', { conditions: { StringEquals: { 'aws:SourceAccount': account } } }),
     });
     purpose(taskRole, 'task-role');
+    // destination-s3 on ECS takes the task role's credentials: the data
+    // lake's bucket, under its prefix, and nothing else.
+    const dataLakeBucket = new cdk.CfnParameter(this, 'DataLakeBucket', {
+      default: '',
+      description: "A bucket destination-s3 writes to with the task role's credentials (empty for none).",
+    });
+    const dataLakePrefix = new cdk.CfnParameter(this, 'DataLakePrefix', { default: '', description: 'The key prefix in DataLakeBucket the tasks may use.' });
+    const hasDataLake = new cdk.CfnCondition(this, 'HasDataLake', { expression: cdk.Fn.conditionNot(cdk.Fn.conditionEquals(dataLakeBucket.valueAsString, '')) });
+    const dataLakeGrant = new iam.CfnPolicy(this, 'DataLakeGrant', {
+      policyName: `${prefix}-data-lake`,
+      roles: [taskRole.roleName],
+      policyDocument: {
+        Version: '2012-10-17',
+        Statement: [
+          {
+            Sid: 'ListThePrefix',
+            Effect: 'Allow',
+            Action: 's3:ListBucket',
+            Resource: `arn:${partition}:s3:::${dataLakeBucket.valueAsString}`,
+            Condition: { StringLike: { 's3:prefix': `${dataLakePrefix.valueAsString}*` } },
+          },
+          {
+            Sid: 'WriteObjects',
+            Effect: 'Allow',
+            Action: ['s3:PutObject', 's3:GetObject', 's3:DeleteObject', 's3:AbortMultipartUpload', 's3:ListMultipartUploadParts'],
+            Resource: `arn:${partition}:s3:::${dataLakeBucket.valueAsString}/${dataLakePrefix.valueAsString}*`,
+          },
+        ],
+      },
+    });
+    dataLakeGrant.cfnOptions.condition = hasDataLake;
+    purpose(dataLakeGrant, 'data-lake-grant');
 
     // --- The functions ---
     const secretsArn = `arn:${partition}:secretsmanager:${region}:${account}:secret:${prefix}/*`;

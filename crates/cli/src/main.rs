@@ -117,6 +117,7 @@ fn run_reference_connector(name: &str, args: &[String]) -> i32 {
         "source-empty" => sluice_source_empty::main(args),
         "destination-postgres" => sluice_destination_postgres::main(args),
         "source-postgres" => sluice_source_postgres::main(args),
+        "destination-s3" => sluice_destination_s3::main(args),
         other => {
             eprintln!("sluice: no reference connector `{other}`; there are {}", sluice_connectors::REFERENCE_CONNECTORS.join(", "));
             2

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The reference connectors built into the `sluice` binary.
-pub const REFERENCE_CONNECTORS: [&str; 6] = ["source-faker", "destination-jsonl", "destination-dev-null", "source-empty", "destination-postgres", "source-postgres"];
+pub const REFERENCE_CONNECTORS: [&str; 7] = ["source-faker", "destination-jsonl", "destination-dev-null", "source-empty", "destination-postgres", "source-postgres", "destination-s3"];
 
 /// The reference connectors that speak stdio only (the others speak socket mode too).
 pub const STDIO_ONLY: [&str; 2] = ["source-empty", "source-postgres"];

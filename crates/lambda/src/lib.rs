@@ -276,7 +276,7 @@ pub async fn ecs_launcher_from_env(config: &aws_config::SdkConfig) -> Result<Ecs
     let image_prefix = var("SLUICE_REFERENCE_IMAGE_PREFIX").unwrap_or_else(|| "sluice/".into());
     let settings = sluice_launcher::ecs::EcsSettings {
         orchestrator_image: var("SLUICE_ORCHESTRATOR_IMAGE").unwrap_or_else(|| format!("{image_prefix}orchestrator:{version}")),
-        reference_images: ["source-faker", "destination-jsonl", "destination-dev-null", "source-empty", "destination-postgres", "source-postgres"].iter().map(|n| (n.to_string(), format!("{image_prefix}{n}:{version}"))).collect(),
+        reference_images: ["source-faker", "destination-jsonl", "destination-dev-null", "source-empty", "destination-postgres", "source-postgres", "destination-s3"].iter().map(|n| (n.to_string(), format!("{image_prefix}{n}:{version}"))).collect(),
         family_prefix: prefix.clone(),
         log_group: names.task_log_group.clone(),
         region: var("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),

@@ -9,6 +9,7 @@ pub mod message;
 pub mod protobuf;
 pub mod socket;
 pub mod time;
+pub mod types;
 
 pub use codec::{peek, Head, Kind, LineError, LineReader, PeekError};
 pub use message::*;

@@ -21,7 +21,7 @@ struct Builtin {
     sockets: bool,
 }
 
-const BUILTINS: [Builtin; 8] = [
+const BUILTINS: [Builtin; 9] = [
     // Airbyte's own definition id for source-faker, so scripts that name it work.
     Builtin {
         id: "dfd88b22-b603-4c3d-aad7-3701784586b1",
@@ -104,6 +104,17 @@ const BUILTINS: [Builtin; 8] = [
         repository: "airbyte/source-postgres",
         tag: "3.7.0",
         sockets: false,
+    },
+    Builtin {
+        // Airbyte's definition id for destination-s3.
+        id: "4816b78f-1489-44c1-9060-4b19d5fa9362",
+        kind: ActorKind::Destination,
+        name: "S3",
+        type_key: "s3",
+        runtime: "destination-s3",
+        repository: "airbyte/destination-s3",
+        tag: "1.5.0",
+        sockets: true,
     },
 ];
 

@@ -9,6 +9,7 @@
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use sluice_protocol::protobuf::Scalar;
+use sluice_protocol::types::{airbyte_type, AirbyteType};
 
 /// The longest identifier Postgres keeps, in bytes.
 const MAX_IDENTIFIER: usize = 63;
@@ -115,45 +116,17 @@ impl ColumnType {
 
 /// The column type of one property's JSON Schema.
 pub fn column_type(schema: &Value) -> ColumnType {
-    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
-        // Airbyte's well-known types (protocol v1).
-        return match reference.rsplit('/').next().unwrap_or_default() {
-            "Integer" => ColumnType::BigInt,
-            "Number" => ColumnType::Decimal,
-            "Boolean" => ColumnType::Boolean,
-            "Date" => ColumnType::Date,
-            "TimeWithTimezone" => ColumnType::TimeTz,
-            "TimeWithoutTimezone" => ColumnType::Time,
-            "TimestampWithTimezone" => ColumnType::TimestampTz,
-            "TimestampWithoutTimezone" => ColumnType::Timestamp,
-            "String" | "BinaryData" => ColumnType::Varchar,
-            _ => ColumnType::Jsonb,
-        };
-    }
-    if schema.get("oneOf").is_some() || schema.get("anyOf").is_some() {
-        return ColumnType::Jsonb;
-    }
-    let types: Vec<&str> = match schema.get("type") {
-        Some(Value::String(t)) => vec![t.as_str()],
-        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect(),
-        _ => vec![],
-    };
-    let airbyte_type = schema.get("airbyte_type").and_then(Value::as_str);
-    match types.as_slice() {
-        ["integer"] => ColumnType::BigInt,
-        ["number"] if airbyte_type == Some("integer") => ColumnType::BigInt,
-        ["number"] => ColumnType::Decimal,
-        ["boolean"] => ColumnType::Boolean,
-        ["string"] => match (schema.get("format").and_then(Value::as_str), airbyte_type) {
-            (Some("date"), _) => ColumnType::Date,
-            (Some("time"), Some("time_without_timezone")) => ColumnType::Time,
-            (Some("time"), _) => ColumnType::TimeTz,
-            (Some("date-time"), Some("timestamp_without_timezone")) => ColumnType::Timestamp,
-            (Some("date-time"), _) => ColumnType::TimestampTz,
-            _ => ColumnType::Varchar,
-        },
-        // Objects, arrays, unions of several types, and schemas that say nothing.
-        _ => ColumnType::Jsonb,
+    match airbyte_type(schema) {
+        AirbyteType::Integer => ColumnType::BigInt,
+        AirbyteType::Number => ColumnType::Decimal,
+        AirbyteType::Boolean => ColumnType::Boolean,
+        AirbyteType::String => ColumnType::Varchar,
+        AirbyteType::Date => ColumnType::Date,
+        AirbyteType::TimeWithoutTimezone => ColumnType::Time,
+        AirbyteType::TimeWithTimezone => ColumnType::TimeTz,
+        AirbyteType::TimestampWithoutTimezone => ColumnType::Timestamp,
+        AirbyteType::TimestampWithTimezone => ColumnType::TimestampTz,
+        AirbyteType::Unknown => ColumnType::Jsonb,
     }
 }
 

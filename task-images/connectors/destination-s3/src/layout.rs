@@ -93,6 +93,34 @@ pub fn object_key(parts: &KeyParts<'_>, part_number: u64, uuid: &str) -> String 
     key.join("/")
 }
 
+/// The part of a path format that names a stream's own directory: up to
+/// its last `/` before any variable other than the namespace and the
+/// stream's name. None when that part does not hold `${STREAM_NAME}`
+/// (streams would share a directory).
+pub fn stream_directory(path_format: &str) -> Option<&str> {
+    let mut fixed_until = path_format.len();
+    let mut rest = 0;
+    while let Some(start) = path_format[rest..].find("${") {
+        let at = rest + start;
+        let end = at + path_format[at..].find('}')?;
+        if !matches!(&path_format[at + 2..end], "NAMESPACE" | "STREAM_NAME") {
+            fixed_until = at;
+            break;
+        }
+        rest = end + 1;
+    }
+    let directory = &path_format[..path_format[..fixed_until].rfind('/')? + 1];
+    directory.contains("${STREAM_NAME}").then_some(directory)
+}
+
+/// The key prefix of a stream's directory (from [`stream_directory`]),
+/// ending in `/`, with empty segments left out as [`object_key`] leaves them.
+pub fn directory_prefix(parts: &KeyParts<'_>, directory: &str) -> String {
+    let expanded = directory.replace("${NAMESPACE}", parts.namespace.unwrap_or_default()).replace("${STREAM_NAME}", parts.stream);
+    let segments: Vec<&str> = parts.bucket_path.split('/').chain(expanded.split('/')).filter(|s| !s.is_empty()).collect();
+    format!("{}/", segments.join("/"))
+}
+
 /// The file's name after the path: `{part_number}{format_extension}` by
 /// default. A pattern without the part number gets `-N` after the first
 /// object, and one without the extension gets it at the end: objects never
@@ -267,6 +295,19 @@ mod tests {
         custom.path_format = "${STREAM_NAME}/${HOUR}${MINUTE}/${UUID}/";
         assert_eq!(object_key(&custom, 0, "abc"), "data_sync/test/users/1600/abc/2025_01_06-42.jsonl.gz", "the extension is added");
         assert_eq!(object_key(&custom, 2, "abc"), "data_sync/test/users/1600/abc/2025_01_06-42-2.jsonl.gz", "later parts never overwrite the first");
+    }
+
+    #[test]
+    fn a_streams_directory_is_found_only_when_it_is_its_own() {
+        assert_eq!(stream_directory(crate::config::DEFAULT_PATH_FORMAT), Some("${NAMESPACE}/${STREAM_NAME}/"));
+        assert_eq!(stream_directory("${STREAM_NAME}/${YEAR}/${MONTH}/"), Some("${STREAM_NAME}/"));
+        assert_eq!(stream_directory("${STREAM_NAME}_${EPOCH}_"), None, "users_ would match users_archive_ too");
+        assert_eq!(stream_directory("${YEAR}/${STREAM_NAME}/"), None, "each day is another directory");
+        assert_eq!(stream_directory("${NAMESPACE}/"), None);
+        assert_eq!(directory_prefix(&parts(None, Some("public")), "${NAMESPACE}/${STREAM_NAME}/"), "data_sync/test/public/users/");
+        assert_eq!(directory_prefix(&parts(None, None), "${NAMESPACE}/${STREAM_NAME}/"), "data_sync/test/users/");
+        let key = object_key(&parts(None, None), 0, "u");
+        assert!(key.starts_with(&directory_prefix(&parts(None, None), "${NAMESPACE}/${STREAM_NAME}/")));
     }
 
     #[test]

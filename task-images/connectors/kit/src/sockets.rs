@@ -42,6 +42,17 @@ pub trait Sink: Sync {
     fn commit(&self, _local: &mut Self::Local) -> Result<(), Failure> {
         Ok(())
     }
+    /// For a sink whose checkpoints become durable later than `commit`
+    /// (object storage: once the objects holding their records are
+    /// complete): how many of this reader's checkpoints are durable now.
+    /// Its STATEs wait for that. `None`: each is durable when `commit` returns.
+    fn durable_checkpoints(&self, _local: &Self::Local) -> Option<u64> {
+        None
+    }
+    /// The socket's input ended: make every checkpoint durable.
+    fn end(&self, _local: &mut Self::Local) -> Result<(), Failure> {
+        Ok(())
+    }
     fn status(&self, stream: usize, status: StreamStatus);
 }
 
@@ -316,6 +327,17 @@ fn read_socket<S: Sink>(
     // Records per partition since its last STATE, and per stream since the last release.
     let mut partitions: HashMap<String, u64> = HashMap::new();
     let mut counts = vec![(0u64, 0u64); streams.descriptors.len()];
+    // STATEs stored but not yet durable, with the checkpoint each waits for.
+    let mut held: std::collections::VecDeque<(u64, AirbyteStateMessage, u64)> = std::collections::VecDeque::new();
+    let mut checkpoints = 0u64;
+    let release_durable = |local: &S::Local, held: &mut std::collections::VecDeque<(u64, AirbyteStateMessage, u64)>, counts: &mut [(u64, u64)]| -> Result<(), Failure> {
+        let durable = sink.durable_checkpoints(local).unwrap_or(u64::MAX);
+        while held.front().is_some_and(|(checkpoint, _, _)| *checkpoint <= durable) {
+            let (_, state, id) = held.pop_front().expect("not empty");
+            releaser.ready(state, id, counts, streams)?;
+        }
+        Ok(())
+    };
     let mut at = 0u64;
     loop {
         at += 1;
@@ -344,6 +366,9 @@ fn read_socket<S: Sink>(
                 counts[index].1 += record.data_len() as u64;
                 sink.record(&mut local, index, &streams.properties[index], &record)
                     .map_err(|f| Failure { message: format!("socket {name} frame {at}: {}", f.message), ..f })?;
+                if !held.is_empty() {
+                    release_durable(&local, &mut held, &mut counts)?;
+                }
             }
             Some(SocketFrame::Message(json)) => {
                 let message: AirbyteMessage = serde_json::from_slice(json)
@@ -359,6 +384,7 @@ fn read_socket<S: Sink>(
                         )));
                     }
                     sink.checkpoint(&mut local)?;
+                    checkpoints += 1;
                     if S::COMMITS_IN_ID_ORDER {
                         match releaser.wait_turn(id) {
                             Turn::Mine => {}
@@ -375,7 +401,8 @@ fn read_socket<S: Sink>(
                     }
                     sink.commit(&mut local)?;
                     state.destination_stats = Some(AirbyteStateStats { record_count: Some(arrived as f64), ..Default::default() });
-                    releaser.ready(state, id, &mut counts, streams)?;
+                    held.push_back((checkpoints, state, id));
+                    release_durable(&local, &mut held, &mut counts)?;
                 } else if let Some(status) = message.trace.and_then(|t| t.stream_status) {
                     let d = &status.stream_descriptor;
                     if let Some(index) = streams.index(d.namespace.as_deref(), &d.name) {
@@ -386,6 +413,8 @@ fn read_socket<S: Sink>(
         }
     }
     sink.checkpoint(&mut local)?;
+    sink.end(&mut local)?;
+    release_durable(&local, &mut held, &mut counts)?;
     Ok((counts, local))
 }
 
