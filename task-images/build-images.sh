@@ -105,6 +105,8 @@ dir="$target/$triple/$([ "$profile" = dev ] && echo debug || echo "$profile")"
 context="$work/context"
 rm -rf "$context" && mkdir -p "$context"
 for program in orchestrator bookkeeper "${connectors[@]}"; do cp "$dir/$program" "$context/"; done
+# The host's CA bundle, for connectors that verify TLS with the system's roots.
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then cp /etc/ssl/certs/ca-certificates.crt "$context/"; else : > "$context/ca-certificates.crt"; fi
 
 build_ours() { # name dockerfile [build args...]
     local name="$1" file="$2"; shift 2

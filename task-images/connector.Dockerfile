@@ -5,10 +5,10 @@
 #
 #   docker build -f task-images/connector.Dockerfile --build-arg CONNECTOR=source-faker -t sluice/source-faker:0.1.0 .
 #
-# CONNECTOR is source-faker, destination-jsonl, destination-dev-null or
-# source-empty (the source of reset and clear jobs). BASE and BINARIES as
+# CONNECTOR is one of task-images/connectors/ (source-faker, destination-postgres,
+# destination-s3 ...; source-empty is the source of reset and clear jobs). BASE and BINARIES as
 # in orchestrator.Dockerfile (`host`: the static binary named CONNECTOR at
-# the build context's root).
+# the build context's root, beside the CA bundle `ca-certificates.crt`).
 ARG BASE=busybox:1.37-musl
 ARG BINARIES=build
 
@@ -21,16 +21,21 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry --mount=type=cache,target=/src/target \
     cargo build --locked --profile lambda --target "$(uname -m)-unknown-linux-musl" -p "sluice-${CONNECTOR}" --bin "${CONNECTOR}" \
-    && cp "target/$(uname -m)-unknown-linux-musl/lambda/${CONNECTOR}" /connector
+    && cp "target/$(uname -m)-unknown-linux-musl/lambda/${CONNECTOR}" /connector \
+    && cp /etc/ssl/certs/ca-certificates.crt /ca-certificates.crt
 
 FROM scratch AS host
 ARG CONNECTOR=source-faker
 COPY ${CONNECTOR} /connector
+COPY ca-certificates.crt /ca-certificates.crt
 
 FROM ${BINARIES} AS binaries
 
 FROM ${BASE}
 COPY --from=binaries /connector /connector
+# The CA bundle for connectors that reach HTTPS services with the system's
+# roots (destination-s3's AWS SDK).
+COPY --from=binaries /ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 USER 65532:65532
 WORKDIR /sluice
 ENTRYPOINT ["/connector"]

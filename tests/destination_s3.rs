@@ -11,53 +11,14 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
-use support::aws::moto;
+use support::aws::{bucket, moto, objects, s3};
 use support::*;
 
 /// Airbyte's source-s3, pinned: 4.14 is the newest whose dependencies install from PyPI.
 const SOURCE_S3: &str = "pypi:airbyte-source-s3==4.14.2";
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-fn s3(rt: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
-    let config = rt.block_on(sluice_store_aws::moto::sdk_config(moto()));
-    aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build())
-}
-
-/// A new bucket on moto, named for the test.
-fn bucket(name: &str) -> String {
-    let rt = runtime();
-    let name = format!("{name}-{}", std::process::id());
-    rt.block_on(s3(&rt).create_bucket().bucket(&name).send()).unwrap();
-    name
-}
-
-struct Object {
-    key: String,
-    body: Vec<u8>,
-    generation: Option<i64>,
-}
-
-/// Every object of `bucket` under `prefix`, with its generation.
-fn objects(bucket: &str, prefix: &str) -> Vec<Object> {
-    let rt = runtime();
-    let client = s3(&rt);
-    let listed = rt.block_on(client.list_objects_v2().bucket(bucket).prefix(prefix).send()).unwrap();
-    let mut found = Vec::new();
-    for object in listed.contents() {
-        let key = object.key().unwrap().to_owned();
-        let got = rt.block_on(client.get_object().bucket(bucket).key(&key).send()).unwrap();
-        let generation = got.metadata().and_then(|m| m.get("ab-generation-id")).and_then(|g| g.parse().ok());
-        let body = rt.block_on(got.body.collect()).unwrap().into_bytes().to_vec();
-        found.push(Object { key, body, generation });
-    }
-    found
-}
-
 fn in_progress_uploads(bucket: &str) -> usize {
-    let rt = runtime();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(s3(&rt).list_multipart_uploads().bucket(bucket).send()).unwrap().uploads().len()
 }
 
@@ -461,4 +422,14 @@ fn sluice_up_syncs_into_s3_with_the_builtin_definition_and_overwrites_by_generat
     assert_eq!(products.len(), 1, "the overwritten stream keeps its last generation only: {products:?}");
     let users = objects(&bucket, "data/users/");
     assert!(!users.is_empty() && users.iter().all(|o| o.key.ends_with(".parquet")));
+}
+
+#[test]
+fn the_s3_bench_runs_its_short_form() {
+    let out = sluice().args(["bench", "--destination", "s3", "--records", "2000", "--record-size", "256", "--s3-endpoint", moto()]).output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}\n{}", String::from_utf8_lossy(&out.stderr));
+    for way in ["destination-s3 Parquet snappy (stdin)", "destination-s3 JSONL gzip (stdin)", "peak RSS: "] {
+        assert!(printed.contains(way), "{way} missing from:\n{printed}");
+    }
 }

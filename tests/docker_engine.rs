@@ -222,6 +222,29 @@ fn socket_mode_between_reference_images_crosses_containers_and_resumes() {
     assert_cleaned_up(&connection);
 }
 
+/// destination-s3's image in a task of containers, writing to moto on
+/// the host's 127.0.0.1 (the task's network is the host's): the static
+/// binary, its CA bundle and the SDK run as they would on ECS.
+#[test]
+fn destination_s3_image_writes_parquet_objects_from_a_container() {
+    let scratch = Scratch::new();
+    let p = platform(&scratch, &["--executor", "docker"]);
+    let bucket = support::aws::bucket("docker");
+    let workspace = p.workspace("s3");
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 3000, "records_per_slice": 500}));
+    let destination = p.actor("destination", &workspace, "s3", json!({
+        "s3_bucket_name": bucket, "s3_bucket_path": "lake", "s3_bucket_region": "us-east-1", "s3_endpoint": support::aws::moto(),
+        "access_key_id": "test", "secret_access_key": "test", "format": {"format_type": "Parquet", "compression_codec": "ZSTD"}}));
+    let body = json!({"sourceId": source, "destinationId": destination, "configurations": {"streams": [{"name": "users", "syncMode": "incremental_append"}]}});
+    let connection = p.post("/connections", body)["connectionId"].as_str().unwrap().to_owned();
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(180));
+    assert_eq!(job["status"], "succeeded", "{job}\n{}", p.log());
+    assert_eq!(job["rowsSynced"], 3000, "{job}");
+    let objects = support::aws::objects(&bucket, "lake/users/");
+    assert!(!objects.is_empty() && objects.iter().all(|o| o.key.ends_with(".parquet") && o.body.starts_with(b"PAR1")), "whole Parquet objects");
+    assert_cleaned_up(&connection);
+}
+
 /// A sync slow enough to kill in its middle: 40 slices of 50 users, 100 ms apart.
 fn slow_connection(p: &Platform, workspace: &str, out: &str) -> String {
     let source = p.actor("source", workspace, "sluice-faker", json!({"count": 2000, "records_per_slice": 50, "slice_pause_ms": 100}));

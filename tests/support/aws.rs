@@ -355,3 +355,44 @@ fn drive_task(engine: &Engine, task: &PlayedTask, told_to_stop: &AtomicBool, pla
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+// S3 on moto: buckets for destination-s3's tests, and what they hold.
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+pub fn s3(rt: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
+    let config = rt.block_on(sluice_store_aws::moto::sdk_config(moto()));
+    aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build())
+}
+
+/// A new bucket on moto, named for the test.
+pub fn bucket(name: &str) -> String {
+    let rt = runtime();
+    let name = format!("{name}-{}", std::process::id());
+    rt.block_on(s3(&rt).create_bucket().bucket(&name).send()).unwrap();
+    name
+}
+
+pub struct Object {
+    pub key: String,
+    pub body: Vec<u8>,
+    pub generation: Option<i64>,
+}
+
+/// Every object of `bucket` under `prefix`, with its generation.
+pub fn objects(bucket: &str, prefix: &str) -> Vec<Object> {
+    let rt = runtime();
+    let client = s3(&rt);
+    let listed = rt.block_on(client.list_objects_v2().bucket(bucket).prefix(prefix).send()).unwrap();
+    let mut found = Vec::new();
+    for object in listed.contents() {
+        let key = object.key().unwrap().to_owned();
+        let got = rt.block_on(client.get_object().bucket(bucket).key(&key).send()).unwrap();
+        let generation = got.metadata().and_then(|m| m.get("ab-generation-id")).and_then(|g| g.parse().ok());
+        let body = rt.block_on(got.body.collect()).unwrap().into_bytes().to_vec();
+        found.push(Object { key, body, generation });
+    }
+    found
+}

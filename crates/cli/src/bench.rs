@@ -18,7 +18,7 @@
 //! Each way runs `--runs` times; the median is reported, with ratios.
 //! `--containers` measures containers against processes instead
 //! (`bench_containers.rs`); `--destination postgres` loading PostgreSQL
-//! (`bench_postgres.rs`).
+//! (`bench_postgres.rs`); `--destination s3` writing objects (`bench_s3.rs`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -58,7 +58,8 @@ pub struct BenchArgs {
     #[arg(long)]
     containers: bool,
     /// Instead: loading this destination (`postgres`) against the server's
-    /// own COPY, and dlt when installed
+    /// own COPY, and dlt when installed; or writing objects (`s3`) against
+    /// pyarrow and dlt's filesystem destination
     #[arg(long, value_name = "NAME")]
     destination: Option<String>,
     /// Instead: moving a table from this source (`postgres`) into
@@ -74,7 +75,10 @@ pub struct BenchArgs {
     /// psql, for the COPY baseline [default: psql on PATH]
     #[arg(long, value_name = "PATH", default_value = "psql")]
     psql: PathBuf,
-    /// Install dlt[postgres] into the cache first, to measure it on the same rows
+    /// The S3 for `--destination s3` (http://host:port) [default: moto on 127.0.0.1, from the cache]
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// Install dlt into the cache first, to measure it on the same rows (dlt[postgres], or for s3 dlt[filesystem,parquet] with pyarrow)
     #[arg(long)]
     install_dlt: bool,
 }
@@ -132,9 +136,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         let _ = std::fs::remove_dir_all(&dir);
         return result.map(|_| 0);
     }
+    if args.destination.as_deref() == Some("s3") {
+        let s3 = crate::bench_s3::Args {
+            records: args.records,
+            record_size: args.record_size,
+            endpoint: args.s3_endpoint.as_deref(),
+            dlt_python: crate::bench_s3::dlt_python(&cache, args.install_dlt)?,
+        };
+        let result = crate::bench_s3::run(&s3, &sluice, &dir, &cache, &source_config, &serde_json::to_value(&catalog)?);
+        let _ = std::fs::remove_dir_all(&dir);
+        return result.map(|_| 0);
+    }
     if let Some(name) = &args.destination {
         if name != "postgres" {
-            bail!("--destination {name}: only `postgres` can be measured this way");
+            bail!("--destination {name}: only `postgres` and `s3` can be measured this way");
         }
         let url = args.postgres_url.as_deref().context("--destination postgres needs --postgres-url (or SLUICE_POSTGRES_URL)")?;
         let dlt_python = crate::bench_postgres::dlt_python(&cache, args.install_dlt)?;

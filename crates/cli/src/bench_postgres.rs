@@ -167,7 +167,7 @@ pub fn dlt_python(cache: &Cache, install: bool) -> anyhow::Result<Option<PathBuf
 }
 
 /// source-faker's output for `source`, into `records`.
-fn read_source(sluice: &Path, source: &Path, catalog: &Path, records: &Path) -> anyhow::Result<()> {
+pub fn read_source(sluice: &Path, source: &Path, catalog: &Path, records: &Path) -> anyhow::Result<()> {
     let read = Command::new(sluice)
         .args(["connector", "source-faker", "read", "--config"])
         .arg(source)

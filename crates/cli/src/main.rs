@@ -7,6 +7,7 @@ mod bench;
 mod bench_containers;
 mod bench_pg_to_pg;
 mod bench_postgres;
+mod bench_s3;
 mod progress;
 mod remote;
 mod sync;
