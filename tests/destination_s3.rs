@@ -309,12 +309,18 @@ fn an_overwrite_deletes_earlier_generations_only_after_it_succeeds() {
     assert_eq!(third.code, 0, "{}", third.error());
     assert_eq!(generations(&bucket), BTreeMap::from([(3, BTreeSet::from([4, 5]))]));
 
-    // Overwriting needs a stream's own directory.
+    // Streams that share a directory: an overwrite of `items` leaves `items_archive`'s objects alone.
     let mut shared = settings.clone();
-    shared["s3_path_format"] = json!("${STREAM_NAME}_${EPOCH}_");
-    let refused = write(&s, &shared, &overwrite_catalog(4), &[item(6)]);
-    assert_eq!(refused.code, 1);
-    assert!(refused.error().contains("own directory"), "{}", refused.error());
+    shared["s3_path_format"] = json!("${NAMESPACE}_${STREAM_NAME}_${EPOCH}_");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let archive = "data/shop_items_archive_1700000000000_0.jsonl.gz";
+    rt.block_on(s3(&rt).put_object().bucket(&bucket).key(archive).metadata("ab-generation-id", "1").body(b"{}".to_vec().into()).send()).unwrap();
+    let shared_write = write(&s, &shared, &overwrite_catalog(4), &[item(6), state(), status("COMPLETE")]);
+    assert_eq!(shared_write.code, 0, "{}", shared_write.error());
+    let keys: Vec<String> = objects(&bucket, "data/").into_iter().map(|o| o.key).collect();
+    assert!(keys.iter().any(|k| k == archive), "another stream's object stays: {keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("data/shop_items_1")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("data/shop/items/")), "objects of another path format are not the stream's as this one names them (as Airbyte's): {keys:?}");
 }
 
 /// `check` with this config: its status and message, and everything it printed.

@@ -56,96 +56,135 @@ pub struct KeyParts<'a> {
     pub extension: &'a str,
 }
 
+/// A name made safe for an S3 key, as Airbyte's `toS3SafeCharacters`:
+/// accents dropped (NFKD, combining marks removed), then every character
+/// but ASCII letters and digits and `/!_.*')(&$@=;:+,?-` made `_`.
+pub fn s3_safe(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    name.nfkd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .map(|c| if c.is_ascii_alphanumeric() || "/!_.*')(&$@=;:+,?-".contains(c) { c } else { '_' })
+        .collect()
+}
+
 /// The key of a stream's object `part_number` (from 0). `uuid` fills
 /// `${UUID}`, one per object. Empty segments (a stream without a
 /// namespace) are left out rather than making `//`.
 pub fn object_key(parts: &KeyParts<'_>, part_number: u64, uuid: &str) -> String {
     let at = jiff::tz::Offset::UTC.to_datetime(parts.started_at);
     let millis = parts.started_at.as_millisecond();
+    render(parts, &mut |variable| match variable {
+        "NAMESPACE" => s3_safe(parts.namespace.unwrap_or_default()),
+        "STREAM_NAME" => s3_safe(parts.stream),
+        "YEAR" => format!("{:04}", at.year()),
+        "MONTH" => format!("{:02}", at.month()),
+        "DAY" => format!("{:02}", at.day()),
+        "HOUR" => format!("{:02}", at.hour()),
+        "MINUTE" => format!("{:02}", at.minute()),
+        "SECOND" => format!("{:02}", at.second()),
+        // Four digits, as Airbyte's.
+        "MILLISECOND" => format!("{:04}", at.millisecond()),
+        "EPOCH" | "timestamp" | "timestamp:millis" => millis.to_string(),
+        "timestamp:micros" => parts.started_at.as_microsecond().to_string(),
+        "UUID" => uuid.to_owned(),
+        "date" => format!("{:04}_{:02}_{:02}", at.year(), at.month(), at.day()),
+        "date:yyyy_MM" => format!("{:04}_{:02}", at.year(), at.month()),
+        "part_number" => part_number.to_string(),
+        PART_SUFFIX if part_number > 0 => format!("-{part_number}"),
+        PART_SUFFIX => String::new(),
+        "sync_id" => parts.sync_id.to_string(),
+        "format_extension" => parts.extension.to_owned(),
+        other => unreachable!("{other} was checked when the config was read"),
+    })
+}
+
+/// What a file name pattern without `{part_number}` gets after the first
+/// object, so that objects never overwrite each other.
+const PART_SUFFIX: &str = "part_suffix";
+
+/// A key from the path format and the file name pattern, each variable
+/// filled by `fill`: `{part_number}{format_extension}` when there is no
+/// pattern; a pattern without the part number gets [`PART_SUFFIX`], and
+/// one without the extension gets it at the end (readers find objects by it).
+fn render(parts: &KeyParts<'_>, fill: &mut dyn FnMut(&str) -> String) -> String {
     let mut path = String::new();
-    let mut rest = parts.path_format;
-    while let Some(start) = rest.find("${") {
-        path.push_str(&rest[..start]);
+    expand(parts.path_format, "${", &mut path, fill);
+    // The path format's last segment is the start of the file's name (`..._${EPOCH}_` + `0.jsonl`).
+    match parts.file_name_pattern {
+        None => {
+            path.push_str(&fill("part_number"));
+            path.push_str(&fill("format_extension"));
+        }
+        Some(pattern) => {
+            expand(pattern, "{", &mut path, fill);
+            if !pattern.contains("{part_number}") {
+                path.push_str(&fill(PART_SUFFIX));
+            }
+            if !pattern.contains("{format_extension}") {
+                path.push_str(&fill("format_extension"));
+            }
+        }
+    }
+    let segments: Vec<&str> = parts.bucket_path.split('/').chain(path.split('/')).filter(|s| !s.is_empty()).collect();
+    segments.join("/")
+}
+
+/// Appends `template` with each variable (opened by `open`, closed by `}`) filled.
+fn expand(template: &str, open: &str, out: &mut String, fill: &mut dyn FnMut(&str) -> String) {
+    let mut rest = template;
+    while let Some(start) = rest.find(open) {
+        out.push_str(&rest[..start]);
         let end = start + rest[start..].find('}').expect("checked when the config was read");
-        path.push_str(&match &rest[start + 2..end] {
-            "NAMESPACE" => parts.namespace.unwrap_or_default().to_owned(),
-            "STREAM_NAME" => parts.stream.to_owned(),
-            "YEAR" => format!("{:04}", at.year()),
-            "MONTH" => format!("{:02}", at.month()),
-            "DAY" => format!("{:02}", at.day()),
-            "HOUR" => format!("{:02}", at.hour()),
-            "MINUTE" => format!("{:02}", at.minute()),
-            "SECOND" => format!("{:02}", at.second()),
-            "MILLISECOND" => format!("{:03}", at.millisecond()),
-            "EPOCH" => millis.to_string(),
-            "UUID" => uuid.to_owned(),
-            other => unreachable!("${{{other}}} was checked when the config was read"),
-        });
+        out.push_str(&fill(&rest[start + open.len()..end]));
         rest = &rest[end + 1..];
     }
-    path.push_str(rest);
-    let name = file_name(parts, part_number, &at);
-    let mut key: Vec<&str> = Vec::new();
-    key.extend(parts.bucket_path.split('/').filter(|s| !s.is_empty()));
-    // The path format's last segment is the start of the file's name (`..._${EPOCH}_` + `0.jsonl`).
-    let joined = format!("{path}{name}");
-    key.extend(joined.split('/').filter(|s| !s.is_empty()));
-    key.join("/")
+    out.push_str(rest);
 }
 
-/// The part of a path format that names a stream's own directory: up to
-/// its last `/` before any variable other than the namespace and the
-/// stream's name. None when that part does not hold `${STREAM_NAME}`
-/// (streams would share a directory).
-pub fn stream_directory(path_format: &str) -> Option<&str> {
-    let mut fixed_until = path_format.len();
-    let mut rest = 0;
-    while let Some(start) = path_format[rest..].find("${") {
-        let at = rest + start;
-        let end = at + path_format[at..].find('}')?;
-        if !matches!(&path_format[at + 2..end], "NAMESPACE" | "STREAM_NAME") {
-            fixed_until = at;
-            break;
+/// Which keys are a stream's objects, whatever sync wrote them: the
+/// longest prefix all of them share (to list), and a pattern of the whole
+/// key (to tell them from another stream's under that prefix), as
+/// Airbyte's object storage finds a stream's earlier generations.
+pub struct StreamKeys {
+    pub prefix: String,
+    pattern: regex::Regex,
+}
+
+impl StreamKeys {
+    pub fn of(parts: &KeyParts<'_>) -> StreamKeys {
+        // What differs between objects becomes a mark, replaced by its pattern below.
+        const MARK: char = '\u{1}';
+        let mut patterns: Vec<&str> = Vec::new();
+        let rendered = render(parts, &mut |variable| {
+            let pattern = match variable {
+                "NAMESPACE" => return s3_safe(parts.namespace.unwrap_or_default()),
+                "STREAM_NAME" => return s3_safe(parts.stream),
+                "format_extension" => return parts.extension.to_owned(),
+                "YEAR" | "MILLISECOND" => r"\d{4}",
+                "MONTH" | "DAY" | "HOUR" | "MINUTE" | "SECOND" => r"\d{2}",
+                "UUID" => r"[0-9a-fA-F-]{36}",
+                "date" => r"\d{4}_\d{2}_\d{2}",
+                "date:yyyy_MM" => r"\d{4}_\d{2}",
+                PART_SUFFIX => r"(?:-\d+)?",
+                _ => r"\d+",
+            };
+            patterns.push(pattern);
+            MARK.to_string()
+        });
+        let mut pieces = rendered.split(MARK);
+        let prefix = pieces.next().unwrap_or_default().to_owned();
+        let mut regex = format!("^{}", regex::escape(&prefix));
+        for (pattern, literal) in patterns.iter().zip(pieces) {
+            regex.push_str(pattern);
+            regex.push_str(&regex::escape(literal));
         }
-        rest = end + 1;
+        regex.push('$');
+        StreamKeys { prefix, pattern: regex::Regex::new(&regex).expect("escaped literals and fixed patterns") }
     }
-    let directory = &path_format[..path_format[..fixed_until].rfind('/')? + 1];
-    directory.contains("${STREAM_NAME}").then_some(directory)
-}
 
-/// The key prefix of a stream's directory (from [`stream_directory`]),
-/// ending in `/`, with empty segments left out as [`object_key`] leaves them.
-pub fn directory_prefix(parts: &KeyParts<'_>, directory: &str) -> String {
-    let expanded = directory.replace("${NAMESPACE}", parts.namespace.unwrap_or_default()).replace("${STREAM_NAME}", parts.stream);
-    let segments: Vec<&str> = parts.bucket_path.split('/').chain(expanded.split('/')).filter(|s| !s.is_empty()).collect();
-    format!("{}/", segments.join("/"))
-}
-
-/// The file's name after the path: `{part_number}{format_extension}` by
-/// default. A pattern without the part number gets `-N` after the first
-/// object, and one without the extension gets it at the end: objects never
-/// overwrite each other, and readers find them by extension.
-fn file_name(parts: &KeyParts<'_>, part_number: u64, at: &jiff::civil::DateTime) -> String {
-    let Some(pattern) = parts.file_name_pattern else {
-        return format!("{part_number}{}", parts.extension);
-    };
-    let micros = parts.started_at.as_microsecond();
-    let mut name = pattern
-        .replace("{date:yyyy_MM}", &format!("{:04}_{:02}", at.year(), at.month()))
-        .replace("{date}", &format!("{:04}_{:02}_{:02}", at.year(), at.month(), at.day()))
-        .replace("{timestamp:micros}", &micros.to_string())
-        .replace("{timestamp:millis}", &(micros / 1000).to_string())
-        .replace("{timestamp}", &(micros / 1000).to_string())
-        .replace("{part_number}", &part_number.to_string())
-        .replace("{sync_id}", &parts.sync_id.to_string())
-        .replace("{format_extension}", parts.extension);
-    if !pattern.contains("{part_number}") && part_number > 0 {
-        name.push_str(&format!("-{part_number}"));
+    pub fn matches(&self, key: &str) -> bool {
+        self.pattern.is_match(key)
     }
-    if !pattern.contains("{format_extension}") {
-        name.push_str(parts.extension);
-    }
-    name
 }
 
 /// A record's `_airbyte_meta` as Airbyte's S3 writers put it.
@@ -298,16 +337,37 @@ mod tests {
     }
 
     #[test]
-    fn a_streams_directory_is_found_only_when_it_is_its_own() {
-        assert_eq!(stream_directory(crate::config::DEFAULT_PATH_FORMAT), Some("${NAMESPACE}/${STREAM_NAME}/"));
-        assert_eq!(stream_directory("${STREAM_NAME}/${YEAR}/${MONTH}/"), Some("${STREAM_NAME}/"));
-        assert_eq!(stream_directory("${STREAM_NAME}_${EPOCH}_"), None, "users_ would match users_archive_ too");
-        assert_eq!(stream_directory("${YEAR}/${STREAM_NAME}/"), None, "each day is another directory");
-        assert_eq!(stream_directory("${NAMESPACE}/"), None);
-        assert_eq!(directory_prefix(&parts(None, Some("public")), "${NAMESPACE}/${STREAM_NAME}/"), "data_sync/test/public/users/");
-        assert_eq!(directory_prefix(&parts(None, None), "${NAMESPACE}/${STREAM_NAME}/"), "data_sync/test/users/");
-        let key = object_key(&parts(None, None), 0, "u");
-        assert!(key.starts_with(&directory_prefix(&parts(None, None), "${NAMESPACE}/${STREAM_NAME}/")));
+    fn a_streams_keys_are_told_from_another_streams_under_the_same_prefix() {
+        let keys = StreamKeys::of(&parts(None, Some("public")));
+        assert_eq!(keys.prefix, "data_sync/test/public/users/");
+        assert!(keys.matches(&object_key(&parts(None, Some("public")), 12, "u")));
+        assert!(!keys.matches("data_sync/test/public/users/notes.txt"));
+        // Streams that share a directory: users_ must not take users_archive_'s objects.
+        let mut shared = parts(Some("{part_number}{format_extension}"), Some("public"));
+        shared.path_format = "${STREAM_NAME}_${EPOCH}_";
+        let keys = StreamKeys::of(&shared);
+        assert_eq!(keys.prefix, "data_sync/test/users_");
+        assert!(keys.matches(&object_key(&shared, 3, "u")));
+        let mut archive = parts(None, Some("public"));
+        archive.path_format = "${STREAM_NAME}_${EPOCH}_";
+        archive.stream = "users_archive";
+        assert!(!keys.matches(&object_key(&archive, 0, "u")));
+        // A pattern without the part number: the suffix of later objects matches too.
+        let mut dated = parts(Some("{date}"), None);
+        dated.path_format = "${STREAM_NAME}/${UUID}/";
+        let keys = StreamKeys::of(&dated);
+        let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        assert!(keys.matches(&object_key(&dated, 0, uuid)) && keys.matches(&object_key(&dated, 4, uuid)));
+    }
+
+    #[test]
+    fn names_are_made_s3_safe_and_milliseconds_have_four_digits() {
+        assert_eq!(s3_safe("Café orders/2024 (v2)!"), "Cafe_orders/2024_(v2)!");
+        assert_eq!(s3_safe("naïve:日本"), "naive:__");
+        let mut p = parts(None, Some("ns"));
+        p.path_format = "${STREAM_NAME}/${MILLISECOND}/";
+        p.started_at = jiff::Timestamp::from_millisecond(1_736_179_200_042).unwrap();
+        assert_eq!(object_key(&p, 0, "u"), "data_sync/test/users/0042/0.jsonl.gz");
     }
 
     #[test]

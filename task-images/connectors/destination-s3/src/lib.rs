@@ -313,12 +313,6 @@ fn targets(config: &Config, catalog: &ConfiguredAirbyteCatalog) -> Result<Vec<Ta
         if minimum != 0 && minimum != generation {
             return Err(Failure::config(format!("stream {descriptor}: minimum_generation_id {minimum} is neither 0 nor the generation {generation}; Airbyte's loaders take only those")));
         }
-        if overwrite && layout::stream_directory(&config.path_format).is_none() {
-            return Err(Failure::config(format!(
-                "stream {descriptor} overwrites, but s3_path_format {:?} does not give each stream its own directory: put ${{NAMESPACE}}/${{STREAM_NAME}}/ before any time or UUID variable, or the older objects of other streams would be deleted too",
-                config.path_format
-            )));
-        }
         let schema = &configured.stream.json_schema;
         let parquet = match config.format {
             Format::Parquet { .. } => Some(Arc::new(columnar::table(schema).map_err(|e| Failure::config(format!("stream {descriptor}: {e}")))?)),
@@ -372,11 +366,9 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
 
 /// After a stream's overwrite succeeded: its objects of earlier generations go.
 fn delete_older_generations(objects: &Objects, target: &Target) -> Result<(), Failure> {
-    let parts = objects.key_parts(target);
-    let directory = layout::stream_directory(&objects.config.path_format).expect("checked when the targets were made");
-    let prefix = layout::directory_prefix(&parts, directory);
+    let keys = layout::StreamKeys::of(&objects.key_parts(target));
     let mut older = Vec::new();
-    for key in objects.bucket.list(&prefix)? {
+    for key in objects.bucket.list(&keys.prefix)?.into_iter().filter(|k| keys.matches(k)) {
         // An object without a generation predates generations: it is older.
         if objects.bucket.generation(&key)?.is_none_or(|g| g < target.generation) {
             older.push(key);
