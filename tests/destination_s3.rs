@@ -321,6 +321,16 @@ fn an_overwrite_deletes_earlier_generations_only_after_it_succeeds() {
     assert!(keys.iter().any(|k| k == archive), "another stream's object stays: {keys:?}");
     assert!(keys.iter().any(|k| k.starts_with("data/shop_items_1")), "{keys:?}");
     assert!(keys.iter().any(|k| k.starts_with("data/shop/items/")), "objects of another path format are not the stream's as this one names them (as Airbyte's): {keys:?}");
+
+    // Two streams whose keys cannot be told apart, one overwriting: refused before anything is written.
+    let mut two = overwrite_catalog(5);
+    let mut twin = two["streams"][0].clone();
+    twin["stream"]["name"] = json!("it ems");
+    two["streams"][0]["stream"]["name"] = json!("it_ems");
+    two["streams"].as_array_mut().unwrap().push(twin);
+    let refused = write(&s, &settings, &two, &[]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.error().contains("cannot tell apart"), "{}", refused.error());
 }
 
 /// `check` with this config: its status and message, and everything it printed.
@@ -420,12 +430,21 @@ fn sluice_up_syncs_into_s3_with_the_builtin_definition_and_overwrites_by_generat
     assert_eq!(p.get(&format!("/destinations/{destination}"))["configuration"]["secret_access_key"], "**********", "the secret key is a secret");
     let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
         "configurations": {"streams": [{"name": "users", "syncMode": "incremental_append"}, {"name": "products", "syncMode": "full_refresh_overwrite"}]}}))["connectionId"].as_str().unwrap().to_owned();
+    let mut after_first = 0;
     for run in 1..=2 {
         let job = p.wait_job(p.sync(&connection), std::time::Duration::from_secs(120));
         assert_eq!(job["status"], "succeeded", "run {run}: {job}\n{}", p.log());
+        // Each overwrite job starts a generation, and only the last one's objects stay.
+        let products = objects(&bucket, "data/products/");
+        let generations: BTreeSet<Option<i64>> = products.iter().map(|o| o.generation).collect();
+        assert_eq!(generations, BTreeSet::from([Some(run)]), "run {run}");
+        let bytes: usize = products.iter().map(|o| o.body.len()).sum();
+        if run == 1 {
+            after_first = bytes;
+        } else {
+            assert!(bytes < after_first * 3 / 2, "the first sync's products are gone: {after_first} then {bytes} bytes");
+        }
     }
-    let products: BTreeSet<Option<i64>> = objects(&bucket, "data/products/").iter().map(|o| o.generation).collect();
-    assert_eq!(products.len(), 1, "the overwritten stream keeps its last generation only: {products:?}");
     let users = objects(&bucket, "data/users/");
     assert!(!users.is_empty() && users.iter().all(|o| o.key.ends_with(".parquet")));
 }

@@ -241,6 +241,10 @@ pub struct ConnectionState {
     /// drop the older generations' rows.
     #[serde(default)]
     pub generations: std::collections::BTreeMap<String, i64>,
+    /// Per stream, the job that started its current generation: that job's
+    /// later attempts go on with it (and with the states it committed).
+    #[serde(default)]
+    pub generation_jobs: std::collections::BTreeMap<String, i64>,
 }
 
 /// The namespace a stream lands in at the destination, by Airbyte's rules:

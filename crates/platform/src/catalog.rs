@@ -161,7 +161,11 @@ fn stream_key(descriptor: &StreamDescriptor) -> String {
 
 /// Shapes a sync of `job`'s type: generation ids on every stream; for a
 /// refresh, a new generation and no state for the chosen streams; for a
-/// reset or clear, only the chosen streams, overwritten with nothing.
+/// reset or clear, only the chosen streams, overwritten with nothing. An
+/// overwrite starts a new generation with every job, as Airbyte's does, so
+/// that a destination that keeps generations side by side (object
+/// storage) can delete the older ones once the stream completes. A
+/// generation is started once per job: a retry goes on with it.
 /// Returns what feeds the destination; `state` is updated in place and must
 /// be stored before the attempt starts.
 pub fn prepare(job: &Job, catalog: &mut ConfiguredAirbyteCatalog, state: &mut ConnectionState) -> Feed {
@@ -174,20 +178,23 @@ pub fn prepare(job: &Job, catalog: &mut ConfiguredAirbyteCatalog, state: &mut Co
     for stream in &mut catalog.streams {
         let descriptor = stream.stream.descriptor();
         let key = stream_key(&descriptor);
-        let generation = state.generations.entry(key).or_insert(0);
-        let new_generation = starts_over && chosen(&descriptor);
-        if new_generation {
-            *generation += 1;
-            dropped.push(descriptor);
-        }
         if matches!(job.job_type, JobType::Reset | JobType::Clear) {
             stream.sync_mode = sluice_protocol::SyncMode::FullRefresh;
             stream.destination_sync_mode = sluice_protocol::DestinationSyncMode::Overwrite;
             stream.cursor_field = None;
         }
         let overwrite = matches!(stream.destination_sync_mode.as_str(), "overwrite" | "overwrite_dedup");
+        let refreshed = starts_over && chosen(&descriptor);
+        let generation = state.generations.entry(key.clone()).or_insert(0);
+        if (refreshed || overwrite) && state.generation_jobs.get(&key) != Some(&job.id) {
+            *generation += 1;
+            state.generation_jobs.insert(key, job.id);
+            if refreshed {
+                dropped.push(descriptor);
+            }
+        }
         stream.generation_id = Some(*generation);
-        stream.minimum_generation_id = Some(if overwrite || new_generation { *generation } else { 0 });
+        stream.minimum_generation_id = Some(if overwrite || refreshed { *generation } else { 0 });
         stream.sync_id = Some(job.id);
     }
     drop_states(&mut state.states, &dropped);
@@ -264,43 +271,55 @@ mod tests {
         assert!(configure(&[], &catalog()).is_err());
     }
 
-    fn job(job_type: JobType, streams: &[&str]) -> Job {
-        Job::new(7, "c", job_type, streams.iter().map(|s| s.to_string()).collect(), jiff::Timestamp::UNIX_EPOCH)
+    fn job(id: i64, job_type: JobType, streams: &[&str]) -> Job {
+        Job::new(id, "c", job_type, streams.iter().map(|s| s.to_string()).collect(), jiff::Timestamp::UNIX_EPOCH)
     }
 
     fn committed() -> ConnectionState {
         let stream = |name: &str, cursor: i64| json!({"type": "STREAM", "stream": {"stream_descriptor": {"name": name}, "stream_state": {"cursor": cursor}}});
-        ConnectionState { connection_id: "c".into(), states: vec![stream("users", 5), stream("files", 9)], generations: Default::default() }
+        ConnectionState { connection_id: "c".into(), states: vec![stream("users", 5), stream("files", 9)], ..Default::default() }
     }
 
     #[test]
     fn a_sync_keeps_state_and_marks_generations() {
-        let mut catalog = configure(&default_streams(&catalog()), &catalog()).unwrap().catalog;
+        let mut synced = configure(&default_streams(&catalog()), &catalog()).unwrap().catalog;
         let mut state = committed();
-        assert_eq!(prepare(&job(JobType::Sync, &[]), &mut catalog, &mut state), Feed::Source);
+        assert_eq!(prepare(&job(7, JobType::Sync, &[]), &mut synced, &mut state), Feed::Source);
         assert_eq!(state.states.len(), 2);
-        let users = &catalog.streams[0];
+        let users = &synced.streams[0];
         assert_eq!((users.generation_id, users.minimum_generation_id, users.sync_id), (Some(0), Some(0), Some(7)));
-        let files = &catalog.streams[1];
-        assert_eq!(files.minimum_generation_id, Some(0), "an overwrite keeps only its own generation");
+        let files = &synced.streams[1];
+        assert_eq!((files.generation_id, files.minimum_generation_id), (Some(1), Some(1)), "an overwrite starts a generation and keeps only it");
+        // The job's next attempt goes on with that generation; the next job starts another.
+        let mut retry = configure(&default_streams(&catalog()), &catalog()).unwrap().catalog;
+        prepare(&job(7, JobType::Sync, &[]), &mut retry, &mut state);
+        assert_eq!(retry.streams[1].generation_id, Some(1));
+        let mut next = configure(&default_streams(&catalog()), &catalog()).unwrap().catalog;
+        prepare(&job(8, JobType::Sync, &[]), &mut next, &mut state);
+        assert_eq!((next.streams[0].generation_id, next.streams[1].generation_id), (Some(0), Some(2)));
     }
 
     #[test]
     fn refresh_and_reset_start_the_chosen_streams_over() {
         let mut refreshed = configure(&default_streams(&catalog()), &catalog()).unwrap().catalog;
         let mut state = committed();
-        prepare(&job(JobType::Refresh, &["users"]), &mut refreshed, &mut state);
+        prepare(&job(7, JobType::Refresh, &["users"]), &mut refreshed, &mut state);
         assert_eq!(state.generations["users"], 1);
-        assert_eq!(state.generations["files"], 0);
+        assert_eq!(state.generations["files"], 1, "an overwrite stream starts a generation in every job");
         assert_eq!(state.states.len(), 1, "the refreshed stream's state is gone");
         assert_eq!((refreshed.streams[0].generation_id, refreshed.streams[0].minimum_generation_id), (Some(1), Some(1)));
+        // A retry of the refresh goes on from what its first attempt committed.
+        state.states.push(json!({"type": "STREAM", "stream": {"stream_descriptor": {"name": "users"}, "stream_state": {"cursor": 1}}}));
+        let mut retried = configure(&default_streams(&catalog()), &catalog()).unwrap().catalog;
+        prepare(&job(7, JobType::Refresh, &["users"]), &mut retried, &mut state);
+        assert_eq!((state.generations["users"], state.states.len()), (1, 2));
 
         let mut again = configure(&default_streams(&catalog()), &catalog()).unwrap().catalog;
-        assert_eq!(prepare(&job(JobType::Reset, &["files"]), &mut again, &mut state), Feed::Empty);
+        assert_eq!(prepare(&job(8, JobType::Reset, &["files"]), &mut again, &mut state), Feed::Empty);
         assert_eq!(again.streams.len(), 1);
         assert_eq!(again.streams[0].destination_sync_mode.as_str(), "overwrite");
-        assert!(state.states.is_empty());
-        assert_eq!(state.generations["files"], 1);
+        assert_eq!(state.states.len(), 1, "the reset stream's state is gone, the other's stays");
+        assert_eq!(state.generations["files"], 2);
     }
 
     #[test]

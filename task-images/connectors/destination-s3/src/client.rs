@@ -48,8 +48,13 @@ impl Bucket {
         let shared = runtime.block_on(loader.load());
         let mut builder = aws_sdk_s3::config::Builder::from(&shared);
         if let Some(endpoint) = &config.endpoint {
-            // S3-compatible servers (moto, LocalStack, MinIO) address buckets by path.
-            builder = builder.endpoint_url(endpoint).force_path_style(true);
+            // S3-compatible servers (moto, LocalStack, MinIO) address buckets by
+            // path, and not all of them take the checksums AWS's S3 does.
+            builder = builder
+                .endpoint_url(endpoint)
+                .force_path_style(true)
+                .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
         }
         let place = match &config.endpoint {
             Some(endpoint) => format!("at {endpoint}"),
@@ -227,7 +232,7 @@ impl Upload {
                 id
             }
         };
-        let body = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.part_bytes + (64 << 10)));
+        let body = std::mem::take(&mut self.buffer);
         let number = self.parts.len() as i32 + 1;
         self.parts.push(self.bucket.upload_part(&self.key, &upload_id, number, body));
         Ok(())
@@ -246,12 +251,19 @@ impl Upload {
             self.send_part()?;
         }
         let mut parts = Vec::with_capacity(self.parts.len());
-        for handle in std::mem::take(&mut self.parts) {
+        // Taken one by one: on a failure the rest stay, for `drop` to stop before it aborts.
+        while !self.parts.is_empty() {
+            let handle = self.parts.remove(0);
             parts.push(self.bucket.runtime.block_on(handle).map_err(|e| Failure::system(format!("a part upload of {} stopped: {e}", self.key)))??);
         }
         self.bucket.complete_multipart(&self.key, &upload_id, parts)?;
         self.upload_id = None;
         Ok(())
+    }
+
+    /// Bytes gathered for the next part.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
     }
 }
 
@@ -261,8 +273,11 @@ impl Upload {
 /// bucket's lifecycle rule on incomplete multipart uploads.
 impl Drop for Upload {
     fn drop(&mut self) {
+        // Stopped and waited for, so no part lands after the abort (and the
+        // runtime is never dropped by one of its own tasks).
         for handle in self.parts.drain(..) {
             handle.abort();
+            let _ = self.bucket.runtime.block_on(handle);
         }
         if let Some(upload_id) = self.upload_id.take() {
             let _ = self.bucket.abort_multipart(&self.key, &upload_id);

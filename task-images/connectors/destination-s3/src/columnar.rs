@@ -28,8 +28,10 @@ use crate::client::Upload;
 use crate::config::ParquetCodec;
 use crate::layout::Columns;
 
-/// Rows per Arrow batch handed to the Parquet writer.
+/// An Arrow batch goes to the Parquet writer at this many rows or bytes of
+/// records, whichever first: large values must not gather 4096 at a time.
 const BATCH_ROWS: usize = 4096;
+const BATCH_BYTES: usize = 8 << 20;
 /// A row group is closed at about this encoded size: the bound on a stream's memory.
 pub const ROW_GROUP_BYTES: usize = 32 << 20;
 const UTC: &str = "UTC";
@@ -223,6 +225,8 @@ pub struct ParquetObject {
     changes: Vec<Vec<(String, String, String)>>,
     data: Vec<Builder>,
     rows: usize,
+    /// The records' JSON bytes in the builders.
+    batch_bytes: usize,
 }
 
 impl ParquetObject {
@@ -240,6 +244,7 @@ impl ParquetObject {
             sync_ids: Int64Builder::new(),
             changes: Vec::new(),
             rows: 0,
+            batch_bytes: 0,
         })
     }
 
@@ -258,7 +263,8 @@ impl ParquetObject {
         self.sync_ids.append_value(sync_id);
         self.changes.push(changes);
         self.rows += 1;
-        if self.rows >= BATCH_ROWS {
+        self.batch_bytes += data.len();
+        if self.rows >= BATCH_ROWS || self.batch_bytes >= BATCH_BYTES {
             self.write_batch()?;
         }
         Ok(())
@@ -272,6 +278,7 @@ impl ParquetObject {
         arrays.extend(self.data.iter_mut().map(Builder::finish));
         let batch = RecordBatch::try_new(self.table.schema.clone(), arrays).map_err(|e| Failure::system(format!("a Parquet batch does not match its schema: {e}")))?;
         self.rows = 0;
+        self.batch_bytes = 0;
         self.writer.write(&batch).map_err(|e| self.failure(e))
     }
 
@@ -299,9 +306,15 @@ impl ParquetObject {
         Failure::system(format!("writing the Parquet object {}: {e}", self.writer.inner().key))
     }
 
-    /// Bytes so far: written to the object, and the row group in progress (estimated).
+    /// Bytes so far: written to the object, the row group in progress
+    /// (estimated, encoded) and the batch in the builders (as JSON).
     pub fn size(&self) -> u64 {
-        self.writer.bytes_written() as u64 + self.writer.in_progress_size() as u64
+        (self.writer.bytes_written() + self.writer.in_progress_size() + self.batch_bytes) as u64
+    }
+
+    /// Bytes held in memory: the batch, the row group in progress, the part not yet sent.
+    pub fn buffered(&self) -> usize {
+        self.batch_bytes + self.writer.memory_size() + self.writer.inner().buffered()
     }
 
     /// The object's last rows and its footer; the upload, ready to complete.

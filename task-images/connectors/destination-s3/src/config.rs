@@ -13,8 +13,10 @@ pub const DEFAULT_PATH_FORMAT: &str = "${NAMESPACE}/${STREAM_NAME}/${YEAR}_${MON
 pub const DEFAULT_OBJECT_BYTES: u64 = 200 << 20;
 /// Airbyte's: multipart upload parts of this size.
 pub const DEFAULT_PART_BYTES: u64 = 10 << 20;
-/// S3's smallest part (all but the last).
+/// S3's smallest part (all but the last), its largest, and its most parts of an object.
 const MIN_PART_BYTES: u64 = 5 << 20;
+const MAX_PART_BYTES: u64 = 5 << 30;
+const MAX_PARTS: u64 = 10_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -117,6 +119,12 @@ impl Config {
     }
 
     pub fn from_value(value: Value) -> Result<Config, Failure> {
+        // Said before the shape is checked, whose errors quote the value.
+        for key in ["access_key_id", "secret_access_key"] {
+            if value.get(key).is_some_and(|v| !v.is_string() && !v.is_null()) {
+                return Err(Failure::config(format!("{key} must be a string")));
+            }
+        }
         let w: Written = serde_json::from_value(value).map_err(|e| Failure::config(format!("the config is not destination-s3's: {e}")))?;
         let bucket = w.s3_bucket_name.trim().to_owned();
         if bucket.is_empty() {
@@ -154,7 +162,13 @@ impl Config {
         if part_bytes < MIN_PART_BYTES {
             return Err(Failure::config(format!("part_size_mb {} is below S3's smallest part, 5 MB", part_bytes as f64 / (1u64 << 20) as f64)));
         }
+        if part_bytes > MAX_PART_BYTES {
+            return Err(Failure::config("part_size_mb is above S3's largest part, 5 GB"));
+        }
         let object_bytes = megabytes(w.object_size_mb, DEFAULT_OBJECT_BYTES, "object_size_mb")?;
+        if object_bytes / part_bytes >= MAX_PARTS {
+            return Err(Failure::config(format!("object_size_mb over part_size_mb is more than S3's {MAX_PARTS} parts of an object: make parts larger or objects smaller")));
+        }
         let upload_concurrency = match w.upload_concurrency {
             None => 2,
             Some(n @ 1..=64) => n,
@@ -306,6 +320,10 @@ mod tests {
         assert!(base(json!({"part_size_mb": 1})).contains("5 MB"));
         let with_key = config(json!({"s3_bucket_name": "lake", "access_key_id": "AKIA1", "secret_access_key": "hunter2", "format": {"format_type": "JSONL"}})).unwrap();
         assert!(!format!("{with_key:?}").contains("hunter2"), "the secret stays out of Debug");
+        let numeric = config(json!({"s3_bucket_name": "lake", "access_key_id": "AKIA", "secret_access_key": 12345678, "format": {"format_type": "JSONL"}})).unwrap_err();
+        assert!(numeric.contains("must be a string") && !numeric.contains("12345678"), "{numeric}");
+        let parts = config(json!({"s3_bucket_name": "lake", "part_size_mb": 5, "object_size_mb": 60000, "format": {"format_type": "JSONL"}})).unwrap_err();
+        assert!(parts.contains("10000 parts"), "{parts}");
     }
 
     #[test]

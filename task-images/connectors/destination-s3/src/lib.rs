@@ -47,8 +47,17 @@ use layout::{Columns, KeyParts};
 pub const NAME: &str = "destination-s3";
 
 /// The longest a STATE waits for the objects holding its records: then
-/// they are finished early, so progress is saved at least this often.
+/// they are finished early, so progress is saved at least this often. And
+/// the most STATEs that wait at once (a source that checkpoints every few
+/// records must not fill memory with them).
 const RELEASE_WITHIN: Duration = Duration::from_secs(300);
+const MAX_WAITING_STATES: usize = 10_000;
+
+/// What the open objects of a sync may hold in memory, over all its
+/// writers: past it, a writer completes its largest open object. (One
+/// object per stream and writer is open; many streams would otherwise
+/// hold a part each.)
+const MEMORY_BUDGET: usize = 512 << 20;
 
 pub fn main(args: &[String]) -> i32 {
     sluice_connector_kit::main(NAME, args, run)
@@ -150,6 +159,15 @@ impl Encoder {
         written.map_err(|e| Failure::system(format!("writing an object: {e}")))
     }
 
+    /// Bytes held in memory, not yet sent.
+    fn buffered(&self) -> usize {
+        match self {
+            Encoder::Plain(upload) => upload.buffered(),
+            Encoder::Gzip(gzip) => gzip.get_ref().buffered(),
+            Encoder::Parquet(parquet) => parquet.buffered(),
+        }
+    }
+
     /// Bytes so far (for gzip, those out of the compressor).
     fn size(&self) -> u64 {
         match self {
@@ -195,14 +213,28 @@ struct Writer<'a> {
     pending: VecDeque<Checkpoint>,
     taken: u64,
     durable: u64,
+    /// This writer's share of [`MEMORY_BUDGET`], and records since it was last checked.
+    budget: usize,
+    since_budget_check: u32,
     line: Vec<u8>,
     data: Vec<u8>,
 }
 
 impl<'a> Writer<'a> {
-    fn new(objects: &'a Objects) -> Writer<'a> {
+    fn new(objects: &'a Objects, writers: usize) -> Writer<'a> {
         let streams = objects.targets.len();
-        Writer { objects, open: (0..streams).map(|_| None).collect(), completed: vec![0; streams], pending: VecDeque::new(), taken: 0, durable: 0, line: Vec::new(), data: Vec::new() }
+        Writer {
+            objects,
+            open: (0..streams).map(|_| None).collect(),
+            completed: vec![0; streams],
+            pending: VecDeque::new(),
+            taken: 0,
+            durable: 0,
+            budget: MEMORY_BUDGET / writers.max(1),
+            since_budget_check: 0,
+            line: Vec::new(),
+            data: Vec::new(),
+        }
     }
 
     /// One record of `stream`; `data` is its data's JSON text.
@@ -236,23 +268,49 @@ impl<'a> Writer<'a> {
         if open.encoder.size() >= self.objects.config.object_bytes {
             self.complete(stream)?;
         }
-        if self.pending.front().is_some_and(|c| c.taken.elapsed() >= RELEASE_WITHIN) {
-            let streams: Vec<usize> = self.pending.front().expect("some").waits_for.iter().map(|(s, _)| *s).collect();
-            for stream in streams {
-                if self.open[stream].is_some() {
-                    self.complete(stream)?;
-                }
+        self.since_budget_check += 1;
+        if self.since_budget_check >= 256 {
+            self.since_budget_check = 0;
+            self.keep_to_budget()?;
+        }
+        self.complete_overdue()
+    }
+
+    /// Completes the largest open objects while those open hold more than the budget.
+    fn keep_to_budget(&mut self) -> Result<(), Failure> {
+        loop {
+            let held: Vec<(usize, usize)> = self.open.iter().enumerate().filter_map(|(stream, open)| Some((stream, open.as_ref()?.encoder.buffered()))).collect();
+            if held.len() < 2 || held.iter().map(|(_, bytes)| bytes).sum::<usize>() <= self.budget {
+                return Ok(());
+            }
+            let (largest, _) = held.into_iter().max_by_key(|(_, bytes)| *bytes).expect("two or more");
+            self.complete(largest)?;
+        }
+    }
+
+    /// When the oldest waiting STATE has waited too long, or too many
+    /// wait, the objects it waits for are completed now.
+    fn complete_overdue(&mut self) -> Result<(), Failure> {
+        let Some(oldest) = self.pending.front() else { return Ok(()) };
+        if oldest.taken.elapsed() < RELEASE_WITHIN && self.pending.len() < MAX_WAITING_STATES {
+            return Ok(());
+        }
+        let streams: Vec<usize> = oldest.waits_for.iter().map(|(s, _)| *s).collect();
+        for stream in streams {
+            if self.open[stream].is_some() {
+                self.complete(stream)?;
             }
         }
         Ok(())
     }
 
     /// Notes a checkpoint: its records are in the objects open now.
-    fn checkpoint(&mut self) {
+    fn checkpoint(&mut self) -> Result<(), Failure> {
         self.taken += 1;
         let waits_for: Vec<(usize, u64)> = self.open.iter().enumerate().filter_map(|(stream, open)| open.as_ref().filter(|o| o.records > 0).map(|o| (stream, o.sequence))).collect();
         self.pending.push_back(Checkpoint { number: self.taken, waits_for, taken: Instant::now() });
         self.settle();
+        self.complete_overdue()
     }
 
     fn complete(&mut self, stream: usize) -> Result<(), Failure> {
@@ -345,6 +403,7 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
         started_at: jiff::Timestamp::now(),
         statuses: Mutex::new(vec![None; catalog.streams.len()]),
     };
+    refuse_shared_keys(&objects)?;
     let ended_well = match channel {
         Some(channel) => write_sockets(&objects, &channel, catalog, out)?,
         None => write_stdin(&objects, out)?,
@@ -359,6 +418,25 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
         };
         if target.overwrite && complete {
             delete_older_generations(&objects, target)?;
+        }
+    }
+    Ok(())
+}
+
+/// An overwrite deletes what matches its stream's keys: another stream
+/// whose keys match them too (a path format without the namespace or the
+/// stream's name, names alike once S3-safe) would lose its objects.
+fn refuse_shared_keys(objects: &Objects) -> Result<(), Failure> {
+    for a in objects.targets.iter().filter(|t| t.overwrite) {
+        let keys = layout::StreamKeys::of(&objects.key_parts(a));
+        for b in objects.targets.iter().filter(|b| b.descriptor != a.descriptor) {
+            let sample = layout::object_key(&objects.key_parts(b), 0, "00000000-0000-0000-0000-000000000000");
+            if keys.matches(&sample) {
+                return Err(Failure::config(format!(
+                    "streams {} and {} would have keys s3_path_format {:?} cannot tell apart ({sample}), and {} overwrites: put ${{NAMESPACE}} and ${{STREAM_NAME}} in the path format",
+                    a.descriptor, b.descriptor, objects.config.path_format, a.descriptor
+                )));
+            }
         }
     }
     Ok(())
@@ -380,7 +458,7 @@ fn delete_older_generations(objects: &Objects, target: &Target) -> Result<(), Fa
 /// Legacy mode: every message on stdin, in order.
 fn write_stdin(objects: &Objects, out: &mut Output) -> Result<bool, Failure> {
     let index: HashMap<StreamDescriptor, usize> = objects.targets.iter().enumerate().map(|(i, t)| (t.descriptor.clone(), i)).collect();
-    let mut writer = Writer::new(objects);
+    let mut writer = Writer::new(objects, 1);
     // STATEs stored but not yet durable: the checkpoint each waits for, and its count.
     let mut held: VecDeque<(u64, AirbyteStateMessage, u64)> = VecDeque::new();
     let mut since_state = 0u64;
@@ -412,7 +490,7 @@ fn write_stdin(objects: &Objects, out: &mut Output) -> Result<bool, Failure> {
                 objects.statuses.lock().expect("statuses lock")[i] = Some(status.status);
             }
         } else if let Some(state) = message.state {
-            writer.checkpoint();
+            writer.checkpoint()?;
             held.push_back((writer.taken, state, since_state));
             since_state = 0;
             release(&writer, &mut held, out)?;
@@ -428,7 +506,7 @@ fn write_stdin(objects: &Objects, out: &mut Output) -> Result<bool, Failure> {
 /// holds each STATE until its writer's objects before it are complete.
 fn write_sockets(objects: &Objects, channel: &socket::DataChannel, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) -> Result<bool, Failure> {
     let shared = Mutex::new(std::mem::take(out));
-    let result = sockets::write(channel, catalog, &SocketObjects(objects), &shared);
+    let result = sockets::write(channel, catalog, &SocketObjects(objects, channel.socket_paths.len()), &shared);
     *out = shared.into_inner().expect("stdout lock");
     result?;
     // A source says STARTED on stdout only: a stream that said nothing on the sockets may have been cut off.
@@ -439,13 +517,14 @@ fn write_sockets(objects: &Objects, channel: &socket::DataChannel, catalog: &Con
     Ok(false)
 }
 
-struct SocketObjects<'a>(&'a Objects);
+/// The sync's objects, and how many sockets share them.
+struct SocketObjects<'a>(&'a Objects, usize);
 
 impl<'a> Sink for SocketObjects<'a> {
     type Local = Writer<'a>;
 
     fn local(&self) -> Writer<'a> {
-        Writer::new(self.0)
+        Writer::new(self.0, self.1)
     }
 
     fn record(&self, local: &mut Writer<'a>, stream: usize, properties: &[String], record: &SocketRecord<'_>) -> Result<(), Failure> {
@@ -463,8 +542,7 @@ impl<'a> Sink for SocketObjects<'a> {
     }
 
     fn checkpoint(&self, local: &mut Writer<'a>) -> Result<(), Failure> {
-        local.checkpoint();
-        Ok(())
+        local.checkpoint()
     }
 
     fn durable_checkpoints(&self, local: &Writer<'a>) -> Option<u64> {
