@@ -20,42 +20,9 @@ fn config(schema: &str) -> Value {
     config
 }
 
-struct Written {
-    code: i32,
-    stdout: Vec<Value>,
-    stderr: String,
-}
-
-impl Written {
-    fn states(&self) -> Vec<&Value> {
-        self.stdout.iter().filter(|m| m["type"] == "STATE").collect()
-    }
-    fn error(&self) -> String {
-        self.stdout.iter().filter(|m| m["type"] == "TRACE").map(|m| m["trace"]["error"]["message"].as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>().join("; ")
-    }
-}
-
 /// `sluice connector destination-postgres write` fed these messages on stdin.
 fn write(s: &Scratch, config: &Value, catalog: &Value, messages: &[Value]) -> Written {
-    let (config, catalog) = (s.json("config.json", config), s.json("catalog.json", catalog));
-    let mut child = sluice()
-        .args(["connector", "destination-postgres", "write", "--config"])
-        .arg(&config)
-        .arg("--catalog")
-        .arg(&catalog)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for m in messages {
-        writeln!(stdin, "{m}").unwrap();
-    }
-    drop(stdin);
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    Written { code: output.status.code().unwrap_or(-1), stdout, stderr: String::from_utf8_lossy(&output.stderr).into_owned() }
+    destination_write("destination-postgres", s, config, catalog, messages)
 }
 
 fn record(stream: &str, data: Value) -> Value {

@@ -116,3 +116,44 @@ pub fn children_with(parent: u32, part: &str) -> Vec<u32> {
     }
     found
 }
+
+/// What a destination said when fed messages on stdin.
+pub struct Written {
+    pub code: i32,
+    pub stdout: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Written {
+    pub fn states(&self) -> Vec<&Value> {
+        self.stdout.iter().filter(|m| m["type"] == "STATE").collect()
+    }
+    pub fn error(&self) -> String {
+        self.stdout.iter().filter(|m| m["type"] == "TRACE").map(|m| m["trace"]["error"]["message"].as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// `sluice connector <destination> write` fed these messages on stdin.
+pub fn destination_write(destination: &str, s: &Scratch, config: &Value, catalog: &Value, messages: &[Value]) -> Written {
+    use std::io::Write;
+    use std::process::Stdio;
+    let (config, catalog) = (s.json("config.json", config), s.json("catalog.json", catalog));
+    let mut child = sluice()
+        .args(["connector", destination, "write", "--config"])
+        .arg(&config)
+        .arg("--catalog")
+        .arg(&catalog)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for m in messages {
+        writeln!(stdin, "{m}").unwrap();
+    }
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    Written { code: output.status.code().unwrap_or(-1), stdout, stderr: String::from_utf8_lossy(&output.stderr).into_owned() }
+}

@@ -181,21 +181,28 @@ pub fn read_source(sluice: &Path, source: &Path, catalog: &Path, records: &Path)
     Ok(())
 }
 
-/// destination-postgres alone, fed `records` on stdin, into `schema`.
-fn destination_alone(args: &Args, sluice: &Path, dir: &Path, catalog: &Path, records: &Path, schema: &str, rows: u64) -> anyhow::Result<Run> {
-    let config_file = dir.join(format!("{schema}.json"));
-    std::fs::write(&config_file, destination_config(args.url, schema)?.to_string())?;
+/// A destination alone (`sluice connector <name> write`), fed `records` on
+/// stdin, measured; an error if it failed.
+pub fn destination_write(sluice: &Path, name: &str, config_file: &Path, catalog: &Path, records: &Path) -> anyhow::Result<Run> {
     let (run, output) = measured(
         Command::new(sluice)
-            .args(["connector", "destination-postgres", "write", "--config"])
-            .arg(&config_file)
+            .args(["connector", name, "write", "--config"])
+            .arg(config_file)
             .arg("--catalog")
             .arg(catalog)
             .stdin(std::fs::File::open(records)?),
     )?;
     if !output.status.success() {
-        bail!("destination-postgres failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stdout, 5));
+        bail!("{name} failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stdout, 5));
     }
+    Ok(run)
+}
+
+/// destination-postgres alone, fed `records` on stdin, into `schema`.
+fn destination_alone(args: &Args, sluice: &Path, dir: &Path, catalog: &Path, records: &Path, schema: &str, rows: u64) -> anyhow::Result<Run> {
+    let config_file = dir.join(format!("{schema}.json"));
+    std::fs::write(&config_file, destination_config(args.url, schema)?.to_string())?;
+    let run = destination_write(sluice, "destination-postgres", &config_file, catalog, records)?;
     let moved = count(args.url, &format!("{schema}.users"))?;
     if moved != rows {
         bail!("destination-postgres loaded {moved} of {rows} rows into {schema}");

@@ -145,18 +145,7 @@ fn destination_alone(sluice: &Path, dir: &Path, store: &Store, catalog: &Path, r
     });
     let config_file = dir.join(format!("{bucket}.json"));
     std::fs::write(&config_file, config.to_string())?;
-    let (run, output) = measured(
-        Command::new(sluice)
-            .args(["connector", "destination-s3", "write", "--config"])
-            .arg(&config_file)
-            .arg("--catalog")
-            .arg(catalog)
-            .stdin(std::fs::File::open(records)?),
-    )?;
-    if !output.status.success() {
-        bail!("destination-s3 failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stdout, 5));
-    }
-    Ok(run)
+    crate::bench_postgres::destination_write(sluice, "destination-s3", &config_file, catalog, records)
 }
 
 /// Each record's data alone, one JSON object a line: what pyarrow and dlt read.
