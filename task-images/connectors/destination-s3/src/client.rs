@@ -75,7 +75,26 @@ impl Bucket {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        failure(&self.name, &self.place, doing, key, e)
+        let (bucket, place) = (&self.name, &self.place);
+        let object = format!("s3://{bucket}/{key}");
+        match e.code() {
+            Some("NoSuchBucket") => Failure::config(format!("{doing} {object}: the bucket {bucket} does not exist {place}: create it, or correct s3_bucket_name")),
+            Some("AccessDenied" | "AllAccessDisabled" | "AccountProblem") => Failure::config(format!(
+                "{doing} {object}: access denied: the credentials need s3:PutObject, s3:GetObject, s3:ListBucket, s3:DeleteObject and s3:AbortMultipartUpload on the bucket and its path"
+            )),
+            Some(code @ ("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken")) => {
+                Failure::config(format!("{doing} {object}: S3 {place} refused the credentials ({code}): check access_key_id and secret_access_key, or the environment's credentials"))
+            }
+            Some("PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException") => {
+                Failure::config(format!("{doing} {object}: the bucket is not in the region {place}: set s3_bucket_region to the bucket's region"))
+            }
+            _ => match &e {
+                SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                    Failure::system(format!("{doing} {object}: cannot reach S3 {place} ({}): check s3_endpoint and the network", DisplayErrorContext(&e)))
+                }
+                _ => Failure::system(format!("{doing} {object}: {}", DisplayErrorContext(&e))),
+            },
+        }
     }
 
     /// Stores a whole object in one request.
@@ -170,31 +189,6 @@ impl Bucket {
         self.put(&key, b"check".to_vec(), 0)?;
         self.list(&key)?;
         self.delete(&[key])
-    }
-}
-
-fn failure<E>(bucket: &str, place: &str, doing: &str, key: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Failure
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let object = format!("s3://{bucket}/{key}");
-    match e.code() {
-        Some("NoSuchBucket") => Failure::config(format!("{doing} {object}: the bucket {bucket} does not exist {place}: create it, or correct s3_bucket_name")),
-        Some("AccessDenied" | "AllAccessDisabled" | "AccountProblem") => Failure::config(format!(
-            "{doing} {object}: access denied: the credentials need s3:PutObject, s3:GetObject, s3:ListBucket, s3:DeleteObject and s3:AbortMultipartUpload on the bucket and its path"
-        )),
-        Some(code @ ("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken")) => {
-            Failure::config(format!("{doing} {object}: S3 {place} refused the credentials ({code}): check access_key_id and secret_access_key, or the environment's credentials"))
-        }
-        Some("PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException") => {
-            Failure::config(format!("{doing} {object}: the bucket is not in the region {place}: set s3_bucket_region to the bucket's region"))
-        }
-        _ => match &e {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                Failure::system(format!("{doing} {object}: cannot reach S3 {place} ({}): check s3_endpoint and the network", DisplayErrorContext(&e)))
-            }
-            _ => Failure::system(format!("{doing} {object}: {}", DisplayErrorContext(&e))),
-        },
     }
 }
 

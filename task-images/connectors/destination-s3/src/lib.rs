@@ -188,12 +188,12 @@ impl Encoder {
     }
 }
 
-/// An open object and its place among the writer's objects of its stream.
+/// An open object (opened by a record, so never empty) and its place
+/// among the writer's objects of its stream.
 struct Open {
     encoder: Encoder,
     /// This writer's count of the stream's objects before this one.
     sequence: u64,
-    records: u64,
 }
 
 /// A STATE's records are durable once these objects are complete.
@@ -241,14 +241,20 @@ impl<'a> Writer<'a> {
     fn record(&mut self, stream: usize, emitted_at: i64, data: &str, source_changes: Vec<Value>) -> Result<(), Failure> {
         if self.open[stream].is_none() {
             let encoder = self.objects.open(stream)?;
-            self.open[stream] = Some(Open { encoder, sequence: self.completed[stream], records: 0 });
+            self.open[stream] = Some(Open { encoder, sequence: self.completed[stream] });
         }
         let target = &self.objects.targets[stream];
         let open = self.open[stream].as_mut().expect("opened");
         let mut raw_id = [0u8; 36];
         let raw_id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut raw_id);
-        let meta = if source_changes.is_empty() { target.clean_meta.clone() } else { layout::meta_json(target.sync_id.unwrap_or(0), &source_changes) };
-        let columns = Columns { raw_id, extracted_at_ms: emitted_at, meta: &meta, generation: target.generation };
+        let changed;
+        let meta = if source_changes.is_empty() {
+            &target.clean_meta
+        } else {
+            changed = layout::meta_json(target.sync_id.unwrap_or(0), &source_changes);
+            &changed
+        };
+        let columns = Columns { raw_id, extracted_at_ms: emitted_at, meta, generation: target.generation };
         let bad = |e: String| Failure::system(format!("a record of stream {}: {e}", target.descriptor));
         match (&mut open.encoder, self.objects.config.format) {
             (Encoder::Parquet(parquet), _) => parquet.append(&columns, target.sync_id.unwrap_or(0), data, source_changes.iter().map(change).collect())?,
@@ -264,7 +270,6 @@ impl<'a> Writer<'a> {
             }
             (_, Format::Parquet { .. }) => unreachable!("a Parquet stream's objects are Parquet"),
         }
-        open.records += 1;
         if open.encoder.size() >= self.objects.config.object_bytes {
             self.complete(stream)?;
         }
@@ -307,7 +312,7 @@ impl<'a> Writer<'a> {
     /// Notes a checkpoint: its records are in the objects open now.
     fn checkpoint(&mut self) -> Result<(), Failure> {
         self.taken += 1;
-        let waits_for: Vec<(usize, u64)> = self.open.iter().enumerate().filter_map(|(stream, open)| open.as_ref().filter(|o| o.records > 0).map(|o| (stream, o.sequence))).collect();
+        let waits_for: Vec<(usize, u64)> = self.open.iter().enumerate().filter_map(|(stream, open)| open.as_ref().map(|o| (stream, o.sequence))).collect();
         self.pending.push_back(Checkpoint { number: self.taken, waits_for, taken: Instant::now() });
         self.settle();
         self.complete_overdue()
