@@ -123,19 +123,25 @@ bundle=$(python3 -m pip config get global.cert 2>/dev/null || true)
 [ -n "$bundle" ] || bundle="${PIP_CERT:-${SSL_CERT_FILE:-}}"
 cert=()
 [ -n "$bundle" ] && [ -f "$bundle" ] && cert=(--secret "id=pip_cert,src=$bundle")
-airbyte_image() { # connector version: the package airbyte-<connector>, its console script <connector>
+python_image_of() { # name version package program
     local name
     name="sluice-local/airbyte-$1:$2-$(cat task-images/airbyte-python.Dockerfile task-images/airbyte-main.py <(echo "$python_image") | digest)"
     if ! has_image "$name"; then
         "${build[@]}" -f task-images/airbyte-python.Dockerfile "${cert[@]}" --build-arg BASE="$python_image" \
-            --build-arg PACKAGE="airbyte-$1==$2" --build-arg PROGRAM="$1" -t "$name" task-images >/dev/null
+            --build-arg PACKAGE="$3" --build-arg PROGRAM="$4" -t "$name" task-images >/dev/null
     fi
     echo "$name"
 }
-faker_image= file_image=
+airbyte_image() { # connector version: the package airbyte-<connector>, its console script <connector>
+    python_image_of "$1" "$2" "airbyte-$1==$2" "$1"
+}
+faker_image= file_image= runner_image=
 if [ "$airbyte" = yes ]; then
     faker_image=$(airbyte_image source-faker 7.2.1)
     file_image=$(airbyte_image source-file 0.5.39)
+    # Airbyte's declarative runner, which runs manifest-only connectors
+    # (airbyte/source-declarative-manifest is built on the same CDK).
+    runner_image=$(python_image_of source-declarative-manifest 7.39.1 "airbyte-cdk==7.39.1" source-declarative-manifest)
 fi
 {
     echo "SLUICE_BUSYBOX_IMAGE=$busybox_image"
@@ -145,6 +151,7 @@ fi
         echo "SLUICE_PYTHON_BASE_IMAGE=$python_image"
         echo "SLUICE_AIRBYTE_SOURCE_FAKER_IMAGE=$faker_image"
         echo "SLUICE_AIRBYTE_SOURCE_FILE_IMAGE=$file_image"
+        echo "SLUICE_MANIFEST_RUNNER_IMAGE=$runner_image"
     fi
 } > "$env_file.tmp"
 mv "$env_file.tmp" "$env_file"

@@ -63,6 +63,12 @@ pub struct Settings {
     /// JOB_MAIN_CONTAINER_CPU_LIMIT and _MEMORY_LIMIT): CPU in thousandths, memory in MiB.
     pub container_cpu_millis: u32,
     pub container_memory_mib: u32,
+    /// Whether connectors may run custom Python code (manifest components),
+    /// as Airbyte's `AIRBYTE_ENABLE_UNSAFE_CODE`. Off by default.
+    pub custom_code: bool,
+    /// How old a connection's last schema check may be before a sync checks
+    /// again (Airbyte's default for self-managed instances: 24 hours).
+    pub schema_refresh: Duration,
 }
 
 impl Default for Settings {
@@ -75,6 +81,8 @@ impl Default for Settings {
             deadlines: Default::default(),
             container_cpu_millis: 1000,
             container_memory_mib: 2048,
+            custom_code: false,
+            schema_refresh: Duration::from_secs(24 * 3600),
         }
     }
 }

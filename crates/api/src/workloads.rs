@@ -328,7 +328,7 @@ struct ConfigUpdate {
 
 /// A connector replaced its configuration (a CONTROL message, e.g. a
 /// refreshed OAuth token): keep it, secrets split out as on any write.
-async fn config_update(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<ConfigUpdate>) -> ApiResult<StatusCode> {
+async fn config_update(State(app): AppState, Path(id): Path<String>, headers: HeaderMap, JsonBody(mut body): JsonBody<ConfigUpdate>) -> ApiResult<StatusCode> {
     let w = authorized(&app, &id, &headers).await?;
     if w.status.is_terminal() {
         return Err(Problem::conflict(format!("workload {id} is {}", w.status.as_str())));
@@ -342,6 +342,11 @@ async fn config_update(State(app): AppState, Path(id): Path<String>, headers: He
     };
     let (mut actor, version) = crate::config::actors::actor(&app, kind, &actor_id).await?;
     let (definition, _) = crate::config::load::<Definition>(&app, DocKind::Definition, &actor.definition_id).await?;
+    // The declarative runner echoes the manifest the platform injected
+    // (config migrations rewrite the whole config): it is the definition's, not the user's.
+    if definition.declarative_manifest.is_some() {
+        sluice_domain::registry::strip_injected(&mut body.config);
+    }
     let spec = definition.connection_specification.unwrap_or(json!({}));
     let old_refs = sluice_domain::config::secret_refs(&actor.configuration);
     actor.configuration = crate::config::actors::store_config(&app, &actor_id, &spec, &body.config).await?;

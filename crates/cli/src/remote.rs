@@ -149,6 +149,53 @@ pub enum DefinitionVerb {
         #[arg(long)]
         body: String,
     },
+    /// Create or update definitions from Airbyte's registry format
+    /// (`oss_registry.json`: `{"sources": [...], "destinations": [...]}`), each
+    /// pinned to its entry's version and run as PyAirbyte would run it:
+    /// its manifest if manifest-only, else its PyPI package, else its image
+    Import {
+        /// The registry file (JSON)
+        file: PathBuf,
+        /// A manifest-only connector's manifest: NAME=PATH (`source-pokeapi=manifest.yaml`),
+        /// YAML or JSON, as Airbyte publishes it; without one it runs from its image
+        #[arg(long = "manifest", value_name = "NAME=PATH")]
+        manifests: Vec<String>,
+        /// Only these connectors (names such as `source-faker`); all by default
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// Pin an imported definition to another version; breaking changes the
+    /// registry marks between the two are listed
+    Version {
+        id: String,
+        version: String,
+        /// That version's manifest, for a manifest-only connector (YAML or JSON)
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Create a workspace's own low-code source from a manifest (YAML or
+    /// JSON), run by Airbyte's declarative runner; with --id, give an
+    /// existing one a new version of its manifest
+    Manifest {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The manifest file
+        file: PathBuf,
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+/// A manifest file, YAML (as Airbyte publishes them) or JSON.
+pub fn read_manifest(path: &std::path::Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the manifest {}", path.display()))?;
+    let value: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not YAML (or JSON)", path.display()))?;
+    if !value.is_object() {
+        bail!("{} holds no manifest: a manifest is a YAML mapping with `version`, `streams` and `spec`", path.display());
+    }
+    Ok(value)
 }
 
 impl Target {
@@ -375,6 +422,58 @@ pub fn definitions(target: &Target, verb: DefinitionVerb) -> anyhow::Result<i32>
         DefinitionVerb::Get { id, workspace, destinations } => client.call("GET", &format!("/workspaces/{workspace}/definitions/{}/{id}", kind(destinations)), None)?,
         DefinitionVerb::Create { workspace, destinations, body: text } => {
             client.call("POST", &format!("/workspaces/{workspace}/definitions/{}", kind(destinations)), Some(&body(&text)?))?
+        }
+        DefinitionVerb::Import { file, manifests, only } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read the registry {}", file.display()))?;
+            let mut registry: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            if !only.is_empty() {
+                for list in ["sources", "destinations"] {
+                    if let Some(items) = registry.get_mut(list).and_then(Value::as_array_mut) {
+                        items.retain(|e| e["dockerRepository"].as_str().is_some_and(|r| only.iter().any(|o| r.strip_prefix("airbyte/").unwrap_or(r) == o)));
+                    }
+                }
+            }
+            let mut given = serde_json::Map::new();
+            for item in manifests {
+                let (name, path) = item.split_once('=').ok_or_else(|| anyhow!("--manifest {item}: write NAME=PATH, e.g. source-pokeapi=manifest.yaml"))?;
+                given.insert(name.to_owned(), read_manifest(std::path::Path::new(path))?);
+            }
+            registry["manifests"] = Value::Object(given);
+            let report = client.call("POST", "/definitions/import", Some(&registry))?;
+            if client.output == Output::Table {
+                for line in report["definitions"].as_array().into_iter().flatten() {
+                    println!("{} {} {} {} ({})", line["action"].as_str().unwrap_or(""), line["name"].as_str().unwrap_or(""), line["version"].as_str().unwrap_or(""), line["runtime"].as_str().unwrap_or(""), line["runtimeReason"].as_str().unwrap_or(""));
+                    for change in line["breakingChanges"].as_array().into_iter().flatten() {
+                        println!("  breaking change in {}: {}", change["version"].as_str().unwrap_or(""), change["message"].as_str().unwrap_or(""));
+                    }
+                    if let Some(note) = line["note"].as_str() {
+                        println!("  {note}");
+                    }
+                }
+                return Ok(0);
+            }
+            report
+        }
+        DefinitionVerb::Version { id, version, manifest } => {
+            let mut request = json!({"version": version});
+            if let Some(path) = manifest {
+                request["manifest"] = read_manifest(&path)?;
+            }
+            let answer = client.call("POST", &format!("/definitions/{id}/version"), Some(&request))?;
+            for change in answer["breakingChanges"].as_array().into_iter().flatten() {
+                eprintln!("sluice: breaking change in {}: {}", change["version"].as_str().unwrap_or(""), change["message"].as_str().unwrap_or(""));
+            }
+            answer
+        }
+        DefinitionVerb::Manifest { workspace, name, file, id } => {
+            let manifest = read_manifest(&file)?;
+            match id {
+                Some(id) => client.call("PUT", &format!("/workspaces/{workspace}/definitions/declarative_sources/{id}"), Some(&json!({"manifest": manifest})))?,
+                None => {
+                    let name = name.ok_or_else(|| anyhow!("a new manifest definition needs --name"))?;
+                    client.call("POST", &format!("/workspaces/{workspace}/definitions/declarative_sources"), Some(&json!({"name": name, "manifest": manifest})))?
+                }
+            }
         }
     };
     client.print(&value, &["id", "name", "sourceType", "destinationType", "runtime"]);

@@ -13,14 +13,29 @@ use std::process::{Command, Output};
 /// The reference connectors built into the `sluice` binary.
 pub const REFERENCE_CONNECTORS: [&str; 7] = ["source-faker", "destination-jsonl", "destination-dev-null", "source-empty", "destination-postgres", "source-postgres", "destination-s3"];
 
+/// The name of the declarative runner as a connector: `manifest`.
+pub const MANIFEST: &str = "manifest";
+
 /// The reference connectors that speak stdio only (the others speak socket mode too).
 pub const STDIO_ONLY: [&str; 2] = ["source-empty", "source-postgres"];
+
+/// Airbyte's declarative runner: the console script of the CDK on PyPI,
+/// at the version Sluice is tested with.
+pub const MANIFEST_RUNNER: Runner = Runner { package: "airbyte-cdk", version: "7.39.1", command: "source-declarative-manifest" };
+
+pub struct Runner {
+    pub package: &'static str,
+    pub version: &'static str,
+    pub command: &'static str,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectorRef {
     Executable(PathBuf),
     Reference(String),
     PyPi { package: String, version: Option<String> },
+    /// The declarative runner ([`MANIFEST_RUNNER`]); the manifest comes in the config.
+    Manifest,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +70,9 @@ impl std::str::FromStr for ConnectorRef {
             }
             return Ok(ConnectorRef::PyPi { package: normalize(package), version });
         }
+        if text == MANIFEST {
+            return Ok(ConnectorRef::Manifest);
+        }
         if REFERENCE_CONNECTORS.contains(&text) {
             return Ok(ConnectorRef::Reference(text.to_owned()));
         }
@@ -79,6 +97,7 @@ impl ConnectorRef {
             ConnectorRef::Executable(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string()),
             ConnectorRef::Reference(name) => name.clone(),
             ConnectorRef::PyPi { package, .. } => executable_name(package).to_owned(),
+            ConnectorRef::Manifest => MANIFEST_RUNNER.command.to_owned(),
         }
     }
 
@@ -91,20 +110,24 @@ impl ConnectorRef {
                 Ok(vec![path.to_string_lossy().into_owned()])
             }
             ConnectorRef::Reference(name) => Ok(vec![sluice.to_string_lossy().into_owned(), "connector".into(), name.clone()]),
-            ConnectorRef::PyPi { package, version } => {
-                let venv = cache.python_env(package, version.as_deref(), progress)?;
-                let exe = venv.join("bin").join(executable_name(package));
-                if !exe.is_file() {
-                    let found = list_dir(&venv.join("bin"));
-                    return Err(Error::Install {
-                        package: package.clone(),
-                        message: format!("it installed no `{}` command (bin has: {found})", executable_name(package)),
-                    });
-                }
-                Ok(vec![exe.to_string_lossy().into_owned()])
+            ConnectorRef::PyPi { package, version } => python_command(cache, package, version.as_deref(), executable_name(package), progress),
+            ConnectorRef::Manifest => {
+                let runner = MANIFEST_RUNNER;
+                python_command(cache, runner.package, Some(runner.version), runner.command, progress)
             }
         }
     }
+}
+
+/// `command` from the virtualenv holding `package`, installed on first use.
+fn python_command(cache: &Cache, package: &str, version: Option<&str>, command: &str, progress: &mut dyn FnMut(&str)) -> Result<Vec<String>, Error> {
+    let venv = cache.python_env(package, version, progress)?;
+    let exe = venv.join("bin").join(command);
+    if !exe.is_file() {
+        let found = list_dir(&venv.join("bin"));
+        return Err(Error::Install { package: package.to_owned(), message: format!("it installed no `{command}` command (bin has: {found})") });
+    }
+    Ok(vec![exe.to_string_lossy().into_owned()])
 }
 
 /// PEP 503 normalisation: lowercase, runs of `-`, `_` and `.` become one `-`.

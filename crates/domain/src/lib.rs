@@ -7,6 +7,7 @@ pub mod config;
 pub mod connection;
 pub mod cron;
 pub mod job;
+pub mod registry;
 pub mod resources;
 pub mod workload;
 

@@ -76,6 +76,21 @@ pub struct Definition {
     /// `None` for built-in definitions, visible to every workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_id: Option<String>,
+    /// A manifest-only connector's low-code manifest, which Airbyte's
+    /// declarative runner runs (runtime `manifest`). Every config the
+    /// connector gets carries it as `__injected_declarative_manifest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declarative_manifest: Option<Value>,
+    /// The manifest's version: 1 when created, one more on each update.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub manifest_version: i64,
+    /// What Airbyte's registry said of it, when it was imported from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<crate::registry::RegistryFacts>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 fn default_protocol() -> String {
@@ -204,6 +219,14 @@ pub struct Connection {
     /// Ours: socket mode or not, and how many sockets.
     #[serde(default, skip_serializing_if = "crate::channel::ChannelSetting::is_default")]
     pub data_channel: crate::channel::ChannelSetting,
+    /// What the last schema check found and did not apply: `no_change`,
+    /// `non_breaking` or `breaking` (Airbyte's `schemaChange`).
+    #[serde(default = "no_change")]
+    pub schema_change: String,
+}
+
+fn no_change() -> String {
+    "no_change".into()
 }
 
 mod status_text {

@@ -53,7 +53,8 @@ pub async fn app_from_env(config: &aws_config::SdkConfig) -> Result<Arc<App>, Er
 /// check or discover; 25 by default, inside API Gateway's 29-second limit:
 /// asked again, it joins the same workload or finds its answer),
 /// `SLUICE_RETRY_BACKOFF_SECS`, `SLUICE_HEARTBEAT_TIMEOUT_SECS`,
-/// `SLUICE_TOKEN_TTL_SECS`.
+/// `SLUICE_TOKEN_TTL_SECS`, `SLUICE_SCHEMA_REFRESH_SECS`; and
+/// `SLUICE_ENABLE_UNSAFE_CODE=true` lets connectors run custom Python code.
 pub fn settings_from_env() -> Result<Settings, Error> {
     let secs = |name: &str| -> Result<Option<u64>, Error> {
         var(name).map(|v| v.parse::<u64>().map_err(|_| Error(format!("{name} must be a whole number of seconds, not `{v}`")))).transpose()
@@ -71,6 +72,14 @@ pub fn settings_from_env() -> Result<Settings, Error> {
     if let Some(s) = secs("SLUICE_TOKEN_TTL_SECS")? {
         settings.token_ttl = std::time::Duration::from_secs(s);
     }
+    if let Some(s) = secs("SLUICE_SCHEMA_REFRESH_SECS")? {
+        settings.schema_refresh = std::time::Duration::from_secs(s);
+    }
+    settings.custom_code = match var("SLUICE_ENABLE_UNSAFE_CODE").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(Error(format!("SLUICE_ENABLE_UNSAFE_CODE must be `true` or `false`, not `{other}`"))),
+    };
     Ok(settings)
 }
 
@@ -276,7 +285,11 @@ pub async fn ecs_launcher_from_env(config: &aws_config::SdkConfig) -> Result<Ecs
     let image_prefix = var("SLUICE_REFERENCE_IMAGE_PREFIX").unwrap_or_else(|| "sluice/".into());
     let settings = sluice_launcher::ecs::EcsSettings {
         orchestrator_image: var("SLUICE_ORCHESTRATOR_IMAGE").unwrap_or_else(|| format!("{image_prefix}orchestrator:{version}")),
-        reference_images: ["source-faker", "destination-jsonl", "destination-dev-null", "source-empty", "destination-postgres", "source-postgres", "destination-s3"].iter().map(|n| (n.to_string(), format!("{image_prefix}{n}:{version}"))).collect(),
+        reference_images: sluice_connectors::REFERENCE_CONNECTORS
+            .iter()
+            .map(|n| (n.to_string(), format!("{image_prefix}{n}:{version}")))
+            .chain([(sluice_connectors::MANIFEST.to_owned(), sluice_launcher::plan::manifest_runner_image())])
+            .collect(),
         family_prefix: prefix.clone(),
         log_group: names.task_log_group.clone(),
         region: var("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),

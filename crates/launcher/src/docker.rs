@@ -111,6 +111,7 @@ fn image(container: &Container, settings: &DockerSettings) -> Result<String, Lau
             .get(name)
             .cloned()
             .ok_or_else(|| LaunchError(format!("no image is configured for the reference connector {name}"))),
+        Runtime::Manifest => Ok(settings.reference_images.get(sluice_connectors::MANIFEST).cloned().unwrap_or_else(crate::plan::manifest_runner_image)),
         Runtime::Pypi(spec) => Err(LaunchError(format!("{} comes from PyPI ({spec}); run it with the local executor", container.name))),
         Runtime::Executable(path) => Err(LaunchError(format!("{} is the executable {path}; run it with the local executor", container.name))),
     }

@@ -123,6 +123,7 @@ fn image(container: &Container, settings: &EcsSettings) -> Result<String, Launch
     match &container.runtime {
         Runtime::Image(image) => Ok(image.clone()),
         Runtime::Reference(name) => settings.reference_images.get(name).cloned().ok_or_else(|| LaunchError(format!("no image is configured for the reference connector {name}"))),
+        Runtime::Manifest => Ok(settings.reference_images.get(sluice_connectors::MANIFEST).cloned().unwrap_or_else(crate::plan::manifest_runner_image)),
         Runtime::Pypi(spec) => Err(LaunchError(format!("{} comes from PyPI ({spec}); ECS runs images only: publish it as an image", container.name))),
         Runtime::Executable(path) => Err(LaunchError(format!("{} is the executable {path}; ECS runs images only", container.name))),
     }

@@ -56,6 +56,41 @@ fn container(definition: &Definition) -> Container {
     Container { name: definition_name(definition), runtime: Runtime::parse(&definition.runtime), env: Default::default() }
 }
 
+/// A connector's config file as its definition runs it, and the container
+/// to run it in: a manifest connector's config carries its manifest, as
+/// Airbyte's `ConfigInjector` puts it there, and custom Python code runs
+/// only where the operator allowed it.
+async fn connector_input(app: &App, definition: &Definition, configuration: &Value) -> Result<(Value, Container), LaunchError> {
+    use sluice_domain::registry::{custom_code, INJECTED_CHECKSUMS, INJECTED_COMPONENTS, INJECTED_MANIFEST};
+    let mut config = actors::plain_config(app, configuration).await?;
+    let mut container = container(definition);
+    if let (Some(manifest), Some(map)) = (&definition.declarative_manifest, config.as_object_mut()) {
+        map.insert(INJECTED_MANIFEST.into(), manifest.clone());
+    }
+    if let Some(why) = custom_code(definition.declarative_manifest.as_ref(), &config) {
+        if !app.settings.custom_code {
+            return Err(LaunchError(format!(
+                "{} would run custom Python code ({why}), which this platform does not allow; an operator allows it with `sluice up --enable-unsafe-code` (SLUICE_ENABLE_UNSAFE_CODE=true for the functions), Airbyte's AIRBYTE_ENABLE_UNSAFE_CODE",
+                definition.name
+            )));
+        }
+        // The runner refuses code without a checksum; the platform vouches
+        // for what the user stored, as Airbyte's does.
+        if let Some(code) = config.get(INJECTED_COMPONENTS).and_then(Value::as_str).map(str::to_owned) {
+            if config.get(INJECTED_CHECKSUMS).is_none_or(Value::is_null) {
+                config[INJECTED_CHECKSUMS] = json!({"sha256": sluice_api::auth::hex(&sha256(code.as_bytes()))});
+            }
+        }
+        container.env.insert("AIRBYTE_ENABLE_UNSAFE_CODE".into(), "true".into());
+    }
+    Ok((config, container))
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
 fn definition_name(d: &Definition) -> String {
     match Runtime::parse(&d.runtime) {
         Runtime::Pypi(text) => text.trim_start_matches("pypi:").split("==").next().unwrap_or_default().trim_start_matches("airbyte-").to_owned(),
@@ -99,8 +134,9 @@ pub async fn build_plan(app: &App, w: &Workload, api_url: &str) -> Result<TaskPl
             };
             let (actor, _) = actors::actor(app, kind, &id).await?;
             let (definition, _) = load::<Definition>(app, DocKind::Definition, &actor.definition_id).await?;
-            plan.connector = Some(container(&definition));
-            plan.files.push(file(plan::files::CONNECTOR_CONFIG, &actors::plain_config(app, &actor.configuration).await?));
+            let (config, container) = connector_input(app, &definition, &actor.configuration).await?;
+            plan.connector = Some(container);
+            plan.files.push(file(plan::files::CONNECTOR_CONFIG, &config));
         }
         WorkloadType::Sync => sync_plan(app, w, &mut plan).await?,
     }
@@ -114,7 +150,22 @@ async fn sync_plan(app: &App, w: &Workload, plan: &mut TaskPlan) -> Result<(), L
     let (destination, _) = actors::actor(app, ActorKind::Destination, &connection.destination_id).await?;
     let (source_definition, _) = load::<Definition>(app, DocKind::Definition, &source.definition_id).await?;
     let (destination_definition, _) = load::<Definition>(app, DocKind::Definition, &destination.definition_id).await?;
-    let catalog = sluice_api::config::connectors::catalog(app, &source.id, false).await?;
+    let (job_id, attempt) = w.job_attempt().ok_or_else(|| LaunchError(format!("sync workload {} names no job", w.id)))?;
+    let job = app.jobs.get_job(job_id).await?;
+    // As Airbyte's sync workflow does: the schema is checked before the
+    // sync, and a connection that check disabled does not sync.
+    let (connection, catalog) = match sluice_api::config::schema::before_sync(app, connection, &job).await? {
+        Ok(checked) => checked,
+        Err(reason) => {
+            let line = format!("{} launcher INFO the schema check before this sync disabled the connection: {reason}\n", jiff::Timestamp::now());
+            app.logs.append(job_id, attempt, &line).await?;
+            match sluice_platform::cancel_job(&app.ports(), job_id, jiff::Timestamp::now()).await {
+                Ok(_) | Err(PlatformError::Transition(_)) => {}
+                Err(e) => return Err(LaunchError(e.to_string())),
+            }
+            return Err(LaunchError(format!("the connection was disabled: {reason}")));
+        }
+    };
     let configured = sluice_platform::catalog::configure(&connection.streams, &catalog).map_err(|errors| {
         let listed: Vec<String> = errors.iter().map(|(f, m)| format!("{f}: {m}")).collect();
         LaunchError(format!("the connection's streams no longer match the source's catalog: {}", listed.join("; ")))
@@ -130,8 +181,6 @@ async fn sync_plan(app: &App, w: &Workload, plan: &mut TaskPlan) -> Result<(), L
             stream.stream.name = format!("{}{}", connection.prefix, stream.stream.name);
         }
     }
-    let (job_id, _) = w.job_attempt().ok_or_else(|| LaunchError(format!("sync workload {} names no job", w.id)))?;
-    let job = app.jobs.get_job(job_id).await?;
     let mut state = match load::<ConnectionState>(app, DocKind::State, &connection_id).await {
         Ok((state, _)) => state,
         Err(p) if p.status.as_u16() == 404 => ConnectionState { connection_id: connection_id.clone(), ..Default::default() },
@@ -143,16 +192,18 @@ async fn sync_plan(app: &App, w: &Workload, plan: &mut TaskPlan) -> Result<(), L
     sluice_api::workloads::save_connection_state(app, &state).await?;
     let state = state.states;
     let selected: Vec<Value> = configured.selected_fields.iter().map(|(stream, fields)| json!({"stream": stream, "fields": fields})).collect();
-    plan.files.push(file(plan::files::SOURCE_CONFIG, &actors::plain_config(app, &source.configuration).await?));
-    plan.files.push(file(plan::files::DESTINATION_CONFIG, &actors::plain_config(app, &destination.configuration).await?));
+    let (source_config, source_container) = connector_input(app, &source_definition, &source.configuration).await?;
+    let (destination_config, destination_container) = connector_input(app, &destination_definition, &destination.configuration).await?;
+    plan.files.push(file(plan::files::SOURCE_CONFIG, &source_config));
+    plan.files.push(file(plan::files::DESTINATION_CONFIG, &destination_config));
     plan.files.push(file(plan::files::CATALOG, &catalog));
     plan.files.push(file(plan::files::STATE, &state));
     plan.files.push(file(plan::files::SELECTED_FIELDS, &selected));
     plan.source = Some(match feed {
-        sluice_platform::catalog::Feed::Source => container(&source_definition),
+        sluice_platform::catalog::Feed::Source => source_container,
         sluice_platform::catalog::Feed::Empty => Container { name: "source-empty".into(), runtime: Runtime::Reference("source-empty".into()), env: Default::default() },
     });
-    plan.destination = Some(container(&destination_definition));
+    plan.destination = Some(destination_container);
     let mut forced = Vec::new();
     if feed == sluice_platform::catalog::Feed::Empty {
         forced.push(ForcesStdio::ResetOrClear);
@@ -176,7 +227,6 @@ async fn sync_plan(app: &App, w: &Workload, plan: &mut TaskPlan) -> Result<(), L
         (Some(format), Some(n)) => format!("{} {format} over {n} sockets", choice.medium),
         _ => choice.medium.clone(),
     };
-    let (job_id, attempt) = w.job_attempt().expect("checked above");
     // The attempt's details say how its records travel.
     sluice_platform::record_data_channel(&app.ports(), job_id, &w.id, &choice, jiff::Timestamp::now()).await.map_err(|e| LaunchError(e.to_string()))?;
     let line = format!("{} launcher INFO data channel: {detail} ({})\n", jiff::Timestamp::now(), choice.reason);

@@ -61,6 +61,7 @@ impl LocalExecutor {
             Runtime::Reference(name) => name.clone(),
             Runtime::Pypi(spec) => spec.clone(),
             Runtime::Executable(path) => path.clone(),
+            Runtime::Manifest => sluice_connectors::MANIFEST.to_owned(),
         };
         let connector: ConnectorRef = reference.parse().map_err(|e: sluice_connectors::Error| LaunchError(e.to_string()))?;
         let (sluice, cache) = (self.sluice.clone(), self.cache.clone());
@@ -206,7 +207,7 @@ impl LocalExecutor {
         workload_event(&app.ports(), &w.id, &WorkloadEvent::Launched { task_ref: None }, now()).await.map_err(|e| LaunchError(e.to_string()))?;
         workload_event(&app.ports(), &w.id, &WorkloadEvent::Running, now()).await.map_err(|e| LaunchError(e.to_string()))?;
         let mut process = tokio::process::Command::new(&command[0]);
-        process.args(&command[1..]).args(&args).current_dir(dir).stdin(Stdio::null()).kill_on_drop(true);
+        process.args(&command[1..]).args(&args).envs(&container.env).current_dir(dir).stdin(Stdio::null()).kill_on_drop(true);
         let output = tokio::time::timeout(app.settings.connector_timeout, process.output())
             .await
             .map_err(|_| LaunchError(format!("{} {} took longer than {:?}", container.name, plan.kind.as_str(), app.settings.connector_timeout)))?

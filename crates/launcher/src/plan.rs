@@ -75,6 +75,19 @@ pub enum Runtime {
     Executable(String),
     /// A container image (Docker or ECS executors only).
     Image(String),
+    /// Airbyte's declarative runner, with the manifest in the config: from
+    /// PyPI locally, its image ([`manifest_runner_image`]) in containers.
+    Manifest,
+}
+
+/// The declarative runner's image: `SLUICE_MANIFEST_RUNNER_IMAGE`, else
+/// Airbyte's `airbyte/source-declarative-manifest` at the CDK version
+/// Sluice runs from PyPI.
+pub fn manifest_runner_image() -> String {
+    std::env::var("SLUICE_MANIFEST_RUNNER_IMAGE")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| format!("airbyte/source-declarative-manifest:{}", sluice_connectors::MANIFEST_RUNNER.version))
 }
 
 impl Runtime {
@@ -83,6 +96,8 @@ impl Runtime {
     pub fn parse(text: &str) -> Runtime {
         if let Some(image) = text.strip_prefix("image:") {
             Runtime::Image(image.to_owned())
+        } else if text == sluice_connectors::MANIFEST {
+            Runtime::Manifest
         } else if text.starts_with("pypi:") {
             Runtime::Pypi(text.to_owned())
         } else if sluice_connectors::REFERENCE_CONNECTORS.contains(&text) {

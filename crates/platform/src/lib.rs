@@ -4,6 +4,7 @@
 //! lost race is re-read and re-decided, never overwritten.
 
 pub mod catalog;
+pub mod schema;
 
 use jiff::Timestamp;
 use sluice_domain::{
@@ -83,7 +84,7 @@ pub async fn start_attempt(ports: &Ports<'_>, job: Job, now: Timestamp) -> Resul
     }
     ports.queue.enqueue(&workload_id, now).await?;
     if job.attempts.len() == 1 {
-        ports.events.publish(JobEvent { kind: JobEventKind::Started, job: job.clone() }).await;
+        ports.events.publish(JobEvent::of_job(JobEventKind::Started, job.clone())).await;
     }
     Ok(job)
 }
@@ -127,7 +128,7 @@ pub async fn finish_attempt(
             _ => None,
         };
         if let Some(kind) = kind {
-            ports.events.publish(JobEvent { kind, job: job.clone() }).await;
+            ports.events.publish(JobEvent::of_job(kind, job.clone())).await;
         }
         return Ok(job);
     }
@@ -187,7 +188,7 @@ pub async fn cancel_job(ports: &Ports<'_>, job_id: i64, now: Timestamp) -> Resul
             Err(StoreError::Conflict { .. }) => continue,
             other => other?,
         };
-        ports.events.publish(JobEvent { kind: JobEventKind::Cancelled, job: job.clone() }).await;
+        ports.events.publish(JobEvent::of_job(JobEventKind::Cancelled, job.clone())).await;
         if let Some(workload_id) = running {
             match workload_event(ports, &workload_id, &WorkloadEvent::Cancel { reason: "the job was cancelled".into() }, now).await {
                 // It ended by itself meanwhile: nothing to stop.

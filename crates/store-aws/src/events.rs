@@ -29,16 +29,16 @@ impl Events for EventBridgeEvents {
             .source(EVENT_SOURCE)
             .detail_type(event.kind.name())
             .detail(event.to_json().to_string())
-            .resources(format!("connection/{}", event.job.connection_id))
+            .resources(format!("connection/{}", event.connection_id))
             .build();
         // The SDK retries throttles itself; what still fails is reported, never the job's failure.
         match self.client.put_events().entries(entry).send().await {
             Ok(out) if out.failed_entry_count() > 0 => {
                 let why: Vec<String> = out.entries().iter().filter_map(|e| e.error_message().map(str::to_owned)).collect();
-                eprintln!("sluice: EventBridge refused {} of job {}: {}", event.kind.name(), event.job.id, why.join("; "));
+                eprintln!("sluice: EventBridge refused {} of {}: {}", event.kind.name(), event.subject(), why.join("; "));
             }
             Ok(_) => {}
-            Err(e) => eprintln!("sluice: could not publish {} of job {}: {}", event.kind.name(), event.job.id, aws_sdk_eventbridge::error::DisplayErrorContext(e)),
+            Err(e) => eprintln!("sluice: could not publish {} of {}: {}", event.kind.name(), event.subject(), aws_sdk_eventbridge::error::DisplayErrorContext(e)),
         }
     }
 }

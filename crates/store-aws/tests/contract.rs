@@ -199,9 +199,9 @@ async fn job_events_reach_a_rule_on_our_bus(emulators: Emulators) {
 
     let events = sluice_store_aws::EventBridgeEvents::new(&config, &names.event_bus);
     let mut job = sluice_domain::Job::new(42, "conn-9", sluice_domain::JobType::Sync, vec![], jiff::Timestamp::now());
-    events.publish(sluice_store::JobEvent { kind: sluice_store::JobEventKind::Started, job: job.clone() }).await;
+    events.publish(sluice_store::JobEvent::of_job(sluice_store::JobEventKind::Started, job.clone())).await;
     job.status = sluice_domain::JobStatus::Succeeded;
-    events.publish(sluice_store::JobEvent { kind: sluice_store::JobEventKind::Succeeded, job }).await;
+    events.publish(sluice_store::JobEvent::of_job(sluice_store::JobEventKind::Succeeded, job)).await;
 
     let received = sqs.receive_message().queue_url(&inbox).max_number_of_messages(10).wait_time_seconds(2).send().await.unwrap();
     let bodies: Vec<serde_json::Value> = received.messages().iter().map(|m| serde_json::from_str(m.body().unwrap()).unwrap()).collect();
@@ -261,7 +261,7 @@ async fn where_the_emulators_disagree() {
         bridge.put_targets().rule("all").event_bus_name(&names.event_bus).targets(aws_sdk_eventbridge::types::Target::builder().id("inbox").arn(arn).build().unwrap()).send().await.unwrap();
         let events = sluice_store_aws::EventBridgeEvents::new(&config, &names.event_bus);
         let job = sluice_domain::Job::new(7, "conn-7", sluice_domain::JobType::Sync, vec![], jiff::Timestamp::now());
-        sluice_store::Events::publish(&events, sluice_store::JobEvent { kind: sluice_store::JobEventKind::Started, job }).await;
+        sluice_store::Events::publish(&events, sluice_store::JobEvent::of_job(sluice_store::JobEventKind::Started, job)).await;
         let received = sqs.receive_message().queue_url(&inbox).wait_time_seconds(5).send().await.unwrap();
         let event: serde_json::Value = serde_json::from_str(received.messages()[0].body().unwrap()).unwrap();
         assert_eq!(event["detail"]["jobId"], 7, "{emulators:?}: {event}");

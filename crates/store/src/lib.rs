@@ -199,14 +199,16 @@ pub trait Schedules: Send + Sync {
     }
 }
 
-/// What happened to a job, for notifications: webhooks on one machine,
-/// EventBridge on AWS.
+/// What happened to a job or its connection, for notifications: webhooks
+/// on one machine, EventBridge on AWS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobEventKind {
     Started,
     Succeeded,
     Failed,
     Cancelled,
+    /// The platform disabled the connection (a schema change), with the reason.
+    ConnectionDisabled,
 }
 
 impl JobEventKind {
@@ -217,6 +219,7 @@ impl JobEventKind {
             JobEventKind::Succeeded => "job.succeeded",
             JobEventKind::Failed => "job.failed",
             JobEventKind::Cancelled => "job.cancelled",
+            JobEventKind::ConnectionDisabled => "connection.disabled",
         }
     }
 }
@@ -224,26 +227,48 @@ impl JobEventKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobEvent {
     pub kind: JobEventKind,
-    pub job: Job,
+    pub connection_id: String,
+    /// The job it happened to, or during (none for a connection disabled
+    /// by a schema check someone asked for).
+    pub job: Option<Job>,
+    pub reason: Option<String>,
 }
 
 impl JobEvent {
-    /// The event as delivered: its name, the job, and its totals.
+    pub fn of_job(kind: JobEventKind, job: Job) -> Self {
+        JobEvent { kind, connection_id: job.connection_id.clone(), job: Some(job), reason: None }
+    }
+
+    /// The event as delivered: its name, the connection, and the job with its totals.
     pub fn to_json(&self) -> serde_json::Value {
-        let (rows, bytes) = self.job.total_committed();
-        let failure = self.job.attempts.iter().rev().find_map(|a| a.failure.as_ref()).map(|f| f.message.clone());
-        serde_json::json!({
-            "event": self.kind.name(),
-            "jobId": self.job.id,
-            "jobType": self.job.job_type.as_str(),
-            "status": self.job.status.as_str(),
-            "connectionId": self.job.connection_id,
-            "attempts": self.job.attempts.len(),
-            "rowsSynced": rows,
-            "bytesSynced": bytes,
-            "failure": failure,
-            "at": self.job.updated_at.to_string(),
-        })
+        let mut out = serde_json::json!({"event": self.kind.name(), "connectionId": self.connection_id});
+        if let Some(job) = &self.job {
+            let (rows, bytes) = job.total_committed();
+            let failure = job.attempts.iter().rev().find_map(|a| a.failure.as_ref()).map(|f| f.message.clone());
+            let fields = serde_json::json!({
+                "jobId": job.id,
+                "jobType": job.job_type.as_str(),
+                "status": job.status.as_str(),
+                "attempts": job.attempts.len(),
+                "rowsSynced": rows,
+                "bytesSynced": bytes,
+                "failure": failure,
+                "at": job.updated_at.to_string(),
+            });
+            out.as_object_mut().expect("object").extend(fields.as_object().expect("object").clone());
+        }
+        if let Some(reason) = &self.reason {
+            out["reason"] = serde_json::Value::String(reason.clone());
+        }
+        out
+    }
+
+    /// What it is about, for logs: `job 12` or `connection <id>`.
+    pub fn subject(&self) -> String {
+        match &self.job {
+            Some(job) => format!("job {}", job.id),
+            None => format!("connection {}", self.connection_id),
+        }
     }
 }
 

@@ -38,7 +38,7 @@ async fn an_sqs_batch_becomes_one_ecs_task_per_workload_even_when_redelivered() 
         connection_id: "conn".into(), name: "c".into(), workspace_id: "w".into(), source_id: "src".into(), destination_id: "dst".into(),
         streams: vec![StreamConfiguration { name: "users".into(), namespace: None, sync_mode: SyncMode::IncrementalAppend, cursor_field: vec![], primary_key: vec![], selected_fields: vec![] }],
         schedule: ScheduleConfig::manual(), status: ConnectionStatus::Active, namespace_definition: "destination".into(), namespace_format: None,
-        prefix: String::new(), non_breaking_schema_updates_behavior: "ignore".into(), created_at: 0, data_channel: Default::default(),
+        prefix: String::new(), non_breaking_schema_updates_behavior: "ignore".into(), created_at: 0, data_channel: Default::default(), schema_change: "no_change".into(),
     };
     app.config.insert_doc(DocKind::Connection, &doc("conn", serde_json::to_value(connection).unwrap())).await.unwrap();
     let job = sluice_platform::start_job(&app.ports(), "conn", JobType::Sync, vec![], jiff::Timestamp::now()).await.unwrap();

@@ -30,7 +30,7 @@ async fn a_schedule_fire_starts_one_job_and_queues_its_workload() {
         namespace_definition: "destination".into(),
         namespace_format: None,
         prefix: String::new(),
-        non_breaking_schema_updates_behavior: "ignore".into(),
+        non_breaking_schema_updates_behavior: "ignore".into(), schema_change: "no_change".into(),
         created_at: 0,
         data_channel: Default::default(),
     };

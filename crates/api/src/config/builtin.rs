@@ -21,7 +21,19 @@ struct Builtin {
     sockets: bool,
 }
 
-const BUILTINS: [Builtin; 9] = [
+const BUILTINS: [Builtin; 10] = [
+    // Airbyte's generic declarative runner, as Connector Builder publications
+    // use it: the manifest comes in each config, `__injected_declarative_manifest`.
+    Builtin {
+        id: "64a2f99c-542f-4af8-9a6f-355f1217b436",
+        kind: ActorKind::Source,
+        name: "Declarative Manifest",
+        type_key: "declarative-manifest",
+        runtime: "manifest",
+        repository: "airbyte/source-declarative-manifest",
+        tag: "7.39.1",
+        sockets: false,
+    },
     // Airbyte's own definition id for source-faker, so scripts that name it work.
     Builtin {
         id: "dfd88b22-b603-4c3d-aad7-3701784586b1",
@@ -140,6 +152,9 @@ pub async fn seed(app: &App) -> Result<usize, StoreError> {
             connector_ipc_options: b.sockets.then(reference_ipc_options),
             connection_specification: None,
             workspace_id: None,
+            declarative_manifest: None,
+            manifest_version: 0,
+            registry: None,
         };
         match app.config.insert_doc(DocKind::Definition, &doc(b.id, None, &definition, Version::INITIAL)).await {
             Ok(_) => added += 1,

@@ -45,6 +45,7 @@ pub(crate) fn connection_json(c: &Connection) -> Value {
         "createdAt": c.created_at,
         "tags": [],
         "dataChannel": c.data_channel,
+        "schemaChange": c.schema_change,
     })
 }
 
@@ -176,8 +177,10 @@ async fn create_connection(State(app): AppState, JsonBody(body): JsonBody<Connec
         non_breaking_schema_updates_behavior: behavior,
         created_at: now().as_second(),
         data_channel: checked_channel(body.data_channel.unwrap_or_default())?,
+        schema_change: "no_change".into(),
     };
     app.config.insert_doc(DocKind::Connection, &doc(&connection.connection_id, Some(&connection.workspace_id), &connection, Version::INITIAL)).await?;
+    super::schema::adopt_source_catalog(&app, &connection).await?;
     sync_schedule(&app, &connection).await?;
     Ok(Json(connection_json(&connection)))
 }
@@ -273,17 +276,28 @@ async fn update_connection(State(app): AppState, Path(id): Path<String>, JsonBod
         one_of("nonBreakingSchemaUpdatesBehavior", &behavior, &SCHEMA_BEHAVIORS)?;
         c.non_breaking_schema_updates_behavior = behavior;
     }
-    if let Some(text) = body.status {
-        c.status = c.status.change_to(status(&text)?, &id).map_err(|e| Problem::conflict(e.to_string()))?;
-    }
+    // Streams set now are set against the source's current schema: any
+    // change found earlier is thereby reviewed.
+    let streams_set = body.configurations.is_some();
     if let Some(configurations) = body.configurations {
         c.streams = checked_streams(&app, &c.source_id, configurations.streams).await?;
+        c.schema_change = "no_change".into();
+    }
+    if let Some(text) = body.status {
+        let wanted = status(&text)?;
+        if wanted == ConnectionStatus::Active && c.status != ConnectionStatus::Active {
+            super::schema::may_activate(&c)?;
+        }
+        c.status = c.status.change_to(wanted, &id).map_err(|e| Problem::conflict(e.to_string()))?;
     }
     if let Some(setting) = body.data_channel {
         c.data_channel = checked_channel(setting)?;
     }
     let _ = (body.data_residency, body.tags);
     app.config.update_doc(DocKind::Connection, &doc(&id, Some(&c.workspace_id), &c, version)).await?;
+    if streams_set {
+        super::schema::adopt_source_catalog(&app, &c).await?;
+    }
     sync_schedule(&app, &c).await?;
     Ok(Json(connection_json(&c)))
 }

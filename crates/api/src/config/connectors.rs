@@ -20,6 +20,11 @@ use crate::{now, ApiResult, App, Problem};
 /// Requests that ask the same question (`key`: the definition's spec, the
 /// source's catalog) while one is running wait for that one's answer.
 pub async fn run(app: &App, kind: WorkloadType, input: Value, key: &str) -> ApiResult<Value> {
+    run_waiting(app, kind, input, key, app.settings.connector_timeout).await
+}
+
+/// [`run`], waiting at most `wait` for the answer.
+pub async fn run_waiting(app: &App, kind: WorkloadType, input: Value, key: &str, wait: Duration) -> ApiResult<Value> {
     let key = format!("{}:{key}", kind.as_str());
     let id = match app.workloads.active_workloads(&key).await?.into_iter().next() {
         Some(running) => running.id,
@@ -32,7 +37,7 @@ pub async fn run(app: &App, kind: WorkloadType, input: Value, key: &str) -> ApiR
             id
         }
     };
-    let deadline = tokio::time::Instant::now() + app.settings.connector_timeout;
+    let deadline = tokio::time::Instant::now() + wait;
     let mut pause = Duration::from_millis(20);
     loop {
         let current = app.workloads.get_workload(&id).await?;
@@ -61,7 +66,7 @@ pub async fn run(app: &App, kind: WorkloadType, input: Value, key: &str) -> ApiR
                 format!(
                     "{} workload {id} has not finished after {:?}; it goes on, and asking again waits for it or finds its answer (is a launcher running?)",
                     kind.as_str(),
-                    app.settings.connector_timeout
+                    wait
                 ),
             ));
         }
@@ -94,6 +99,27 @@ pub async fn catalog(app: &App, source_id: &str, ignore_cache: bool) -> ApiResul
         }
     }
     let output = run(app, WorkloadType::Discover, json!({"sourceId": source_id}), source_id).await?;
+    parse_catalog(output["catalog"].clone())
+}
+
+/// The source's cached catalog if it was discovered at or after `since`.
+pub async fn catalog_since(app: &App, source_id: &str, since: jiff::Timestamp) -> ApiResult<Option<AirbyteCatalog>> {
+    let doc = match app.config.get_doc(DocKind::Catalog, source_id).await {
+        Ok(doc) => doc,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let at: Option<jiff::Timestamp> = doc.body["discoveredAt"].as_str().and_then(|t| t.parse().ok());
+    match at {
+        Some(at) if at >= since => Ok(Some(parse_catalog(doc.body["catalog"].clone())?)),
+        _ => Ok(None),
+    }
+}
+
+/// Discovers the source's catalog now, waiting at most `wait`; the answer
+/// also becomes the source's cached catalog.
+pub async fn discover_now(app: &App, source_id: &str, wait: Duration) -> ApiResult<AirbyteCatalog> {
+    let output = run_waiting(app, WorkloadType::Discover, json!({"sourceId": source_id}), source_id, wait).await?;
     parse_catalog(output["catalog"].clone())
 }
 

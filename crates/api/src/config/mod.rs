@@ -7,6 +7,8 @@ pub mod builtin;
 pub mod connections;
 pub mod connectors;
 pub mod jobs;
+pub mod registry;
+pub mod schema;
 
 use std::sync::Arc;
 
@@ -50,6 +52,8 @@ pub fn routes() -> Router<Arc<App>> {
             "/workspaces/{id}/definitions/destinations/{definition}",
             get(get_definition).put(update_definition).delete(delete_definition),
         )
+        .merge(registry::routes())
+        .merge(schema::routes())
         .merge(actors::routes())
         .merge(connections::routes())
         .merge(jobs::routes())
@@ -328,6 +332,9 @@ fn definition_json(d: &Definition) -> Value {
         "runtime": d.runtime,
         "protocolVersion": d.protocol_version,
         "connectorIPCOptions": d.connector_ipc_options,
+        "language": d.registry.as_ref().and_then(|r| r.language.clone()),
+        "supportLevel": d.registry.as_ref().and_then(|r| r.support_level.clone()),
+        "custom": d.workspace_id.is_some(),
     })
 }
 
@@ -398,6 +405,9 @@ async fn create_definition(app: &App, workspace_id: &str, kind: ActorKind, body:
         connector_ipc_options: None,
         connection_specification: None,
         workspace_id: Some(workspace_id.to_owned()),
+        declarative_manifest: None,
+        manifest_version: 0,
+        registry: None,
     };
     app.config.insert_doc(DocKind::Definition, &doc(&definition.id, Some(workspace_id), &definition, Version::INITIAL)).await?;
     Ok(Json(definition_json(&definition)))
@@ -466,11 +476,16 @@ async fn delete_definition(State(app): AppState, uri: OriginalUri, Path((ws, id)
     if d.workspace_id.is_none() {
         return Err(Problem::conflict(format!("definition {id} is built in and cannot be deleted")));
     }
+    remove_definition(&app, &ws, &d, version).await
+}
+
+/// Deletes a workspace's own definition that no source or destination uses.
+pub(crate) async fn remove_definition(app: &App, ws: &str, d: &Definition, version: Version) -> ApiResult<StatusCode> {
     let kind = if d.kind == ActorKind::Source { DocKind::Source } else { DocKind::Destination };
-    let in_use = app.config.list_docs(kind, std::slice::from_ref(&ws), 10_000, 0).await?.iter().any(|doc| doc.body["definitionId"] == id.as_str());
+    let in_use = app.config.list_docs(kind, &[ws.to_owned()], 10_000, 0).await?.iter().any(|doc| doc.body["definitionId"] == d.id.as_str());
     if in_use {
-        return Err(Problem::conflict(format!("definition {id} is used by a {}; delete that first", kind.as_str())));
+        return Err(Problem::conflict(format!("definition {} is used by a {}; delete that first", d.id, kind.as_str())));
     }
-    app.config.delete_doc(DocKind::Definition, &id, version).await?;
+    app.config.delete_doc(DocKind::Definition, &d.id, version).await?;
     Ok(StatusCode::NO_CONTENT)
 }

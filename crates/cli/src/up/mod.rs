@@ -71,6 +71,15 @@ pub struct UpArgs {
     /// The largest request body accepted, in bytes
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Let connectors run custom Python code: the components of low-code
+    /// manifests (Airbyte's AIRBYTE_ENABLE_UNSAFE_CODE)
+    #[arg(long, env = "SLUICE_ENABLE_UNSAFE_CODE")]
+    enable_unsafe_code: bool,
+    /// Seconds a connection's schema check stays fresh: a sync after that
+    /// discovers the source again and applies the connection's
+    /// nonBreakingSchemaUpdatesBehavior (Airbyte's default: 24 hours)
+    #[arg(long, default_value_t = 24 * 3600)]
+    schema_refresh_secs: u64,
     /// Keep everything on AWS (DynamoDB, SQS, Secrets Manager, EventBridge)
     /// instead of the data directory; the endpoint comes from AWS_ENDPOINT_URL
     /// (moto, LocalStack) or the usual AWS settings. Run `sluice provision` first.
@@ -267,6 +276,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
     settings.deadlines.heartbeat = SignedDuration::from_secs(args.heartbeat_timeout_secs as i64);
     settings.token_ttl = Duration::from_secs(args.token_ttl_secs);
     settings.max_body_bytes = args.max_body_bytes;
+    settings.custom_code = args.enable_unsafe_code;
+    settings.schema_refresh = Duration::from_secs(args.schema_refresh_secs);
     if !(args.container_cpus > 0.0 && args.container_cpus <= 64.0) || args.container_memory_mib < 6 {
         bail!("--container-cpus must be above 0 and at most 64, and --container-memory-mib at least 6 (Docker's floor)");
     }
@@ -385,7 +396,10 @@ async fn recover(app: &App) -> anyhow::Result<usize> {
 
 /// Our reference connectors' images, as `task-images/` builds and tags them.
 fn reference_images() -> std::collections::BTreeMap<String, String> {
-    sluice_connectors::REFERENCE_CONNECTORS.iter().map(|n| (n.to_string(), format!("sluice/{n}:{}", env!("CARGO_PKG_VERSION")))).collect()
+    let mut images: std::collections::BTreeMap<String, String> =
+        sluice_connectors::REFERENCE_CONNECTORS.iter().map(|n| (n.to_string(), format!("sluice/{n}:{}", env!("CARGO_PKG_VERSION")))).collect();
+    images.insert(sluice_connectors::MANIFEST.into(), sluice_launcher::plan::manifest_runner_image());
+    images
 }
 
 async fn ecs_launcher(args: &UpArgs, api_url: &str) -> anyhow::Result<sluice_lambda::EcsLauncher> {

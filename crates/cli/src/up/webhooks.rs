@@ -33,7 +33,7 @@ const BACKOFF: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(5), 
 #[async_trait]
 impl Events for Webhooks {
     async fn publish(&self, event: JobEvent) {
-        let urls = self.urls(&event.job.connection_id).await;
+        let urls = self.urls(&event.connection_id).await;
         if urls.is_empty() {
             return;
         }
