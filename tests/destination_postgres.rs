@@ -698,3 +698,35 @@ fn the_postgres_bench_runs_its_short_form() {
         assert!(printed.contains(way), "{way} missing from:\n{printed}");
     }
 }
+
+/// Schema change propagation into Postgres: a manifest source (Airbyte's
+/// declarative runner on the test API) whose `items` gain a column between
+/// syncs; with `propagate_columns` the next sync adds the column to the
+/// table and fills it.
+#[test]
+fn a_column_propagated_by_a_schema_change_becomes_a_new_column() {
+    use support::test_api::{manifest, source_config, TestApi};
+    client().batch_execute("drop schema if exists t_propagate cascade").unwrap();
+    let s = Scratch::new();
+    let api = TestApi::start(&s);
+    let p = support::platform::Platform::start(&s.path("data"), &["--schema-refresh-secs", "0"]);
+    let workspace = p.workspace("propagating");
+    let definition = p.post(&format!("/workspaces/{workspace}/definitions/declarative_sources"), json!({"name": "Test API", "manifest": manifest()}));
+    let source = p.post("/sources", json!({"name": "api", "workspaceId": workspace, "definitionId": definition["id"], "configuration": source_config(&api)}))["sourceId"].as_str().unwrap().to_owned();
+    let destination = p.actor("destination", &workspace, "postgres", config("t_propagate"));
+    let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination, "nonBreakingSchemaUpdatesBehavior": "propagate_columns",
+        "configurations": {"streams": [{"name": "items", "syncMode": "incremental_deduped_history"}]}}))["connectionId"].as_str().unwrap().to_owned();
+    let sync = || p.wait_job(p.sync(&connection), std::time::Duration::from_secs(240));
+    assert_eq!(sync()["status"], "succeeded", "{}", p.log());
+    let columns = || -> Vec<String> {
+        rows("select column_name::text from information_schema.columns where table_schema = 't_propagate' and table_name = 'items'").iter().map(|r| r.get(0)).collect()
+    };
+    assert!(!columns().contains(&"color".to_owned()));
+    api.admin("add_field");
+    api.admin("add_items?n=2");
+    let job = sync();
+    assert_eq!(job["status"], "succeeded", "{job}\n{}", p.log());
+    assert!(columns().contains(&"color".to_owned()), "{:?}", columns());
+    assert_eq!(count("select count(*) from t_propagate.items"), 9, "one row per id");
+    assert!(count("select count(*) from t_propagate.items where color is not null") >= 3, "the new column is filled from this sync on");
+}

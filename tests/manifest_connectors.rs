@@ -6,67 +6,19 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::platform::Platform;
 use support::{fixture, Scratch};
 
-const KEY: &str = "k3y-Sw0rdf1sh-7731";
+use support::test_api::{manifest, source_config, TestApi, KEY};
+
 const SYNC: Duration = Duration::from_secs(240);
-
-/// `tests/fixtures/manifest/server.py`: the test API, on a free port.
-struct TestApi {
-    child: Child,
-    url: String,
-    log: std::path::PathBuf,
-}
-
-impl TestApi {
-    fn start(scratch: &Scratch) -> TestApi {
-        let log = scratch.path("api.log");
-        let mut child = Command::new("python3")
-            .args([&fixture("manifest/server.py"), "0", KEY])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("python3 runs the test API");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("the test API printed no port: {line:?}"));
-        TestApi { child, url: format!("http://127.0.0.1:{port}"), log }
-    }
-
-    fn admin(&self, what: &str) {
-        let answer = support::platform::agent().post(&format!("{}/admin/{what}", self.url)).send("").unwrap();
-        assert_eq!(answer.status().as_u16(), 200, "admin {what}");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for TestApi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn manifest() -> Value {
-    serde_yaml_ng::from_str(&std::fs::read_to_string(fixture("manifest/manifest.yaml")).unwrap()).unwrap()
-}
 
 /// A workspace with the test API's manifest published as its own definition.
 fn manifest_definition(p: &Platform, workspace: &str) -> Value {
     p.post(&format!("/workspaces/{workspace}/definitions/declarative_sources"), json!({"name": "Test API", "manifest": manifest()}))
-}
-
-fn source_config(api: &TestApi) -> Value {
-    json!({"api_key": KEY, "base_url": api.url, "start_date": "2024-01-01T00:00:00Z"})
 }
 
 fn create_source(p: &Platform, workspace: &str, definition_id: &str, config: Value) -> String {
@@ -82,6 +34,20 @@ fn ids(lines: &[Value]) -> Vec<i64> {
     let mut ids: Vec<i64> = lines.iter().map(|l| l["_airbyte_data"]["id"].as_i64().unwrap()).collect();
     ids.sort();
     ids
+}
+
+/// From the job's creation to the earliest record's extraction.
+fn first_record_after(job: &Value, lines: &[Value]) -> String {
+    let started: jiff::Timestamp = job["startTime"].as_str().unwrap().parse().unwrap();
+    let extracted = |l: &Value| -> jiff::Timestamp {
+        match &l["_airbyte_extracted_at"] {
+            Value::Number(ms) => jiff::Timestamp::from_millisecond(ms.as_i64().unwrap()).unwrap(),
+            Value::String(text) => text.parse().unwrap(),
+            other => panic!("no _airbyte_extracted_at: {other}"),
+        }
+    };
+    let first = lines.iter().map(extracted).min().unwrap();
+    format!("{:.2}s", first.duration_since(started).as_secs_f64())
 }
 
 fn stream_names(p: &Platform, connection: &str) -> Vec<String> {
@@ -129,6 +95,7 @@ fn a_manifest_connector_discovers_syncs_incrementally_and_never_shows_its_key() 
     assert_eq!(first["status"], "succeeded", "{first}\n{}", p.log());
     assert_eq!(ids(&scratch.read_lines("out/items.jsonl")), (1..=7).collect::<Vec<_>>(), "every page read");
     assert_eq!(ids(&scratch.read_lines("out/users.jsonl")), (1..=5).collect::<Vec<_>>(), "cursor pagination");
+    eprintln!("manifest connector: first record {} after POST /jobs", first_record_after(&first, &scratch.read_lines("out/items.jsonl")));
 
     // Three new items: the next sync reads from the saved cursor (inclusive,
     // so item 7 comes again) and the deduplicated stream keeps each id once.
@@ -175,6 +142,8 @@ fn custom_python_components_run_only_where_the_operator_allows_them() {
     let p = Platform::start(&scratch.path("data"), &[]);
     let workspace = p.workspace("careful");
     let source = p.post("/sources", json!({"name": "builder", "workspaceId": workspace, "configuration": config}))["sourceId"].as_str().unwrap().to_owned();
+    let stored = p.get(&format!("/sources/{source}"));
+    assert_eq!(stored["configuration"]["api_key"], "**********", "the injected manifest's spec marks it secret: {stored}");
     let (status, problem) = p.call("POST", &format!("/sources/{source}/check"), Some(&json!({})), Some(&p.token));
     let text = format!("{status} {problem}");
     assert!(text.contains("custom Python code") && text.contains("--enable-unsafe-code"), "{text}");
@@ -340,6 +309,9 @@ fn ignore_leaves_the_connection_as_it_was_and_reports_the_change() {
     assert_eq!(s.connection()["schemaChange"], "non_breaking");
     assert_eq!(stream_names(&s.p, &s.connection), ["items", "users"]);
     assert_eq!(s.transforms(), ["add_stream orders", "update_stream items"]);
+    let cli = support::sluice().args(["connections", "schema", &s.connection, "--credentials"]).arg(s.p.data.join("credentials.json")).output().unwrap();
+    let shown = String::from_utf8_lossy(&cli.stdout);
+    assert!(shown.contains("schemaChange: non_breaking") && shown.contains("add_stream orders") && shown.contains("  add_field color"), "{shown}");
     assert!(!s.scratch.path("out/orders.jsonl").exists());
     s.breaks();
 }

@@ -6,6 +6,7 @@ pub mod aws;
 pub mod docker;
 pub mod platform;
 pub mod postgres;
+pub mod test_api;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

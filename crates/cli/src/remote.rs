@@ -92,6 +92,14 @@ pub enum ConnectionVerb {
     },
     /// Show the state the connection resumes from
     State { id: String },
+    /// Show the connection's schemaChange and the change its last check
+    /// found; with --refresh, discover the source now and apply the
+    /// connection's nonBreakingSchemaUpdatesBehavior, as a sync would
+    Schema {
+        id: String,
+        #[arg(long)]
+        refresh: bool,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -366,6 +374,34 @@ pub fn connections(target: &Target, verb: ConnectionVerb) -> anyhow::Result<i32>
             let client = Client::connect(target)?;
             let state = client.call("GET", &format!("/connections/{id}/state"), None)?;
             println!("{}", serde_json::to_string_pretty(&state)?);
+            return Ok(0);
+        }
+        ConnectionVerb::Schema { id, refresh } => {
+            let client = Client::connect(target)?;
+            let schema = if refresh {
+                client.call("POST", &format!("/connections/{id}/schema/refresh"), Some(&json!({})))?
+            } else {
+                client.call("GET", &format!("/connections/{id}/schema"), None)?
+            };
+            if client.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&schema)?);
+                return Ok(0);
+            }
+            println!("schemaChange: {} (connection {}, {})", schema["schemaChange"].as_str().unwrap_or(""), schema["status"].as_str().unwrap_or(""), schema["nonBreakingSchemaUpdatesBehavior"].as_str().unwrap_or(""));
+            if let Some(reason) = schema["disabledReason"].as_str() {
+                println!("disabled: {reason}");
+            }
+            for t in schema["catalogDiff"]["transforms"].as_array().into_iter().flatten() {
+                println!("{} {}", t["transformType"].as_str().unwrap_or(""), t["streamDescriptor"]["name"].as_str().unwrap_or(""));
+                for f in t["updateStream"]["fieldTransforms"].as_array().into_iter().flatten() {
+                    let breaking = if f["breaking"] == true { " (breaking)" } else { "" };
+                    let path: Vec<&str> = f["fieldName"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                    println!("  {} {}{breaking}", f["transformType"].as_str().unwrap_or(""), path.join("."));
+                }
+                for a in t["updateStream"]["streamAttributeTransforms"].as_array().into_iter().flatten() {
+                    println!("  {} {} -> {}", a["transformType"].as_str().unwrap_or(""), a["updatePrimaryKey"]["oldPrimaryKey"], a["updatePrimaryKey"]["newPrimaryKey"]);
+                }
+            }
             return Ok(0);
         }
         ConnectionVerb::Sync { id, wait } => (id, "sync", wait),

@@ -107,13 +107,18 @@ async fn resolve_definition(app: &App, kind: ActorKind, workspace_id: &str, id: 
 /// Validates a plain config against the spec and stores its secrets;
 /// returns the config with references where the secrets were.
 pub(crate) async fn store_config(app: &App, actor_id: &str, spec: &Value, plain: &Value) -> ApiResult<Value> {
-    if let Err(violations) = validate(spec, plain) {
-        let fields: Vec<(String, String)> = violations.iter().map(|v| (format!("configuration{}", v.path), v.message.clone())).collect();
-        let detail = format!("the configuration does not match the connector's spec: {}", violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "));
-        return Err(Problem { status: StatusCode::BAD_REQUEST, title: "Invalid configuration", detail, fields });
+    // Connector Builder's way: the manifest travels in the config, and with
+    // it the spec that says what the config must hold and what is secret.
+    let manifest_spec = plain.get(sluice_domain::registry::INJECTED_MANIFEST).and_then(sluice_domain::registry::manifest_spec);
+    for spec in std::iter::once(spec).chain(manifest_spec.as_ref()) {
+        if let Err(violations) = validate(spec, plain) {
+            let fields: Vec<(String, String)> = violations.iter().map(|v| (format!("configuration{}", v.path), v.message.clone())).collect();
+            let detail = format!("the configuration does not match the connector's spec: {}", violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "));
+            return Err(Problem { status: StatusCode::BAD_REQUEST, title: "Invalid configuration", detail, fields });
+        }
     }
     // `split_secrets` marks each secret with a hint; the store hands out the real reference.
-    let (stripped, secrets) = split_secrets(spec, plain, |path| format!("{actor_id}{path}"));
+    let (stripped, secrets) = split_secrets(manifest_spec.as_ref().unwrap_or(spec), plain, |path| format!("{actor_id}{path}"));
     replace_refs(app, stripped, &secrets).await
 }
 
