@@ -353,3 +353,53 @@ fn an_oom_kill_a_missing_image_a_failing_entrypoint_and_a_silent_engine_each_say
     drop(p);
     drop(held);
 }
+
+/// Airbyte's catalogue in containers: a registry import whose
+/// manifest-only entry runs on the declarative runner's image (the
+/// manifest injected into its config) against the test API on 127.0.0.1,
+/// and whose image-only entry runs its image.
+#[test]
+fn registry_definitions_run_as_containers_manifest_on_the_runners_image() {
+    use support::test_api::{manifest, source_config, TestApi};
+    let scratch = Scratch::new();
+    let api = TestApi::start(&scratch);
+    let root = local_root(&scratch);
+    let orchestrator = image("SLUICE_ORCHESTRATOR_IMAGE");
+    let runner = image("SLUICE_MANIFEST_RUNNER_IMAGE");
+    let args = ["--docker-local-root", root.to_str().unwrap(), "--orchestrator-image", &orchestrator, "--executor", "docker"];
+    let p = Platform::start_with_env(&scratch.path("data"), &args, &[("SLUICE_MANIFEST_RUNNER_IMAGE", &runner)]);
+    let faker = image("SLUICE_AIRBYTE_SOURCE_FAKER_IMAGE");
+    let (repository, tag) = faker.rsplit_once(':').unwrap();
+    let registry = json!({
+        "sources": [
+            {"sourceDefinitionId": "7e3a9d2c-41b5-4c1e-9a0f-5b8d2e6c1f01", "name": "Test API", "dockerRepository": "airbyte/source-test-api",
+             "dockerImageTag": "0.1.0", "language": "manifest-only", "remoteRegistries": {"pypi": {"enabled": false}}},
+            {"sourceDefinitionId": "5d2b8e1a-9c3f-4b7d-a6e0-1f4c7b9d2e14", "name": "Faker image", "dockerRepository": repository,
+             "dockerImageTag": tag, "language": "python", "remoteRegistries": {"pypi": {"enabled": false, "packageName": "airbyte-source-faker"}}}
+        ],
+        "manifests": {"source-test-api": manifest()}
+    });
+    let report = p.post("/definitions/import", registry);
+    let runtimes: Vec<&str> = report["definitions"].as_array().unwrap().iter().map(|d| d["runtime"].as_str().unwrap()).collect();
+    assert_eq!(runtimes, ["manifest", format!("image:{faker}").as_str()]);
+
+    let workspace = p.workspace("catalogue");
+    let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": "/local/manifest"}));
+    let source = p.actor("source", &workspace, "test-api", source_config(&api));
+    let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
+        "configurations": {"streams": [{"name": "items", "syncMode": "incremental_append"}, {"name": "users", "syncMode": "full_refresh_overwrite"}]}}))["connectionId"].as_str().unwrap().to_owned();
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(300));
+    assert_eq!(job["status"], "succeeded", "{job}\n{}", attempt_log(&p, job["jobId"].as_i64().unwrap(), 0));
+    assert_eq!(ids(&root.join("manifest/items.jsonl")).len(), 7);
+    assert_eq!(ids(&root.join("manifest/users.jsonl")).len(), 5);
+    assert!(!attempt_log(&p, job["jobId"].as_i64().unwrap(), 0).contains(support::test_api::KEY), "the key stays out of the log");
+    assert_cleaned_up(&connection);
+
+    let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": "/local/image"}));
+    let source = p.post("/sources", json!({"name": "faker", "workspaceId": workspace, "definitionId": "5d2b8e1a-9c3f-4b7d-a6e0-1f4c7b9d2e14", "configuration": {"count": 25}}))["sourceId"].as_str().unwrap().to_owned();
+    let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
+        "configurations": {"streams": [{"name": "users", "syncMode": "full_refresh_overwrite"}]}}))["connectionId"].as_str().unwrap().to_owned();
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(300));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(ids(&root.join("image/users.jsonl")).len(), 25);
+}

@@ -295,6 +295,23 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_connector_runs_on_the_declarative_runners_image_with_the_operators_permission() {
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("AIRBYTE_ENABLE_UNSAFE_CODE".to_owned(), "true".to_owned());
+        let runner = Container { name: "source-test-api".into(), runtime: Runtime::Manifest, env };
+        let plan = TaskPlan { connector: Some(runner), ..plan(WorkloadType::Check, "check_2", "c") };
+        let mut settings = settings();
+        settings.reference_images.insert(sluice_connectors::MANIFEST.into(), "registry.example/sdm:7.39.1".into());
+        let run = ecs_task(&plan, &settings).unwrap();
+        let connector = &run.definition.containers[1];
+        assert_eq!(connector.image, "registry.example/sdm:7.39.1");
+        assert!(connector.environment.contains(&("AIRBYTE_ENABLE_UNSAFE_CODE".to_owned(), "true".to_owned())), "{connector:?}");
+        // Without a configured one, SLUICE_MANIFEST_RUNNER_IMAGE or Airbyte's image at the CDK version Sluice runs.
+        let run = ecs_task(&plan, &self::settings()).unwrap();
+        assert_eq!(run.definition.containers[1].image, crate::plan::manifest_runner_image());
+    }
+
+    #[test]
     fn behind_iam_auth_the_containers_that_call_the_workload_api_sign_with_the_task_role() {
         let plan = TaskPlan { connector: Some(image("source-x", "airbyte/source-x:1.0")), ..plan(WorkloadType::Check, "check_1", "c") };
         let signing = [("AWS_REGION".to_owned(), "us-east-1".to_owned()), ("SLUICE_WORKLOAD_API_AUTH".to_owned(), "aws-iam".to_owned())];
