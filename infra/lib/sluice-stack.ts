@@ -52,6 +52,8 @@ export class SluiceStack extends cdk.Stack {
     const publicIp = new cdk.CfnParameter(this, 'TaskAssignPublicIp', { default: 'false', allowedValues: ['true', 'false'] });
     const orchestratorImage = new cdk.CfnParameter(this, 'OrchestratorImage', { description: 'The orchestrator image URI.' });
     const referenceImagePrefix = new cdk.CfnParameter(this, 'ReferenceImagePrefix', { default: 'sluice/' });
+    const manifestRunnerImage = new cdk.CfnParameter(this, 'ManifestRunnerImage', { default: 'airbyte/source-declarative-manifest:7.39.1' });
+    const enableUnsafeCode = new cdk.CfnParameter(this, 'EnableUnsafeCode', { default: 'false', allowedValues: ['true', 'false'] });
     const retentionDays = new cdk.CfnParameter(this, 'LogRetentionDays', {
       type: 'Number',
       default: '30',
@@ -221,6 +223,7 @@ export class SluiceStack extends cdk.Stack {
           SLUICE_QUEUE_URL: queue.queueUrl,
           SLUICE_SCHEDULER_FUNCTION_ARN: schedulerFunctionArn,
           SLUICE_SCHEDULER_ROLE_ARN: scheduleInvokeRole.roleArn,
+          SLUICE_ENABLE_UNSAFE_CODE: enableUnsafeCode.valueAsString,
           AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH: 'true',
           ...extra.env,
         },
@@ -294,6 +297,7 @@ export class SluiceStack extends cdk.Stack {
         SLUICE_TASK_ROLE_ARN: taskRole.roleArn,
         SLUICE_ORCHESTRATOR_IMAGE: orchestratorImage.valueAsString,
         SLUICE_REFERENCE_IMAGE_PREFIX: referenceImagePrefix.valueAsString,
+        SLUICE_MANIFEST_RUNNER_IMAGE: manifestRunnerImage.valueAsString,
         SLUICE_WORKLOAD_API_URL: workloadApiUrl,
         SLUICE_WORKLOAD_API_AUTH: 'aws-iam',
       },
