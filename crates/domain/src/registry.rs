@@ -229,11 +229,17 @@ pub fn check_manifest(manifest: &Value) -> Result<(), String> {
     if !manifest.is_object() {
         return Err("a manifest is an object (a low-code YAML document)".into());
     }
-    if !manifest["version"].is_string() {
+    if manifest["version"].as_str().is_none_or(|v| v.trim().is_empty()) {
         return Err("the manifest has no `version` (the CDK version it was written for, e.g. \"6.44.0\")".into());
     }
     if !manifest["streams"].is_array() && !manifest["dynamic_streams"].is_array() {
         return Err("the manifest has no `streams` (or `dynamic_streams`) list".into());
+    }
+    for list in ["streams", "dynamic_streams"] {
+        let items = manifest[list].as_array().into_iter().flatten();
+        if let Some((i, _)) = items.enumerate().find(|(_, s)| !s.is_object()) {
+            return Err(format!("`{list}[{i}]` is not a stream: each is an object (`type: DeclarativeStream`, `name`, ...)"));
+        }
     }
     if manifest_spec(manifest).is_none() {
         return Err("the manifest has no `spec.connection_specification`: a connector's config cannot be checked without it".into());
@@ -353,6 +359,8 @@ mod tests {
         assert!(check_manifest(&ok).is_ok());
         assert!(check_manifest(&json!({"version": "6.44.0", "streams": []})).unwrap_err().contains("spec.connection_specification"));
         assert!(check_manifest(&json!({"streams": []})).unwrap_err().contains("version"));
+        let odd = json!({"version": "1", "streams": [[null]], "spec": {"connection_specification": {}}});
+        assert!(check_manifest(&odd).unwrap_err().contains("`streams[0]` is not a stream"));
         assert_eq!(manifest_spec(&ok), Some(json!({"type": "object"})));
         assert!(custom_code(Some(&ok), &json!({})).is_none());
         let custom = json!({"streams": [{"transformations": [{"type": "CustomTransformation", "class_name": "components.Add"}]}]});
