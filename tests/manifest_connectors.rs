@@ -211,7 +211,11 @@ fn a_registry_import_yields_manifest_pypi_and_image_definitions_and_says_what_br
     assert_eq!(job["status"], "succeeded", "{job}\n{}", p.log());
     assert_eq!(scratch.read_lines("out/users.jsonl").len(), 5);
 
-    // The PyPI one runs from its package.
+    // The PyPI one runs from its package. Its type key is the built-in
+    // faker's too: by type alone the request is ambiguous, and says so.
+    let (status, ambiguous) = p.call("POST", "/sources", Some(&json!({"name": "f", "workspaceId": workspace, "configuration": {"sourceType": "faker", "count": 1}})), Some(&p.token));
+    assert_eq!(status, 400);
+    assert!(ambiguous.to_string().contains("2 definitions are called `faker`"), "{ambiguous}");
     let faker = p.post("/sources", json!({"name": "faker", "workspaceId": workspace, "definitionId": "1f0c2b7e-8d3a-4e59-b6c4-2a7d9e0f3b12", "configuration": {"count": 7}}))["sourceId"].as_str().unwrap().to_owned();
     let connection = p.post("/connections", json!({"sourceId": faker, "destinationId": destination, "configurations": {"streams": [{"name": "users", "syncMode": "full_refresh_overwrite"}]}}))["connectionId"].as_str().unwrap().to_owned();
     let job = p.wait_job(p.sync(&connection), SYNC);

@@ -98,10 +98,19 @@ async fn resolve_definition(app: &App, kind: ActorKind, workspace_id: &str, id: 
         return Err(Problem::bad_field("definitionId", format!("give `definitionId`, or `configuration.{key}` naming the connector")));
     };
     let all = definitions(app, workspace_id, kind).await?;
-    all.iter().find(|d| d.type_key == type_name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = all.iter().map(|d| d.type_key.as_str()).collect();
-        Problem::bad_field(format!("configuration.{key}"), format!("no {} definition is called `{type_name}`; known: {}", kind.as_str(), known.join(", ")))
-    })
+    let named: Vec<&Definition> = all.iter().filter(|d| d.type_key == type_name).collect();
+    match named[..] {
+        [one] => Ok(one.clone()),
+        [] => {
+            let known: Vec<&str> = all.iter().map(|d| d.type_key.as_str()).collect();
+            Err(Problem::bad_field(format!("configuration.{key}"), format!("no {} definition is called `{type_name}`; known: {}", kind.as_str(), known.join(", "))))
+        }
+        // A registry import may bring a second connector of the same name.
+        _ => {
+            let ids: Vec<String> = named.iter().map(|d| format!("{} ({}, {})", d.id, d.name, d.runtime)).collect();
+            Err(Problem::bad_field(format!("configuration.{key}"), format!("{} definitions are called `{type_name}`: {}; give `definitionId`", named.len(), ids.join(", "))))
+        }
+    }
 }
 
 /// Validates a plain config against the spec and stores its secrets;

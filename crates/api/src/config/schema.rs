@@ -161,7 +161,8 @@ async fn update_connection(app: &App, id: &str, outcome: &Outcome, change: Schem
 }
 
 /// Before a sync: the connection and the catalog it syncs with, checked
-/// first when its last check is older than `schema_refresh`. `Err` with
+/// first when its last check is older than `schema_refresh` and the job
+/// reads the source (a sync or a refresh). `Err` with
 /// the reason when the check disabled the connection.
 pub async fn before_sync(app: &App, c: Connection, job: &Job) -> ApiResult<Result<(Connection, AirbyteCatalog), String>> {
     let Some(stored) = connection_catalog(app, &c.connection_id).await? else {
@@ -172,7 +173,9 @@ pub async fn before_sync(app: &App, c: Connection, job: &Job) -> ApiResult<Resul
     };
     let refresh = jiff::SignedDuration::try_from(app.settings.schema_refresh).unwrap_or(jiff::SignedDuration::MAX);
     let oldest_fresh = now().checked_sub(refresh).unwrap_or(Timestamp::MIN);
-    if stored.checked_at > oldest_fresh {
+    // A reset or clear reads nothing from the source: its schema can wait.
+    let reads = matches!(job.job_type, sluice_domain::JobType::Sync | sluice_domain::JobType::Refresh);
+    if stored.checked_at > oldest_fresh || !reads {
         return Ok(Ok((c, stored.catalog)));
     }
     // A discover newer than both the last check and the refresh window
