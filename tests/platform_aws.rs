@@ -176,6 +176,35 @@ fn syncs_run_as_the_ecs_tasks_that_moto_holds() {
     assert!(status >= 400 && refused.to_string().contains("example/not-built:9.9.9"), "{status} {refused}");
 }
 
+/// A manifest-only connector as ECS tasks: its discover and its sync run on
+/// the declarative runner's image (`SLUICE_MANIFEST_RUNNER_IMAGE`), the
+/// manifest injected into the config the init step fetched.
+#[test]
+fn a_manifest_connector_runs_as_ecs_tasks_on_the_runners_image() {
+    use support::test_api::{manifest, source_config, TestApi, KEY};
+    let prefix = format!("sdm{}", std::process::id());
+    provision(&prefix);
+    let (subnet, group) = default_network();
+    let scratch = Scratch::new();
+    let api = TestApi::start(&scratch);
+    let args = ["--aws", "--prefix", &prefix, "--executor", "ecs", "--ecs-subnets", &subnet, "--ecs-security-groups", &group, "--monitor-secs", "1"];
+    let p = Platform::start_with_env(&scratch.path("data"), &args, &aws_env());
+    let out = scratch.path("out");
+    let _ecs = EcsPlayer::start(&prefix, vec![out.clone()]);
+    let workspace = p.workspace("ecs manifest");
+    let definition = p.post(&format!("/workspaces/{workspace}/definitions/declarative_sources"), json!({"name": "Test API", "manifest": manifest()}));
+    let source = p.post("/sources", json!({"name": "api", "workspaceId": workspace, "definitionId": definition["id"], "configuration": source_config(&api)}))["sourceId"].as_str().unwrap().to_owned();
+    let destination = p.actor("destination", &workspace, "sluice-jsonl", json!({"destination_path": out.display().to_string()}));
+    let connection = p.post("/connections", json!({"sourceId": source, "destinationId": destination,
+        "configurations": {"streams": [{"name": "items", "syncMode": "incremental_deduped_history"}, {"name": "users", "syncMode": "full_refresh_overwrite"}]}}))["connectionId"].as_str().unwrap().to_owned();
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(240));
+    assert_eq!(job["status"], "succeeded", "{job}\n{}", p.log());
+    assert_eq!(scratch.read_lines("out/items.jsonl").len(), 7);
+    assert_eq!(scratch.read_lines("out/users.jsonl").len(), 5);
+    let log = p.get(&format!("/jobs/{}/attempts/0/logs", job["jobId"]))["text"].as_str().unwrap().to_owned();
+    assert!(!log.contains(KEY), "the key stays out of the task's log");
+}
+
 /// `sluice up --aws` on two emulators, as the SDK's per-service endpoints
 /// let a user split them: SQS, Secrets Manager, EventBridge, Scheduler and
 /// CloudWatch Logs on LocalStack (`tests/localstack.sh`), DynamoDB and ECS

@@ -190,7 +190,7 @@ async fn job_events_reach_a_rule_on_our_bus(emulators: Emulators) {
         .put_rule()
         .name("succeeded")
         .event_bus_name(&names.event_bus)
-        .event_pattern(r#"{"source": ["sluice"], "detail-type": ["job.succeeded"]}"#)
+        .event_pattern(r#"{"source": ["sluice"], "detail-type": ["job.succeeded", "connection.disabled"]}"#)
         .send()
         .await
         .unwrap();
@@ -202,13 +202,32 @@ async fn job_events_reach_a_rule_on_our_bus(emulators: Emulators) {
     events.publish(sluice_store::JobEvent::of_job(sluice_store::JobEventKind::Started, job.clone())).await;
     job.status = sluice_domain::JobStatus::Succeeded;
     events.publish(sluice_store::JobEvent::of_job(sluice_store::JobEventKind::Succeeded, job)).await;
+    // A connection disabled by a schema check someone asked for: no job.
+    let disabled = sluice_store::JobEvent {
+        kind: sluice_store::JobEventKind::ConnectionDisabled,
+        connection_id: "conn-9".into(),
+        job: None,
+        reason: Some("breaking schema change: stream `items` lost field `updated_at`".into()),
+    };
+    events.publish(disabled).await;
 
-    let received = sqs.receive_message().queue_url(&inbox).max_number_of_messages(10).wait_time_seconds(2).send().await.unwrap();
-    let bodies: Vec<serde_json::Value> = received.messages().iter().map(|m| serde_json::from_str(m.body().unwrap()).unwrap()).collect();
-    assert_eq!(bodies.len(), 1, "only the rule's events: {bodies:?}");
-    assert_eq!(bodies[0]["detail-type"], "job.succeeded");
-    assert_eq!(bodies[0]["detail"]["jobId"], 42);
+    let mut bodies: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..5 {
+        let received = sqs.receive_message().queue_url(&inbox).max_number_of_messages(10).wait_time_seconds(2).send().await.unwrap();
+        bodies.extend(received.messages().iter().map(|m| serde_json::from_str::<serde_json::Value>(m.body().unwrap()).unwrap()));
+        if bodies.len() >= 2 {
+            break;
+        }
+    }
+    bodies.sort_by_key(|b| b["detail-type"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(bodies.len(), 2, "only the rule's events: {bodies:?}");
+    assert_eq!(bodies[1]["detail-type"], "job.succeeded");
+    assert_eq!(bodies[1]["detail"]["jobId"], 42);
+    assert_eq!(bodies[1]["detail"]["connectionId"], "conn-9");
+    assert_eq!(bodies[0]["detail-type"], "connection.disabled");
     assert_eq!(bodies[0]["detail"]["connectionId"], "conn-9");
+    assert!(bodies[0]["detail"]["reason"].as_str().unwrap().contains("updated_at"), "{}", bodies[0]);
+    assert!(bodies[0]["detail"].get("jobId").is_none());
 }
 
 async fn attempt_logs_on_cloudwatch_read_back_from_an_offset(emulators: Emulators) {
