@@ -391,6 +391,11 @@ fn registry_definitions_run_as_containers_manifest_on_the_runners_image() {
     let job = p.wait_job(p.sync(&connection), Duration::from_secs(300));
     assert_eq!(job["status"], "succeeded", "{job}\n{}", attempt_log(&p, job["jobId"].as_i64().unwrap(), 0));
     assert_eq!(ids(&root.join("manifest/items.jsonl")).len(), 7);
+    let started: jiff::Timestamp = job["startTime"].as_str().unwrap().parse().unwrap();
+    let first = std::fs::read_to_string(root.join("manifest/items.jsonl")).unwrap().lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).unwrap()["_airbyte_extracted_at"].as_i64())
+        .min().unwrap();
+    eprintln!("manifest connector in containers: first record {:.2}s after POST /jobs", (first as f64 / 1000.0) - started.as_millisecond() as f64 / 1000.0);
     assert_eq!(ids(&root.join("manifest/users.jsonl")).len(), 5);
     assert!(!attempt_log(&p, job["jobId"].as_i64().unwrap(), 0).contains(support::test_api::KEY), "the key stays out of the log");
     assert_cleaned_up(&connection);

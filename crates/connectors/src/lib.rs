@@ -201,10 +201,12 @@ impl Cache {
         let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
         let venv_text = venv.to_string_lossy().into_owned();
         let venv_python = venv.join("bin/python").to_string_lossy().into_owned();
+        // Bytecode compiled once here: a connector process then starts
+        // without compiling its imports (Python may not write them back).
         let steps: Vec<Vec<String>> = match find_uv(&python) {
             Some(uv) => vec![
                 [uv.clone(), vec!["venv".into(), "--quiet".into(), "--python".into(), python.clone(), venv_text.clone()]].concat(),
-                [uv, vec!["pip".into(), "install".into(), "--quiet".into(), "--python".into(), venv_python, spec.clone()]].concat(),
+                [uv, vec!["pip".into(), "install".into(), "--quiet".into(), "--compile-bytecode".into(), "--python".into(), venv_python, spec.clone()]].concat(),
             ],
             None => vec![
                 vec![python.clone(), "-m".into(), "venv".into(), venv_text.clone()],
