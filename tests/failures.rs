@@ -250,3 +250,70 @@ fn a_failed_overwrite_keeps_the_previous_data_whole() {
     assert_eq!(third.code, 0, "{}", third.stderr);
     assert_eq!(s.read_lines("out/items.jsonl").len(), 12, "a clean overwrite replaces it");
 }
+
+/// A sync killed with SIGKILL takes its connectors with it: a destination
+/// that would otherwise hang for ten minutes (it stops reading after one
+/// STATE) is gone at once, so a rerun never finds an earlier attempt's
+/// destination still writing beside its own. In both data modes' launch path.
+#[test]
+fn connectors_die_with_the_sync_that_started_them() {
+    let s = Scratch::new();
+    let source = s.json("source.json", &json!({"records": 100000, "state_every": 10, "delay_secs": 0.001}));
+    let destination = s.json("destination.json", &json!({"echo_states": 1, "then": "hang"}));
+    let mut sync = sluice()
+        .args(["sync", "--source", &fixture(SOURCE), "--source-config"]).arg(&source)
+        .args(["--destination", &fixture("flaky_destination.py"), "--destination-config"]).arg(&destination)
+        .arg("--state-file").arg(s.path("state.json"))
+        .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null())
+        .spawn().unwrap();
+    let mut connectors = Vec::new();
+    wait_until("both connectors running", || {
+        connectors = [SOURCE, "flaky_destination.py"].iter().flat_map(|name| children_with(sync.id(), name)).collect();
+        connectors.len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(sync.id() as i32, libc::SIGKILL) };
+    sync.wait().unwrap();
+    let alive = |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connectors.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<&u32> = connectors.iter().filter(|p| alive(p)).collect();
+    for pid in &left {
+        unsafe { libc::kill(**pid as i32, libc::SIGKILL) };
+    }
+    assert!(left.is_empty(), "connectors {left:?} outlived the sync that started them");
+}
+
+/// One destination-jsonl per directory: a second one (say, the next
+/// attempt's, while a killed attempt's still drains) waits for the first to
+/// end, saying so, instead of interleaving lines with it.
+#[test]
+fn a_second_destination_jsonl_on_the_same_directory_waits_for_the_first() {
+    use std::io::Write;
+    let s = Scratch::new();
+    let config = s.json("destination.json", &jsonl(&s));
+    let catalog = s.json("catalog.json", &json!({"streams": [{"stream": {"name": "items", "json_schema": {"type": "object"}, "supported_sync_modes": ["full_refresh"]},
+        "sync_mode": "full_refresh", "destination_sync_mode": "append"}]}));
+    let start = || {
+        sluice().args(["connector", "destination-jsonl", "write", "--config"]).arg(&config).arg("--catalog").arg(&catalog)
+            .stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null())
+            .spawn().unwrap()
+    };
+    let record = |id: i64| format!("{}\n", json!({"type": "RECORD", "record": {"stream": "items", "data": {"id": id}, "emitted_at": 1}}));
+    let mut first = start();
+    first.stdin.as_mut().unwrap().write_all(record(1).as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = start();
+    second.stdin.as_mut().unwrap().write_all(record(2).as_bytes()).unwrap();
+    drop(second.stdin.take());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(second.try_wait().unwrap().is_none(), "the second waits while the first writes");
+    drop(first.stdin.take());
+    assert!(first.wait().unwrap().success());
+    let said = second.wait_with_output().unwrap();
+    assert!(said.status.success());
+    assert!(String::from_utf8_lossy(&said.stdout).contains("another destination-jsonl is writing to"), "{}", String::from_utf8_lossy(&said.stdout));
+    assert_eq!(s.read_lines("out/items.jsonl").len(), 2);
+}

@@ -179,7 +179,8 @@ pub fn start(connector: &ConnectorConfig, verb: &str, args: &[String], wants_std
         Launch::Spawn { command, env } => {
             let (program, prefix) =
                 command.split_first().ok_or_else(|| io::Error::other(format!("{}: empty command", connector.name)))?;
-            let mut child = Command::new(program)
+            let mut command = Command::new(program);
+            command
                 .args(prefix)
                 .arg(verb)
                 .args(args)
@@ -187,7 +188,9 @@ pub fn start(connector: &ConnectorConfig, verb: &str, args: &[String], wants_std
                 .stdin(if wants_stdin { Stdio::piped() } else { Stdio::null() })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
-                .process_group(0)
+                .process_group(0);
+            dies_with_us(&mut command);
+            let mut child = command
                 .spawn()
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot start {} ({program}): {e}", connector.name)))?;
             let pid = child.id() as i32;
@@ -225,6 +228,28 @@ pub fn start(connector: &ConnectorConfig, verb: &str, args: &[String], wants_std
                 stopper: Stopper::CancelFile(dir.join("cancel")),
             })
         }
+    }
+}
+
+/// A connector never outlives the process that supervises it: were we
+/// killed (kill -9, the OOM killer), a destination left running would go on
+/// writing beside the next attempt's. The kernel sends it SIGKILL when the
+/// thread that started it dies, so connectors are started by the thread
+/// that runs the attempt to its end.
+fn dies_with_us(command: &mut Command) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    let parent = unsafe { libc::getpid() };
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Killed between fork and prctl: nobody would signal us.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
     }
 }
 

@@ -73,6 +73,24 @@ fn spec() -> ConnectorSpecification {
     .expect("static spec")
 }
 
+/// One writer per directory, held until the process ends: a destination of
+/// an earlier attempt still draining its input (its supervisor killed)
+/// must not interleave lines with this one's, so this one waits for it.
+fn one_writer(dir: &Path, out: &mut Output) -> Result<File, Failure> {
+    let path = dir.join(".destination-jsonl.lock");
+    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+        .map_err(|e| Failure::system(format!("cannot open the lock {}: {e}", path.display())))?;
+    match lock.try_lock() {
+        Ok(()) => return Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => return Err(Failure::system(format!("cannot lock {}: {e}", path.display()))),
+    }
+    out.log(LogLevel::Warn, format!("another destination-jsonl is writing to {}; waiting for it to finish", dir.display()))?;
+    out.flush()?;
+    lock.lock().map_err(|e| Failure::system(format!("cannot lock {}: {e}", path.display())))?;
+    Ok(lock)
+}
+
 fn load_config(path: &Path) -> Result<Config, Failure> {
     read_json("config", path)
 }
@@ -114,6 +132,7 @@ struct Dedup {
 
 fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) -> Result<(), Failure> {
     check_writable(&config.destination_path)?;
+    let _writer = one_writer(&config.destination_path, out)?;
     let mut targets = open_targets(config, catalog)?;
     match socket::DataChannel::from_env().map_err(Failure::config)? {
         Some(channel) => {
