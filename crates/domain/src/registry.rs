@@ -15,6 +15,10 @@ use crate::resources::ActorKind;
 /// The runtime text of a definition that Airbyte's declarative runner runs.
 pub const MANIFEST_RUNTIME: &str = "manifest";
 
+/// The declarative runner's version, which manifest definitions report as
+/// their image tag (the version `sluice_connectors::MANIFEST_RUNNER` installs).
+pub const RUNNER_VERSION: &str = "7.39.1";
+
 /// Config keys the platform puts into a manifest connector's config, as
 /// Airbyte's `ConfigInjector` does; never stored with a user's config.
 pub const INJECTED_MANIFEST: &str = "__injected_declarative_manifest";

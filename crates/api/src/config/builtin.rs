@@ -31,7 +31,7 @@ const BUILTINS: [Builtin; 10] = [
         type_key: "declarative-manifest",
         runtime: "manifest",
         repository: "airbyte/source-declarative-manifest",
-        tag: "7.39.1",
+        tag: sluice_domain::registry::RUNNER_VERSION,
         sockets: false,
     },
     // Airbyte's own definition id for source-faker, so scripts that name it work.

@@ -22,9 +22,6 @@ use crate::{ApiResult, App, Problem};
 
 type AppState = State<Arc<App>>;
 
-/// The declarative runner's version, which manifest definitions report as
-/// their image tag (the version `sluice_connectors::MANIFEST_RUNNER` installs).
-const RUNNER_VERSION: &str = "7.39.1";
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -93,12 +90,12 @@ async fn import_entry(app: &App, entry: &Entry, manifest: Option<&Value>) -> Api
             line["note"] = json!(format!("{} is {}; the registry does not replace it", current.name, if current.workspace_id.is_some() { "a workspace's own definition" } else { "built in" }));
         }
         Ok((current, version)) => {
-            let crossed = reg::breaking_between(&wanted.registry.as_ref().expect("imported").breaking_changes, &current.docker_image_tag, &wanted.docker_image_tag);
+            let crossed = reg::breaking_between(&entry.facts.breaking_changes, &current.docker_image_tag, &wanted.docker_image_tag);
             line["previousVersion"] = json!(current.docker_image_tag);
             line["breakingChanges"] = json!(crossed);
-            let unchanged = Definition { connection_specification: current.connection_specification.clone(), ..wanted.clone() } == current
-                && wanted.connection_specification.is_none();
-            if current == wanted || unchanged {
+            // An entry without a spec leaves the one learnt since in place: no change.
+            let spec = wanted.connection_specification.clone().or_else(|| current.connection_specification.clone());
+            if current == (Definition { connection_specification: spec, ..wanted.clone() }) {
                 line["action"] = json!("unchanged");
             } else {
                 app.config.update_doc(DocKind::Definition, &doc(&entry.id, None, &wanted, version)).await?;
@@ -224,7 +221,7 @@ async fn create_declarative(State(app): AppState, Path(ws): Path<String>, JsonBo
         name: body.name,
         runtime: MANIFEST_RUNTIME.into(),
         docker_repository: "airbyte/source-declarative-manifest".into(),
-        docker_image_tag: RUNNER_VERSION.into(),
+        docker_image_tag: reg::RUNNER_VERSION.into(),
         protocol_version: "0.2.0".into(),
         connector_ipc_options: None,
         connection_specification: reg::manifest_spec(&manifest),
