@@ -50,6 +50,15 @@ for f in "${functions[@]}"; do
     esac
 done
 
+# config-api serves the web app from its binary: build ui/ first if it was not.
+if [ "$build" = yes ] && [[ " ${functions[*]} " == *" config-api "* ]] && [ ! -e ui/dist/index.html ]; then
+    if command -v npm >/dev/null 2>&1; then
+        (cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent)
+    else
+        echo "build-lambdas: no npm, so config-api will serve no web app; install Node.js 20 to build ui/" >&2
+    fi
+fi
+
 # One cargo invocation for all of them: shared dependencies build once. For
 # this machine's own target, no --target, so that the tests' builds are reused.
 dir="$profile"; [ "$profile" = dev ] && dir=debug

@@ -244,7 +244,15 @@ fn the_cdk_app_synthesizes_passes_its_assertions_and_matches_the_sam_template() 
     let transformed = run(Command::new(sam_tools().join("bin/python")).arg(repo().join("tests/fixtures/sam_transform.py")).arg(repo().join("template.yaml")));
     let transformed: Value = serde_json::from_str(&transformed).unwrap();
     let expected: std::collections::BTreeMap<String, String> =
-        [("/api/internal/v1/{proxy+}", "AWS_IAM"), ("/api/public/v1/{proxy+}", "NONE"), ("/v1/{proxy+}", "NONE")].map(|(p, a)| (p.to_owned(), a.to_owned())).into();
+        [
+            ("ANY /api/internal/v1/{proxy+}", "AWS_IAM"),
+            ("ANY /api/public/v1/{proxy+}", "NONE"),
+            ("ANY /v1/{proxy+}", "NONE"),
+            ("GET /", "NONE"),
+            ("GET /assets/{proxy+}", "NONE"),
+        ]
+        .map(|(p, a)| (p.to_owned(), a.to_owned()))
+        .into();
     assert_eq!(sam_routes(&transformed), expected, "template.yaml's routes, after SAM's transform");
     assert_eq!(cdk_routes(&cdk), expected, "the CDK stack's routes");
 }
@@ -269,22 +277,25 @@ fn data_lake_grant(template: &Value) -> (String, std::collections::BTreeMap<Stri
     (condition, found)
 }
 
-/// Each proxy route of the SAM template's API and its authorization. An
-/// integration with credentials would invoke the function as the caller
-/// (SAM's default for AWS_IAM), which the task role may not do.
+/// Each route (`METHOD path`) of the SAM template's API and its
+/// authorization. An integration with credentials would invoke the function
+/// as the caller (SAM's default for AWS_IAM), which the task role may not do.
 fn sam_routes(transformed: &Value) -> std::collections::BTreeMap<String, String> {
     let api = transformed["Resources"].as_object().unwrap().values().find(|r| r["Type"] == "AWS::ApiGateway::RestApi").unwrap();
+    assert_eq!(api["Properties"]["MinimumCompressionSize"], 1024, "API Gateway compresses the functions' answers");
     let mut routes = std::collections::BTreeMap::new();
     for (path, methods) in api["Properties"]["Body"]["paths"].as_object().unwrap() {
-        let method = &methods["x-amazon-apigateway-any-method"];
-        assert!(method["x-amazon-apigateway-integration"]["credentials"].is_null(), "{path} invokes its function with the caller's credentials");
-        let auth = if method["security"].to_string().contains("AWS_IAM") { "AWS_IAM" } else { "NONE" };
-        routes.insert(path.clone(), auth.to_owned());
+        for (verb, method) in methods.as_object().unwrap() {
+            assert!(method["x-amazon-apigateway-integration"]["credentials"].is_null(), "{path} invokes its function with the caller's credentials");
+            let auth = if method["security"].to_string().contains("AWS_IAM") { "AWS_IAM" } else { "NONE" };
+            let verb = if verb == "x-amazon-apigateway-any-method" { "ANY".to_owned() } else { verb.to_uppercase() };
+            routes.insert(format!("{verb} {path}"), auth.to_owned());
+        }
     }
     routes
 }
 
-/// Each ANY method of the CDK stack's API, by its resource's full path.
+/// Each method of the CDK stack's API (`METHOD path`), and its authorization.
 fn cdk_routes(cdk: &Value) -> std::collections::BTreeMap<String, String> {
     let resources = cdk["Resources"].as_object().unwrap();
     let path_of = |start: &str| {
@@ -297,12 +308,17 @@ fn cdk_routes(cdk: &Value) -> std::collections::BTreeMap<String, String> {
         parts.reverse();
         format!("/{}", parts.join("/"))
     };
+    let api = resources.values().find(|r| r["Type"] == "AWS::ApiGateway::RestApi").unwrap();
+    assert_eq!(api["Properties"]["MinimumCompressionSize"], 1024, "API Gateway compresses the functions' answers");
     resources
         .values()
-        .filter(|r| r["Type"] == "AWS::ApiGateway::Method" && r["Properties"]["HttpMethod"] == "ANY")
+        .filter(|r| r["Type"] == "AWS::ApiGateway::Method" && r["Properties"]["HttpMethod"] != "OPTIONS")
         .map(|m| {
             assert!(m["Properties"]["Integration"]["Credentials"].is_null(), "{m}");
-            (path_of(m["Properties"]["ResourceId"]["Ref"].as_str().unwrap()), m["Properties"]["AuthorizationType"].as_str().unwrap().to_owned())
+            // The root resource is the API's own (`Fn::GetAtt` RootResourceId), not a `Ref`.
+            let path = m["Properties"]["ResourceId"]["Ref"].as_str().map(path_of).unwrap_or_else(|| "/".to_owned());
+            let verb = m["Properties"]["HttpMethod"].as_str().unwrap();
+            (format!("{verb} {path}"), m["Properties"]["AuthorizationType"].as_str().unwrap().to_owned())
         })
         .collect()
 }

@@ -10,23 +10,10 @@
 # by its pid (tests/run calls it on exit, whatever happened, keeping the
 # run's exit status).
 
+. "$(dirname "${BASH_SOURCE[0]}")/debian.sh"
+
 docker_engine_pid=
 docker_engine_scratch=
-
-# Installs, in one apt-get run, the Debian package of each command that is
-# missing (`command=package`).
-docker_engine_install() { # command=package ...
-    local missing=() pair
-    for pair in "$@"; do
-        command -v "${pair%%=*}" >/dev/null 2>&1 || missing+=("${pair#*=}")
-    done
-    [ ${#missing[@]} -gt 0 ] || return 0
-    local sudo=()
-    [ "$(id -u)" = 0 ] || sudo=(sudo -n)
-    echo "tests: installing ${missing[*]} from Debian's packages"
-    "${sudo[@]}" apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
 
 docker_engine_start() {
     local engine=
@@ -37,12 +24,12 @@ docker_engine_start() {
     fi
     # task-images/build-images.sh makes its base images with busybox and debootstrap.
     if [ -n "$engine" ]; then
-        docker_engine_install busybox=busybox-static debootstrap=debootstrap
+        debian_install busybox=busybox-static debootstrap=debootstrap
         export DOCKER_HOST=$engine
         echo "tests: using the Docker engine at $DOCKER_HOST"
         return 0
     fi
-    docker_engine_install busybox=busybox-static debootstrap=debootstrap dockerd=docker.io
+    debian_install busybox=busybox-static debootstrap=debootstrap dockerd=docker.io
     docker_engine_scratch=$(mktemp -d /tmp/sluice-docker.XXXXXX)
     local data="${CARGO_TARGET_DIR:-$PWD/target}/docker-data"
     mkdir -p "$data"

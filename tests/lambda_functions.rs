@@ -50,7 +50,14 @@ impl Functions {
         let runtime = || async { Arc::new(LocalRuntime::start().await.unwrap()) };
         let (config, workload, launcher) = (runtime().await, runtime().await, runtime().await);
         let (scheduler, monitor) = (LocalRuntime::start().await.unwrap(), LocalRuntime::start().await.unwrap());
-        let routes = vec![("/api/public/v1".to_owned(), config.clone()), ("/v1".to_owned(), config.clone()), ("/api/internal/v1".to_owned(), workload.clone())];
+        let routes = vec![
+            ("/api/public/v1".to_owned(), config.clone()),
+            ("/v1".to_owned(), config.clone()),
+            ("/api/internal/v1".to_owned(), workload.clone()),
+            // The web app, as template.yaml routes it: `/` and `/assets/{proxy+}`.
+            ("/".to_owned(), config.clone()),
+            ("/assets/".to_owned(), config.clone()),
+        ];
         // The workload routes are behind IAM auth, as template.yaml declares: only the task role gets in.
         let iam = IamAuth { prefixes: vec!["/api/internal/v1".into()], region: "us-east-1".into(), principals: vec![task_role()] };
         let gateway = Gateway::start_with_iam(routes, iam).await.unwrap();
@@ -218,6 +225,17 @@ fn the_platform_runs_as_its_lambda_functions() {
     let p = Platform::attach(&base, &token, &log);
 
     let ecs = tasks(&rt, &prefix, &scratch, &f);
+
+    // The web app comes from the config-api function too, uncompressed: API Gateway compresses.
+    let agent = support::platform::agent();
+    let mut page = agent.get(&format!("{}/", f.gateway.url())).header("accept-encoding", "gzip").call().unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers().get("content-encoding").is_none(), "the function leaves compression to API Gateway");
+    let html = page.body_mut().read_to_string().unwrap();
+    let script = html.split("src=\"./").nth(1).and_then(|r| r.split('"').next()).expect("index.html loads a script");
+    let asset = agent.get(&format!("{}/{script}", f.gateway.url())).call().unwrap();
+    assert_eq!((asset.status().as_u16(), asset.headers()["content-type"].to_str().unwrap()), (200, "text/javascript; charset=utf-8"));
+    assert_eq!(agent.get(&format!("{}/elsewhere", f.gateway.url())).call().unwrap().status(), 403, "only `/` and `/assets/` reach the app");
 
     // Create: a connector that exists only as an image (its spec learnt by an ECS task), a source, a destination.
     let workspace = p.workspace("on lambda");

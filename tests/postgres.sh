@@ -11,6 +11,8 @@
 # binaries, for pg_ctl and psql of the same version). `postgres_stop` stops
 # it by its pid and removes the cluster; it never fails.
 
+. "$(dirname "${BASH_SOURCE[0]}")/debian.sh"
+
 postgres_pid=
 postgres_scratch=
 postgres_bin=
@@ -26,11 +28,7 @@ postgres_find_bin() {
 postgres_start() {
     postgres_bin=$(postgres_find_bin || true)
     if [ -z "$postgres_bin" ]; then
-        local sudo=()
-        [ "$(id -u)" = 0 ] || sudo=(sudo -n)
-        echo "tests: installing postgresql from Debian's packages"
-        "${sudo[@]}" apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+        debian_packages postgresql
         postgres_bin=$(postgres_find_bin) || { echo "tests: postgresql installed, but no initdb under /usr/lib/postgresql" >&2; return 1; }
     fi
     # Debian's package starts a cluster of its own on 5432 when it installs: ours is apart from it.

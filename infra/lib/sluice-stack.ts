@@ -271,6 +271,8 @@ export class SluiceStack extends cdk.Stack {
       restApiName: `${prefix}-api`,
       endpointConfiguration: { types: [apigateway.EndpointType.REGIONAL] },
       deployOptions: { stageName: 'v1', throttlingBurstLimit: 200, throttlingRateLimit: 100 },
+      // Compresses what the functions answer (the web app's files most of all).
+      minCompressionSize: cdk.Size.bytes(1024),
       cloudWatchRole: false,
     });
     purpose(api, 'rest-api');
@@ -283,6 +285,10 @@ export class SluiceStack extends cdk.Stack {
     };
     route(['api', 'public', 'v1'], configApi);
     route(['v1'], configApi);
+    // The web app: its page and its files, which call the API above.
+    const app = new apigateway.LambdaIntegration(configApi);
+    api.root.addMethod('GET', app);
+    api.root.addResource('assets').addProxy({ defaultIntegration: app, anyMethod: false }).addMethod('GET', app);
     // Only calls signed by a principal allowed to invoke them (the task role) reach the workload routes.
     route(['api', 'internal', 'v1'], workloadApi, apigateway.AuthorizationType.IAM);
     taskRole.addToPolicy(new iam.PolicyStatement({ sid: 'WorkloadApi', actions: ['execute-api:Invoke'], resources: [api.arnForExecuteApi('*', '/api/internal/v1/*', '*')] }));

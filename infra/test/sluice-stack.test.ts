@@ -61,9 +61,11 @@ test('the launcher takes SQS batches with partial batch failures, and the monito
   template.hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(1 minute)' });
 });
 
-test('the API proxies the public and internal routes to their functions', () => {
-  template.hasResourceProperties('AWS::ApiGateway::RestApi', { EndpointConfiguration: { Types: ['REGIONAL'] } });
-  template.resourcePropertiesCountIs('AWS::ApiGateway::Resource', { PathPart: '{proxy+}' }, 3);
+test('the API proxies the public and internal routes to their functions, and serves the web app', () => {
+  template.hasResourceProperties('AWS::ApiGateway::RestApi', { EndpointConfiguration: { Types: ['REGIONAL'] }, MinimumCompressionSize: 1024 });
+  template.resourcePropertiesCountIs('AWS::ApiGateway::Resource', { PathPart: '{proxy+}' }, 4);
+  const gets = Object.values(template.findResources('AWS::ApiGateway::Method')).filter((m: any) => m.Properties.HttpMethod === 'GET');
+  assert.strictEqual(gets.length, 2, 'GET / and GET /assets/{proxy+}');
   template.hasResourceProperties('AWS::ApiGateway::Stage', { StageName: 'v1' });
 });
 

@@ -3,7 +3,8 @@
 //! - the Config API: Airbyte's public API v1 under `/api/public/v1` and `/v1`
 //!   ([`config`]), behind bearer tokens from `/applications/token` ([`auth`]);
 //! - the workload API under `/api/internal/v1/workloads` ([`workloads`]),
-//!   which a running task calls with its own workload's credential.
+//!   which a running task calls with its own workload's credential;
+//! - the web app at `/` ([`web`]), served wherever the Config API is.
 //!
 //! Handlers only translate HTTP to the platform's services and back.
 
@@ -12,6 +13,7 @@ pub mod config;
 mod extract;
 pub mod openapi;
 pub mod problem;
+mod web;
 pub mod workloads;
 
 use std::sync::Arc;
@@ -69,6 +71,9 @@ pub struct Settings {
     /// How old a connection's last schema check may be before a sync checks
     /// again (Airbyte's default for self-managed instances: 24 hours).
     pub schema_refresh: Duration,
+    /// Whether the web app's files are sent gzipped to clients that take it
+    /// (off where a gateway in front compresses).
+    pub gzip_app: bool,
 }
 
 impl Default for Settings {
@@ -83,6 +88,7 @@ impl Default for Settings {
             container_memory_mib: 2048,
             custom_code: false,
             schema_refresh: Duration::from_secs(24 * 3600),
+            gzip_app: true,
         }
     }
 }
@@ -117,7 +123,7 @@ fn surface(app: Arc<App>, config_api: bool, workload_api: bool) -> Router {
     if config_api {
         let public = config::routes().layer(axum::middleware::from_fn_with_state(app.clone(), require_token));
         let api = config::open_routes().merge(public);
-        router = router.nest("/api/public/v1", api.clone()).nest("/v1", api);
+        router = router.nest("/api/public/v1", api.clone()).nest("/v1", api).merge(web::routes());
     }
     if workload_api {
         router = router.nest("/api/internal/v1", workloads::routes());

@@ -61,7 +61,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Serves `functions` (path prefix, function) on a free port of 127.0.0.1.
+    /// Serves `functions` (path prefix, function) on a free port of 127.0.0.1;
+    /// the prefix `/` routes the root alone.
     pub async fn start(functions: Vec<(String, Arc<LocalRuntime>)>) -> std::io::Result<Gateway> {
         Gateway::start_with_iam(functions, IamAuth::default()).await
     }
@@ -103,7 +104,9 @@ fn denied(status: StatusCode, kind: &str, message: &str) -> Response {
 
 async fn forward(State(routes): State<Arc<Routes>>, request: Request) -> Response {
     let (path, query) = (request.uri().path().to_owned(), request.uri().query().map(str::to_owned));
-    let Some((_, function)) = routes.functions.iter().find(|(prefix, _)| path.starts_with(prefix.as_str())) else {
+    // A prefix of "/" is the root resource: that path alone, as API Gateway's `/` is.
+    let routed = |prefix: &str| if prefix == "/" { path == "/" } else { path.starts_with(prefix) };
+    let Some((_, function)) = routes.functions.iter().find(|(prefix, _)| routed(prefix)) else {
         return gateway_error(StatusCode::FORBIDDEN, "Missing Authentication Token");
     };
     let id = routes.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -59,7 +59,9 @@ pub fn settings_from_env() -> Result<Settings, Error> {
     let secs = |name: &str| -> Result<Option<u64>, Error> {
         var(name).map(|v| v.parse::<u64>().map_err(|_| Error(format!("{name} must be a whole number of seconds, not `{v}`")))).transpose()
     };
-    let mut settings = Settings { connector_timeout: std::time::Duration::from_secs(25), ..Settings::default() };
+    // API Gateway compresses responses itself (the API's MinimumCompressionSize),
+    // and would pass a gzipped body through only as a binary media type.
+    let mut settings = Settings { connector_timeout: std::time::Duration::from_secs(25), gzip_app: false, ..Settings::default() };
     if let Some(s) = secs("SLUICE_CONNECTOR_WAIT_SECS")? {
         settings.connector_timeout = std::time::Duration::from_secs(s);
     }

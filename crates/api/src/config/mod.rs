@@ -52,6 +52,9 @@ pub fn routes() -> Router<Arc<App>> {
             "/workspaces/{id}/definitions/destinations/{definition}",
             get(get_definition).put(update_definition).delete(delete_definition),
         )
+        .route("/workspaces/{id}/definitions/sources/{definition}/specification", get(get_specification))
+        .route("/workspaces/{id}/definitions/destinations/{definition}/specification", get(get_specification))
+        .route("/schedules/preview", get(preview_schedule))
         .merge(registry::routes())
         .merge(schema::routes())
         .merge(actors::routes())
@@ -448,6 +451,37 @@ async fn definition_at(app: &App, uri: &OriginalUri, workspace_id: &str, id: &st
 
 async fn get_definition(State(app): AppState, uri: OriginalUri, Path((ws, id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     Ok(Json(definition_json(&definition_at(&app, &uri, &ws, &id).await?.0)))
+}
+
+/// Ours: the definition's `connectionSpecification`, for clients that
+/// build a form from it (the web app does), learnt by running the
+/// connector's `spec` the first time.
+async fn get_specification(State(app): AppState, uri: OriginalUri, Path((ws, id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let (d, _) = definition_at(&app, &uri, &ws, &id).await?;
+    let spec = connectors::spec(&app, &d).await?;
+    Ok(Json(json!({"definitionId": d.id, "connectionSpecification": spec})))
+}
+
+/// Ours: the next times a cron schedule fires, so a client can show them
+/// before it saves the schedule. The expression is checked as a
+/// connection's would be.
+async fn preview_schedule(params: Params) -> ApiResult<Json<Value>> {
+    let expression = params.get("cronExpression").ok_or_else(|| Problem::bad_field("cronExpression", "is required"))?;
+    let time_zone = params.get("cronTimeZone").unwrap_or("UTC");
+    let count = params.get("count").map(|c| c.parse::<usize>().ok().filter(|n| (1..=20).contains(n))).unwrap_or(Some(5));
+    let count = count.ok_or_else(|| Problem::bad_field("count", "must be a whole number from 1 to 20"))?;
+    let schedule = sluice_domain::CronSchedule::new(expression, time_zone).map_err(|e| match e {
+        sluice_domain::CronError::TimeZone(_) => Problem::bad_field("cronTimeZone", e.to_string()),
+        _ => Problem::bad_field("cronExpression", e.to_string()),
+    })?;
+    let mut runs = Vec::with_capacity(count);
+    let mut after = now();
+    while runs.len() < count {
+        let Some(next) = schedule.next_after(after) else { break };
+        runs.push(json!(next.to_string()));
+        after = next;
+    }
+    Ok(Json(json!({"cronExpression": expression, "cronTimeZone": time_zone, "nextRuns": runs})))
 }
 
 async fn update_definition(

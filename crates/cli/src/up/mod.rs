@@ -337,7 +337,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
     tokio::spawn(monitor_loop(app.clone(), ecs_tasks, Duration::from_secs(args.monitor_secs), args.retention_days));
 
     let kept = if args.aws { format!("state on AWS under the prefix `{}`", args.aws_names.prefix) } else { format!("data in {}", data.display()) };
-    eprintln!("sluice: listening on http://{address} (Config API at /api/public/v1), {kept}");
+    let web = if sluice_ui::built() { format!("the web app at http://{address}/") } else { "no web app: this binary was built before ui/".to_owned() };
+    eprintln!("sluice: listening on http://{address} (Config API at /api/public/v1; {web}), {kept}");
     if let Some(path) = credentials {
         eprintln!("sluice: created an application; its client id and secret are in {}", path.display());
     }

@@ -1,0 +1,78 @@
+import { useEffect, useState } from "react";
+import { get, query, type Schedule } from "../api";
+import { browserTimeZone, errorText, when } from "../util";
+
+export function scheduleText(s: Schedule): string {
+  if (s.scheduleType !== "cron" || !s.cronExpression) return "Manual";
+  return `Cron ${s.cronExpression} (${s.cronTimeZone ?? "UTC"})`;
+}
+
+export async function nextRun(s: Schedule): Promise<string | null> {
+  if (s.scheduleType !== "cron" || !s.cronExpression) return null;
+  const r = await get<{ nextRuns: string[] }>(`/schedules/preview${query({ cronExpression: s.cronExpression, cronTimeZone: s.cronTimeZone ?? "UTC", count: 1 })}`);
+  return r.nextRuns[0] ?? null;
+}
+
+const ZONES: string[] = (Intl as any).supportedValuesOf?.("timeZone") ?? ["UTC"];
+
+/** Manual or cron, with the time zone and the next fire times from the server's own cron reader. */
+export function ScheduleEditor({ value, onChange }: { value: Schedule; onChange: (s: Schedule) => void }) {
+  const cron = value.scheduleType === "cron";
+  const expression = value.cronExpression ?? "";
+  const zone = value.cronTimeZone ?? browserTimeZone();
+  const [preview, setPreview] = useState<{ runs?: string[]; error?: string }>({});
+  useEffect(() => {
+    if (!cron || !expression.trim()) return setPreview({});
+    const timer = window.setTimeout(() => {
+      get<{ nextRuns: string[] }>(`/schedules/preview${query({ cronExpression: expression, cronTimeZone: zone, count: 3 })}`).then(
+        (r) => setPreview({ runs: r.nextRuns }),
+        (e) => setPreview({ error: errorText(e) }),
+      );
+    }, 300);
+    return () => window.clearTimeout(timer);
+  }, [cron, expression, zone]);
+  return (
+    <fieldset>
+      <legend>Schedule</legend>
+      <div className="radios">
+        <label>
+          <input type="radio" name="schedule-type" checked={!cron} onChange={() => onChange({ scheduleType: "manual" })} /> Manual
+        </label>
+        <label>
+          <input
+            type="radio"
+            name="schedule-type"
+            checked={cron}
+            onChange={() => onChange({ scheduleType: "cron", cronExpression: expression || "0 0 * * * ?", cronTimeZone: zone })}
+          />{" "}
+          Cron
+        </label>
+      </div>
+      {cron && (
+        <>
+          <label htmlFor="cron-expression">Cron expression (Quartz: seconds minutes hours day-of-month month day-of-week)</label>
+          <input
+            id="cron-expression"
+            value={expression}
+            onChange={(e) => onChange({ ...value, cronExpression: e.target.value, cronTimeZone: zone })}
+            aria-invalid={preview.error ? true : undefined}
+            aria-describedby="cron-preview"
+          />
+          <label htmlFor="cron-zone">Time zone</label>
+          <select id="cron-zone" value={zone} onChange={(e) => onChange({ ...value, cronTimeZone: e.target.value })}>
+            {(ZONES.includes(zone) ? ZONES : [zone, ...ZONES]).map((z) => (
+              <option key={z}>{z}</option>
+            ))}
+          </select>
+          <div id="cron-preview" aria-live="polite">
+            {preview.error ? (
+              <p className="field-error">{preview.error}</p>
+            ) : preview.runs ? (
+              <p className="muted">Next runs (your time): {preview.runs.map(when).join(" · ")}</p>
+            ) : null}
+          </div>
+        </>
+      )}
+    </fieldset>
+  );
+}
