@@ -384,6 +384,16 @@ struct DefinitionCreate {
 }
 
 fn runtime_of(body: &DefinitionCreate) -> ApiResult<String> {
+    let word = |field: &str, value: &str| {
+        if value.is_empty() || value.chars().any(char::is_whitespace) {
+            Err(Problem::bad_field(field, format!("`{value}` is empty or holds a space")))
+        } else {
+            Ok(())
+        }
+    };
+    for (field, value) in [("runtime", &body.runtime), ("dockerRepository", &body.docker_repository), ("dockerImageTag", &body.docker_image_tag)] {
+        value.as_deref().map(|v| word(field, v)).transpose()?;
+    }
     match (&body.runtime, &body.docker_repository) {
         (Some(runtime), _) => Ok(runtime.clone()),
         (None, Some(repo)) => Ok(format!("image:{repo}:{}", body.docker_image_tag.as_deref().unwrap_or("latest"))),
