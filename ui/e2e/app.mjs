@@ -116,6 +116,34 @@ try {
   await page.getByRole("link", { name: "Local files" }).waitFor();
   await look(page, "destinations");
 
+  // A destination whose check fails (no server on port 1) is kept, and its
+  // secret shows masked on edit, locked until replaced.
+  await page.getByRole("link", { name: "New destination" }).click();
+  await page.getByLabel("Find a connector").fill("postgres");
+  await page.getByRole("button", { name: /^Postgres postgres/ }).click();
+  await page.locator("#root_host").waitFor({ timeout: LONG });
+  await page.getByLabel("Destination name").fill("Warehouse");
+  await page.locator("#root_host").fill("127.0.0.1");
+  await page.locator("#root_port").fill("1");
+  await page.locator("#root_database").fill("shop");
+  await page.locator("#root_username").fill("loader");
+  await openOptional(page);
+  await page.locator("#root_password").fill("s3cret-pw");
+  await page.getByRole("button", { name: "Set up destination" }).click();
+  await page.getByRole("status").filter({ hasText: "Connection test failed" }).waitFor({ timeout: LONG });
+  await look(page, "destination-check-failed");
+  await page.getByRole("link", { name: "open it" }).click();
+  const password = page.locator("#root_password");
+  await password.waitFor();
+  assert.equal(await password.inputValue(), "**********", "a saved secret shows masked");
+  assert.equal(await password.getAttribute("readonly"), "", "and locked");
+  await look(page, "destination-secret-masked");
+  await page.getByRole("button", { name: "Edit Password" }).click();
+  assert.equal(await password.inputValue(), "", "Edit clears it for a new value");
+  await page.getByRole("button", { name: "Keep the saved Password" }).click();
+  assert.equal(await password.inputValue(), "**********");
+  await page.getByRole("link", { name: "Destinations" }).click();
+
   // The wizard: both ends, then streams from discover (one deselected), then the schedule.
   await page.getByRole("link", { name: "Connections" }).click();
   await page.getByRole("link", { name: "Set up your first connection" }).click();
@@ -178,6 +206,17 @@ try {
   await page.getByRole("button", { name: "Cancel sync" }).click();
   await page.locator("table[aria-label='Job history'] tbody tr").first().getByText("cancelled").waitFor({ timeout: LONG });
   await look(page, "connection-cancelled");
+
+  // Edit: a new name and a cron schedule, kept by the platform.
+  await page.getByRole("button", { name: "Edit" }).click();
+  await page.getByLabel("Name", { exact: true }).fill("Shop to files, daily");
+  await page.getByLabel("Cron").check();
+  await page.getByLabel(/Cron expression/).fill("0 0 5 * * ?");
+  await page.getByLabel("Sync stream products").waitFor({ timeout: LONG });
+  await look(page, "connection-edit");
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByRole("heading", { name: "Shop to files, daily" }).waitFor();
+  await page.locator(".facts div").filter({ hasText: "Next run" }).locator("dd").filter({ hasText: /\d/ }).waitFor();
 
   // The overview, the connectors, and the narrow screen.
   await page.getByRole("link", { name: "Connections" }).click();

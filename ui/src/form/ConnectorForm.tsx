@@ -4,7 +4,7 @@
 
 import { useEffect, useMemo, useState, type ReactNode } from "react";
 import Form from "@rjsf/core";
-import type { ObjectFieldTemplateProps, WidgetProps, RJSFValidationError } from "@rjsf/utils";
+import type { MultiSchemaFieldTemplateProps, ObjectFieldTemplateProps, WidgetProps, RJSFValidationError } from "@rjsf/utils";
 import validator from "@rjsf/validator-ajv8";
 import { fieldErrors, specToForm, type Group, type JsonSchema, type Placement } from "./specToForm";
 import type { FieldError } from "../api";
@@ -45,7 +45,7 @@ export function ConnectorForm({ spec, formData, onChange, onSubmit, serverErrors
       noHtml5Validate
       focusOnFirstError
       transformErrors={friendlier}
-      templates={{ ObjectFieldTemplate }}
+      templates={{ ObjectFieldTemplate, MultiSchemaFieldTemplate }}
       widgets={{ secret: SecretWidget }}
     >
       {children}
@@ -99,13 +99,32 @@ function ObjectFieldTemplate(props: ObjectFieldTemplateProps) {
       );
     });
 
+  // A oneOf branch shows its fields under the select that chose it: no box, no second title.
+  const branch = uiSchema?.["ui:options"]?.branch === true;
+  if (branch && visible.length === 0) return <>{hidden.map((p) => p.content)}</>;
   return (
-    <fieldset className={isRoot ? "form-root" : "form-object"} id={fieldPathId.$id}>
-      {!isRoot && title && <legend>{title}</legend>}
-      {!isRoot && description && <div className="field-description">{description}</div>}
+    <fieldset className={isRoot ? "form-root" : branch ? "form-branch" : "form-object"} id={fieldPathId.$id}>
+      {!isRoot && !branch && title && <legend>{title}</legend>}
+      {!isRoot && !branch && description && <div className="field-description">{description}</div>}
       {body}
       {hidden.map((p) => p.content)}
     </fieldset>
+  );
+}
+
+/** A `oneOf`: the choice of branch, then the chosen branch's fields. */
+function MultiSchemaFieldTemplate({ schema, selector, optionSchemaField }: MultiSchemaFieldTemplateProps) {
+  return (
+    <div className="one-of">
+      {selector && (
+        // The field's own label is shown above; this one names the select for assistive technology.
+        <label className="one-of-choice">
+          <span className="visually-hidden">{schema.title ?? "Choose one"}</span>
+          {selector}
+        </label>
+      )}
+      {optionSchemaField}
+    </div>
   );
 }
 

@@ -111,7 +111,7 @@ function oneOfUi(property: JsonSchema, path: string, problems: string[], ui: UiS
     if (!branch.title) branch.title = key ? String(branch.properties[key].const) : `Option ${i + 1}`;
   });
   if (property.type === "object") delete property.type;
-  ui[keyword] = branches.map((branch, i) => objectUi(branch, `${path}/${keyword}/${i}`, problems, false));
+  ui[keyword] = branches.map((branch, i) => ({ ...objectUi(branch, `${path}/${keyword}/${i}`, problems, false), "ui:options": { branch: true } }));
   ui["ui:discriminator"] = key;
 }
 
