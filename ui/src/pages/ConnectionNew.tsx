@@ -91,30 +91,8 @@ export function ConnectionNew({ workspaceId }: { workspaceId: string }) {
             </Empty>
           ) : (
             <>
-              <label htmlFor="wizard-source">Source</label>
-              <select id="wizard-source" value={sourceId} onChange={(e) => setSourceId(e.target.value)} required>
-                <option value="">Choose a source</option>
-                {sources.map((s) => (
-                  <option key={s.sourceId} value={s.sourceId}>
-                    {s.name} ({s.sourceType})
-                  </option>
-                ))}
-              </select>
-              <p className="muted">
-                Or <a href="#/sources/new">create a source</a>.
-              </p>
-              <label htmlFor="wizard-destination">Destination</label>
-              <select id="wizard-destination" value={destinationId} onChange={(e) => setDestinationId(e.target.value)} required>
-                <option value="">Choose a destination</option>
-                {destinations.map((d) => (
-                  <option key={d.destinationId} value={d.destinationId}>
-                    {d.name} ({d.destinationType})
-                  </option>
-                ))}
-              </select>
-              <p className="muted">
-                Or <a href="#/destinations/new">create a destination</a>.
-              </p>
+              <ChooseEndpoint kind="source" actors={sources} value={sourceId} onChange={setSourceId} />
+              <ChooseEndpoint kind="destination" actors={destinations} value={destinationId} onChange={setDestinationId} />
               <ErrorBox error={error} />
               <div className="form-actions">
                 <button type="submit" disabled={busy}>
@@ -174,6 +152,26 @@ export function ConnectionNew({ workspaceId }: { workspaceId: string }) {
         </form>
       )}
     </Page>
+  );
+}
+
+function ChooseEndpoint({ kind, actors, value, onChange }: { kind: "source" | "destination"; actors: Actor[]; value: string; onChange: (id: string) => void }) {
+  const id = (a: Actor) => (kind === "source" ? a.sourceId : a.destinationId)!;
+  return (
+    <>
+      <label htmlFor={`wizard-${kind}`}>{kind === "source" ? "Source" : "Destination"}</label>
+      <select id={`wizard-${kind}`} value={value} onChange={(e) => onChange(e.target.value)} required>
+        <option value="">Choose a {kind}</option>
+        {actors.map((a) => (
+          <option key={id(a)} value={id(a)}>
+            {a.name} ({kind === "source" ? a.sourceType : a.destinationType})
+          </option>
+        ))}
+      </select>
+      <p className="muted">
+        Or <a href={`#/${kind}s/new`}>create a {kind}</a>.
+      </p>
+    </>
   );
 }
 
