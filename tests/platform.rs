@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::platform::Platform;
@@ -507,4 +507,73 @@ fn reference_connectors_sync_in_socket_mode_unless_the_connection_or_the_job_say
     let job = p.wait_job(reset["jobId"].as_i64().unwrap(), Duration::from_secs(60));
     assert_eq!(job["status"], "succeeded", "{job}");
     assert!(attempt_log(&p, &job).contains("data channel: STDIO (reset and clear jobs run in legacy mode)"));
+}
+
+/// `--max-running-jobs 2`: six syncs asked for at once run two at a time,
+/// the others waiting as pending jobs and starting oldest first as slots
+/// free; none fails for want of one, none is lost.
+#[test]
+fn under_a_limit_on_running_jobs_more_jobs_wait_their_turn_and_all_succeed() {
+    let scratch = Scratch::new();
+    let p = Platform::start(&scratch.path("data"), &["--max-running-jobs", "2"]);
+    let workspace = p.workspace("limited");
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 500, "records_per_slice": 100, "slice_pause_ms": 150}));
+    let destination = p.actor("destination", &workspace, "dev-null", json!({}));
+    let streams = json!([{"name": "users", "syncMode": "full_refresh_overwrite"}]);
+    let connections: Vec<String> = (0..6).map(|_| connection(&p, &source, &destination, streams.clone())).collect();
+    let asked: Vec<Value> = connections.iter().map(|c| p.post("/jobs", json!({"connectionId": c, "jobType": "sync"}))).collect();
+    assert!(asked.iter().all(|j| j["status"] == "pending"), "under a limit a job waits for the scheduler: {asked:?}");
+
+    let (mut most, deadline) = (0, Instant::now() + Duration::from_secs(180));
+    let jobs = loop {
+        let running = p.get("/jobs?status=running&limit=100")["data"].as_array().unwrap().len();
+        most = most.max(running);
+        let jobs: Vec<Value> = asked.iter().map(|j| p.get(&format!("/jobs/{}", j["jobId"]))).collect();
+        if jobs.iter().all(|j| !["pending", "running", "incomplete"].contains(&j["status"].as_str().unwrap())) {
+            break jobs;
+        }
+        assert!(Instant::now() < deadline, "jobs still unfinished: {jobs:?}\n{}", p.log());
+        std::thread::sleep(Duration::from_millis(40));
+    };
+    assert!(jobs.iter().all(|j| j["status"] == "succeeded" && j["rowsSynced"] == 500), "{jobs:?}");
+    assert_eq!(most, 2, "two jobs ran at once at most, and the limit was reached");
+    // Oldest first: each job's attempt started no earlier than the one asked before it.
+    let started: Vec<String> = asked.iter().map(|j| p.get(&format!("/jobs/{}/attempts", j["jobId"]))["attempts"][0]["startedAt"].as_str().unwrap().to_owned()).collect();
+    let parsed: Vec<jiff::Timestamp> = started.iter().map(|t| t.parse().unwrap()).collect();
+    assert!(parsed.windows(2).all(|w| w[0] <= w[1]), "started in the order asked: {started:?}");
+}
+
+/// `sluice load`'s short forms, as the long ones run (README): reads and
+/// writes at a fixed rate with no error, then twelve syncs at once under
+/// `--max-running-jobs 4`, all succeeding with every row.
+#[test]
+fn sluice_load_sends_a_bounded_load_and_syncs_many_connections_at_once() {
+    let scratch = Scratch::new();
+    let p = Platform::start(&scratch.path("data"), &["--max-running-jobs", "4"]);
+    let workspace = p.workspace("loaded");
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 50}));
+    let destination = p.actor("destination", &workspace, "dev-null", json!({}));
+    for _ in 0..3 {
+        connection(&p, &source, &destination, json!([{"name": "users", "syncMode": "full_refresh_overwrite"}]));
+    }
+    let credentials = scratch.path("data/credentials.json");
+    let load = |args: &[&str]| {
+        let output = support::sluice()
+            .arg("load")
+            .args(["--credentials", credentials.to_str().unwrap(), "--api-url", &p.base, "-o", "json", "--server-pid", &p.pid().to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        assert!(output.status.success(), "{report:#}\n{}\n{}", String::from_utf8_lossy(&output.stderr), p.log());
+        report
+    };
+    let report = load(&["--rate", "300", "--seconds", "2", "--writes", "0.05", "--workers", "8"]);
+    assert_eq!((report["sent"].as_u64(), report["errors"].as_u64(), report["unsent"].as_u64()), (Some(600), Some(0), Some(0)), "{report:#}");
+    assert_eq!(report["writes"], 30, "one request in twenty is a POST /jobs: {report:#}");
+    assert!(report["latencyMs"]["p99"].as_f64().unwrap() > 0.0 && report["serverMemory"]["rssMiB"].as_u64().unwrap() > 0, "{report:#}");
+
+    let report = load(&["--syncs", "12", "--records", "300"]);
+    assert_eq!((report["succeeded"].as_u64(), report["rows"].as_u64()), (Some(12), Some(3600)), "{report:#}");
+    assert!(report["mostRunningAtOnce"].as_u64().unwrap() <= 4, "the limit holds: {report:#}");
 }

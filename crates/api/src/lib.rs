@@ -74,6 +74,8 @@ pub struct Settings {
     /// Whether the web app's files are sent gzipped to clients that take it
     /// (off where a gateway in front compresses).
     pub gzip_app: bool,
+    /// At most this many jobs run at once; more wait, pending (None: no limit).
+    pub max_running_jobs: Option<usize>,
 }
 
 impl Default for Settings {
@@ -89,13 +91,21 @@ impl Default for Settings {
             custom_code: false,
             schema_refresh: Duration::from_secs(24 * 3600),
             gzip_app: true,
+            max_running_jobs: None,
         }
     }
 }
 
 impl App {
     pub fn ports(&self) -> Ports<'_> {
-        Ports { jobs: &*self.jobs, workloads: &*self.workloads, queue: &*self.queue, deadlines: self.settings.deadlines, events: &*self.events }
+        Ports {
+            jobs: &*self.jobs,
+            workloads: &*self.workloads,
+            queue: &*self.queue,
+            deadlines: self.settings.deadlines,
+            events: &*self.events,
+            max_running_jobs: self.settings.max_running_jobs,
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod bench_containers;
 mod bench_pg_to_pg;
 mod bench_postgres;
 mod bench_s3;
+mod load;
 mod progress;
 mod remote;
 mod sync;
@@ -39,6 +40,8 @@ enum Commands {
     },
     /// Run the platform on this machine: Config API, scheduler, launcher and monitor
     Up(up::UpArgs),
+    /// A bounded load on a running platform's API: requests at a fixed rate, or N syncs at once
+    Load(load::LoadArgs),
     /// Workspaces on the platform (`sluice up`): list, get, create, update, delete
     Workspaces {
         #[command(flatten)]
@@ -99,6 +102,7 @@ fn main() {
         Commands::Sync(args) => report(sync::run(args)),
         Commands::Bench(args) => report(bench::run(args)),
         Commands::Up(args) => report(up::run(args)),
+        Commands::Load(args) => report(load::run(args)),
         Commands::Provision(args) => report(up::provision(args)),
         Commands::Workspaces { target, verb } => report(remote::common(&target, "/workspaces", &["workspaceId", "name", "dataResidency"], verb)),
         Commands::Definitions { target, verb } => report(remote::definitions(&target, verb)),

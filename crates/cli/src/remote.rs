@@ -250,6 +250,14 @@ impl Client {
         Ok(Client { base, token, agent, output: target.output })
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let request = ureq::http::Request::builder()

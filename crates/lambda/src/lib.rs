@@ -54,7 +54,8 @@ pub async fn app_from_env(config: &aws_config::SdkConfig) -> Result<Arc<App>, Er
 /// asked again, it joins the same workload or finds its answer),
 /// `SLUICE_RETRY_BACKOFF_SECS`, `SLUICE_HEARTBEAT_TIMEOUT_SECS`,
 /// `SLUICE_TOKEN_TTL_SECS`, `SLUICE_SCHEMA_REFRESH_SECS`; and
-/// `SLUICE_ENABLE_UNSAFE_CODE=true` lets connectors run custom Python code.
+/// `SLUICE_ENABLE_UNSAFE_CODE=true` lets connectors run custom Python code;
+/// `SLUICE_MAX_RUNNING_JOBS` limits the jobs that run at once.
 pub fn settings_from_env() -> Result<Settings, Error> {
     let secs = |name: &str| -> Result<Option<u64>, Error> {
         var(name).map(|v| v.parse::<u64>().map_err(|_| Error(format!("{name} must be a whole number of seconds, not `{v}`")))).transpose()
@@ -76,6 +77,10 @@ pub fn settings_from_env() -> Result<Settings, Error> {
     }
     if let Some(s) = secs("SLUICE_SCHEMA_REFRESH_SECS")? {
         settings.schema_refresh = std::time::Duration::from_secs(s);
+    }
+    if let Some(v) = var("SLUICE_MAX_RUNNING_JOBS") {
+        let n = v.parse::<usize>().ok().filter(|n| *n > 0);
+        settings.max_running_jobs = Some(n.ok_or_else(|| Error(format!("SLUICE_MAX_RUNNING_JOBS must be a whole number above 0, not `{v}`")))?);
     }
     settings.custom_code = match var("SLUICE_ENABLE_UNSAFE_CODE").as_deref() {
         None | Some("false") => false,

@@ -33,6 +33,9 @@ pub struct Ports<'a> {
     pub queue: &'a dyn WorkloadQueue,
     pub deadlines: sluice_domain::Deadlines,
     pub events: &'a dyn Events,
+    /// At most this many jobs run at once; the rest wait, pending, in the
+    /// order they were asked for (Airbyte's MAX_SYNC_WORKERS). None: no limit.
+    pub max_running_jobs: Option<usize>,
 }
 
 /// Applies one event to a workload: read, decide, write if unchanged. A
@@ -54,6 +57,11 @@ pub async fn workload_event(ports: &Ports<'_>, id: &str, event: &WorkloadEvent, 
 /// the queue message that gets it launched.
 pub async fn start_job(ports: &Ports<'_>, connection_id: &str, job_type: JobType, streams: Vec<String>, now: Timestamp) -> Result<Job, PlatformError> {
     let job = ports.jobs.create_job(connection_id, job_type, streams, now).await?;
+    // Under a limit, the scheduler's sweep alone starts jobs, oldest first:
+    // one starter keeps the count, and no job jumps the queue.
+    if ports.max_running_jobs.is_some() {
+        return Ok(job);
+    }
     let id = job.id;
     match start_attempt(ports, job, now).await {
         // The scheduler's sweep started this pending job first: same outcome.
@@ -240,6 +248,13 @@ pub async fn monitor_sweep(ports: &Ports<'_>, policy: &RetryPolicy, now: Timesta
 /// passed. Returns the jobs it started.
 pub async fn start_due_attempts(ports: &Ports<'_>, now: Timestamp) -> Result<Vec<Job>, PlatformError> {
     let mut started = Vec::new();
+    let mut free = match ports.max_running_jobs {
+        Some(limit) => {
+            let running = JobFilter { status: Some(JobStatus::Running), limit, ..Default::default() };
+            limit.saturating_sub(ports.jobs.list_jobs(&running).await?.len())
+        }
+        None => usize::MAX,
+    };
     for status in [JobStatus::Pending, JobStatus::Incomplete] {
         let filter = JobFilter { status: Some(status), limit: 1000, oldest_first: true, ..Default::default() };
         for job in ports.jobs.list_jobs(&filter).await? {
@@ -247,8 +262,14 @@ pub async fn start_due_attempts(ports: &Ports<'_>, now: Timestamp) -> Result<Vec
             if !due {
                 continue;
             }
+            if free == 0 {
+                return Ok(started);
+            }
             match start_attempt(ports, job, now).await {
-                Ok(job) => started.push(job),
+                Ok(job) => {
+                    free -= 1;
+                    started.push(job)
+                }
                 // Someone else started it first.
                 Err(PlatformError::Store(StoreError::Conflict { .. })) => {}
                 Err(e) => return Err(e),
@@ -279,7 +300,7 @@ mod tests {
     #[tokio::test]
     async fn a_job_starts_its_attempt_and_queues_its_workload() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default(), max_running_jobs: None };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         assert_eq!(job.status, JobStatus::Running);
         let workload_id = &job.attempts[0].workload_id;
@@ -291,9 +312,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn under_a_limit_jobs_wait_pending_and_start_oldest_first_as_slots_free() {
+        let (_d, s) = store();
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default(), max_running_jobs: Some(2) };
+        let mut jobs = Vec::new();
+        for c in ["a", "b", "c"] {
+            jobs.push(start_job(&ports, c, JobType::Sync, vec![], t(0)).await.unwrap());
+        }
+        assert!(jobs.iter().all(|j| j.status == JobStatus::Pending && j.attempts.is_empty()), "the sweep starts them, not the request");
+        let started: Vec<i64> = start_due_attempts(&ports, t(1)).await.unwrap().iter().map(|j| j.id).collect();
+        assert_eq!(started, [jobs[0].id, jobs[1].id], "two slots, oldest first");
+        assert!(start_due_attempts(&ports, t(2)).await.unwrap().is_empty(), "none free");
+        let first = s.get_job(jobs[0].id).await.unwrap();
+        s.update_job(&first.cancel(t(3)).unwrap()).await.unwrap();
+        let started: Vec<i64> = start_due_attempts(&ports, t(4)).await.unwrap().iter().map(|j| j.id).collect();
+        assert_eq!(started, [jobs[2].id], "a slot freed");
+    }
+
+    #[tokio::test]
     async fn workload_events_are_idempotent_and_checked() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default(), max_running_jobs: None };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let id = job.attempts[0].workload_id.clone();
         workload_event(&ports, &id, &WorkloadEvent::Claim { by: "launcher".into() }, t(1)).await.unwrap();
@@ -308,7 +347,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_attempt_retries_with_a_new_workload_that_supersedes_the_old() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default(), max_running_jobs: None };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let first = job.attempts[0].workload_id.clone();
         let failure = FailureReason { origin: "source".into(), failure_type: "system_error".into(), message: "boom".into(), stream: None };
@@ -334,7 +373,7 @@ mod tests {
     #[tokio::test]
     async fn the_monitor_fails_silent_workloads_and_the_retry_starts_when_due() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default(), max_running_jobs: None };
         let job = start_job(&ports, "conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let id = job.attempts[0].workload_id.clone();
         workload_event(&ports, &id, &WorkloadEvent::Claim { by: "l".into() }, t(1)).await.unwrap();
@@ -357,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn two_schedulers_starting_one_attempt_leave_one_live_workload() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default(), max_running_jobs: None };
         let pending = s.create_job("conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let first = start_attempt(&ports, pending.clone(), t(1)).await.unwrap();
         let second = start_attempt(&ports, pending, t(1)).await;
@@ -369,7 +408,7 @@ mod tests {
     #[tokio::test]
     async fn a_pending_job_left_by_a_crash_is_started() {
         let (_d, s) = store();
-        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default() };
+        let ports = Ports { jobs: &s, workloads: &s, queue: &s, deadlines: Default::default(), events: &EventLog::default(), max_running_jobs: None };
         // As if the process died between creating the job and starting its attempt.
         let job = s.create_job("conn", JobType::Sync, vec![], t(0)).await.unwrap();
         let started = start_due_attempts(&ports, t(1)).await.unwrap();

@@ -71,6 +71,10 @@ pub struct UpArgs {
     /// The largest request body accepted, in bytes
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// At most this many jobs run at once; more wait, pending, and start
+    /// oldest first as others end (Airbyte's MAX_SYNC_WORKERS) [default: no limit]
+    #[arg(long, env = "SLUICE_MAX_RUNNING_JOBS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_running_jobs: Option<u32>,
     /// Let connectors run custom Python code: the components of low-code
     /// manifests (Airbyte's AIRBYTE_ENABLE_UNSAFE_CODE)
     #[arg(long, env = "SLUICE_ENABLE_UNSAFE_CODE")]
@@ -276,6 +280,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
     settings.deadlines.heartbeat = SignedDuration::from_secs(args.heartbeat_timeout_secs as i64);
     settings.token_ttl = Duration::from_secs(args.token_ttl_secs);
     settings.max_body_bytes = args.max_body_bytes;
+    settings.max_running_jobs = args.max_running_jobs.map(|n| n as usize);
     settings.custom_code = args.enable_unsafe_code;
     settings.schema_refresh = Duration::from_secs(args.schema_refresh_secs);
     if !(args.container_cpus > 0.0 && args.container_cpus <= 64.0) || args.container_memory_mib < 6 {
