@@ -106,15 +106,18 @@ impl ConfigStore for SqliteStore {
 
     async fn list_docs(&self, kind: DocKind, workspaces: &[String], limit: usize, offset: usize) -> Result<Vec<Doc>, StoreError> {
         self.with(|conn| {
-            let mut values: Vec<String> = vec![kind.as_str().to_owned()];
+            use rusqlite::types::Value as Sql;
+            let mut values: Vec<Sql> = vec![Sql::Text(kind.as_str().to_owned())];
             let mut sql = String::from("SELECT id, workspace_id, body, version FROM docs WHERE kind = ?1");
             if !workspaces.is_empty() {
                 let marks: Vec<String> = (0..workspaces.len()).map(|i| format!("?{}", i + 2)).collect();
                 sql.push_str(&format!(" AND workspace_id IN ({})", marks.join(", ")));
-                values.extend(workspaces.iter().cloned());
+                values.extend(workspaces.iter().map(|w| Sql::Text(w.clone())));
             }
-            sql.push_str(&format!(" ORDER BY seq LIMIT {} OFFSET {}", limit.min(i64::MAX as usize), offset));
-            let mut statement = conn.prepare(&sql).map_err(unavailable)?;
+            // Bound, not written in: one statement text per kind of query, so the cache holds it.
+            sql.push_str(&format!(" ORDER BY seq LIMIT ?{} OFFSET ?{}", values.len() + 1, values.len() + 2));
+            values.extend([Sql::Integer(limit.min(i64::MAX as usize) as i64), Sql::Integer(offset.min(i64::MAX as usize) as i64)]);
+            let mut statement = conn.prepare_cached(&sql).map_err(unavailable)?;
             let rows = statement.query_map(params_from_iter(values.iter()), doc_from_row).map_err(unavailable)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })

@@ -214,7 +214,7 @@ impl WorkloadStore for SqliteStore {
     async fn active_workloads(&self, mutex_key: &str) -> Result<Vec<Workload>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE mutex_key = ?1
                      AND status NOT IN ('success', 'failure', 'cancelled') ORDER BY created_ns"
                 ))
@@ -227,7 +227,7 @@ impl WorkloadStore for SqliteStore {
     async fn overdue_workloads(&self, now: Timestamp) -> Result<Vec<Workload>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE status NOT IN ('success', 'failure', 'cancelled')
                      AND deadline_ns < ?1 ORDER BY deadline_ns"
                 ))
@@ -376,7 +376,7 @@ impl JobStore for SqliteStore {
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {JOB_COLUMNS} FROM jobs
                      WHERE (?1 IS NULL OR connection_id = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR job_type = ?3)
                        AND (?4 IS NULL OR created_ns >= ?4) AND (?5 IS NULL OR created_ns <= ?5)

@@ -194,10 +194,11 @@ async fn list_connections(State(app): AppState, params: Params, headers: HeaderM
     let mut skipped = 0;
     let mut cursor = 0;
     loop {
-        let docs = app.config.list_docs(DocKind::Connection, &workspaces, 200, cursor).await?;
+        let page_size = (offset + limit).clamp(1, 200);
+        let docs = app.config.list_docs(DocKind::Connection, &workspaces, page_size, cursor).await?;
         cursor += docs.len();
         for d in &docs {
-            let c: Connection = serde_json::from_value(d.body.clone()).map_err(|e| Problem::unavailable(format!("connection {} is unreadable: {e}", d.id)))?;
+            let c = Connection::deserialize(&d.body).map_err(|e| Problem::unavailable(format!("connection {} is unreadable: {e}", d.id)))?;
             if c.status == ConnectionStatus::Deprecated && !include_deleted {
                 continue;
             }
@@ -209,7 +210,7 @@ async fn list_connections(State(app): AppState, params: Params, headers: HeaderM
                 data.push(connection_json(&c));
             }
         }
-        if docs.len() < 200 || data.len() >= limit {
+        if docs.len() < page_size || data.len() >= limit {
             break;
         }
     }
