@@ -172,7 +172,8 @@ fn requests(client: &Client, args: &LoadArgs) -> anyhow::Result<i32> {
             writes,
             busy
         );
-        println!("latency from each request's scheduled time: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms", ms(pick(0.5)), ms(pick(0.9)), ms(pick(0.99)), ms(pick(1.0)));
+        let l = &report["latencyMs"];
+        println!("latency from each request's scheduled time: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms", l["p50"], l["p90"], l["p99"], l["max"]);
         println!("errors: {errors}{}", if unsent > 0 { format!(" (and {unsent} not sent before the deadline)") } else { String::new() });
         if let Some(m) = &memory {
             println!("server memory: {m}");

@@ -1,4 +1,4 @@
-import { useState } from "react";
+import { useState, type ReactNode } from "react";
 import { api, get, post, query, RUNNING, type Actor, type Attempt, type Connection, type Job, type Schedule, type StreamProperties } from "../api";
 import { ErrorBox, Loading, Page, Status, Table } from "../components";
 import { go } from "../route";
@@ -65,36 +65,21 @@ export function ConnectionPage({ connectionId }: { connectionId: string; workspa
       }
     >
       <dl className="facts">
-        <div>
-          <dt>Status</dt>
-          <dd>
-            <Status value={c.status} />
-          </dd>
-        </div>
-        <div>
-          <dt>Source</dt>
-          <dd>
-            <a href={`#/sources/${source.sourceId}`}>{source.name}</a>
-          </dd>
-        </div>
-        <div>
-          <dt>Destination</dt>
-          <dd>
-            <a href={`#/destinations/${destination.destinationId}`}>{destination.name}</a>
-          </dd>
-        </div>
-        <div>
-          <dt>Schedule</dt>
-          <dd>{scheduleText(c.schedule)}</dd>
-        </div>
-        <div>
-          <dt>Next run</dt>
-          <dd>{active && next ? when(next) : "—"}</dd>
-        </div>
-        <div>
-          <dt>Streams</dt>
-          <dd>{c.configurations.streams.map((s) => s.name).join(", ") || "none"}</dd>
-        </div>
+        {(
+          [
+            ["Status", <Status value={c.status} />],
+            ["Source", <a href={`#/sources/${source.sourceId}`}>{source.name}</a>],
+            ["Destination", <a href={`#/destinations/${destination.destinationId}`}>{destination.name}</a>],
+            ["Schedule", scheduleText(c.schedule)],
+            ["Next run", active && next ? when(next) : "—"],
+            ["Streams", c.configurations.streams.map((s) => s.name).join(", ") || "none"],
+          ] as [string, ReactNode][]
+        ).map(([term, value]) => (
+          <div key={term}>
+            <dt>{term}</dt>
+            <dd>{value}</dd>
+          </div>
+        ))}
       </dl>
       {c.schemaChange !== "no_change" && (
         <div role="status" className={c.schemaChange === "breaking" ? "error" : "notice"}>

@@ -1,11 +1,11 @@
 import { useEffect, useRef, useState } from "react";
-import { get, type Attempt, type Job } from "../api";
+import { get, RUNNING, type Attempt, type Job } from "../api";
 import { ErrorBox, Loading, Page, Status } from "../components";
 import { count, duration, useLoad, when } from "../util";
 
 /** A job's attempts and each one's log, followed while it is written. */
 export function JobLog({ connectionId, jobId }: { connectionId: string; jobId: number }) {
-  const job = useLoad(() => get<Job>(`/jobs/${jobId}`), [jobId], { everyMs: 2000, while: (j) => !!j && ["pending", "running", "incomplete"].includes(j.status) });
+  const job = useLoad(() => get<Job>(`/jobs/${jobId}`), [jobId], { everyMs: 2000, while: (j) => !!j && RUNNING.includes(j.status) });
   const attempts = useLoad(() => get<{ attempts: Attempt[] }>(`/jobs/${jobId}/attempts`).then((r) => r.attempts), [jobId, job.data?.status]);
   const [chosen, setChosen] = useState<number | null>(null);
   const list = attempts.data ?? [];

@@ -7,10 +7,14 @@ export function scheduleText(s: Schedule): string {
   return `Cron ${s.cronExpression} (${s.cronTimeZone ?? "UTC"})`;
 }
 
+/** The next `count` times a cron expression fires, from the server's own cron reader. */
+function nextRuns(cronExpression: string, cronTimeZone: string, count: number): Promise<string[]> {
+  return get<{ nextRuns: string[] }>(`/schedules/preview${query({ cronExpression, cronTimeZone, count })}`).then((r) => r.nextRuns);
+}
+
 export async function nextRun(s: Schedule): Promise<string | null> {
   if (s.scheduleType !== "cron" || !s.cronExpression) return null;
-  const r = await get<{ nextRuns: string[] }>(`/schedules/preview${query({ cronExpression: s.cronExpression, cronTimeZone: s.cronTimeZone ?? "UTC", count: 1 })}`);
-  return r.nextRuns[0] ?? null;
+  return (await nextRuns(s.cronExpression, s.cronTimeZone ?? "UTC", 1))[0] ?? null;
 }
 
 const ZONES: string[] = (Intl as any).supportedValuesOf?.("timeZone") ?? ["UTC"];
@@ -24,8 +28,8 @@ export function ScheduleEditor({ value, onChange }: { value: Schedule; onChange:
   useEffect(() => {
     if (!cron || !expression.trim()) return setPreview({});
     const timer = window.setTimeout(() => {
-      get<{ nextRuns: string[] }>(`/schedules/preview${query({ cronExpression: expression, cronTimeZone: zone, count: 3 })}`).then(
-        (r) => setPreview({ runs: r.nextRuns }),
+      nextRuns(expression, zone, 3).then(
+        (runs) => setPreview({ runs }),
         (e) => setPreview({ error: errorText(e) }),
       );
     }, 300);
