@@ -282,6 +282,41 @@ fn containers_killed_from_outside_fail_the_attempt_by_name_and_the_retry_resumes
     }
 }
 
+/// `sluice up` killed mid-sync: the engine keeps the task's containers
+/// running, so the retry's task first removes them (the connection's fence
+/// on Docker: nothing of an earlier attempt runs beside the next), says so
+/// in its log, and resumes from the committed state, each user once.
+#[test]
+fn after_sluice_up_is_killed_the_retry_first_removes_the_containers_its_task_left() {
+    let scratch = Scratch::new();
+    let mut p = platform(&scratch, &["--executor", "docker"]);
+    let workspace = p.workspace("fence");
+    let connection = slow_connection(&p, &workspace, "/local/fence");
+    let job = p.sync(&connection);
+    p.wait_for("a committed state", Duration::from_secs(60), |p| !p.get(&format!("/connections/{connection}/state"))["states"].as_array().is_none_or(|s| s.is_empty()));
+    p.kill();
+    let left: Vec<String> = containers_of(&connection)
+        .iter()
+        .filter(|c| c["State"] == "running")
+        .map(|c| c["Names"][0].as_str().unwrap().trim_start_matches('/').to_owned())
+        .collect();
+    assert!(left.len() >= 3, "source, destination and orchestrator outlive sluice up: {left:?}");
+    p.restart();
+    let ended = p.wait_job(job, Duration::from_secs(180));
+    assert_eq!(ended["status"], "succeeded", "{ended}\n{}", p.log());
+    let tried = attempts(&p, job);
+    assert!(tried.len() >= 2, "{tried:?}");
+    let log = attempt_log(&p, job, 1);
+    assert!(log.contains("removed the containers an earlier attempt of this connection left"), "{log}");
+    for name in &left {
+        assert!(log.contains(name.as_str()), "the log names {name}: {log}");
+    }
+    let users = ids(&scratch.path("local/fence/users.jsonl"));
+    assert_eq!(users.iter().collect::<BTreeSet<_>>().len(), 2000, "every user");
+    assert_eq!(users.len(), 2000, "none twice after dedup");
+    assert_cleaned_up(&connection);
+}
+
 /// An image made from the busybox base by the engine alone (no builder):
 /// `files` at the root, `AIRBYTE_ENTRYPOINT` naming the program.
 fn busybox_image(name: &str, files: &[(&str, &str)], entrypoint: &str) -> String {

@@ -8,6 +8,7 @@ mod bench_containers;
 mod bench_pg_to_pg;
 mod bench_postgres;
 mod bench_s3;
+mod chaos;
 mod load;
 mod progress;
 mod remote;
@@ -42,6 +43,9 @@ enum Commands {
     Up(up::UpArgs),
     /// A bounded load on a running platform's API: requests at a fixed rate, or N syncs at once
     Load(load::LoadArgs),
+    /// Syncs killed at random moments (source, destination, orchestrator or
+    /// bookkeeper, the supervisor), rerun to success, and checked for loss and duplicates
+    Chaos(chaos::ChaosArgs),
     /// Workspaces on the platform (`sluice up`): list, get, create, update, delete
     Workspaces {
         #[command(flatten)]
@@ -103,6 +107,7 @@ fn main() {
         Commands::Bench(args) => report(bench::run(args)),
         Commands::Up(args) => report(up::run(args)),
         Commands::Load(args) => report(load::run(args)),
+        Commands::Chaos(args) => report(chaos::run(args)),
         Commands::Provision(args) => report(up::provision(args)),
         Commands::Workspaces { target, verb } => report(remote::common(&target, "/workspaces", &["workspaceId", "name", "dataResidency"], verb)),
         Commands::Definitions { target, verb } => report(remote::definitions(&target, verb)),

@@ -9,6 +9,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
@@ -127,6 +128,14 @@ pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
     let selected_fields = resolve_fields(field_args, &catalog)?;
 
     let state_file = args.state_file.clone().unwrap_or_else(|| default_state_file(&cache, &args));
+    // One sync per state file at a time, and none while any process of an
+    // earlier one (say, a killed sync's destination) is still running.
+    let fence_path = state_file.with_extension("lock");
+    let fence = sluice_orchestrator::fence::take(&fence_path, Duration::from_secs(args.shutdown_grace_secs.max(1) * 6), || {
+        eprintln!("sluice: another sync with the state file {} is still running; waiting for it to end", state_file.display())
+    })
+    .map_err(anyhow::Error::msg)?;
+    fence.inherit_in_children().context("cannot pass the sync's lock to its connectors")?;
     let mut state = load_state(&state_file)?;
     if args.full_refresh {
         // Read the synced streams afresh and replace what the destination has;

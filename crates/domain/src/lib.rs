@@ -14,7 +14,7 @@ pub mod workload;
 pub use connection::{ConnectionStatus, Schedule};
 pub use cron::{to_eventbridge, CronError, CronSchedule};
 pub use job::{Attempt, AttemptStatus, FailureReason, Job, JobStatus, JobType, Retry, RetryPolicy, StreamStats, SyncStats};
-pub use workload::{sync_input, sync_workload_id, Deadlines, Workload, WorkloadEvent, WorkloadStatus, WorkloadType};
+pub use workload::{sync_input, sync_workload_connection, sync_workload_id, Deadlines, Workload, WorkloadEvent, WorkloadStatus, WorkloadType};
 
 /// The version a stateful record was read at. Every write names the version
 /// it expects and bumps it; a write against a stale version is a conflict.

@@ -241,6 +241,15 @@ pub fn sync_workload_id(connection_id: &str, job_id: i64, attempt: u32) -> Strin
     format!("{connection_id}_{job_id}_{attempt}_sync")
 }
 
+/// The connection a sync attempt's workload id names (the inverse of
+/// [`sync_workload_id`]; connection ids have no underscore).
+pub fn sync_workload_connection(workload_id: &str) -> Option<&str> {
+    let rest = workload_id.strip_suffix("_sync")?;
+    let mut parts = rest.rsplitn(3, '_');
+    let (_attempt, _job, connection) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(connection)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +298,7 @@ mod tests {
         let w = Workload::new("w".into(), WorkloadType::Sync, None, String::new(), t(0));
         assert_eq!(w.overdue_reason(), "not claimed before its deadline");
         assert_eq!(sync_workload_id("conn", 7, 2), "conn_7_2_sync");
+        assert_eq!(sync_workload_connection("conn-1_7_2_sync"), Some("conn-1"));
+        assert_eq!(sync_workload_connection("spec_abc"), None);
     }
 }

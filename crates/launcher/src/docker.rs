@@ -71,6 +71,7 @@ impl DockerSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerTask {
     pub volumes: Vec<String>,
+    pub volume_labels: Value,
     /// Files put into the first container at `files_path` before it starts.
     pub files: Vec<TarFile>,
     pub files_path: String,
@@ -134,7 +135,7 @@ fn create_body(body: Body, plan: &TaskPlan, mounts: Vec<Value>, settings: &Docke
         "Entrypoint": [""],
         "Cmd": body.cmd,
         "Env": env,
-        "Labels": {"sluice.workload": plan.workload_id, "sluice.kind": plan.kind.as_str(), "sluice.role": body.role},
+        "Labels": labels(plan, body.role),
         "HostConfig": {
             "Mounts": mounts,
             "NanoCpus": u64::from(plan.resources.cpu_millis) * 1_000_000,
@@ -152,6 +153,16 @@ fn create_body(body: Body, plan: &TaskPlan, mounts: Vec<Value>, settings: &Docke
 }
 
 /// The engine's name for one of the task's volumes.
+/// A sync task's objects also carry its connection: the next attempt's
+/// task removes what an earlier one left running (see `clear_earlier_tasks`).
+fn labels(plan: &TaskPlan, role: &str) -> Value {
+    let mut labels = json!({"sluice.workload": plan.workload_id, "sluice.kind": plan.kind.as_str(), "sluice.role": role});
+    if let Some(connection) = sluice_domain::sync_workload_connection(&plan.workload_id) {
+        labels["sluice.connection"] = json!(connection);
+    }
+    labels
+}
+
 fn volume_name(task: &str, volume: &str) -> String {
     format!("{task}-{volume}")
 }
@@ -211,7 +222,9 @@ pub fn docker_task(plan: &TaskPlan, settings: &DockerSettings) -> Result<DockerT
     };
     // The volumes some container of this task mounts: a question here is its connector alone.
     let volumes = layout.iter().filter(|v| containers.iter().any(|c| v.roles.contains(&c.role))).map(|v| volume_name(&task, v.name)).collect();
-    Ok(DockerTask { volumes, files, files_path, containers })
+    let mut volume_labels = labels(plan, "volume");
+    volume_labels["sluice.volume"] = json!("task");
+    Ok(DockerTask { volumes, volume_labels, files, files_path, containers })
 }
 
 /// A POSIX tar (ustar) archive of regular files.
@@ -411,7 +424,7 @@ impl Engine {
             }
         }
         for volume in &task.volumes {
-            self.call("POST", "/volumes/create", &EngineBody::Json(json!({"Name": volume, "Labels": {"sluice.volume": "task"}})))?;
+            self.call("POST", "/volumes/create", &EngineBody::Json(json!({"Name": volume, "Labels": task.volume_labels})))?;
         }
         // The engine makes containers concurrently; one at a time, a task's four cost four round trips.
         std::thread::scope(|s| {
@@ -462,6 +475,34 @@ impl Engine {
             self.call("DELETE", &format!("/volumes/{volume}?force=true"), &EngineBody::None)?;
         }
         Ok(())
+    }
+
+    /// The fence between a connection's attempts on Docker: containers of
+    /// its earlier tasks outlive a killed `sluice up` (and a task still
+    /// stopping may linger), so before the next attempt's task is made they
+    /// are removed, killed if still running, with their volumes. Their
+    /// workloads have ended (a connection runs one attempt at a time), so
+    /// nothing they still do can commit. Returns what was removed.
+    pub fn clear_earlier_tasks(&self, connection: &str, workload: &str) -> Result<Vec<String>, LaunchError> {
+        let label = format!("sluice.connection={connection}");
+        let mut removed = Vec::new();
+        for c in self.containers_labelled(&label)? {
+            if c["Labels"]["sluice.workload"] == workload {
+                continue;
+            }
+            let name = c["Names"][0].as_str().unwrap_or_default().trim_start_matches('/').to_owned();
+            self.call("DELETE", &format!("/containers/{}?force=true&v=true", c["Id"].as_str().unwrap_or_default()), &EngineBody::None)?;
+            removed.push(format!("{name} ({})", c["State"].as_str().unwrap_or("unknown state")));
+        }
+        let filter = encode(&json!({"label": [label]}).to_string());
+        let listed: Value = serde_json::from_slice(&self.call("GET", &format!("/volumes?filters={filter}"), &EngineBody::None)?)
+            .map_err(|e| LaunchError(format!("the Docker engine listed volumes in no JSON: {e}")))?;
+        for v in listed["Volumes"].as_array().into_iter().flatten() {
+            if v["Labels"]["sluice.workload"] != workload {
+                self.call("DELETE", &format!("/volumes/{}?force=true", v["Name"].as_str().unwrap_or_default()), &EngineBody::None)?;
+            }
+        }
+        Ok(removed)
     }
 
     /// The containers, stopped ones too, that carry `label` (`key` or `key=value`).
@@ -619,6 +660,14 @@ impl DockerExecutor {
     }
 
     async fn run_task(&self, app: &sluice_api::App, w: &sluice_domain::Workload, plan: &TaskPlan, engine: &Engine, task: &DockerTask) -> Result<(), LaunchError> {
+        if let (Some(connection), Some((job_id, attempt))) = (sluice_domain::sync_workload_connection(&w.id), w.job_attempt()) {
+            let (e, c, id) = (engine.clone(), connection.to_owned(), w.id.clone());
+            let removed = blocking(move || e.clear_earlier_tasks(&c, &id)).await?;
+            if !removed.is_empty() {
+                let said = format!("sluice: removed the containers an earlier attempt of this connection left: {}\n", removed.join(", "));
+                let _ = app.logs.append(job_id, attempt, &said).await;
+            }
+        }
         let (e, t) = (engine.clone(), task.clone());
         blocking(move || {
             e.prepare(&t)?;

@@ -31,6 +31,10 @@ pub struct LocalExecutor {
     pub stop_grace: Duration,
 }
 
+/// How long a new attempt waits for an earlier one's processes to exit:
+/// they were told to stop, and get a grace period before SIGKILL.
+const FENCE_PATIENCE: Duration = Duration::from_secs(120);
+
 fn launch_error(what: &str) -> impl Fn(std::io::Error) -> LaunchError + '_ {
     move |e| LaunchError(format!("{what}: {e}"))
 }
@@ -102,7 +106,8 @@ impl LocalExecutor {
         let (job_id, attempt) = w.job_attempt().ok_or_else(|| LaunchError(format!("sync workload {} names no job", w.id)))?;
         let log_path = self.logs.path(job_id, attempt);
         std::fs::create_dir_all(log_path.parent().expect("has a parent")).map_err(launch_error("cannot create the log directory"))?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(launch_error("cannot open the attempt log"))?;
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(launch_error("cannot open the attempt log"))?;
+        let fence = self.fence(w, &mut log).await?;
 
         let mut command = tokio::process::Command::new(&self.sluice);
         command
@@ -123,15 +128,19 @@ impl LocalExecutor {
             .kill_on_drop(false);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
-            command.pre_exec(|| {
+            let fence = fence.raw_fd();
+            command.pre_exec(move || {
                 // Its own process group, so a stop reaches it and nothing else;
                 // and it is told to stop if we die, so no task outlives `sluice up`.
                 libc::setpgid(0, 0);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
+                // It and its connectors hold the connection's fence until the last exits.
+                sluice_orchestrator::fence::inherit_in_child(fence)
             });
         }
-        let mut child = command.spawn().map_err(launch_error("cannot start the orchestrator"))?;
+        let spawned = command.spawn().map_err(launch_error("cannot start the orchestrator"));
+        drop(fence);
+        let mut child = spawned?;
         let pid = child.id().unwrap_or(0) as i32;
         let launched = WorkloadEvent::Launched { task_ref: Some(format!("local:{pid}")) };
         if let Err(e) = workload_event(&app.ports(), &w.id, &launched, jiff::Timestamp::now()).await {
@@ -170,6 +179,30 @@ impl LocalExecutor {
             return Err(LaunchError(format!("the orchestrator exited ({status}) without reporting the attempt's end: {tail}")));
         }
         Ok(())
+    }
+
+    /// Waits until no process of an earlier attempt of this connection is
+    /// left (after `sluice up` was killed, its orchestrators stop on their
+    /// own, and may still be stopping when the next attempt is launched).
+    async fn fence(&self, w: &Workload, log: &mut std::fs::File) -> Result<sluice_orchestrator::fence::Fence, LaunchError> {
+        use std::io::Write;
+        use sluice_orchestrator::fence;
+        let connection = w.mutex_key.as_deref().unwrap_or(&w.id);
+        let path = self.work_root.join("fences").join(format!("{connection}.lock"));
+        let taken = |e: std::io::Error| LaunchError(format!("cannot take the lock {}: {e}", path.display()));
+        let (started, mut said) = (tokio::time::Instant::now(), false);
+        loop {
+            if let Some(fence) = fence::try_take(&path).map_err(taken)? {
+                return Ok(fence);
+            }
+            if !std::mem::replace(&mut said, true) {
+                let _ = writeln!(log, "sluice: processes of an earlier attempt of this connection are still running; waiting for them to exit");
+            }
+            if started.elapsed() > FENCE_PATIENCE {
+                return Err(LaunchError(fence::still_held(&path, FENCE_PATIENCE)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Where the spec of a pinned PyPI connector is kept once learnt: a

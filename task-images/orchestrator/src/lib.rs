@@ -15,6 +15,7 @@ pub mod aws_iam;
 pub mod cli;
 pub mod config;
 pub mod connector;
+pub mod fence;
 pub mod ledger;
 pub mod outcome;
 pub mod pump;
