@@ -5,13 +5,30 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use sluice_domain::resources::Role;
 use sluice_domain::Version;
 use sluice_store::{ConfigStore, Doc, DocKind, SecretStore, StoreError};
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// Access tokens carry this prefix, so a token is recognisable in a leak report.
-const TOKEN_PREFIX: &str = "sl1";
+/// (`sl1` tokens carried no role.)
+const TOKEN_PREFIX: &str = "sl2";
+
+/// Who a request comes from: an application, its role, and for a
+/// workspace role the workspace. The token check puts it in the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub client_id: String,
+    pub role: Role,
+    pub workspace: Option<String>,
+}
+
+impl Grant {
+    pub fn of(application: &sluice_domain::resources::Application) -> Grant {
+        Grant { client_id: application.client_id.clone(), role: application.permission_type, workspace: application.workspace_id.clone() }
+    }
+}
 
 pub struct Keys {
     key: Vec<u8>,
@@ -44,25 +61,29 @@ impl Keys {
         self.mac(purpose, message).verify_slice(&bytes).is_ok()
     }
 
-    /// A bearer token for `client_id`, valid until `expires_at` (unix seconds).
-    pub fn access_token(&self, client_id: &str, expires_at: i64) -> String {
-        let body = format!("{TOKEN_PREFIX}.{client_id}.{expires_at}");
+    /// A bearer token for `grant`, valid until `expires_at` (unix seconds).
+    /// The role travels in the token, signed, so a request needs no lookup.
+    pub fn access_token(&self, grant: &Grant, expires_at: i64) -> String {
+        let workspace = grant.workspace.as_deref().unwrap_or("-");
+        let body = format!("{TOKEN_PREFIX}.{}.{}.{workspace}.{expires_at}", grant.client_id, grant.role.as_str());
         let signature = self.sign("access", &body);
         format!("{body}.{signature}")
     }
 
-    /// The client a token was issued to, or why it is refused.
-    pub fn check_access_token(&self, token: &str, now: i64) -> Result<String, &'static str> {
+    /// What a token grants, or why it is refused.
+    pub fn check_access_token(&self, token: &str, now: i64) -> Result<Grant, &'static str> {
         let parts: Vec<&str> = token.split('.').collect();
-        let [prefix, client_id, expires_at, signature] = parts[..] else { return Err("the bearer token is malformed") };
-        if prefix != TOKEN_PREFIX || !self.verify("access", &format!("{prefix}.{client_id}.{expires_at}"), signature) {
+        let [prefix, client_id, role, workspace, expires_at, signature] = parts[..] else { return Err("the bearer token is malformed") };
+        if prefix != TOKEN_PREFIX || !self.verify("access", &format!("{prefix}.{client_id}.{role}.{workspace}.{expires_at}"), signature) {
             return Err("the bearer token is not one this server issued");
         }
         let expires_at: i64 = expires_at.parse().map_err(|_| "the bearer token is malformed")?;
         if expires_at <= now {
             return Err("the bearer token has expired; request a new one from /applications/token");
         }
-        Ok(client_id.to_owned())
+        let role = Role::parse(role).ok_or("the bearer token is malformed")?;
+        let workspace = (workspace != "-").then(|| workspace.to_owned());
+        Ok(Grant { client_id: client_id.to_owned(), role, workspace })
     }
 
     /// The credential a task presents to act on its own workload, and no other.
@@ -140,8 +161,11 @@ mod tests {
     #[test]
     fn tokens_are_checked_for_signature_and_expiry() {
         let keys = Keys::new(b"k".to_vec());
-        let token = keys.access_token("client", 100);
-        assert_eq!(keys.check_access_token(&token, 99).unwrap(), "client");
+        let grant = Grant { client_id: "client".into(), role: Role::WorkspaceReader, workspace: Some("w1".into()) };
+        let token = keys.access_token(&grant, 100);
+        assert_eq!(keys.check_access_token(&token, 99).unwrap(), grant);
+        let promoted = token.replace("workspace_reader", "workspace_admin");
+        assert!(keys.check_access_token(&promoted, 99).unwrap_err().contains("not one this server issued"));
         assert!(keys.check_access_token(&token, 100).unwrap_err().contains("expired"));
         let forged = token.replace(".100.", ".999.");
         assert!(keys.check_access_token(&forged, 99).unwrap_err().contains("not one this server issued"));

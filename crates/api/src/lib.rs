@@ -8,6 +8,7 @@
 //!
 //! Handlers only translate HTTP to the platform's services and back.
 
+pub mod access;
 pub mod auth;
 pub mod config;
 mod extract;
@@ -19,7 +20,7 @@ pub mod workloads;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -131,7 +132,7 @@ pub fn workload_router(app: Arc<App>) -> Router {
 fn surface(app: Arc<App>, config_api: bool, workload_api: bool) -> Router {
     let mut router = Router::new();
     if config_api {
-        let public = config::routes().layer(axum::middleware::from_fn_with_state(app.clone(), require_token));
+        let public = config::routes().route_layer(axum::middleware::from_fn_with_state(app.clone(), require_token));
         let api = config::open_routes().merge(public);
         router = router.nest("/api/public/v1", api.clone()).nest("/v1", api).merge(web::routes());
     }
@@ -168,12 +169,17 @@ async fn problems_everywhere(response: Response) -> Response {
 }
 
 /// Every Config API route but `/health`, `/openapi.json` and the token
-/// endpoint needs a bearer token this server issued, still valid.
-async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Result<Response, Problem> {
+/// endpoint needs a bearer token this server issued, still valid, whose
+/// role and workspace allow the operation (`access.rs`). The handler finds
+/// the caller's [`auth::Grant`] in the request's extensions.
+async fn require_token(State(app): State<Arc<App>>, matched: MatchedPath, request: Request, next: Next) -> Result<Response, Problem> {
     let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
         return Err(Problem::unauthorized("this route needs `Authorization: Bearer <token>`; get a token from POST /applications/token"));
     };
-    app.keys.check_access_token(token.trim(), now().as_second()).map_err(Problem::unauthorized)?;
+    let grant = app.keys.check_access_token(token.trim(), now().as_second()).map_err(Problem::unauthorized)?;
+    let route = matched.as_str().strip_prefix("/api/public/v1").or_else(|| matched.as_str().strip_prefix("/v1")).unwrap_or(matched.as_str());
+    let mut request = access::authorize(&app, &grant, route, request).await?;
+    request.extensions_mut().insert(grant);
     Ok(next.run(request).await)
 }

@@ -242,7 +242,8 @@ mod status_text {
     }
 }
 
-/// An API client: its id, and the hash of its secret (never the secret).
+/// An API client: its id, the hash of its secret (never the secret), and
+/// what it may do.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Application {
@@ -251,6 +252,48 @@ pub struct Application {
     pub client_id: String,
     pub secret_hash: String,
     pub created_at: i64,
+    /// Applications made before roles existed administer the instance.
+    #[serde(default)]
+    pub permission_type: Role,
+    /// The one workspace a `workspace_*` role applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+}
+
+/// What an application may do, under Airbyte's permission names: the whole
+/// instance, or one workspace as its admin (everything there, its
+/// applications too), editor (everything but the workspace itself and its
+/// applications) or reader (reads only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    InstanceAdmin,
+    WorkspaceAdmin,
+    WorkspaceEditor,
+    WorkspaceReader,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::InstanceAdmin, Role::WorkspaceAdmin, Role::WorkspaceEditor, Role::WorkspaceReader];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::InstanceAdmin => "instance_admin",
+            Role::WorkspaceAdmin => "workspace_admin",
+            Role::WorkspaceEditor => "workspace_editor",
+            Role::WorkspaceReader => "workspace_reader",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// Whether this role holds every power of `other` (roles form a line).
+    pub fn covers(self, other: Role) -> bool {
+        (self as u8) <= (other as u8)
+    }
 }
 
 /// What a connection resumes from: the state its destination last echoed,

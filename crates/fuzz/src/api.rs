@@ -71,7 +71,7 @@ fn platform() -> &'static Platform {
         let (token, ids) = runtime.block_on(async {
             sluice_api::config::builtin::seed(&app).await.expect("built-in definitions");
             let (application, _) = sluice_api::config::new_application(&app, "fuzz").await.expect("an application");
-            let token = app.keys.access_token(&application.client_id, i64::MAX / 2);
+            let token = app.keys.access_token(&sluice_api::auth::Grant::of(&application), i64::MAX / 2);
             let call = |method: &'static str, path: &'static str, body: serde_json::Value| {
                 let (router, token) = (router.clone(), token.clone());
                 async move {

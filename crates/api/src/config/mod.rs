@@ -16,11 +16,13 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sluice_domain::resources::{ActorKind, Application, Definition, Workspace};
+use sluice_domain::resources::{ActorKind, Application, Definition, Role, Workspace};
+use crate::auth::Grant;
+use sluice_domain::ConnectionStatus;
 use sluice_domain::Version;
 use sluice_store::{Doc, DocKind, StoreError};
 
@@ -142,7 +144,7 @@ async fn token(State(app): AppState, headers: HeaderMap, body: axum::body::Bytes
         return Err(refused());
     }
     let ttl = app.settings.token_ttl.as_secs() as i64;
-    let token = app.keys.access_token(&application.client_id, now().as_second() + ttl);
+    let token = app.keys.access_token(&crate::auth::Grant::of(&application), now().as_second() + ttl);
     Ok(Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl})))
 }
 
@@ -155,7 +157,13 @@ async fn find_application(app: &App, client_id: &str) -> ApiResult<Option<Applic
 }
 
 /// Creates an application; the client secret is returned this once only.
+/// A new instance admin application (the first one `sluice up` makes).
 pub async fn new_application(app: &App, name: &str) -> Result<(Application, String), StoreError> {
+    new_application_with(app, name, Role::InstanceAdmin, None).await
+}
+
+/// A new application with a role: `workspace` for the `workspace_*` ones.
+pub async fn new_application_with(app: &App, name: &str, role: Role, workspace: Option<String>) -> Result<(Application, String), StoreError> {
     let client_id = new_id();
     let secret = crate::auth::hex(&crate::auth::random_bytes::<24>());
     let application = Application {
@@ -164,31 +172,73 @@ pub async fn new_application(app: &App, name: &str) -> Result<(Application, Stri
         client_id: client_id.clone(),
         secret_hash: app.keys.secret_hash(&secret),
         created_at: now().as_second(),
+        permission_type: role,
+        workspace_id: workspace.clone(),
     };
-    app.config.insert_doc(DocKind::Application, &doc(&client_id, None, &application, Version::INITIAL)).await?;
+    app.config.insert_doc(DocKind::Application, &doc(&client_id, workspace.as_deref(), &application, Version::INITIAL)).await?;
     Ok((application, secret))
 }
 
 fn application_json(a: &Application) -> Value {
-    json!({"id": a.id, "name": a.name, "clientId": a.client_id, "createdAt": a.created_at})
+    json!({"id": a.id, "name": a.name, "clientId": a.client_id, "createdAt": a.created_at,
+           "permissionType": a.permission_type.as_str(), "workspaceId": a.workspace_id})
 }
 
-async fn list_applications(State(app): AppState) -> ApiResult<Json<Value>> {
-    let docs = app.config.list_docs(DocKind::Application, &[], 1000, 0).await?;
+/// An instance admin sees every application; a workspace admin those of its workspace.
+async fn list_applications(State(app): AppState, Extension(caller): Extension<Grant>) -> ApiResult<Json<Value>> {
+    let scope: Vec<String> = caller.workspace.iter().filter(|_| caller.role != Role::InstanceAdmin).cloned().collect();
+    let docs = app.config.list_docs(DocKind::Application, &scope, 1000, 0).await?;
     let apps: Vec<Value> =
         docs.into_iter().filter_map(|d| serde_json::from_value::<Application>(d.body).ok()).map(|a| application_json(&a)).collect();
     Ok(Json(json!({ "applications": apps })))
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ApplicationCreate {
     name: String,
+    /// `instance_admin`, `workspace_admin`, `workspace_editor` or
+    /// `workspace_reader`; by default the creator's own.
+    #[serde(default)]
+    permission_type: Option<String>,
+    #[serde(default)]
+    workspace_id: Option<String>,
 }
 
-async fn create_application(State(app): AppState, JsonBody(body): JsonBody<ApplicationCreate>) -> ApiResult<impl IntoResponse> {
+/// An application gets at most its creator's powers: a workspace admin
+/// makes applications of its own workspace only.
+async fn create_application(State(app): AppState, Extension(caller): Extension<Grant>, JsonBody(body): JsonBody<ApplicationCreate>) -> ApiResult<impl IntoResponse> {
     check_name("name", &body.name)?;
-    let (application, secret) = new_application(&app, &body.name).await?;
+    let role = match body.permission_type.as_deref() {
+        None => caller.role,
+        Some(text) => Role::parse(text).ok_or_else(|| {
+            Problem::bad_field("permissionType", format!("`{text}` is not one of instance_admin, workspace_admin, workspace_editor, workspace_reader"))
+        })?,
+    };
+    let refused = || {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("this application ({}) may make applications of its own workspace, with at most its own role", caller.role.as_str()),
+        )
+    };
+    if !caller.role.covers(role) {
+        return Err(refused());
+    }
+    let workspace = match (role, body.workspace_id.or_else(|| caller.workspace.clone())) {
+        (Role::InstanceAdmin, None) => None,
+        (Role::InstanceAdmin, Some(_)) => return Err(Problem::bad_field("workspaceId", "an instance_admin application has no workspace")),
+        (_, None) => return Err(Problem::bad_field("workspaceId", format!("a {} application needs the workspace it belongs to", role.as_str()))),
+        (_, Some(w)) => Some(w),
+    };
+    if caller.role != Role::InstanceAdmin && workspace != caller.workspace {
+        return Err(refused());
+    }
+    if let Some(w) = &workspace {
+        require_uuid("workspaceId", w)?;
+        load::<Workspace>(&app, DocKind::Workspace, w).await.map_err(|p| if p.status == StatusCode::NOT_FOUND { Problem::bad_field("workspaceId", format!("workspace {w} does not exist")) } else { p })?;
+    }
+    let (application, secret) = new_application_with(&app, &body.name, role, workspace).await?;
     let mut out = application_json(&application);
     out["clientSecret"] = Value::String(secret);
     Ok((StatusCode::OK, Json(out)))
@@ -312,8 +362,11 @@ async fn update_workspace(State(app): AppState, Path(id): Path<String>, JsonBody
 async fn delete_workspace(State(app): AppState, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let (_, version) = workspace(&app, &id).await?;
     let ws = [id.clone()];
+    // A deleted connection stays, deprecated, for its jobs' history: it does not count.
+    let deprecated = ConnectionStatus::Deprecated.as_str();
     for kind in [DocKind::Connection, DocKind::Source, DocKind::Destination] {
-        if !app.config.list_docs(kind, &ws, 1, 0).await?.is_empty() {
+        let docs = app.config.list_docs(kind, &ws, 100_000, 0).await?;
+        if docs.iter().any(|d| kind != DocKind::Connection || d.body["status"] != deprecated) {
             return Err(Problem::conflict(format!("workspace {id} still has {}s; delete them first", kind.as_str())));
         }
     }
