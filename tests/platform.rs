@@ -577,3 +577,116 @@ fn sluice_load_sends_a_bounded_load_and_syncs_many_connections_at_once() {
     assert_eq!((report["succeeded"].as_u64(), report["rows"].as_u64()), (Some(12), Some(3600)), "{report:#}");
     assert!(report["mostRunningAtOnce"].as_u64().unwrap() <= 4, "the limit holds: {report:#}");
 }
+
+/// A tmpfs of the test's own at `path` (this needs root, as the test
+/// command runs), unmounted when dropped.
+struct Disk(std::path::PathBuf);
+
+impl Disk {
+    fn tmpfs(path: &std::path::Path, size: &str) -> Disk {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path).status().unwrap();
+        assert!(status.success(), "mounting a tmpfs at {} needs root", path.display());
+        Disk(path.to_owned())
+    }
+
+    fn remount(&self, how: &str) {
+        let status = std::process::Command::new("mount").args(["-o", &format!("remount,{how}")]).arg(&self.0).status().unwrap();
+        assert!(status.success(), "remount {how}");
+    }
+
+    /// Writes a file until the disk has no room left.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// SQLite's own check of the database file.
+fn integrity(db: &std::path::Path) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('pragma integrity_check').fetchone()[0])"])
+        .arg(db)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The machine's limits: a data directory whose disk fills up, whose
+/// database another process locks, that a second `sluice up` asks for, or
+/// that is read-only at start. Each is said plainly (what, and what to do),
+/// nothing is corrupted, and work goes on once the cause is gone.
+#[test]
+fn a_full_locked_or_read_only_data_directory_is_said_plainly_and_work_resumes() {
+    let scratch = Scratch::new();
+    let data = scratch.path("data");
+    let disk = Disk::tmpfs(&data, "24m");
+    let mut p = Platform::start(&data, &[]);
+    let workspace = p.workspace("limits");
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 500}));
+    let destination = jsonl_destination(&p, &workspace, &scratch.path("out"));
+    let connection = connection(&p, &source, &destination, json!([{"name": "users", "syncMode": "incremental_append"}]));
+    let refused = |p: &Platform, path: &str, body: Value| {
+        let (status, answer) = p.call("POST", path, Some(&body), Some(&p.token));
+        assert_eq!(status, 503, "{path}: {answer}");
+        answer["detail"].as_str().unwrap_or_default().to_owned()
+    };
+
+    // The disk fills up.
+    let filler = disk.fill();
+    let said = refused(&p, "/workspaces", json!({"name": "no room"}));
+    assert!(said.contains("the disk of the data directory is full"), "{said}");
+    let said = refused(&p, "/jobs", json!({"connectionId": connection, "jobType": "sync"}));
+    assert!(said.contains("full"), "{said}");
+    std::fs::remove_file(filler).unwrap();
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(60));
+    assert_eq!((job["status"].as_str(), job["rowsSynced"].as_u64()), (Some("succeeded"), Some(500)), "{job}\n{}", p.log());
+    assert_eq!(integrity(&data.join("sluice.db")), "ok");
+
+    // Another process locks the database.
+    let mut holder = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None); c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(7)"])
+        .arg(data.join("sluice.db"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    let said = refused(&p, "/workspaces", json!({"name": "locked out"}));
+    assert!(said.contains("another process holds a lock on the database"), "{said}");
+    holder.wait().unwrap();
+    p.post("/workspaces", json!({"name": "after the lock"}));
+
+    // A second platform on the same directory.
+    let second = support::sluice().args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data).output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success() && stderr.contains("another `sluice up`") && stderr.contains(&p.pid().to_string()), "{stderr}");
+
+    // Read-only at start.
+    p.kill();
+    disk.remount("ro");
+    let started = support::sluice().args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data).output().unwrap();
+    let stderr = String::from_utf8_lossy(&started.stderr);
+    disk.remount("rw");
+    assert!(!started.status.success() && stderr.contains("is read-only") && stderr.contains("--data-dir"), "{stderr}");
+    p.restart();
+    let names: Vec<Value> = p.get("/workspaces")["data"].as_array().unwrap().iter().map(|w| w["name"].clone()).collect();
+    assert!(names.contains(&json!("limits")) && names.contains(&json!("after the lock")), "{names:?}");
+    p.ok("PATCH", &format!("/sources/{source}"), Some(json!({"configuration": {"sourceType": "sluice-faker", "count": 600}})));
+    let job = p.wait_job(p.sync(&connection), Duration::from_secs(60));
+    assert_eq!((job["status"].as_str(), job["rowsSynced"].as_u64()), (Some("succeeded"), Some(100)), "{job}");
+    drop(p);
+    assert_eq!(integrity(&data.join("sluice.db")), "ok");
+}

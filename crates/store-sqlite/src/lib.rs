@@ -57,8 +57,20 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
+/// A database error, told as its cause and what to do when it is the
+/// machine's: a full disk, a read-only file system, another process's lock.
 pub(crate) fn unavailable(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(Box::new(e))
+    use rusqlite::ffi::ErrorCode;
+    let said = match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => "the disk of the data directory is full: free space there (nothing was written; the database is intact)",
+        Some(ErrorCode::ReadOnly) => "the data directory is read-only: make it writable again (nothing was written)",
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            "another process holds a lock on the database (another `sluice up` on this data directory, or a tool that opened sluice.db): let it finish"
+        }
+        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => "the database cannot be opened: is the data directory writable and on a local disk?",
+        _ => return StoreError::Unavailable(Box::new(e)),
+    };
+    StoreError::Unavailable(format!("{said} ({e})").into())
 }
 
 /// Nanoseconds since the epoch; times past 2262 (SQLite's i64 limit) are

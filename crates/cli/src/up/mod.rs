@@ -217,6 +217,31 @@ struct Parts {
     launch_key: Option<String>,
 }
 
+/// One `sluice up` per data directory (two would launch each other's
+/// work), and a data directory it can write: said plainly at start instead
+/// of as a database error. The lock lives as long as the process.
+fn one_platform_per(data: &Path) -> anyhow::Result<sluice_orchestrator::fence::Fence> {
+    let path = data.join("sluice-up.lock");
+    let fence = sluice_orchestrator::fence::try_take(&path).map_err(|e| {
+        let read_only = e.raw_os_error() == Some(libc::EROFS) || e.kind() == std::io::ErrorKind::PermissionDenied;
+        if read_only {
+            anyhow::anyhow!("the data directory {} is read-only ({e}); make it writable, or choose another with --data-dir", data.display())
+        } else {
+            anyhow::anyhow!("cannot write in the data directory {}: {e}", data.display())
+        }
+    })?;
+    let Some(fence) = fence else {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "another `sluice up` (pid {}) is running on the data directory {}; stop it first, or choose another with --data-dir",
+            holder.trim(),
+            data.display()
+        );
+    };
+    std::fs::write(&path, std::process::id().to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(fence)
+}
+
 async fn embedded_parts(data: &Path, ticker: &ticker::Ticker) -> anyhow::Result<Parts> {
     let store = Arc::new(SqliteStore::open(&data.join("sluice.db")).context("cannot open the database")?);
     let secrets = Arc::new(FileSecrets::open(data.join("secrets")).context("cannot open the secrets directory")?);
@@ -266,6 +291,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
     let data = &args.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("cannot create the data directory {}", data.display()))?;
     let data = std::fs::canonicalize(data)?;
+    // On AWS the queue's claims keep launchers apart; here only the lock does.
+    let _only_one = if args.aws { None } else { Some(one_platform_per(&data)?) };
     let logs_dir = data.join("logs");
     let ticker = ticker::Ticker::default();
     let parts = if args.aws { aws_parts(&args.aws_names).await? } else { embedded_parts(&data, &ticker).await? };
