@@ -294,7 +294,9 @@ export class SluiceStack extends cdk.Stack {
     taskRole.addToPolicy(new iam.PolicyStatement({ sid: 'WorkloadApi', actions: ['execute-api:Invoke'], resources: [api.arnForExecuteApi('*', '/api/internal/v1/*', '*')] }));
     const workloadApiUrl = `https://${api.restApiId}.execute-api.${region}.${cdk.Aws.URL_SUFFIX}/v1/api/internal/v1`;
 
+    // A sync waits up to a minute for an earlier task of its connection to stop.
     const launcher = fn('LauncherFunction', 'launcher', 'launcher-function', 'Takes workloads off the queue, claims each once, and runs it as an ECS Fargate task.', {
+      timeout: 120,
       env: {
         SLUICE_TASK_SUBNETS: cdk.Fn.join(',', subnets.valueAsList),
         SLUICE_TASK_SECURITY_GROUPS: cdk.Fn.join(',', securityGroups.valueAsList),
@@ -313,6 +315,8 @@ export class SluiceStack extends cdk.Stack {
     // RegisterTaskDefinition and DescribeTaskDefinition take no resource.
     allow(launcher, 'TaskDefinitions', ['ecs:RegisterTaskDefinition', 'ecs:DescribeTaskDefinition'], ['*']);
     allow(launcher, 'RunTasks', ['ecs:RunTask'], [`arn:${partition}:ecs:${region}:${account}:task-definition/${prefix}-*`], { ArnEquals: { 'ecs:cluster': cluster.attrArn } });
+    allow(launcher, 'ListTasks', ['ecs:ListTasks'], ['*'], { ArnEquals: { 'ecs:cluster': cluster.attrArn } });
+    allow(launcher, 'StopEarlierTasksOfTheConnection', ['ecs:DescribeTasks', 'ecs:StopTask'], [`arn:${partition}:ecs:${region}:${account}:task/${prefix}/*`]);
     allow(launcher, 'PassTaskRoles', ['iam:PassRole'], [taskExecutionRole.roleArn, taskRole.roleArn]);
     allow(launcher, 'RetrySchedules', ['scheduler:CreateSchedule'], [schedulesArn]);
     allow(launcher, 'SchedulesInvokeTheScheduler', ['iam:PassRole'], [scheduleInvokeRole.roleArn]);

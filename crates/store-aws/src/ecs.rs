@@ -77,6 +77,20 @@ impl EcsTasks {
         Ok(tasks.iter().filter_map(|t| Some((t.task_arn()?.to_owned(), t.started_by()?.to_owned()))).collect())
     }
 
+    /// The cluster's tasks that have not stopped yet, stopping ones
+    /// included (told to stop, ECS still runs them): (task ARN, `startedBy`).
+    pub async fn not_stopped(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut found = Vec::new();
+        for status in [aws_sdk_ecs::types::DesiredStatus::Running, aws_sdk_ecs::types::DesiredStatus::Stopped] {
+            for t in self.tasks(status).await? {
+                if let (Some(arn), Some(by), false) = (t.task_arn(), t.started_by(), t.last_status() == Some("STOPPED")) {
+                    found.push((arn.to_owned(), by.to_owned()));
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The cluster's stopped tasks (ECS shows them for about an hour): (task
     /// ARN, `startedBy`, why it stopped: the task's reason and each
     /// container's exit or reason).
