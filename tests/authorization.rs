@@ -34,7 +34,12 @@ struct Caller {
 /// The operations only the instance's admins may use, and those only a
 /// workspace's admins (and the instance's) may use.
 const INSTANCE_ONLY: &[&str] = &["POST /workspaces", "POST /definitions/import", "POST /definitions/{definitionId}/version"];
-const ADMIN_ONLY: &[&str] = &["PATCH /workspaces/{workspaceId}", "DELETE /workspaces/{workspaceId}", "GET /applications", "POST /applications"];
+const ADMIN_ONLY: &[&str] = &[
+    "PATCH /workspaces/{workspaceId}", "DELETE /workspaces/{workspaceId}", "GET /applications", "POST /applications",
+    "POST /workspaces/{workspaceId}/definitions/sources", "PUT /workspaces/{workspaceId}/definitions/sources/{definitionId}",
+    "DELETE /workspaces/{workspaceId}/definitions/sources/{definitionId}", "POST /workspaces/{workspaceId}/definitions/destinations",
+    "PUT /workspaces/{workspaceId}/definitions/destinations/{definitionId}", "DELETE /workspaces/{workspaceId}/definitions/destinations/{definitionId}",
+];
 /// Operations that aim at no workspace's resource (the rest name A's).
 const UNAIMED: &[&str] = &[
     "GET /applications", "POST /applications", "GET /workspaces", "POST /workspaces", "GET /sources", "GET /destinations", "GET /connections",
@@ -205,6 +210,17 @@ fn every_operation_for_every_role_keeps_workspaces_apart() {
     assert_eq!(status, 403, "no more than its own role");
     let (status, _) = p.call("POST", "/applications", Some(&json!({"name": "x", "workspaceId": b})), Some(&callers[1].token));
     assert_eq!(status, 403, "not for another workspace");
+
+    // A workspace admin's own connectors run in containers: a PyPI package or a program
+    // would run on the machine itself, which only the instance's admins may allow.
+    let definitions = format!("/workspaces/{a}/definitions/sources");
+    let (status, body) = p.call("POST", &definitions, Some(&json!({"name": "mine", "runtime": "pypi:airbyte-source-faker==6.2.0"})), Some(&callers[1].token));
+    assert_eq!(status, 403, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("outside a container"), "{body}");
+    let (status, body) = p.call("POST", &definitions, Some(&json!({"name": "mine", "runtime": "/bin/sh"})), Some(&callers[1].token));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = p.call("POST", &definitions, Some(&json!({"name": "mine", "dockerRepository": "me/source-mine", "dockerImageTag": "1.0"})), Some(&callers[1].token));
+    assert_eq!(status, 200, "{body}");
 
     // Last: A's editor deletes A's connection, source and destination, A's admin then A.
     for path in [format!("/connections/{connection}"), format!("/sources/{source}"), format!("/destinations/{destination}")] {

@@ -58,6 +58,12 @@ pub fn rule(method: &Method, route: &str) -> Option<(Needs, Scope)> {
         ("POST", "/workspaces") => (InstanceAdmin, Scope::Unscoped),
         ("GET", "/workspaces/{id}") => (Read, Scope::Workspace),
         ("PATCH" | "DELETE", "/workspaces/{id}") => (WorkspaceAdmin, Scope::Workspace),
+        // A workspace's own connectors are its admins' to choose; manifests
+        // (run by Airbyte's runner, custom code only where the instance allows) its editors'.
+        ("POST", "/workspaces/{id}/definitions/sources" | "/workspaces/{id}/definitions/destinations")
+        | ("PUT" | "DELETE", "/workspaces/{id}/definitions/sources/{definition}" | "/workspaces/{id}/definitions/destinations/{definition}") => {
+            (WorkspaceAdmin, Scope::Workspace)
+        }
         (
             "GET" | "POST",
             "/workspaces/{id}/definitions/sources" | "/workspaces/{id}/definitions/destinations" | "/workspaces/{id}/definitions/declarative_sources",

@@ -436,6 +436,22 @@ struct DefinitionCreate {
     type_key: Option<String>,
 }
 
+/// A definition whose connector runs on this machine outside a container (a
+/// PyPI package, a program) runs whatever it likes here: only the
+/// instance's admins may make one.
+fn may_run(caller: &Grant, runtime: &str) -> ApiResult<()> {
+    if caller.role == Role::InstanceAdmin || runtime.starts_with("image:") {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!(
+            "`{runtime}` would run on this machine outside a container: a definition of a PyPI package or a program needs an instance_admin application; use dockerRepository and dockerImageTag"
+        ),
+    ))
+}
+
 fn runtime_of(body: &DefinitionCreate) -> ApiResult<String> {
     let word = |field: &str, value: &str| {
         if value.is_empty() || value.chars().any(char::is_whitespace) {
@@ -454,10 +470,11 @@ fn runtime_of(body: &DefinitionCreate) -> ApiResult<String> {
     }
 }
 
-async fn create_definition(app: &App, workspace_id: &str, kind: ActorKind, body: DefinitionCreate) -> ApiResult<Json<Value>> {
+async fn create_definition(app: &App, caller: &Grant, workspace_id: &str, kind: ActorKind, body: DefinitionCreate) -> ApiResult<Json<Value>> {
     workspace(app, workspace_id).await?;
     check_name("name", &body.name)?;
     let runtime = runtime_of(&body)?;
+    may_run(caller, &runtime)?;
     let _ = &body.documentation_url;
     let definition = Definition {
         id: new_id(),
@@ -479,16 +496,22 @@ async fn create_definition(app: &App, workspace_id: &str, kind: ActorKind, body:
     Ok(Json(definition_json(&definition)))
 }
 
-async fn create_source_definition(State(app): AppState, Path(id): Path<String>, JsonBody(body): JsonBody<DefinitionCreate>) -> ApiResult<Json<Value>> {
-    create_definition(&app, &id, ActorKind::Source, body).await
+async fn create_source_definition(
+    State(app): AppState,
+    Extension(caller): Extension<Grant>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<DefinitionCreate>,
+) -> ApiResult<Json<Value>> {
+    create_definition(&app, &caller, &id, ActorKind::Source, body).await
 }
 
 async fn create_destination_definition(
     State(app): AppState,
+    Extension(caller): Extension<Grant>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<DefinitionCreate>,
 ) -> ApiResult<Json<Value>> {
-    create_definition(&app, &id, ActorKind::Destination, body).await
+    create_definition(&app, &caller, &id, ActorKind::Destination, body).await
 }
 
 /// A definition visible to the workspace, by id.
@@ -549,6 +572,7 @@ async fn preview_schedule(params: Params) -> ApiResult<Json<Value>> {
 
 async fn update_definition(
     State(app): AppState,
+    Extension(caller): Extension<Grant>,
     uri: OriginalUri,
     Path((ws, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<DefinitionCreate>,
@@ -559,6 +583,7 @@ async fn update_definition(
     }
     check_name("name", &body.name)?;
     d.runtime = runtime_of(&body)?;
+    may_run(&caller, &d.runtime)?;
     d.name = body.name;
     d.docker_repository = body.docker_repository.unwrap_or_default();
     d.docker_image_tag = body.docker_image_tag.unwrap_or_default();
