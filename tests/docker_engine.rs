@@ -28,11 +28,9 @@ fn containers_of(part: &str) -> Vec<Value> {
 }
 
 fn volumes_of(part: &str) -> Vec<String> {
-    let filter = encode(&json!({"label": ["sluice.volume=task"]}).to_string());
-    let body = engine().call("GET", &format!("/volumes?filters={filter}"), &EngineBody::None).unwrap();
-    let all: Value = serde_json::from_slice(&body).unwrap();
+    let all = engine().volumes_labelled("sluice.volume=task").unwrap();
     let part = part.to_lowercase();
-    all["Volumes"].as_array().into_iter().flatten().filter_map(|v| v["Name"].as_str()).filter(|n| n.contains(&part)).map(String::from).collect()
+    all.iter().filter_map(|v| v["Name"].as_str()).filter(|n| n.contains(&part)).map(String::from).collect()
 }
 
 /// `docker exec` through the engine: the command's exit status and output.

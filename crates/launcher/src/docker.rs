@@ -152,7 +152,6 @@ fn create_body(body: Body, plan: &TaskPlan, mounts: Vec<Value>, settings: &Docke
     create
 }
 
-/// The engine's name for one of the task's volumes.
 /// A sync task's objects also carry its connection: the next attempt's
 /// task removes what an earlier one left running (see `clear_earlier_tasks`).
 fn labels(plan: &TaskPlan, role: &str) -> Value {
@@ -163,6 +162,7 @@ fn labels(plan: &TaskPlan, role: &str) -> Value {
     labels
 }
 
+/// The engine's name for one of the task's volumes.
 fn volume_name(task: &str, volume: &str) -> String {
     format!("{task}-{volume}")
 }
@@ -494,15 +494,20 @@ impl Engine {
             self.call("DELETE", &format!("/containers/{}?force=true&v=true", c["Id"].as_str().unwrap_or_default()), &EngineBody::None)?;
             removed.push(format!("{name} ({})", c["State"].as_str().unwrap_or("unknown state")));
         }
-        let filter = encode(&json!({"label": [label]}).to_string());
-        let listed: Value = serde_json::from_slice(&self.call("GET", &format!("/volumes?filters={filter}"), &EngineBody::None)?)
-            .map_err(|e| LaunchError(format!("the Docker engine listed volumes in no JSON: {e}")))?;
-        for v in listed["Volumes"].as_array().into_iter().flatten() {
+        for v in self.volumes_labelled(&label)? {
             if v["Labels"]["sluice.workload"] != workload {
                 self.call("DELETE", &format!("/volumes/{}?force=true", v["Name"].as_str().unwrap_or_default()), &EngineBody::None)?;
             }
         }
         Ok(removed)
+    }
+
+    /// The volumes that carry `label` (`key` or `key=value`).
+    pub fn volumes_labelled(&self, label: &str) -> Result<Vec<Value>, LaunchError> {
+        let filter = encode(&json!({"label": [label]}).to_string());
+        let body: Value = serde_json::from_slice(&self.call("GET", &format!("/volumes?filters={filter}"), &EngineBody::None)?)
+            .map_err(|e| LaunchError(format!("the Docker engine listed volumes in no JSON: {e}")))?;
+        Ok(body["Volumes"].as_array().cloned().unwrap_or_default())
     }
 
     /// The containers, stopped ones too, that carry `label` (`key` or `key=value`).

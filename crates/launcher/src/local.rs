@@ -106,8 +106,8 @@ impl LocalExecutor {
         let (job_id, attempt) = w.job_attempt().ok_or_else(|| LaunchError(format!("sync workload {} names no job", w.id)))?;
         let log_path = self.logs.path(job_id, attempt);
         std::fs::create_dir_all(log_path.parent().expect("has a parent")).map_err(launch_error("cannot create the log directory"))?;
-        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(launch_error("cannot open the attempt log"))?;
-        let fence = self.fence(w, &mut log).await?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(launch_error("cannot open the attempt log"))?;
+        let fence = self.fence(w, &log).await?;
 
         let mut command = tokio::process::Command::new(&self.sluice);
         command
@@ -184,25 +184,19 @@ impl LocalExecutor {
     /// Waits until no process of an earlier attempt of this connection is
     /// left (after `sluice up` was killed, its orchestrators stop on their
     /// own, and may still be stopping when the next attempt is launched).
-    async fn fence(&self, w: &Workload, log: &mut std::fs::File) -> Result<sluice_orchestrator::fence::Fence, LaunchError> {
+    async fn fence(&self, w: &Workload, log: &std::fs::File) -> Result<sluice_orchestrator::fence::Fence, LaunchError> {
         use std::io::Write;
-        use sluice_orchestrator::fence;
         let connection = w.mutex_key.as_deref().unwrap_or(&w.id);
         let path = self.work_root.join("fences").join(format!("{connection}.lock"));
-        let taken = |e: std::io::Error| LaunchError(format!("cannot take the lock {}: {e}", path.display()));
-        let (started, mut said) = (tokio::time::Instant::now(), false);
-        loop {
-            if let Some(fence) = fence::try_take(&path).map_err(taken)? {
-                return Ok(fence);
-            }
-            if !std::mem::replace(&mut said, true) {
+        let mut log = log.try_clone().map_err(launch_error("cannot open the attempt log"))?;
+        tokio::task::spawn_blocking(move || {
+            sluice_orchestrator::fence::take(&path, FENCE_PATIENCE, || {
                 let _ = writeln!(log, "sluice: processes of an earlier attempt of this connection are still running; waiting for them to exit");
-            }
-            if started.elapsed() > FENCE_PATIENCE {
-                return Err(LaunchError(fence::still_held(&path, FENCE_PATIENCE)));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            })
+        })
+        .await
+        .map_err(|e| LaunchError(format!("waiting for the connection's lock: {e}")))?
+        .map_err(LaunchError)
     }
 
     /// Where the spec of a pinned PyPI connector is kept once learnt: a

@@ -54,7 +54,7 @@ pub fn take(path: &Path, patience: Duration, waiting: impl FnOnce()) -> Result<F
 }
 
 /// What to say when earlier holders outlast the wait.
-pub fn still_held(path: &Path, patience: Duration) -> String {
+fn still_held(path: &Path, patience: Duration) -> String {
     format!(
         "processes of an earlier attempt still hold {} after {} s; they are still stopping (or stuck): find them with `fuser {}`, and try again once they are gone",
         path.display(),
