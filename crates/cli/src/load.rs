@@ -3,11 +3,14 @@
 //! Requests go out open loop at a fixed rate: each one's send time is set in
 //! advance and its latency counts from then, so a server that falls behind
 //! shows it in the percentiles instead of slowing the generator down (the
-//! "coordinated omission" of closed-loop tools). `--syncs N` instead makes N
+//! "coordinated omission" of closed-loop tools). Each worker keeps its own
+//! share of the schedule on its own connection, as wrk2 does: no dispatcher
+//! and no shared queue, whose wake-ups cost the generator more CPU than the
+//! server spends answering, on a machine the two share. `--syncs N` instead makes N
 //! connections and syncs them all at once, to see jobs queue under the
 //! server's `--max-running-jobs` and all succeed.
 
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -29,8 +32,10 @@ pub struct LoadArgs {
     /// the connections there are), from 0 to 1; the rest read GET /connections and GET /jobs
     #[arg(long, default_value_t = 0.0)]
     writes: f64,
-    /// Threads sending requests (each keeps its connection open)
-    #[arg(long, default_value_t = 64)]
+    /// Threads sending requests, each on its own connection with every
+    /// workers-th request of the schedule (a request that finds its worker
+    /// still waiting on an earlier one goes late, and its latency says so)
+    #[arg(long, default_value_t = 16)]
     workers: usize,
     /// The server's pid, to report its memory (this machine only)
     #[arg(long)]
@@ -77,21 +82,22 @@ fn requests(client: &Client, args: &LoadArgs) -> anyhow::Result<i32> {
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     // Every writes-th request is a write, spread evenly.
     let write_every = if args.writes > 0.0 { (1.0 / args.writes).round().max(1.0) as u64 } else { u64::MAX };
-    let (send, receive) = mpsc::sync_channel::<(u64, Instant)>(args.workers * 4);
-    let receive = Arc::new(Mutex::new(receive));
     let results = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
-    let stop_at = Instant::now() + Duration::from_secs(args.seconds as u64 + 30);
-    let workers: Vec<_> = (0..args.workers)
-        .map(|_| {
-            let (receive, results, connections) = (receive.clone(), results.clone(), connections.clone());
+    let start = Instant::now();
+    let stop_at = start + Duration::from_secs(args.seconds as u64 + 30);
+    let workers: Vec<_> = (0..args.workers as u64)
+        .map(|first| {
+            let (results, connections, stride) = (results.clone(), connections.clone(), args.workers as u64);
             let (base, token) = (client.base().to_owned(), client.token().to_owned());
             std::thread::spawn(move || {
                 let agent: ureq::Agent =
                     ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30))).build().into();
                 let mut mine = Vec::new();
-                loop {
-                    let next = receive.lock().unwrap().recv();
-                    let Ok((i, due)) = next else { break };
+                for i in (first..total).step_by(stride as usize) {
+                    let due = start + interval.mul_f64(i as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
                     if Instant::now() > stop_at {
                         break;
                     }
@@ -120,18 +126,6 @@ fn requests(client: &Client, args: &LoadArgs) -> anyhow::Result<i32> {
             })
         })
         .collect();
-
-    let start = Instant::now();
-    for i in 0..total {
-        let due = start + interval.mul_f64(i as f64);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        if Instant::now() > stop_at || send.send((i, due)).is_err() {
-            break;
-        }
-    }
-    drop(send);
     for w in workers {
         let _ = w.join();
     }

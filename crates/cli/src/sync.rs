@@ -114,7 +114,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
 
     let cache = Cache::from_env();
     let sluice = std::env::current_exe().context("cannot find the sluice executable")?;
-    let mut say = |text: &str| eprintln!("sluice: {text}");
+    let mut say = |text: &str| sluice_protocol::say!("sluice: {text}");
     let source_command = source_ref.command(&sluice, &cache, &mut say)?;
     let destination_command = destination_ref.command(&sluice, &cache, &mut say)?;
 
@@ -132,7 +132,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
     // earlier one (say, a killed sync's destination) is still running.
     let fence_path = state_file.with_extension("lock");
     let fence = sluice_orchestrator::fence::take(&fence_path, Duration::from_secs(args.shutdown_grace_secs.max(1) * 6), || {
-        eprintln!("sluice: another sync with the state file {} is still running; waiting for it to end", state_file.display())
+        sluice_protocol::say!("sluice: another sync with the state file {} is still running; waiting for it to end", state_file.display())
     })
     .map_err(anyhow::Error::msg)?;
     fence.inherit_in_children().context("cannot pass the sync's lock to its connectors")?;
@@ -191,7 +191,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<i32> {
         destination_config_file: Some(args.destination_config.clone()),
     };
     let mut reporter = Terminal::new(files, std::io::stderr().is_terminal());
-    eprintln!("sluice: syncing {} -> {} ({} streams)", config.source.name, config.destination.name, config.catalog.streams.len());
+    sluice_protocol::say!("sluice: syncing {} -> {} ({} streams)", config.source.name, config.destination.name, config.catalog.streams.len());
     let outcome = crate::run_attempt(&config, &mut reporter, &cancel);
     reporter.clear();
     let _ = std::fs::remove_dir_all(&work_dir);
@@ -315,9 +315,9 @@ fn load_state(path: &Path) -> anyhow::Result<Vec<AirbyteStateMessage>> {
 
 fn print_summary(outcome: &Outcome, state_file: &Path, log_file: &Path) {
     let secs = outcome.elapsed_secs.max(1e-9);
-    eprintln!("{:<24} {:>12} {:>12} {:>10} {:>12}", "stream", "emitted", "committed", "MB", "records/s");
+    sluice_protocol::say!("{:<24} {:>12} {:>12} {:>10} {:>12}", "stream", "emitted", "committed", "MB", "records/s");
     for s in &outcome.streams {
-        eprintln!(
+        sluice_protocol::say!(
             "{:<24} {:>12} {:>12} {:>10.2} {:>12.0}",
             s.stream.to_string(),
             s.emitted.records,
@@ -331,7 +331,7 @@ fn print_summary(outcome: &Outcome, state_file: &Path, log_file: &Path) {
         AttemptStatus::Failed => "FAILED",
         AttemptStatus::Cancelled => "cancelled",
     };
-    eprintln!(
+    sluice_protocol::say!(
         "sync {status} in {:.1} s: {} records committed of {} emitted, {} of {} states committed",
         outcome.elapsed_secs,
         outcome.records_committed(),
@@ -340,7 +340,7 @@ fn print_summary(outcome: &Outcome, state_file: &Path, log_file: &Path) {
         outcome.states_emitted
     );
     if let Some(failure) = &outcome.failure {
-        eprintln!("reason: {failure}");
+        sluice_protocol::say!("reason: {failure}");
     }
-    eprintln!("state: {}\nlog:   {}", state_file.display(), log_file.display());
+    sluice_protocol::say!("state: {}\nlog:   {}", state_file.display(), log_file.display());
 }

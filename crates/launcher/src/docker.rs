@@ -659,7 +659,7 @@ impl DockerExecutor {
         let (e, t) = (engine.clone(), task.clone());
         let cleaned = blocking(move || e.remove(&t)).await;
         if let Err(e) = cleaned {
-            eprintln!("sluice: removing the containers of {}: {e}", w.id);
+            sluice_protocol::say!("sluice: removing the containers of {}: {e}", w.id);
         }
         result
     }
@@ -829,7 +829,7 @@ impl DockerExecutor {
         })
         .await;
         if let Err(e) = told {
-            eprintln!("sluice: could not tell the orchestrator of {} that {} stopped: {e}", plan.workload_id, container.name);
+            sluice_protocol::say!("sluice: could not tell the orchestrator of {} that {} stopped: {e}", plan.workload_id, container.name);
         }
     }
 }

@@ -284,7 +284,7 @@ pub async fn run_claimed(executor: &LocalExecutor, docker: &crate::docker::Docke
     };
     if let Err(e) = result {
         if let Err(failed) = fail_launch(app, &w, &e.0).await {
-            eprintln!("sluice: could not record that workload {} failed ({}): {failed}", w.id, e.0);
+            sluice_protocol::say!("sluice: could not record that workload {} failed ({}): {failed}", w.id, e.0);
         }
     }
 }

@@ -21,3 +21,15 @@ pub fn now_millis() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// A line to standard error, as `eprintln!` but never panicking: a
+/// connector's, the orchestrator's and `sluice up`'s stderr are log files on
+/// the data disk, and a full disk costs log lines, not a sync whose data goes
+/// elsewhere (`eprintln!` panics when the write fails).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}

@@ -66,7 +66,7 @@ impl ConfigStore for SqliteStore {
     }
 
     async fn get_doc(&self, kind: DocKind, id: &str) -> Result<Doc, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             conn.query_row("SELECT id, workspace_id, body, version FROM docs WHERE kind = ?1 AND id = ?2", params![kind.as_str(), id], doc_from_row)
                 .optional()
                 .map_err(unavailable)?
@@ -105,7 +105,7 @@ impl ConfigStore for SqliteStore {
     }
 
     async fn list_docs(&self, kind: DocKind, workspaces: &[String], limit: usize, offset: usize) -> Result<Vec<Doc>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             use rusqlite::types::Value as Sql;
             let mut values: Vec<Sql> = vec![Sql::Text(kind.as_str().to_owned())];
             let mut sql = String::from("SELECT id, workspace_id, body, version FROM docs WHERE kind = ?1");

@@ -4,7 +4,8 @@
 //! puts in its `ConditionExpression`; zero rows changed is a conflict.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
@@ -54,8 +55,18 @@ CREATE INDEX IF NOT EXISTS jobs_by_connection ON jobs (connection_id, id);
 ";
 
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    /// Every write, and every read that decides a write, goes through this one connection.
+    writer: Mutex<Connection>,
+    /// Plain reads go on connections of their own: in WAL mode a reader
+    /// sees the last commit and never waits for the writer, whose commits
+    /// wait for the disk (synchronous = FULL). An API read under load must
+    /// not queue behind a job's fsync.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
 }
+
+/// Reader connections: enough that the runtime's threads rarely share one.
+const READERS: usize = 4;
 
 /// A database error, told as its cause and what to do when it is the
 /// machine's: a full disk, a read-only file system, another process's lock.
@@ -93,12 +104,40 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         conn.execute_batch(docs::SCHEMA).map_err(unavailable)?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        let readers = (0..READERS)
+            .map(|_| {
+                let reader = Connection::open(path).map_err(unavailable)?;
+                reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+                reader.pragma_update(None, "query_only", true).map_err(unavailable)?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(SqliteStore { writer: Mutex::new(conn), readers, next_reader: AtomicUsize::new(0) })
     }
 
+    /// Runs `f` on the writer. Its commit waits for the disk, so on a
+    /// multi-threaded runtime the wait is announced (`block_in_place`): the
+    /// thread's other tasks move to another thread instead of waiting too.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut conn)
+        let run = || f(&mut self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+            _ => run(),
+        }
+    }
+
+    /// Runs a read on a free reader connection (or waits its turn for one).
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let free = self.readers.iter().find_map(|r| match r.try_lock() {
+            Ok(conn) => Some(conn),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        });
+        let conn: MutexGuard<'_, Connection> = free.unwrap_or_else(|| {
+            let turn = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+            self.readers[turn].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        });
+        f(&conn)
     }
 }
 
@@ -194,7 +233,7 @@ impl WorkloadStore for SqliteStore {
     }
 
     async fn get_workload(&self, id: &str) -> Result<Workload, StoreError> {
-        self.with(|conn| by_id(conn, &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE id = ?1"), &id, "workload", workload_from_row))
+        self.read(|conn| by_id(conn, &format!("SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE id = ?1"), &id, "workload", workload_from_row))
     }
 
     async fn update_workload(&self, next: &Workload) -> Result<Workload, StoreError> {
@@ -359,7 +398,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn get_job(&self, id: i64) -> Result<Job, StoreError> {
-        self.with(|conn| by_id(conn, &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), &id, "job", job_from_row))
+        self.read(|conn| by_id(conn, &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), &id, "job", job_from_row))
     }
 
     async fn update_job(&self, next: &Job) -> Result<Job, StoreError> {
@@ -386,7 +425,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {JOB_COLUMNS} FROM jobs

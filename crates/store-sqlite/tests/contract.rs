@@ -73,3 +73,38 @@ async fn secrets_round_trip() {
     let mode = std::fs::metadata(dir.path().join("secrets").join(reference)).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "only the owner reads a secret");
 }
+
+/// Reads do not queue behind a write: while another connection holds the
+/// database's write lock in the middle of a transaction (as a commit waiting
+/// for the disk does) and this store's own write waits for it, gets and lists
+/// answer at once with the last commit; the write goes through once the lock
+/// is free, neither failed nor lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_answer_while_a_write_waits_for_the_lock() {
+    use sluice_store::{ConfigStore, Doc, DocKind};
+    use std::time::{Duration, Instant};
+    let (dir, store) = fresh();
+    let store = std::sync::Arc::new(store);
+    let doc = |id: &str| Doc { id: id.into(), workspace_id: Some("w".into()), body: serde_json::json!({"name": id}), version: sluice_domain::Version::INITIAL };
+    store.insert_doc(DocKind::Source, &doc("committed")).await.unwrap();
+
+    let other = rusqlite::Connection::open(dir.path().join("sluice.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE; INSERT INTO docs (kind, id, workspace_id, body, version) VALUES ('source', 'pending', 'w', '{}', 1);").unwrap();
+    let write = tokio::spawn({
+        let store = store.clone();
+        async move { store.insert_doc(DocKind::Source, &doc("later")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!write.is_finished(), "the write waits for the lock");
+
+    let started = Instant::now();
+    assert_eq!(store.get_doc(DocKind::Source, "committed").await.unwrap().id, "committed");
+    let listed = store.list_docs(DocKind::Source, &[], 10, 0).await.unwrap();
+    assert_eq!(listed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["committed"], "the last commit, not the open transaction");
+    assert!(started.elapsed() < Duration::from_secs(1), "reads waited {:?} for the writer", started.elapsed());
+
+    other.execute_batch("COMMIT").unwrap();
+    write.await.unwrap().expect("the write goes through once the lock is free");
+    let listed = store.list_docs(DocKind::Source, &[], 10, 0).await.unwrap();
+    assert_eq!(listed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["committed", "pending", "later"]);
+}

@@ -104,11 +104,11 @@ pub fn ask(question: Question, name: &str, dir: &Path, api: WorkloadApi, heartbe
                 }
                 match api.post("heartbeat", &json!({})) {
                     Ok(answer) if answer["stop"] == true => {
-                        eprintln!("orchestrator: the platform says stop: {}", answer["reason"].as_str().unwrap_or("the workload ended"));
+                        sluice_protocol::say!("orchestrator: the platform says stop: {}", answer["reason"].as_str().unwrap_or("the workload ended"));
                         stopper.terminate();
                     }
                     Ok(_) => {}
-                    Err(e) => eprintln!("orchestrator: heartbeat failed: {e}"),
+                    Err(e) => sluice_protocol::say!("orchestrator: heartbeat failed: {e}"),
                 }
             }
         })
@@ -153,7 +153,7 @@ pub fn ask(question: Question, name: &str, dir: &Path, api: WorkloadApi, heartbe
             Ok(true)
         }
         Err(message) => {
-            eprintln!("orchestrator: {message}");
+            sluice_protocol::say!("orchestrator: {message}");
             api.post("output", &json!({"message": message}))?;
             api.post("failure", &json!({"failure": {"origin": "connector", "type": "system_error", "message": message}}))?;
             Ok(false)

@@ -35,7 +35,7 @@ pub fn main_with(args: &[String], name: &str, runner: Runner) -> i32 {
     match run(args, runner) {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("{name}: {message}");
+            sluice_protocol::say!("{name}: {message}");
             2
         }
     }
@@ -82,7 +82,7 @@ fn run(args: &[String], runner: Runner) -> Result<i32, String> {
             reporter.api.post("running", &serde_json::json!({})).map_err(|e| format!("cannot reach the workload API: {e}"))?;
             let outcome = runner(&config, &mut reporter, &cancel);
             if let Err(e) = reporter.api.report_end(&outcome) {
-                eprintln!("orchestrator: could not report the attempt's end: {e}");
+                sluice_protocol::say!("orchestrator: could not report the attempt's end: {e}");
             }
             outcome
         }

@@ -370,13 +370,13 @@ async fn serve(args: UpArgs) -> anyhow::Result<i32> {
 
     let kept = if args.aws { format!("state on AWS under the prefix `{}`", args.aws_names.prefix) } else { format!("data in {}", data.display()) };
     let web = if sluice_ui::built() { format!("the web app at http://{address}/") } else { "no web app: this binary was built before ui/".to_owned() };
-    eprintln!("sluice: listening on http://{address} (Config API at /api/public/v1; {web}), {kept}");
+    sluice_protocol::say!("sluice: listening on http://{address} (Config API at /api/public/v1; {web}), {kept}");
     if let Some(path) = credentials {
-        eprintln!("sluice: created an application; its client id and secret are in {}", path.display());
+        sluice_protocol::say!("sluice: created an application; its client id and secret are in {}", path.display());
     }
-    eprintln!("sluice: {scheduled} cron schedule(s); recovered {recovered} workload(s); ready in {} ms", started.elapsed().as_millis());
+    sluice_protocol::say!("sluice: {scheduled} cron schedule(s); recovered {recovered} workload(s); ready in {} ms", started.elapsed().as_millis());
     axum::serve(listener, sluice_api::router(app)).with_graceful_shutdown(shutdown_signal()).await.context("the API server failed")?;
-    eprintln!("sluice: stopped");
+    sluice_protocol::say!("sluice: stopped");
     Ok(0)
 }
 
@@ -481,7 +481,7 @@ async fn launch_loop(
                 let (app, ecs) = (app.clone(), ecs.clone().expect("checked"));
                 tokio::spawn(async move {
                     if let Err(e) = ecs.launch(&app, &w).await {
-                        eprintln!("sluice: could not launch {} on ECS: {e}", w.id);
+                        sluice_protocol::say!("sluice: could not launch {} on ECS: {e}", w.id);
                     }
                 });
             }
@@ -494,7 +494,7 @@ async fn launch_loop(
                 let _ = tokio::time::timeout(Duration::from_secs(1), app.work_queued.notified()).await;
             }
             Err(e) => {
-                eprintln!("sluice: launcher: {e}");
+                sluice_protocol::say!("sluice: launcher: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -507,7 +507,7 @@ async fn scheduler_loop(app: Arc<App>) {
         match sluice_platform::start_due_attempts(&app.ports(), Timestamp::now()).await {
             Ok(started) if !started.is_empty() => app.work_queued.notify_one(),
             Ok(_) => {}
-            Err(e) => eprintln!("sluice: scheduler: {e}"),
+            Err(e) => sluice_protocol::say!("sluice: scheduler: {e}"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -520,31 +520,31 @@ async fn monitor_loop(app: Arc<App>, ecs: Option<sluice_store_aws::EcsTasks>, ev
         tokio::time::sleep(every).await;
         match sluice_platform::monitor_sweep(&app.ports(), &app.settings.retry, Timestamp::now()).await {
             Ok(failed) if !failed.is_empty() => {
-                eprintln!("sluice: monitor failed {} workload(s) past their deadline: {}", failed.len(), failed.join(", "));
+                sluice_protocol::say!("sluice: monitor failed {} workload(s) past their deadline: {}", failed.len(), failed.join(", "));
                 app.work_queued.notify_one();
             }
             Ok(_) => {}
-            Err(e) => eprintln!("sluice: monitor: {e}"),
+            Err(e) => sluice_protocol::say!("sluice: monitor: {e}"),
         }
         if let Some(tasks) = &ecs {
             if let Err(e) = sluice_lambda::stop_tasks_of_ended_workloads(&app, tasks).await {
-                eprintln!("sluice: monitor: stopping the tasks of ended workloads: {e}");
+                sluice_protocol::say!("sluice: monitor: stopping the tasks of ended workloads: {e}");
             }
             match sluice_lambda::fail_workloads_of_stopped_tasks(&app, tasks).await {
                 Ok(lost) if !lost.is_empty() => {
-                    eprintln!("sluice: monitor failed {} workload(s) whose ECS task stopped: {}", lost.len(), lost.join(", "));
+                    sluice_protocol::say!("sluice: monitor failed {} workload(s) whose ECS task stopped: {}", lost.len(), lost.join(", "));
                     app.work_queued.notify_one();
                 }
                 Ok(_) => {}
-                Err(e) => eprintln!("sluice: monitor: {e}"),
+                Err(e) => sluice_protocol::say!("sluice: monitor: {e}"),
             }
         }
         let cutoff = Timestamp::now() - SignedDuration::from_hours(24 * retention_days as i64);
         if let Err(e) = app.logs.delete_older_than(cutoff).await {
-            eprintln!("sluice: monitor: cleaning logs: {e}");
+            sluice_protocol::say!("sluice: monitor: cleaning logs: {e}");
         }
         if let Err(e) = app.workloads.purge_finished_workloads(cutoff).await {
-            eprintln!("sluice: monitor: cleaning finished workloads: {e}");
+            sluice_protocol::say!("sluice: monitor: cleaning finished workloads: {e}");
         }
     }
 }
@@ -558,7 +558,7 @@ async fn learn_specs(app: Arc<App>) {
         let Ok(definition) = serde_json::from_value::<sluice_domain::resources::Definition>(doc.body) else { continue };
         if definition.connection_specification.is_none() && definition.workspace_id.is_none() {
             if let Err(p) = sluice_api::config::connectors::spec(&app, &definition).await {
-                eprintln!("sluice: could not learn the spec of {}: {}", definition.name, p.detail);
+                sluice_protocol::say!("sluice: could not learn the spec of {}: {}", definition.name, p.detail);
             }
         }
     }

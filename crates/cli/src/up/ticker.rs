@@ -80,9 +80,9 @@ impl Ticker {
             interval.tick().await;
             for connection_id in self.take_due(Timestamp::now()) {
                 match sluice_api::config::jobs::start(&app, &connection_id, JobType::Sync, Vec::new()).await {
-                    Ok(job) => eprintln!("sluice: schedule started job {} for connection {connection_id}", job.id),
-                    Err(p) if p.status.as_u16() == 409 => eprintln!("sluice: schedule skipped connection {connection_id}: {}", p.detail),
-                    Err(p) => eprintln!("sluice: schedule could not start a job for connection {connection_id}: {}", p.detail),
+                    Ok(job) => sluice_protocol::say!("sluice: schedule started job {} for connection {connection_id}", job.id),
+                    Err(p) if p.status.as_u16() == 409 => sluice_protocol::say!("sluice: schedule skipped connection {connection_id}: {}", p.detail),
+                    Err(p) => sluice_protocol::say!("sluice: schedule could not start a job for connection {connection_id}: {}", p.detail),
                 }
             }
         }

@@ -51,12 +51,12 @@ impl Events for Webhooks {
                     .await;
                     match sent {
                         Ok(Ok(status)) if status < 500 => return,
-                        Ok(Ok(status)) => eprintln!("sluice: webhook {url} answered {status} to {name} (try {})", attempt + 1),
-                        Ok(Err(e)) => eprintln!("sluice: webhook {url} unreachable for {name} (try {}): {e}", attempt + 1),
-                        Err(e) => eprintln!("sluice: webhook {url}: {e}"),
+                        Ok(Ok(status)) => sluice_protocol::say!("sluice: webhook {url} answered {status} to {name} (try {})", attempt + 1),
+                        Ok(Err(e)) => sluice_protocol::say!("sluice: webhook {url} unreachable for {name} (try {}): {e}", attempt + 1),
+                        Err(e) => sluice_protocol::say!("sluice: webhook {url}: {e}"),
                     }
                 }
-                eprintln!("sluice: gave up delivering {name} to {url}");
+                sluice_protocol::say!("sluice: gave up delivering {name} to {url}");
             });
         }
     }
