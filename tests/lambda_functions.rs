@@ -219,10 +219,20 @@ fn the_platform_runs_as_its_lambda_functions() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    // `sluice load`'s read load, short, through the gateway and the config-api function.
-    let load = support::sluice().args(["load", "--rate", "50", "--seconds", "2", "--workers", "4", "-o", "json", "--credentials"]).arg(&credentials).output().unwrap();
+    // `sluice load`'s read load through the gateway and the config-api
+    // function: short here; SLUICE_GATEWAY_LOAD=<rate>:<seconds> is the long form.
+    let (rate, seconds) = std::env::var("SLUICE_GATEWAY_LOAD")
+        .ok()
+        .map(|v| v.split_once(':').and_then(|(r, s)| Some((r.parse::<u64>().ok()?, s.parse::<u64>().ok()?))).expect("SLUICE_GATEWAY_LOAD is <rate>:<seconds>"))
+        .unwrap_or((50, 2));
+    let load = support::sluice()
+        .args(["load", "--rate", &rate.to_string(), "--seconds", &seconds.to_string(), "--workers", "4", "-o", "json", "--credentials"])
+        .arg(&credentials)
+        .output()
+        .unwrap();
     let report: Value = serde_json::from_slice(&load.stdout).unwrap_or(Value::Null);
-    assert!(load.status.success() && report["errors"] == 0 && report["sent"] == 100, "{report:#}\n{}", String::from_utf8_lossy(&load.stderr));
+    eprintln!("load through the gateway: {report}");
+    assert!(load.status.success() && report["errors"] == 0 && report["sent"] == rate * seconds, "{report:#}\n{}", String::from_utf8_lossy(&load.stderr));
     let credentials: Value = serde_json::from_str(&std::fs::read_to_string(&credentials).unwrap()).unwrap();
     let base = format!("{}/api/public/v1", f.gateway.url());
     let token = access_token(&base, credentials["client_id"].as_str().unwrap(), credentials["client_secret"].as_str().unwrap(), &log);

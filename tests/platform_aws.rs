@@ -261,3 +261,81 @@ fn a_sync_on_localstack_with_dynamodb_and_ecs_on_moto() {
         assert!(tables.table_names().iter().any(|t| t == &format!("{prefix}-jobs")), "the tables are on moto");
     });
 }
+
+/// The fence between a connection's attempts on ECS: before attempt 1's
+/// task runs, attempt 0's task that ECS still runs (frozen, or still
+/// stopping when the monitor failed it) is stopped, and the launch goes on
+/// only once ECS reports it stopped. Another connection's task and the
+/// workload's own are left alone.
+#[test]
+fn a_new_attempt_stops_the_earlier_attempts_ecs_task_before_its_own_starts() {
+    use sluice_launcher::ecs::{ecs_task, EcsSettings};
+    use sluice_launcher::plan::{Container, Resources, Runtime, TaskPlan};
+    let prefix = format!("fence{}", std::process::id());
+    provision(&prefix);
+    let (subnet, group) = default_network();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let config = sluice_store_aws::moto::sdk_config(moto()).await;
+        let cluster = sluice_store_aws::Names::with_prefix(&prefix).cluster;
+        let placement = sluice_store_aws::EcsPlacement {
+            cluster: cluster.clone(),
+            subnets: vec![subnet],
+            security_groups: vec![group],
+            execution_role_arn: "arn:aws:iam::123456789012:role/sluice-task-execution".into(),
+            task_role_arn: "arn:aws:iam::123456789012:role/sluice-task".into(),
+            assign_public_ip: false,
+        };
+        let tasks = sluice_store_aws::EcsTasks::new(&config, placement);
+        let settings = EcsSettings {
+            orchestrator_image: "sluice/orchestrator:0.1.0".into(),
+            reference_images: [("sluice-faker".to_owned(), "sluice/source-faker:0.1.0".to_owned()), ("dev-null".to_owned(), "sluice/destination-dev-null:0.1.0".to_owned())].into(),
+            family_prefix: prefix.clone(),
+            log_group: format!("/{prefix}/tasks"),
+            region: "us-east-1".into(),
+            launch_key_secret_arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:sluice/launch-key".into(),
+            workload_api_iam: true,
+        };
+        let run = |workload: &str| {
+            let plan = TaskPlan {
+                workload_id: workload.into(),
+                kind: sluice_domain::WorkloadType::Sync,
+                files: vec![],
+                connector: None,
+                source: Some(Container { name: "source-faker".into(), runtime: Runtime::Reference("sluice-faker".into()), env: Default::default() }),
+                destination: Some(Container { name: "dev-null".into(), runtime: Runtime::Reference("dev-null".into()), env: Default::default() }),
+                resources: Resources::default(),
+                data_channel: None,
+                workload_api_url: "http://127.0.0.1:9/api/internal/v1".into(),
+                credential: "c".into(),
+            };
+            ecs_task(&plan, &settings).unwrap()
+        };
+        let earlier = tasks.run(&run("conna_7_0_sync")).await.unwrap();
+        let other = tasks.run(&run("connb_3_0_sync")).await.unwrap();
+        // What ECS is asked to keep running, by ListTasks: moto moves a task one
+        // step of its lifecycle towards STOPPED at each DescribeTasks (four make
+        // a running task look stopped), so the test does not describe to see.
+        let ecs = aws_sdk_ecs::Client::new(&config);
+        let states = || async {
+            let listed = ecs.list_tasks().cluster(&cluster).desired_status(aws_sdk_ecs::types::DesiredStatus::Running).send().await.unwrap();
+            listed.task_arns().to_vec()
+        };
+        assert!(states().await.contains(&earlier) && states().await.contains(&other));
+
+        let stopped = sluice_lambda::fence(&tasks, "conna", "conna_7_1_sync", Duration::from_secs(30)).await.unwrap();
+        assert_eq!(stopped, [earlier.clone()], "the earlier attempt's task, and only it");
+        let running = states().await;
+        assert!(!running.contains(&earlier) && running.contains(&other), "{running:?}");
+        let why = tasks.stopped().await.unwrap().into_iter().find(|(arn, _, _)| *arn == earlier).expect("ECS lists it as stopped").2;
+        assert!(why.contains("conna_7_1_sync starts; the workload conna_7_0_sync has ended"), "{why}");
+
+        // Its own task (a redelivered launch) and a fence with nothing to stop.
+        let own = tasks.run(&run("conna_7_1_sync")).await.unwrap();
+        assert_eq!(sluice_lambda::fence(&tasks, "conna", "conna_7_1_sync", Duration::from_secs(30)).await.unwrap(), Vec::<String>::new());
+        assert!(states().await.contains(&own));
+        for arn in [own, other] {
+            tasks.stop(&arn, "the test ends").await.unwrap();
+        }
+    });
+}

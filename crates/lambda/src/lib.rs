@@ -229,7 +229,7 @@ impl EcsLauncher {
     pub async fn launch(&self, app: &App, w: &sluice_domain::Workload) -> Result<String, Error> {
         let launched = async {
             if let Some(connection) = sluice_domain::sync_workload_connection(&w.id) {
-                self.fence(connection, &w.id).await?;
+                fence(&self.tasks, connection, &w.id, FENCE_PATIENCE).await?;
             }
             let plan = sluice_launcher::build_plan(app, w, &self.api_url).await?;
             let run = sluice_launcher::ecs::ecs_task(&plan, &self.settings)?;
@@ -250,43 +250,43 @@ impl EcsLauncher {
     }
 }
 
-impl EcsLauncher {
-    /// The fence between a connection's attempts on ECS: a task of an
-    /// earlier one that ECS still runs (a frozen task the monitor failed, a
-    /// cancelled job's task still stopping) is stopped, and this attempt's
-    /// task starts only once ECS says the earlier one has stopped.
-    async fn fence(&self, connection: &str, workload: &str) -> Result<(), sluice_launcher::LaunchError> {
-        let error = |e: sluice_store::StoreError| sluice_launcher::LaunchError(format!("cannot list the cluster's tasks: {e}"));
-        let mine = |by: &str| by != workload && by.ends_with("_sync") && sluice_domain::sync_workload_connection(by) == Some(connection);
-        let deadline = std::time::Instant::now() + FENCE_PATIENCE;
-        let mut told = std::collections::BTreeSet::new();
-        loop {
-            let earlier: Vec<(String, String)> = self.tasks.not_stopped().await.map_err(error)?.into_iter().filter(|(_, by)| mine(by)).collect();
-            if earlier.is_empty() {
-                return Ok(());
-            }
-            for (arn, by) in &earlier {
-                if told.insert(arn.clone()) {
-                    self.tasks.stop(arn, &format!("{workload} starts; the workload {by} has ended")).await.map_err(error)?;
-                }
-            }
-            if std::time::Instant::now() > deadline {
-                let names: Vec<&str> = earlier.iter().map(|(arn, _)| arn.as_str()).collect();
-                return Err(sluice_launcher::LaunchError(format!(
-                    "earlier tasks of this connection are still stopping after {} s ({}); this attempt does not start beside them, and its retry will look again",
-                    FENCE_PATIENCE.as_secs(),
-                    names.join(", ")
-                )));
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+/// The fence between a connection's attempts on ECS: a task of an earlier
+/// one that ECS still runs (a frozen task the monitor failed, a cancelled
+/// job's task still stopping) is stopped, and `workload`'s task may start
+/// only once ECS says the earlier ones have stopped, within `patience`.
+/// Returns the tasks it stopped.
+pub async fn fence(tasks: &sluice_store_aws::EcsTasks, connection: &str, workload: &str, patience: std::time::Duration) -> Result<Vec<String>, sluice_launcher::LaunchError> {
+    let error = |e: sluice_store::StoreError| sluice_launcher::LaunchError(format!("cannot list the cluster's tasks: {e}"));
+    let mine = |by: &str| by != workload && by.ends_with("_sync") && sluice_domain::sync_workload_connection(by) == Some(connection);
+    let deadline = std::time::Instant::now() + patience;
+    let mut told = Vec::new();
+    loop {
+        let earlier: Vec<(String, String)> = tasks.not_stopped().await.map_err(error)?.into_iter().filter(|(_, by)| mine(by)).collect();
+        if earlier.is_empty() {
+            return Ok(told);
         }
+        for (arn, by) in &earlier {
+            if !told.contains(arn) {
+                tasks.stop(arn, &format!("{workload} starts; the workload {by} has ended")).await.map_err(error)?;
+                told.push(arn.clone());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let names: Vec<&str> = earlier.iter().map(|(arn, _)| arn.as_str()).collect();
+            return Err(sluice_launcher::LaunchError(format!(
+                "earlier tasks of this connection are still stopping after {} s ({}); this attempt does not start beside them, and its retry will look again",
+                patience.as_secs(),
+                names.join(", ")
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
 }
 
 /// How long a launch waits for an earlier task of its connection to stop
 /// (ECS gives containers 30 s after SIGTERM by default), within the
 /// launcher function's 120 s.
-const FENCE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+pub const FENCE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The launcher function, on an SQS batch (`{"Records": [{"messageId",
 /// "body": <workload id>}, ...]}`): claims each workload (a conditional
