@@ -324,7 +324,7 @@ fn a_new_attempt_stops_the_earlier_attempts_ecs_task_before_its_own_starts() {
         assert!(states().await.contains(&earlier) && states().await.contains(&other));
 
         let stopped = sluice_lambda::fence(&tasks, "conna", "conna_7_1_sync", Duration::from_secs(30)).await.unwrap();
-        assert_eq!(stopped, [earlier.clone()], "the earlier attempt's task, and only it");
+        assert_eq!(stopped, std::slice::from_ref(&earlier), "the earlier attempt's task, and only it");
         let running = states().await;
         assert!(!running.contains(&earlier) && running.contains(&other), "{running:?}");
         let why = tasks.stopped().await.unwrap().into_iter().find(|(arn, _, _)| *arn == earlier).expect("ECS lists it as stopped").2;
