@@ -1,3 +1,7 @@
+/// mimalloc, as in the `sluice` binary that runs the same code as a local process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     std::process::exit(sluice_orchestrator::cli::main_with(&args, "bookkeeper", sluice_bookkeeper::run));

@@ -1,4 +1,1 @@
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(sluice_destination_s3::main(&args));
-}
+sluice_connector_kit::connector_main!(sluice_destination_s3::main);

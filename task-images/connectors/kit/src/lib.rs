@@ -4,6 +4,26 @@
 
 pub mod sockets;
 
+#[doc(hidden)]
+pub use mimalloc;
+
+/// A connector binary's `main`: runs `$run` on the command line's arguments
+/// and exits with its status, on mimalloc, the allocator of the `sluice`
+/// binary that runs the same connector as a local process; so a connector
+/// in its image is the program `sluice connector` runs, allocator and all.
+#[macro_export]
+macro_rules! connector_main {
+    ($run:path) => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::mimalloc::MiMalloc = $crate::mimalloc::MiMalloc;
+
+        fn main() {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            std::process::exit($run(&args));
+        }
+    };
+}
+
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
