@@ -133,6 +133,9 @@ try {
   await page.getByRole("status").filter({ hasText: "Connection test failed" }).waitFor({ timeout: LONG });
   await look(page, "destination-check-failed");
   await page.getByRole("link", { name: "open it" }).click();
+  // The saved destination's page, loaded: until then the new-destination
+  // form, with its own #root_password, may still be the one on screen.
+  await page.getByRole("heading", { level: 1, name: "Warehouse", exact: true }).waitFor({ timeout: LONG });
   const password = page.locator("#root_password");
   await password.waitFor();
   assert.equal(await password.inputValue(), "**********", "a saved secret shows masked");
