@@ -273,19 +273,12 @@ fn a_new_attempt_stops_the_earlier_attempts_ecs_task_before_its_own_starts() {
     use sluice_launcher::plan::{Container, Resources, Runtime, TaskPlan};
     let prefix = format!("fence{}", std::process::id());
     provision(&prefix);
-    let (subnet, group) = default_network();
+    let network = default_network();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let config = sluice_store_aws::moto::sdk_config(moto()).await;
         let cluster = sluice_store_aws::Names::with_prefix(&prefix).cluster;
-        let placement = sluice_store_aws::EcsPlacement {
-            cluster: cluster.clone(),
-            subnets: vec![subnet],
-            security_groups: vec![group],
-            execution_role_arn: "arn:aws:iam::123456789012:role/sluice-task-execution".into(),
-            task_role_arn: "arn:aws:iam::123456789012:role/sluice-task".into(),
-            assign_public_ip: false,
-        };
+        let placement = sluice_store_aws::moto::placement(&cluster, network);
         let tasks = sluice_store_aws::EcsTasks::new(&config, placement);
         let settings = EcsSettings {
             orchestrator_image: "sluice/orchestrator:0.1.0".into(),

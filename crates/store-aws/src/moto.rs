@@ -84,3 +84,16 @@ pub fn default_network(venv: &Path, url: &str) -> std::io::Result<(String, Strin
         _ => Err(std::io::Error::other(format!("moto gave no default network: {}", String::from_utf8_lossy(&output.stderr)))),
     }
 }
+
+/// Where tests run ECS tasks on moto: `cluster` in the default network,
+/// with the roles a provisioned platform names.
+pub fn placement(cluster: &str, (subnet, group): (String, String)) -> crate::EcsPlacement {
+    crate::EcsPlacement {
+        cluster: cluster.to_owned(),
+        subnets: vec![subnet],
+        security_groups: vec![group],
+        execution_role_arn: "arn:aws:iam::123456789012:role/sluice-task-execution".into(),
+        task_role_arn: "arn:aws:iam::123456789012:role/sluice-task".into(),
+        assign_public_ip: false,
+    }
+}

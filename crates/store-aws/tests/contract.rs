@@ -332,15 +332,7 @@ async fn a_sync_plan_becomes_one_reused_fargate_task_definition_with_no_secret_i
         launch_key_secret_arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:sluice/launch-key".into(),
         workload_api_iam: true,
     };
-    let (subnet, group) = default_network();
-    let placement = sluice_store_aws::EcsPlacement {
-        cluster: names.cluster.clone(),
-        subnets: vec![subnet],
-        security_groups: vec![group],
-        execution_role_arn: "arn:aws:iam::123456789012:role/sluice-task-execution".into(),
-        task_role_arn: "arn:aws:iam::123456789012:role/sluice-task".into(),
-        assign_public_ip: false,
-    };
+    let placement = sluice_store_aws::moto::placement(&names.cluster, default_network());
     let tasks = sluice_store_aws::EcsTasks::new(&config, placement);
     let first = ecs_task(&plan("conn_1_0_sync"), &settings).unwrap();
     let second = ecs_task(&plan("conn_2_0_sync"), &settings).unwrap();
