@@ -232,3 +232,52 @@ fn every_operation_for_every_role_keeps_workspaces_apart() {
     let (status, body) = p.call("DELETE", &format!("/workspaces/{a}"), None, Some(&callers[1].token));
     assert!(status == 204 || status == 200, "{status} {body}");
 }
+
+/// A refusal (no token, a forbidden role) is answered before any handler
+/// reads the body. The connection must still be good for the client's next
+/// request: clients pool connections, and one the server closed after an
+/// early answer fails the next call ("peer disconnected", as a POST that
+/// cannot be retried).
+#[test]
+fn a_refused_request_leaves_its_connection_open_for_the_next() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let scratch = Scratch::new();
+    let p = Platform::start(&scratch.path("data"), &[]);
+    let address = p.base.trim_start_matches("http://").split('/').next().unwrap().to_owned();
+    let stream = std::net::TcpStream::connect(&address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    // One body large enough that it cannot sit in one read with the head.
+    let body = format!("{{\"name\": \"{}\"}}", "x".repeat(256 * 1024));
+    let read_answer = |reader: &mut BufReader<std::net::TcpStream>| -> (String, Vec<String>) {
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        let mut headers = Vec::new();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            headers.push(line.trim().to_ascii_lowercase());
+        }
+        let mut content = vec![0; length];
+        reader.read_exact(&mut content).unwrap();
+        (status.trim().to_owned(), headers)
+    };
+    for round in 0..3 {
+        write!(writer, "POST /api/public/v1/workspaces HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let (status, headers) = read_answer(&mut reader);
+        assert!(status.contains(" 401 "), "round {round}: {status}");
+        assert!(!headers.iter().any(|h| h == "connection: close"), "round {round}: the server closes after a refusal: {headers:?}");
+        write!(writer, "GET /api/public/v1/health HTTP/1.1\r\nhost: {address}\r\n\r\n")
+            .unwrap_or_else(|e| panic!("round {round}: the server closed the connection after its refusal, without saying so: {e}"));
+        let (status, _) = read_answer(&mut reader);
+        assert!(status.contains(" 200 "), "round {round}: the next request on the connection got `{status}`");
+    }
+}

@@ -143,7 +143,46 @@ fn surface(app: Arc<App>, config_api: bool, workload_api: bool) -> Router {
         .fallback(|| async { Problem::new(axum::http::StatusCode::NOT_FOUND, "Not found", "no such route; see /api/public/v1/openapi.json") })
         .layer(axum::middleware::map_response(problems_everywhere))
         .layer(axum::extract::DefaultBodyLimit::max(app.settings.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), read_body_first))
         .with_state(app)
+}
+
+/// hyper ends a connection when a response goes out before its request's
+/// body was read (it cannot find where the next request starts), and it
+/// does not always say so in time with `Connection: close`. A client that
+/// pooled the connection then fails its next call with "peer disconnected".
+/// Refusals (401, 403, the 404 of another workspace) answer before any
+/// handler reads the body, so every body is read here first; the limit is
+/// the same as the handlers'.
+async fn read_body_first(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = app.settings.max_body_bytes;
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let read = if declared.is_some_and(|n| n > limit as u64) { Err(true) } else { axum::body::to_bytes(body, limit).await.map_err(|e| over_limit(&e)) };
+    let refusal = match read {
+        Ok(bytes) => return next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(true) => Problem::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload too large",
+            format!("the request body is larger than this server accepts ({limit} bytes)"),
+        ),
+        Err(false) => Problem::bad_field("body", "the request body was cut short"),
+    };
+    // The rest of the body may still be on the wire: this connection cannot go on.
+    let mut response = refusal.into_response();
+    response.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
+}
+
+fn over_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Errors that axum produces itself (a path that is not UTF-8, a method a
