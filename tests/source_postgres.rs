@@ -552,3 +552,67 @@ fn socket_mode_reads_ranges_in_parallel_under_one_snapshot_and_a_killed_read_res
     assert_same("select k, v, updated from sp_sock.small", "select k, v, updated from sp_sock.small");
     assert_same("select id from sp_sock.seen", "select id from sp_sock.seen");
 }
+
+#[test]
+fn cdc_over_sockets_into_dedup_equals_the_source_after_every_sync_in_both_framings() {
+    let s = Scratch::new();
+    fresh("sp_cdcsock", "create table items (id int primary key, note text, n numeric, at timestamptz, d date, ts timestamp, tags int[], doc jsonb, ok bool, big text); \
+        insert into items select g, 'note ' || g, g * 1.5, '2024-01-01'::timestamptz + g * interval '1 hour', '2024-01-01'::date + g, '2024-01-01'::timestamp + g * interval '1 minute', \
+            array[g, g + 1], jsonb_build_object('g', g, 'tag', 'x' || g), g % 2 = 0, null from generate_series(1, 2000) g; \
+        update items set big = (select string_agg(md5(random()::text || i), '') from generate_series(1, 400) i) where id = 5; \
+        create table plain (k text primary key, v int); insert into plain select 'k' || g, g from generate_series(1, 300) g;");
+    let mut source = cdc_config("sp_cdcsock", "sp_cdcsock.items, sp_cdcsock.plain");
+    source["checkpoint_mb"] = json!(0.05);
+    let discovered = discover(&s, &source);
+    let overwrite = json!({"sync_mode": "full_refresh", "destination_sync_mode": "overwrite", "minimum_generation_id": 1});
+    let catalog = configured(&discovered, &[("items", cdc_stream()), ("plain", overwrite)]);
+    let protobuf = Pair::new(&s, &source, &catalog).over_sockets(4, "protobuf");
+    let columns = "id, note, n, at, d, ts, to_jsonb(tags), doc, ok";
+    let same = || {
+        assert_same(&format!("select {columns} from sp_cdcsock.items"), "select id, note, n, at, d, ts, tags, doc, ok from sp_cdcsock.items");
+        assert_same("select k, v from sp_cdcsock.plain", "select k, v from sp_cdcsock.plain");
+    };
+
+    let first = protobuf.sync();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    same();
+    assert_eq!(destination_count("select count(*) from sp_cdcsock.items where big is not null"), 1, "the snapshot read the TOASTed value");
+    let after_first = saved_lsn(&s);
+
+    // Each kind of change, a decimal wider than any float, and an update
+    // that leaves the TOASTed value out (REPLICA IDENTITY DEFAULT).
+    change("insert into sp_cdcsock.items values (2001, 'new', 123456789012345678901234.5678901234, now(), '1999-12-31', '2000-01-01 00:00:00.5', '{}', '[1, {\"a\": null}]', true, null); \
+            update sp_cdcsock.items set note = 'changed', tags = null, doc = null where id = 7; delete from sp_cdcsock.items where id in (3, 4); \
+            update sp_cdcsock.items set note = 'touched' where id = 5;");
+    let second = protobuf.sync();
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    same();
+    assert_eq!(confirmed_flush("sp_cdcsock_slot"), after_first, "the slot moved to the position the first sync committed, no further");
+    let meta: String = client_of(DESTINATION_DB).query_one("select coalesce(big, '') || _airbyte_meta::text from sp_cdcsock.items where id = 5", &[]).unwrap().get(0);
+    assert!(meta.starts_with('{') && meta.contains("SOURCE_RETRIEVAL_ERROR") && meta.contains("big"), "the value the slot left out is null, and its meta says why: {meta}");
+    let after_second = saved_lsn(&s);
+
+    // Many small transactions over the socket; the source is killed among them.
+    change("do $$ begin for i in 1..300 loop insert into sp_cdcsock.items select 10000 + i * 50 + g, repeat('x', 500), g, now(), null, null, null, null, null, null from generate_series(1, 50) g; commit; end loop; end $$;");
+    let sync = protobuf.spawn();
+    wait_for_committed_rows("sp_cdcsock.items_airbyte_tmp", "id > 10000");
+    let sources = children_with(sync.id(), "source-postgres");
+    assert_eq!(sources.len(), 1, "the source's process");
+    unsafe { libc::kill(sources[0] as i32, libc::SIGKILL) };
+    let killed = parse_sync(sync.wait_with_output().unwrap());
+    assert_ne!(killed.code, 0, "the attempt failed: {}", killed.stderr);
+    assert_eq!(confirmed_flush("sp_cdcsock_slot"), after_second, "a failed attempt moved the slot no further than what was committed before it");
+    let committed = saved_lsn(&s);
+    let retry = protobuf.sync();
+    assert_eq!(retry.code, 0, "{}", retry.stderr);
+    assert_eq!(confirmed_flush("sp_cdcsock_slot"), committed, "the retry let go of what the killed attempt had committed");
+    same();
+    assert_eq!(destination_count("select count(*) from sp_cdcsock.items"), destination_count("select count(distinct id) from sp_cdcsock.items"), "one row per key");
+
+    // The same connection goes on over JSONL frames.
+    change("update sp_cdcsock.items set n = -n, ok = not ok where id % 10 = 0; delete from sp_cdcsock.items where id between 100 and 120;");
+    let jsonl = Pair::new(&s, &source, &catalog).over_sockets(2, "jsonl");
+    let fourth = jsonl.sync();
+    assert_eq!(fourth.code, 0, "{}", fourth.stderr);
+    same();
+}

@@ -17,7 +17,7 @@ pub const REFERENCE_CONNECTORS: [&str; 7] = ["source-faker", "destination-jsonl"
 pub const MANIFEST: &str = "manifest";
 
 /// The reference connectors that speak stdio only (the others speak socket mode too).
-pub const STDIO_ONLY: [&str; 2] = ["source-empty", "source-postgres"];
+pub const STDIO_ONLY: [&str; 1] = ["source-empty"];
 
 /// Airbyte's declarative runner: the console script of the CDK on PyPI,
 /// at the version Sluice is tested with.

@@ -229,6 +229,23 @@ impl RecordEncoder {
         }
     }
 
+    /// The record's `meta`: fields the source nulled, and why (one of
+    /// the protocol's reasons, e.g. `SOURCE_RETRIEVAL_ERROR`). After the values.
+    pub fn nulled(&mut self, fields: &[&str], reason: &str) {
+        let reason = REASONS.iter().position(|r| *r == reason).unwrap_or_else(|| panic!("{reason} is not a reason of the protocol")) as u64;
+        let mut changes = Vec::new();
+        for field in fields {
+            let mut change = Vec::new();
+            put_len(&mut change, 1, field.as_bytes());
+            put_tag(&mut change, 2, VARINT);
+            put_varint(&mut change, 0);
+            put_tag(&mut change, 3, VARINT);
+            put_varint(&mut change, reason);
+            put_len(&mut changes, 1, &change);
+        }
+        put_len(&mut self.record, field::META, &changes);
+    }
+
     /// Ends the record and appends its frame to `out`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         let (head, record) = self.frame();
@@ -332,6 +349,8 @@ pub struct Record<'a> {
     pub partition_id: &'a str,
     /// The record's fields 5 (values) and 6 (meta), still encoded.
     body: &'a [u8],
+    /// Whether it has field 6: [`Record::meta`] need not look otherwise.
+    pub has_meta: bool,
 }
 
 pub fn decode_frame(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
@@ -349,7 +368,7 @@ pub fn decode_frame(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
 }
 
 fn decode_record(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
-    let mut record = Record { namespace: None, stream: "", emitted_at_ms: 0, partition_id: "", body: &[] };
+    let mut record = Record { namespace: None, stream: "", emitted_at_ms: 0, partition_id: "", body: &[], has_meta: false };
     let mut wire = Wire { bytes };
     let mut body_start = None;
     let before = |w: &Wire| bytes.len() - w.bytes.len();
@@ -363,6 +382,7 @@ fn decode_record(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
             (field::PARTITION_ID, Field::Bytes(b)) => record.partition_id = utf8(b, "partition_id")?,
             (field::DATA | field::META, _) => {
                 body_start.get_or_insert(at);
+                record.has_meta |= number == field::META;
             }
             _ => {}
         }
@@ -647,6 +667,24 @@ mod tests {
         assert_eq!(data["h"], json!("123456789012345678901234567890"));
         let short = record.data(&names[..3]).unwrap_err();
         assert!(short.0.contains("more values than the catalog has properties"), "{short}");
+        assert_eq!(record.meta().unwrap(), None);
+        assert!(!record.has_meta);
+    }
+
+    #[test]
+    fn nulled_fields_travel_in_the_records_meta() {
+        let mut encoder = RecordEncoder::default();
+        encoder.begin(None, "items", 1, "p");
+        encoder.integer(7);
+        encoder.null();
+        encoder.nulled(&["body", "note"], "SOURCE_RETRIEVAL_ERROR");
+        let mut out = Vec::new();
+        encoder.finish(&mut out);
+        let Frame::Record(record) = decode_frame(frame_body(&out)).unwrap() else { panic!("not a record") };
+        assert_eq!(record.data(&["id".into(), "body".into()]).unwrap(), json!({"id": 7, "body": null}));
+        let change = |field: &str| json!({"field": field, "change": "NULLED", "reason": "SOURCE_RETRIEVAL_ERROR"});
+        assert!(record.has_meta);
+        assert_eq!(record.meta().unwrap(), Some(json!({"changes": [change("body"), change("note")]})));
     }
 
     #[test]

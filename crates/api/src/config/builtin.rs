@@ -115,7 +115,7 @@ const BUILTINS: [Builtin; 10] = [
         runtime: "source-postgres",
         repository: "airbyte/source-postgres",
         tag: "3.7.0",
-        sockets: false,
+        sockets: true,
     },
     Builtin {
         // Airbyte's definition id for destination-s3.

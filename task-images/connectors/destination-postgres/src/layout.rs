@@ -426,9 +426,10 @@ pub fn extracted_at_micros(emitted_at_ms: i64) -> i64 {
     emitted_at_ms.saturating_mul(1000) - PG_EPOCH_MICROS
 }
 
-/// A row's `_airbyte_meta`: the sync and what was changed in the row.
-pub fn meta(sync_id: Option<i64>, nulled: &[&str]) -> Value {
-    let changes: Vec<Value> = nulled.iter().map(|field| json!({"field": field, "change": "NULLED", "reason": "DESTINATION_TYPECAST_ERROR"})).collect();
+/// A row's `_airbyte_meta`: the sync and what was changed in the row, by
+/// the source (`changes`, from the record's meta) and here (`nulled`).
+pub fn meta(sync_id: Option<i64>, mut changes: Vec<Value>, nulled: &[&str]) -> Value {
+    changes.extend(nulled.iter().map(|field| json!({"field": field, "change": "NULLED", "reason": "DESTINATION_TYPECAST_ERROR"})));
     let mut meta = Map::new();
     meta.insert("changes".into(), Value::Array(changes));
     meta.insert("sync_id".into(), sync_id.map_or(Value::Null, Value::from));

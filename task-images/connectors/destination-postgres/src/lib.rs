@@ -183,7 +183,7 @@ fn open_targets(db: &mut Db, config: &Config, catalog: &ConfiguredAirbyteCatalog
             loader,
             generation,
             sync_id: configured.sync_id,
-            clean_meta: layout::meta(configured.sync_id, &[]).to_string().into_bytes(),
+            clean_meta: layout::meta(configured.sync_id, Vec::new(), &[]).to_string().into_bytes(),
             cdc_deletes,
         });
     }
@@ -217,7 +217,8 @@ fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<
             };
             let (target, columns) = (&targets[i], &targets[i].columns);
             let values = json::fields_by_name(record.data.get(), columns.iter().map(|c| c.property.as_str())).map_err(|e| Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object: {e}")))?;
-            encode_row(target, &mut batches[i], record.emitted_at, |i, out| layout::encode_raw(out, columns[i].kind, values[i]));
+            let changes = source_changes(record.meta.map(|m| serde_json::from_str(m.get())).transpose().ok().flatten());
+            encode_row(target, &mut batches[i], record.emitted_at, changes, |i, out| layout::encode_raw(out, columns[i].kind, values[i]));
             since_state += 1;
             if batches[i].full() {
                 flush(db, &targets[i], &mut batches[i])?;
@@ -317,7 +318,8 @@ impl Sink for Tables<'_> {
         match record {
             SocketRecord::Json(r) => {
                 let values = json::fields_by_name(r.data.get(), target.columns.iter().map(|c| c.property.as_str())).map_err(|e| Failure::system(format!("record data of stream {} is not an object: {e}", r.stream)))?;
-                encode_row(target, batch, record.emitted_at(), |i, out| layout::encode_raw(out, target.columns[i].kind, values[i]));
+                let changes = source_changes(r.meta.map(|m| serde_json::from_str(m.get())).transpose().ok().flatten());
+                encode_row(target, batch, record.emitted_at(), changes, |i, out| layout::encode_raw(out, target.columns[i].kind, values[i]));
             }
             SocketRecord::Proto(r) => {
                 // Values come in the order of the stream's sorted properties; the row wants the columns'.
@@ -338,7 +340,8 @@ impl Sink for Tables<'_> {
                         positions.len()
                     )));
                 }
-                encode_row(target, batch, record.emitted_at(), |i, out| layout::encode_scalar(out, target.columns[i].kind, values[i].as_ref().unwrap_or(&Scalar::Null)));
+                let changes = source_changes(if r.has_meta { r.meta().ok().flatten() } else { None });
+                encode_row(target, batch, record.emitted_at(), changes, |i, out| layout::encode_scalar(out, target.columns[i].kind, values[i].as_ref().unwrap_or(&Scalar::Null)));
             }
         }
         if batch.full() {
@@ -368,9 +371,22 @@ impl Sink for Tables<'_> {
     }
 }
 
+/// The changes a source made to a record (its `meta.changes`), which
+/// `_airbyte_meta` keeps before the destination's own.
+fn source_changes(meta: Option<serde_json::Value>) -> Vec<serde_json::Value> {
+    match meta {
+        Some(serde_json::Value::Object(mut m)) => match m.remove("changes") {
+            Some(serde_json::Value::Array(changes)) => changes,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
 /// One row of binary `COPY`: the data, each column's field written by
-/// `field` (false: the value did not fit, and is NULL), then Airbyte's four columns.
-fn encode_row(target: &Target, batch: &mut Batch, emitted_at: i64, mut field: impl FnMut(usize, &mut Vec<u8>) -> bool) {
+/// `field` (false: the value did not fit, and is NULL), then Airbyte's four
+/// columns; `_airbyte_meta` holds the source's `changes` and then ours.
+fn encode_row(target: &Target, batch: &mut Batch, emitted_at: i64, changes: Vec<serde_json::Value>, mut field: impl FnMut(usize, &mut Vec<u8>) -> bool) {
     let rows = &mut batch.rows;
     rows.extend_from_slice(&((target.columns.len() + layout::META_COLUMNS.len()) as i16).to_be_bytes());
     let mut nulled: Vec<&str> = Vec::new();
@@ -383,14 +399,14 @@ fn encode_row(target: &Target, batch: &mut Batch, emitted_at: i64, mut field: im
     rows.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
     rows.extend_from_slice(&8i32.to_be_bytes());
     rows.extend_from_slice(&layout::extracted_at_micros(emitted_at).to_be_bytes());
-    if nulled.is_empty() {
+    if nulled.is_empty() && changes.is_empty() {
         rows.extend_from_slice(&((target.clean_meta.len() + 1) as i32).to_be_bytes());
         rows.push(1);
         rows.extend_from_slice(&target.clean_meta);
     } else {
         let meta_at = rows.len();
         rows.extend_from_slice(&[0, 0, 0, 0, 1]);
-        serde_json::to_writer(&mut *rows, &layout::meta(target.sync_id, &nulled)).expect("JSON serializes");
+        serde_json::to_writer(&mut *rows, &layout::meta(target.sync_id, changes, &nulled)).expect("JSON serializes");
         let len = (rows.len() - meta_at - 4) as i32;
         rows[meta_at..meta_at + 4].copy_from_slice(&len.to_be_bytes());
     }

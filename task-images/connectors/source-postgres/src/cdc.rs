@@ -16,20 +16,29 @@
 //! none yet (by ctid ranges, resumable, their rows marked with the slot's
 //! position) -> changes up to the flushed LSN. The shared LSN in the
 //! GLOBAL state only moves forward, at a commit or at the end.
+//!
+//! In socket mode the same sequence goes on the first socket as one
+//! partition, each STATE numbered and counting its records, with a copy on
+//! stdout for the platform; the other sockets are closed at once. One
+//! partition keeps the changes in the slot's order, which is the order a
+//! destination must apply them in.
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 
 use serde_json::{json, Value};
 use sluice_connector_kit::{Failure, Output};
 use sluice_postgres::quoted;
+use sluice_protocol::socket::{self, DataChannel, Format, FrameWriter};
 use sluice_protocol::*;
 
-use crate::client::{Db, Replication, Table};
+use crate::client::{Db, Replication};
 use crate::config::{Cdc, Config};
 use crate::pgoutput::{self, Datum, Message};
 use crate::values::Wire;
-use crate::{full_refresh, plan, record_prefix, status, Book, Emitter, Plan, Stdout};
+use crate::{full_refresh, plan, record_prefix, Book, Emitter, Plan, Sink};
 
 /// The columns CDC adds to every stream, as Airbyte's database sources name them.
 pub const COLUMNS: [&str; 3] = ["_ab_cdc_lsn", "_ab_cdc_updated_at", "_ab_cdc_deleted_at"];
@@ -75,7 +84,14 @@ fn saved(state: &Value) -> Saved {
     Saved { lsn, streams }
 }
 
-pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, tables: &[Table], catalog: &ConfiguredAirbyteCatalog, state: &Value, out: &mut Output) -> Result<(), Failure> {
+pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, catalog: &ConfiguredAirbyteCatalog, state: &Value, channel: Option<&DataChannel>, out: &mut Output) -> Result<(), Failure> {
+    // Listen before anything else, so the destination finds the sockets.
+    let listeners = match channel {
+        Some(c) => c.socket_paths.iter().map(|p| socket::listen(p).map(|l| (l, p.clone()))).collect::<std::io::Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let tables = db.tables(&config.schemas)?;
+    let tables = tables.as_slice();
     let (slot, publication) = (&cdc.slot, &cdc.publication);
     // Check: everything that would stop a sync midway is found before anything moves.
     if db.setting("wal_level")? != "logical" {
@@ -167,13 +183,14 @@ pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, tables: &[Table], catalog: 
     };
     let upto = db.flushed_lsn()?.max(position);
 
-    let mut book = Book::Global {
-        shared: json!({"state_type": "cdc", "lsn": pgoutput::lsn_text(position), "slot": slot}),
-        streams: if fresh { Vec::new() } else { saved.streams },
-    };
-    let Book::Global { streams: known, .. } = &book else { unreachable!() };
-    let known = known.clone();
+    let known = if fresh { Vec::new() } else { saved.streams };
+    let book = Book::Global { shared: json!({"state_type": "cdc", "lsn": pgoutput::lsn_text(position), "slot": slot}), streams: known.clone() };
     let emitted_at = now_millis();
+    let socket = match (channel, listeners.is_empty()) {
+        (Some(c), false) => Some(Leg::accept(listeners, c.format, emitted_at)?),
+        _ => None,
+    };
+    let mut sink = CdcSink { out, book, socket, records: 0 };
 
     // Snapshots: full refresh streams, and CDC streams not read whole yet,
     // under the slot's own snapshot when it was made now.
@@ -192,16 +209,16 @@ pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, tables: &[Table], catalog: 
                 continue;
             }
         }
-        status(out, &descriptor, StreamStatus::Started)?;
-        let mut sink = Stdout { out, book: &mut book };
-        let mut emit = Emitter::new(&mut sink, &descriptor, record_prefix(&descriptor, emitted_at, None), config.checkpoint_bytes());
+        sink.out.stream_status(&descriptor, StreamStatus::Started)?;
+        let prefix = sink.prefix(&descriptor, emitted_at);
+        let mut emit = Emitter::new(&mut sink, &descriptor, prefix, config.checkpoint_bytes());
         if p.sync_mode == SyncMode::Incremental {
             let marked = plan(configured, tables, &config.schemas, Some(&started))?;
             emit.log(LogLevel::Info, format!("snapshot of {}.{} before the changes after {}", p.table.schema, p.table.name, pgoutput::lsn_text(position)))?;
             full_refresh(db, &marked, own, &mut emit, json!({"state_type": "cdc"}), shared)?;
         } else {
             full_refresh(db, p, own, &mut emit, json!({}), shared)?;
-            status(out, &descriptor, StreamStatus::Complete)?;
+            sink.complete(&descriptor)?;
         }
     }
 
@@ -211,37 +228,223 @@ pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, tables: &[Table], catalog: 
     }
 
     // Changes: every CDC stream, from the position up to the flushed WAL.
-    let mut changes = Changes::new(&changing, emitted_at, config.checkpoint_bytes());
+    let mut changes = Changes::new(&changing, &sink, emitted_at, config.checkpoint_bytes());
     for p in &changing {
         if known.iter().any(|(d, s)| *d == p.descriptor() && s.get("state_type").and_then(Value::as_str) == Some("cdc")) {
-            status(out, &p.descriptor(), StreamStatus::Started)?;
+            sink.out.stream_status(&p.descriptor(), StreamStatus::Started)?;
         }
     }
     if !changing.is_empty() {
         db.each_change(slot, publication, upto, |lsn, data| {
             let message = pgoutput::decode(data).map_err(|e| Failure::system(format!("replication slot {slot}: a pgoutput message at {} cannot be read: {}", pgoutput::lsn_text(lsn), e.0)))?;
-            if let Some(end) = changes.apply(lsn, message, out)? {
+            if let Some(end) = changes.apply(lsn, message, &mut sink)? {
                 if changes.due() {
                     changes.since_state = 0;
-                    let Book::Global { shared, .. } = &mut book else { unreachable!() };
-                    shared["lsn"] = json!(pgoutput::lsn_text(end));
-                    out.message(&book.global())?;
+                    sink.position(end)?;
                 }
             }
             Ok(())
         })?;
     }
     // Everything that committed before `upto` is out: the next sync starts there.
-    let Book::Global { shared, .. } = &mut book else { unreachable!() };
-    shared["lsn"] = json!(pgoutput::lsn_text(upto));
-    out.message(&book.global())?;
+    sink.position(upto)?;
     for p in &changing {
-        status(out, &p.descriptor(), StreamStatus::Complete)?;
+        sink.complete(&p.descriptor())?;
     }
     if changes.warned_unchanged {
-        out.log(LogLevel::Warn, "some updates left large (TOASTed) values out; those fields are null with a SOURCE_RETRIEVAL_ERROR change in the record's meta. ALTER TABLE ... REPLICA IDENTITY FULL sends them")?;
+        sink.out.log(LogLevel::Warn, "some updates left large (TOASTed) values out; those fields are null with a SOURCE_RETRIEVAL_ERROR change in the record's meta. ALTER TABLE ... REPLICA IDENTITY FULL sends them")?;
+    }
+    sink.finish()
+}
+
+/// Where a CDC read writes: stdout, or in socket mode the first socket,
+/// with each STATE and COMPLETE copied to stdout first for the platform.
+struct CdcSink<'o> {
+    out: &'o mut Output,
+    book: Book,
+    socket: Option<Leg>,
+    /// Socket mode: records since the last STATE, which it counts.
+    records: u64,
+}
+
+/// Socket mode: the one socket a CDC read sends on.
+struct Leg {
+    writer: FrameWriter<UnixStream>,
+    path: PathBuf,
+    partition: String,
+    emitted_at: i64,
+    next_id: u64,
+}
+
+impl Leg {
+    /// Takes the destination's connection on the first socket, and ends the
+    /// others at once: it reads them to their end and finds nothing.
+    fn accept(listeners: Vec<(std::os::unix::net::UnixListener, PathBuf)>, format: Format, emitted_at: i64) -> Result<Leg, Failure> {
+        let mut first = None;
+        for (listener, path) in listeners {
+            let (connection, _) = listener.accept().map_err(|e| Failure::system(format!("socket {}: accept: {e}", path.display())))?;
+            if first.is_none() {
+                first = Some((connection, path));
+            }
+        }
+        let (connection, path) = first.expect("socket mode has a socket");
+        let partition = format!("cdc-{:x}", now_millis() as u64 ^ (u64::from(std::process::id()) << 32));
+        Ok(Leg { writer: FrameWriter::new(connection, format), path, partition, emitted_at, next_id: 1 })
+    }
+
+    fn broken(&self, e: std::io::Error) -> Failure {
+        Failure::system(format!("socket {}: {e}", self.path.display()))
+    }
+}
+
+impl CdcSink<'_> {
+    /// A stream's record prefix, naming the socket's partition in socket mode.
+    fn prefix(&self, descriptor: &StreamDescriptor, emitted_at: i64) -> Vec<u8> {
+        record_prefix(descriptor, emitted_at, self.socket.as_ref().map(|l| l.partition.as_str()))
+    }
+
+    /// A STATE or COMPLETE: on stdout, and in socket mode then on the
+    /// socket; a STATE there numbered and counting the records since the last.
+    fn send(&mut self, mut message: AirbyteMessage) -> Result<(), Failure> {
+        let Some(leg) = &mut self.socket else { return Ok(self.out.message(&message)?) };
+        if let Some(state) = &mut message.state {
+            state.id = Some(leg.next_id);
+            state.partition_id = Some(leg.partition.clone());
+            state.source_stats = Some(AirbyteStateStats { record_count: Some(self.records as f64), ..Default::default() });
+            leg.next_id += 1;
+            self.records = 0;
+        }
+        // The platform's copy first: the destination may release it at once.
+        self.out.message(&message)?;
+        self.out.flush()?;
+        leg.writer.message(&message).map_err(|e| leg.broken(e))?;
+        leg.writer.flush().map_err(|e| leg.broken(e))
+    }
+
+    /// The GLOBAL state, its shared position moved to `lsn`.
+    fn position(&mut self, lsn: u64) -> Result<(), Failure> {
+        let Book::Global { shared, .. } = &mut self.book else { unreachable!("CDC keeps a global book") };
+        shared["lsn"] = json!(pgoutput::lsn_text(lsn));
+        let state = self.book.global();
+        self.send(state)
+    }
+
+    fn complete(&mut self, descriptor: &StreamDescriptor) -> Result<(), Failure> {
+        self.send(AirbyteMessage::trace(AirbyteTraceMessage::stream_status(now_millis() as f64, descriptor.clone(), StreamStatus::Complete)))
+    }
+
+    fn finish(self) -> Result<(), Failure> {
+        match self.socket {
+            Some(mut leg) => leg.writer.flush().map_err(|e| leg.broken(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Sink for CdcSink<'_> {
+    fn record(&mut self, prefix: &[u8], data: &[u8]) -> Result<(), Failure> {
+        let Some(leg) = &mut self.socket else {
+            let w = self.out.writer();
+            w.write_all(prefix)?;
+            w.write_all(data)?;
+            w.write_all(b"}}\n")?;
+            return Ok(());
+        };
+        self.records += 1;
+        let w = leg.writer.writer();
+        let written = w.write_all(prefix).and_then(|_| w.write_all(data)).and_then(|_| w.write_all(b"}}\n"));
+        written.map_err(|e| leg.broken(e))
+    }
+
+    fn row(&mut self, prefix: &[u8], plan: &Plan<'_>, fields: &[Option<&[u8]>], data: &mut Vec<u8>) -> Result<usize, Failure> {
+        let Some(leg) = self.socket.as_mut().filter(|l| l.writer.format == Format::Protobuf) else { return crate::json_row(self, prefix, plan, fields, data) };
+        self.records += 1;
+        let d = &plan.stream;
+        let encoder = leg.writer.begin_record(d.namespace.as_deref(), &d.name, leg.emitted_at as u64, &leg.partition);
+        plan.encode(fields, encoder, data)?;
+        leg.writer.end_record().map_err(|e| leg.broken(e))
+    }
+
+    fn change(&mut self, prefix: &[u8], plan: &Plan<'_>, change: &Change<'_>, data: &mut Vec<u8>) -> Result<usize, Failure> {
+        let Some(leg) = self.socket.as_mut().filter(|l| l.writer.format == Format::Protobuf) else { return json_change(self, prefix, plan, change, data) };
+        self.records += 1;
+        let d = &plan.stream;
+        let encoder = leg.writer.begin_record(d.namespace.as_deref(), &d.name, leg.emitted_at as u64, &leg.partition);
+        encode(plan, change, encoder, data);
+        leg.writer.end_record().map_err(|e| leg.broken(e))
+    }
+
+    fn state(&mut self, descriptor: &StreamDescriptor, stream_state: Value, _records: u64) -> Result<(), Failure> {
+        let state = self.book.message(descriptor, stream_state);
+        self.send(state)
+    }
+
+    fn log(&mut self, level: LogLevel, text: String) -> Result<(), Failure> {
+        Ok(self.out.log(level, text)?)
+    }
+}
+
+/// One change of a row, as the slot sent it.
+pub struct Change<'a> {
+    /// Each selected column's text (the plan's order); None is null.
+    values: Vec<Option<&'a [u8]>>,
+    lsn: u64,
+    /// When its transaction committed.
+    at: &'a str,
+    deleted: bool,
+    /// Selected columns the slot left out (unchanged TOASTed values), sent as null.
+    nulled: Vec<&'a str>,
+}
+
+/// A change's record as a JSON line through `sink`; returns the data's size.
+pub fn json_change(sink: &mut (impl Sink + ?Sized), prefix: &[u8], plan: &Plan<'_>, change: &Change<'_>, data: &mut Vec<u8>) -> Result<usize, Failure> {
+    write_json(plan, change, data)?;
+    sink.record(prefix, data)?;
+    Ok(data.len())
+}
+
+/// The change's record data as JSON, as a snapshot's row reads, with its
+/// `meta` after it when a value was left out.
+fn write_json(plan: &Plan<'_>, change: &Change<'_>, data: &mut Vec<u8>) -> Result<(), Failure> {
+    data.clear();
+    data.push(b'{');
+    for (column, value) in plan.columns.iter().zip(&change.values) {
+        serde_json::to_writer(&mut *data, &column.name).expect("a name serializes");
+        data.push(b':');
+        match value {
+            Some(text) => crate::layout::write_text_value(column, text, data),
+            None => data.extend_from_slice(b"null"),
+        }
+        data.push(b',');
+    }
+    let at = json!(change.at);
+    write!(data, "\"_ab_cdc_lsn\":{},\"_ab_cdc_updated_at\":{at},\"_ab_cdc_deleted_at\":{}}}", change.lsn, if change.deleted { at.to_string() } else { "null".into() })?;
+    if !change.nulled.is_empty() {
+        let changes: Vec<Value> = change.nulled.iter().map(|f| json!({"field": f, "change": "NULLED", "reason": "SOURCE_RETRIEVAL_ERROR"})).collect();
+        write!(data, ",\"meta\":{}", json!({"changes": changes}))?;
     }
     Ok(())
+}
+
+/// The change's PROTOBUF values, by the stream's properties in sorted order.
+fn encode(plan: &Plan<'_>, change: &Change<'_>, e: &mut protobuf::RecordEncoder, scratch: &mut Vec<u8>) {
+    let selected = plan.columns.len();
+    for position in &plan.positions {
+        match *position {
+            Some(i) if i < selected => match change.values[i] {
+                Some(text) => crate::layout::encode_text_value(plan.columns[i], text, e, scratch),
+                None => e.null(),
+            },
+            // The CDC columns follow the selected ones, in COLUMNS' order.
+            Some(i) if i == selected => e.integer(change.lsn as i64),
+            Some(i) if i == selected + 1 => e.string(change.at),
+            Some(i) if i == selected + 2 && change.deleted => e.string(change.at),
+            _ => e.null(),
+        }
+    }
+    if !change.nulled.is_empty() {
+        e.nulled(&change.nulled, "SOURCE_RETRIEVAL_ERROR");
+    }
 }
 
 /// A table of the slot's changes that a stream reads.
@@ -249,13 +452,15 @@ struct Target<'p> {
     plan: &'p Plan<'p>,
     prefix: Vec<u8>,
     /// For each column of the relation as the slot sends it, the selected column it is.
-    columns: Vec<Option<&'p crate::layout::Column>>,
+    columns: Vec<Option<usize>>,
 }
 
 /// Turns the slot's messages into records, and says where STATEs may go.
 struct Changes<'p> {
     plans: HashMap<(String, String), &'p Plan<'p>>,
     emitted_at: i64,
+    /// Socket mode: the partition the records name.
+    partition: Option<String>,
     relations: HashMap<u32, Option<Target<'p>>>,
     commit_at: String,
     checkpoint_bytes: u64,
@@ -265,10 +470,11 @@ struct Changes<'p> {
 }
 
 impl<'p> Changes<'p> {
-    fn new(plans: &[&'p Plan<'p>], emitted_at: i64, checkpoint_bytes: u64) -> Self {
+    fn new(plans: &[&'p Plan<'p>], sink: &CdcSink<'_>, emitted_at: i64, checkpoint_bytes: u64) -> Self {
         Changes {
             plans: plans.iter().map(|p| ((p.table.schema.clone(), p.table.name.clone()), *p)).collect(),
             emitted_at,
+            partition: sink.socket.as_ref().map(|l| l.partition.clone()),
             relations: HashMap::new(),
             commit_at: String::new(),
             checkpoint_bytes,
@@ -283,7 +489,7 @@ impl<'p> Changes<'p> {
     }
 
     /// Writes the record a change makes; returns a commit's end LSN.
-    fn apply(&mut self, lsn: u64, message: Message<'_>, out: &mut Output) -> Result<Option<u64>, Failure> {
+    fn apply(&mut self, lsn: u64, message: Message<'_>, sink: &mut CdcSink<'_>) -> Result<Option<u64>, Failure> {
         let (relation, tuple, old, deleted) = match message {
             Message::Begin { commit_micros, .. } => {
                 self.commit_at = micros_text(commit_micros);
@@ -293,8 +499,8 @@ impl<'p> Changes<'p> {
             Message::Relation { id, schema, name, columns, .. } => {
                 let target = self.plans.get(&(schema, name)).map(|p| Target {
                     plan: p,
-                    prefix: record_prefix(&p.descriptor(), self.emitted_at, None),
-                    columns: columns.iter().map(|c| p.columns.iter().copied().find(|s| s.name == c.name)).collect(),
+                    prefix: record_prefix(&p.descriptor(), self.emitted_at, self.partition.as_deref()),
+                    columns: columns.iter().map(|c| p.columns.iter().position(|s| s.name == c.name)).collect(),
                 });
                 self.relations.insert(id, target);
                 return Ok(None);
@@ -305,49 +511,29 @@ impl<'p> Changes<'p> {
             Message::Truncate { relations } => {
                 let names: Vec<String> = relations.iter().filter_map(|r| self.relations.get(r).and_then(Option::as_ref)).map(|t| format!("{}.{}", t.plan.table.schema, t.plan.table.name)).collect();
                 if !names.is_empty() {
-                    out.log(LogLevel::Warn, format!("TRUNCATE of {} at {} is not a change CDC carries: the destination keeps those rows until the stream is read again", names.join(", "), pgoutput::lsn_text(lsn)))?;
+                    sink.log(LogLevel::Warn, format!("TRUNCATE of {} at {} is not a change CDC carries: the destination keeps those rows until the stream is read again", names.join(", "), pgoutput::lsn_text(lsn)))?;
                 }
                 return Ok(None);
             }
             Message::Other(_) => return Ok(None),
         };
         let Some(Some(target)) = self.relations.get(&relation) else { return Ok(None) };
-        let data = &mut self.data;
-        data.clear();
-        data.push(b'{');
-        let mut unavailable = Vec::new();
+        let mut change = Change { values: vec![None; target.plan.columns.len()], lsn, at: &self.commit_at, deleted, nulled: Vec::new() };
         for (i, (datum, column)) in tuple.iter().zip(&target.columns).enumerate() {
-            let Some(column) = column else { continue };
-            serde_json::to_writer(&mut *data, &column.name).expect("a name serializes");
-            data.push(b':');
+            let Some(column) = *column else { continue };
             // An unchanged TOASTed value is not sent; the old row has it when the identity is FULL.
             let datum = match datum {
                 Datum::Unchanged => old.as_ref().and_then(|o| o.get(i)).filter(|d| matches!(d, Datum::Text(_))).unwrap_or(datum),
                 other => other,
             };
             match datum {
-                Datum::Text(text) => crate::layout::write_text_value(column, text, data),
-                Datum::Null => data.extend_from_slice(b"null"),
-                Datum::Unchanged => {
-                    data.extend_from_slice(b"null");
-                    unavailable.push(column.name.as_str());
-                }
+                Datum::Text(text) => change.values[column] = Some(text),
+                Datum::Null => {}
+                Datum::Unchanged => change.nulled.push(target.plan.columns[column].name.as_str()),
             }
-            data.push(b',');
         }
-        let at = json!(self.commit_at);
-        write!(data, "\"_ab_cdc_lsn\":{lsn},\"_ab_cdc_updated_at\":{at},\"_ab_cdc_deleted_at\":{}}}", if deleted { at.to_string() } else { "null".into() })?;
-        let w = out.writer();
-        w.write_all(&target.prefix)?;
-        w.write_all(data)?;
-        if unavailable.is_empty() {
-            w.write_all(b"}}\n")?;
-        } else {
-            self.warned_unchanged = true;
-            let changes: Vec<Value> = unavailable.iter().map(|f| json!({"field": f, "change": "NULLED", "reason": "SOURCE_RETRIEVAL_ERROR"})).collect();
-            writeln!(w, ",\"meta\":{}}}}}", json!({"changes": changes}))?;
-        }
-        self.since_state += data.len() as u64;
+        self.warned_unchanged |= !change.nulled.is_empty();
+        self.since_state += sink.change(&target.prefix, target.plan, &change, &mut self.data)? as u64;
         Ok(None)
     }
 }

@@ -5,6 +5,8 @@
 use serde_json::{json, Value};
 use sluice_postgres::quoted;
 
+use sluice_protocol::protobuf::RecordEncoder;
+
 use crate::values::Wire;
 
 /// A column as the catalog has it.
@@ -119,6 +121,30 @@ pub fn write_text_value(column: &Column, text: &[u8], out: &mut Vec<u8>) {
             out.push(b']');
         }
         None => write_scalar(&column.type_name, text, out),
+    }
+}
+
+/// The same value as a PROTOBUF value: typed as a snapshot's is (booleans,
+/// integers, floats, decimals, JSON), the rest as the text above.
+pub fn encode_text_value(column: &Column, text: &[u8], e: &mut RecordEncoder, scratch: &mut Vec<u8>) {
+    scratch.clear();
+    write_text_value(column, text, scratch);
+    if column.element.is_some() || matches!(column.type_name.as_str(), "json" | "jsonb") {
+        return e.json_text(scratch);
+    }
+    // What `write_text_value` wrote: a JSON string, a boolean or a number.
+    let written = std::str::from_utf8(scratch).unwrap_or("null");
+    match written.as_bytes().first() {
+        Some(b'"') => e.string(&serde_json::from_str::<String>(written).unwrap_or_default()),
+        Some(b't') => e.boolean(true),
+        Some(b'f') => e.boolean(false),
+        _ => match column.type_name.as_str() {
+            "float4" | "float8" => e.number(written.parse().unwrap_or(f64::NAN)),
+            _ => match written.parse::<i64>() {
+                Ok(integer) if !matches!(column.type_name.as_str(), "numeric" | "money") => e.integer(integer),
+                _ => e.big_decimal(written),
+            },
+        },
     }
 }
 

@@ -116,13 +116,10 @@ fn saved_state<'a>(state: &'a Value, stream: &StreamDescriptor) -> Option<&'a Va
 fn read(config: &Config, catalog: &ConfiguredAirbyteCatalog, state: &Value, out: &mut Output) -> Result<(), Failure> {
     let channel = sluice_protocol::socket::DataChannel::from_env().map_err(Failure::config)?;
     let mut db = Db::new(config.connect()?)?;
-    let tables = db.tables(&config.schemas)?;
     if let Some(cdc) = config.cdc()? {
-        if channel.is_some() {
-            return Err(Failure::config("source-postgres reads CDC in legacy mode (stdio) only; socket mode is for Standard replication"));
-        }
-        return cdc::read(config, &cdc, &mut db, &tables, catalog, state, out);
+        return cdc::read(config, &cdc, &mut db, catalog, state, channel.as_ref(), out);
     }
+    let tables = db.tables(&config.schemas)?;
     // Every stream is checked before any is read: a bad catalog moves nothing.
     let mut plans = Vec::new();
     for configured in &catalog.streams {
@@ -303,6 +300,10 @@ trait Sink {
     /// A row's record, written as this sink frames it; returns its size.
     fn row(&mut self, prefix: &[u8], plan: &Plan<'_>, fields: &[Option<&[u8]>], data: &mut Vec<u8>) -> Result<usize, Failure> {
         json_row(self, prefix, plan, fields, data)
+    }
+    /// A change's record (CDC), written as this sink frames it; returns its size.
+    fn change(&mut self, prefix: &[u8], plan: &Plan<'_>, change: &cdc::Change<'_>, data: &mut Vec<u8>) -> Result<usize, Failure> {
+        cdc::json_change(self, prefix, plan, change, data)
     }
     /// A STATE covering the `records` written since the last one.
     fn state(&mut self, descriptor: &StreamDescriptor, stream_state: Value, records: u64) -> Result<(), Failure>;
