@@ -186,6 +186,9 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     let row = |way: &str, r: &Run| {
         let versus = if std::ptr::eq(r, &copy) { "(baseline)".to_owned() } else { format!("{:.2}x", rate(r) / rate(&copy)) };
         println!("{way:<44} {:>11.0} {:>9.1} {:>8.2} {:>7.1} MB {versus:>14}", rate(r), table_bytes as f64 / 1e6 / r.secs, r.cpu_secs, r.peak_rss_bytes as f64 / 1e6);
+        for p in r.processes.iter().filter(|p| r.processes.len() > 1 && p.cpu_secs >= 0.01) {
+            println!("  {:<42} {:>11} {:>9} {:>8.2} {:>7.1} MB", p.name, "", "", p.cpu_secs, p.peak_rss_bytes as f64 / 1e6);
+        }
     };
     row("COPY binary out | COPY binary in (psql)", &copy);
     row("source-postgres alone (to /dev/null)", &alone);
@@ -208,7 +211,8 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
         println!("socket mode / Sling: {:.2}x; legacy mode / Sling: {:.2}x", rate(&socket) / rate(s), rate(&sync) / rate(s));
     }
     println!("PyAirbyte: not measured (Airbyte's Postgres connectors are Java images, and no image registry is reached here)");
-    println!("(MB/s counts the source table's pages; CPU s and RSS are the client side's, not the server's; the sync's RSS is its largest process)");
+    println!("(MB/s counts the source table's pages; CPU s and RSS are the client side's, not the server's; a way's RSS is its largest process,");
+    println!(" and the indented lines are each of its processes, sampled from /proc every 50 ms: CPU up to 50 ms short, RSS the kernel's peak)");
     drop_all(args.url)
 }
 

@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -46,6 +46,66 @@ pub struct Run {
     pub secs: f64,
     pub cpu_secs: f64,
     pub peak_rss_bytes: u64,
+    /// Each process the command ran (it and its descendants), as last seen.
+    pub processes: Vec<Process>,
+}
+
+/// One process of a run, from `/proc` every 50 ms while it lived: its CPU
+/// (up to 50 ms short) and its peak RSS (the kernel's high-water mark).
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub name: String,
+    pub cpu_secs: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// What `pid` is, for a reader: our subcommand and connector, or the program.
+fn process_name(pid: i32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let program = Path::new(args.first()?).file_name()?.to_string_lossy().into_owned();
+    Some(match args.iter().position(|a| a == "connector") {
+        Some(at) if program == "sluice" => args.get(at + 1).cloned().unwrap_or(program),
+        _ if program == "sluice" => format!("sluice {}", args.get(1).map_or("", String::as_str)),
+        _ => program,
+    })
+}
+
+/// The pid's descendants and itself, with what /proc says of each now.
+fn sample(root: i32, seen: &mut std::collections::BTreeMap<i32, Process>) {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut parents = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // After the command name in parentheses: state, ppid, ... utime (14th), stime (15th).
+        let Some(rest) = stat.rfind(')').map(|at| &stat[at + 2..]) else { continue };
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let (Some(ppid), Some(utime), Some(stime)) = (fields.get(1), fields.get(11), fields.get(12)) else { continue };
+        let cpu = (utime.parse::<f64>().unwrap_or(0.0) + stime.parse::<f64>().unwrap_or(0.0)) / ticks;
+        parents.insert(pid, (ppid.parse::<i32>().unwrap_or(0), cpu));
+    }
+    let mut family = vec![root];
+    let mut at = 0;
+    while at < family.len() {
+        let parent = family[at];
+        family.extend(parents.iter().filter(|(_, (ppid, _))| *ppid == parent).map(|(pid, _)| *pid));
+        at += 1;
+    }
+    for pid in family {
+        let Some(&(_, cpu)) = parents.get(&pid) else { continue };
+        let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()));
+        let Some(hwm) = hwm else { continue };
+        match seen.get_mut(&pid) {
+            Some(p) => (p.cpu_secs, p.peak_rss_bytes) = (p.cpu_secs.max(cpu), p.peak_rss_bytes.max(hwm * 1024)),
+            None => {
+                let Some(name) = process_name(pid) else { continue };
+                seen.insert(pid, Process { name, cpu_secs: cpu, peak_rss_bytes: hwm * 1024 });
+            }
+        }
+    }
 }
 
 /// Runs a command to its end, with what the kernel counted of it.
@@ -63,8 +123,25 @@ pub fn measured(command: &mut Command) -> anyhow::Result<(Run, std::process::Out
         let mut buf = Vec::new();
         std::io::Read::read_to_end(&mut err, &mut buf).map(|_| buf)
     });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                sample(pid, &mut seen);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen.into_values().collect::<Vec<_>>()
+        })
+    };
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // WNOWAIT first: the child is still there to be sampled once more.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let processes = sampler.join().expect("sampler");
     if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } < 0 {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
@@ -75,7 +152,7 @@ pub fn measured(command: &mut Command) -> anyhow::Result<(Run, std::process::Out
         stdout: reader.join().expect("reader")?,
         stderr: err_reader.join().expect("reader")?,
     };
-    Ok((Run { secs, cpu_secs: tv(usage.ru_utime) + tv(usage.ru_stime), peak_rss_bytes: usage.ru_maxrss as u64 * 1024 }, output))
+    Ok((Run { secs, cpu_secs: tv(usage.ru_utime) + tv(usage.ru_stime), peak_rss_bytes: usage.ru_maxrss as u64 * 1024, processes }, output))
 }
 
 /// The destination's config for a server URL and a schema.
