@@ -131,6 +131,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             psql: args.psql.clone(),
             dlt_python: crate::bench_pg_to_pg::dlt_python(&cache, args.install_dlt)?,
             sling: crate::bench_pg_to_pg::sling(&cache, args.install_sling)?,
+            runs: args.runs,
         };
         let result = crate::bench_pg_to_pg::run(&pg, &sluice, &dir);
         let _ = std::fs::remove_dir_all(&dir);

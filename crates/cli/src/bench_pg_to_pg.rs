@@ -12,6 +12,10 @@
 //!    `dlt[postgres]` (loading by COPY from CSV files, its fastest);
 //! 5. Sling (PyPI `sling-linux-amd64`), `sling run` full refresh.
 //!
+//! `--runs` rounds of every way, every other round in reverse order, each
+//! way after a VACUUM, a checkpoint and (for a server on this machine) a
+//! `sync`; each way's median is reported.
+//!
 //! PyAirbyte is not among them: Airbyte's source-postgres and
 //! destination-postgres are Java images, not PyPI packages, and no image
 //! registry is reached here.
@@ -48,6 +52,8 @@ pub struct Args<'a> {
     pub psql: PathBuf,
     pub dlt_python: Option<PathBuf>,
     pub sling: Option<PathBuf>,
+    /// Rounds of every way.
+    pub runs: usize,
 }
 
 /// dlt with its SQL source and Arrow, from the cache (installed first when asked).
@@ -97,20 +103,8 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     )?;
     let table_bytes = sql(args.url, &format!("select pg_relation_size('{SOURCE}.t')"))?[0].get::<_, i64>(0) as u64;
 
-    // 1: COPY out piped into COPY in, both binary.
+    // The ways, each a command that moves the table again into its own schema.
     sql(args.url, &format!("create schema sluice_pg2pg_copy; create table sluice_pg2pg_copy.t (like {SOURCE}.t including all)"))?;
-    let psql = args.psql.display().to_string();
-    let pipe = format!(
-        "{psql} '{url}' -q -c 'COPY {SOURCE}.t TO STDOUT (FORMAT binary)' | {psql} '{url}' -q -c 'COPY sluice_pg2pg_copy.t FROM STDIN (FORMAT binary)'",
-        url = args.url
-    );
-    settle(args.url);
-    let (copy, output) = measured(Command::new("sh").args(["-ec", &pipe]))?;
-    if !output.status.success() || count(args.url, "sluice_pg2pg_copy.t")? != args.records {
-        bail!("the COPY pipe failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
-    }
-
-    // 2 and 3: the source alone, then the whole sync.
     let (source_file, catalog_file) = (dir.join("pg-source.json"), dir.join("pg-catalog.json"));
     let mut source = destination_config(args.url, SOURCE)?;
     source.as_object_mut().expect("an object").remove("schema");
@@ -127,46 +121,60 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     stream.as_object_mut().expect("a stream").remove("namespace");
     let configured = json!({"streams": [{"stream": stream, "sync_mode": "full_refresh", "destination_sync_mode": "overwrite", "generation_id": 1, "minimum_generation_id": 1, "sync_id": 1}]});
     std::fs::write(&catalog_file, configured.to_string())?;
+    let source = Source { name: "source-postgres", config: &source_file, catalog: &catalog_file };
+    let sockets = sluice_domain::channel::socket_count(cores(), cores());
+
+    let psql = args.psql.display().to_string();
+    let pipe = format!(
+        "{psql} '{url}' -q -c 'TRUNCATE sluice_pg2pg_copy.t' && {psql} '{url}' -q -c 'COPY {SOURCE}.t TO STDOUT (FORMAT binary)' | {psql} '{url}' -q -c 'COPY sluice_pg2pg_copy.t FROM STDIN (FORMAT binary)'",
+        url = args.url
+    );
+    let copy_way = || -> anyhow::Result<Run> {
+        let (run, output) = measured(Command::new("sh").args(["-ec", &pipe]))?;
+        if !output.status.success() || count(args.url, "sluice_pg2pg_copy.t")? != args.records {
+            bail!("the COPY pipe failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(run)
+    };
     // The records go to /dev/null by the shell: read into this process, they
     // would grow it, and every process started after would count its size
     // (a spawned child shares the parent's memory until it runs its program).
-    let (alone, output) = measured(
-        Command::new("sh")
-            .args(["-c", r#"exec "$0" connector source-postgres read --config "$1" --catalog "$2" > /dev/null"#])
-            .arg(sluice)
-            .arg(&source_file)
-            .arg(&catalog_file),
-    )?;
-    if !output.status.success() {
-        bail!("source-postgres failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
-    }
-    let source = Source { name: "source-postgres", config: &source_file, catalog: &catalog_file };
-    let whole_sync = |schema: &str, channel: &[&str]| {
-        settle(args.url);
-        whole_sync(sluice, dir, args.url, &source, schema, "t", args.records, channel)
+    let alone_way = || -> anyhow::Result<Run> {
+        let (run, output) = measured(
+            Command::new("sh").args(["-c", r#"exec "$0" connector source-postgres read --config "$1" --catalog "$2" > /dev/null"#]).arg(sluice).arg(&source_file).arg(&catalog_file),
+        )?;
+        if !output.status.success() {
+            bail!("source-postgres failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(run)
     };
-    let sync = whole_sync("sluice_pg2pg_sluice", &["--data-channel", "stdio"])?;
-    let socket = whole_sync("sluice_pg2pg_socket", &["--data-channel", "socket", "--data-format", "protobuf"])?;
-    let socket_jsonl = whole_sync("sluice_pg2pg_jsonl", &["--data-channel", "socket", "--data-format", "jsonl"])?;
-
-    // 4 and 5: the peers, when installed.
-    let dlt = match &args.dlt_python {
-        Some(python) => {
-            settle(args.url);
+    let sync_way = |schema: &'static str, channel: &'static [&'static str]| {
+        let source = &source;
+        move || -> anyhow::Result<Run> {
+            // A full refresh from the start each time, not a resumption.
+            let _ = std::fs::remove_file(dir.join(format!("{schema}-state.json")));
+            whole_sync(sluice, dir, args.url, source, schema, "t", args.records, channel)
+        }
+    };
+    let dlt_way = |python: &PathBuf| {
+        let python = python.clone();
+        move || -> anyhow::Result<Run> {
+            // dlt appends, and keeps what it loaded in its pipeline's directory: both start empty.
+            sql(args.url, "drop schema if exists sluice_pg2pg_dlt cascade")?;
             let work = dir.join("dlt");
-            let (run, output) = measured(Command::new(python).args(["-c", DLT_SCRIPT, args.url, SOURCE, "t", "sluice_pg2pg_dlt"]).arg(&work).env("RUNTIME__LOG_LEVEL", "WARNING"))?;
+            let _ = std::fs::remove_dir_all(&work);
+            let (run, output) = measured(Command::new(&python).args(["-c", DLT_SCRIPT, args.url, SOURCE, "t", "sluice_pg2pg_dlt"]).arg(&work).env("RUNTIME__LOG_LEVEL", "WARNING"))?;
             if !output.status.success() || count(args.url, "sluice_pg2pg_dlt.t")? != args.records {
                 bail!("dlt failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stderr, 15));
             }
-            Some(run)
+            Ok(run)
         }
-        None => None,
     };
-    let sling = match &args.sling {
-        Some(binary) => {
-            settle(args.url);
+    let sling_way = |binary: &PathBuf| {
+        let binary = binary.clone();
+        move || -> anyhow::Result<Run> {
             let (run, output) = measured(
-                Command::new(binary)
+                Command::new(&binary)
                     .args(["run", "--src-conn", "PG", "--src-stream", &format!("{SOURCE}.t"), "--tgt-conn", "PG", "--tgt-object", "sluice_pg2pg_sling.t", "--mode", "full-refresh"])
                     .env("PG", format!("{}{}sslmode=disable", args.url, if args.url.contains('?') { "&" } else { "?" }))
                     .env("SLING_DISABLE_TELEMETRY", "true")
@@ -175,40 +183,66 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
             if !output.status.success() || count(args.url, "sluice_pg2pg_sling.t")? != args.records {
                 bail!("Sling failed ({}): {}", output.status, sluice_connectors::last_lines(&output.stdout, 15));
             }
-            Some(run)
+            Ok(run)
         }
-        None => None,
     };
+    type WayFn<'w> = Box<dyn Fn() -> anyhow::Result<Run> + 'w>;
+    let mut ways: Vec<(String, WayFn)> = vec![
+        ("COPY binary out | COPY binary in (psql)".into(), Box::new(copy_way)),
+        ("source-postgres alone (to /dev/null)".into(), Box::new(alone_way)),
+        ("sync, legacy mode (source+orch.+dest.)".into(), Box::new(sync_way("sluice_pg2pg_sluice", &["--data-channel", "stdio"]))),
+        (format!("sync, socket mode PROTOBUF x{sockets} (bookkeeper)"), Box::new(sync_way("sluice_pg2pg_socket", &["--data-channel", "socket", "--data-format", "protobuf"]))),
+        (format!("sync, socket mode JSONL x{sockets}"), Box::new(sync_way("sluice_pg2pg_jsonl", &["--data-channel", "socket", "--data-format", "jsonl"]))),
+    ];
+    if let Some(python) = &args.dlt_python {
+        ways.push((format!("dlt {} (sql_table, pyarrow, csv)", crate::bench_postgres::DLT_VERSION), Box::new(dlt_way(python))));
+    }
+    if let Some(binary) = &args.sling {
+        ways.push((format!("Sling {SLING_VERSION}"), Box::new(sling_way(binary))));
+    }
 
-    println!("{} rows; the table is {:.1} MB", args.records, table_bytes as f64 / 1e6);
+    // Rounds, every other one in reverse order: the server's disk decides at
+    // millions of rows, and a way run after another pays for its writes
+    // (measured at 4M rows: whichever socket way came right after legacy
+    // mode was 25% slower). Each way's median run is reported.
+    let mut runs: Vec<Vec<Run>> = ways.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.runs.max(1) {
+        let order: Vec<usize> = if round % 2 == 0 { (0..ways.len()).collect() } else { (0..ways.len()).rev().collect() };
+        for i in order {
+            settle(args.url);
+            let run = (ways[i].1)().with_context(|| format!("round {}: {}", round + 1, ways[i].0))?;
+            runs[i].push(run);
+        }
+    }
+    let medians: Vec<Run> = runs
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+            let middle = r.len() / 2;
+            r.swap_remove(middle)
+        })
+        .collect();
+
+    println!("{} rows; the table is {:.1} MB; the median of {} rounds, every other one in reverse order", args.records, table_bytes as f64 / 1e6, args.runs.max(1));
     println!("{:<44} {:>11} {:>9} {:>8} {:>10} {:>14}", "way", "rows/s", "MB/s", "CPU s", "peak RSS", "vs COPY pipe");
     let rate = |r: &Run| args.records as f64 / r.secs;
-    let row = |way: &str, r: &Run| {
-        let versus = if std::ptr::eq(r, &copy) { "(baseline)".to_owned() } else { format!("{:.2}x", rate(r) / rate(&copy)) };
+    let copy = &medians[0];
+    for (i, ((way, _), r)) in ways.iter().zip(&medians).enumerate() {
+        let versus = if i == 0 { "(baseline)".to_owned() } else { format!("{:.2}x", rate(r) / rate(copy)) };
         println!("{way:<44} {:>11.0} {:>9.1} {:>8.2} {:>7.1} MB {versus:>14}", rate(r), table_bytes as f64 / 1e6 / r.secs, r.cpu_secs, r.peak_rss_bytes as f64 / 1e6);
         for p in r.processes.iter().filter(|p| r.processes.len() > 1 && p.cpu_secs >= 0.01) {
             println!("  {:<42} {:>11} {:>9} {:>8.2} {:>7.1} MB", p.name, "", "", p.cpu_secs, p.peak_rss_bytes as f64 / 1e6);
         }
-    };
-    row("COPY binary out | COPY binary in (psql)", &copy);
-    row("source-postgres alone (to /dev/null)", &alone);
-    row("sync, legacy mode (source+orch.+dest.)", &sync);
-    let sockets = sluice_domain::channel::socket_count(cores(), cores());
-    row(&format!("sync, socket mode PROTOBUF x{sockets} (bookkeeper)"), &socket);
-    row(&format!("sync, socket mode JSONL x{sockets}"), &socket_jsonl);
-    match &dlt {
-        Some(d) => row(&format!("dlt {} (sql_table, pyarrow, csv)", crate::bench_postgres::DLT_VERSION), d),
+    }
+    let (legacy, socket) = (rate(&medians[2]), rate(&medians[3]));
+    let mut peers = medians.iter().skip(5);
+    match args.dlt_python.as_ref().and_then(|_| peers.next()) {
+        Some(d) => println!("socket mode / dlt: {:.1}x; legacy mode / dlt: {:.1}x", socket / rate(d), legacy / rate(d)),
         None => println!("dlt: not measured (use --install-dlt)"),
     }
-    match &sling {
-        Some(s) => row(&format!("Sling {SLING_VERSION}"), s),
+    match args.sling.as_ref().and_then(|_| peers.next()) {
+        Some(s) => println!("socket mode / Sling: {:.2}x; legacy mode / Sling: {:.2}x", socket / rate(s), legacy / rate(s)),
         None => println!("Sling: not measured (use --install-sling)"),
-    }
-    if let Some(d) = &dlt {
-        println!("socket mode / dlt: {:.1}x; legacy mode / dlt: {:.1}x", rate(&socket) / rate(d), rate(&sync) / rate(d));
-    }
-    if let Some(s) = &sling {
-        println!("socket mode / Sling: {:.2}x; legacy mode / Sling: {:.2}x", rate(&socket) / rate(s), rate(&sync) / rate(s));
     }
     println!("PyAirbyte: not measured (Airbyte's Postgres connectors are Java images, and no image registry is reached here)");
     println!("(MB/s counts the source table's pages; CPU s and RSS are the client side's, not the server's; a way's RSS is its largest process,");
@@ -216,13 +250,28 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     drop_all(args.url)
 }
 
-/// A checkpoint before each way, so that none pays for the dirty pages and
-/// WAL of the one before it (at millions of rows the server's disk is what
-/// the ways wait on). Needs superuser or pg_checkpoint; without, the ways
-/// run as they come.
+/// Before each way: a VACUUM, so that no way pays for autovacuum's first
+/// pass over the tables the ways before it wrote (at 4M rows it ran over
+/// one target through the next two ways), then a checkpoint, so that none
+/// pays for the dirty pages and WAL of the one before it. A server with
+/// `fsync=off` (as the tests run theirs) leaves that checkpoint in the
+/// kernel's page cache: when the server is on this machine, the kernel's
+/// dirty pages are written too. The checkpoint needs superuser or
+/// pg_checkpoint; without, the ways run as they come.
 fn settle(url: &str) {
-    if let Err(e) = sql(url, "checkpoint") {
-        eprintln!("  (no checkpoint between ways: {e})");
+    for step in ["vacuum", "checkpoint"] {
+        if let Err(e) = sql(url, step) {
+            eprintln!("  (no {step} between ways: {e})");
+        }
+    }
+    let local = url.parse::<postgres::Config>().is_ok_and(|c| {
+        c.get_hosts().iter().all(|h| match h {
+            postgres::config::Host::Tcp(name) => ["127.0.0.1", "localhost", "::1"].contains(&name.as_str()),
+            postgres::config::Host::Unix(_) => true,
+        })
+    });
+    if local {
+        unsafe { libc::sync() };
     }
 }
 

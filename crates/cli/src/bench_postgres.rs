@@ -63,6 +63,8 @@ pub struct Process {
 fn process_name(pid: i32) -> Option<String> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<String> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    // Debian's psql is a Perl wrapper: the script is what runs.
+    let args = if args.first().is_some_and(|a| a.ends_with("/perl") || a == "perl") { &args[1..] } else { &args[..] };
     let program = Path::new(args.first()?).file_name()?.to_string_lossy().into_owned();
     Some(match args.iter().position(|a| a == "connector") {
         Some(at) if program == "sluice" => args.get(at + 1).cloned().unwrap_or(program),
