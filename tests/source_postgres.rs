@@ -95,6 +95,17 @@ impl Pair {
     fn spawn(&self) -> std::process::Child {
         sluice().arg("sync").arg("--json").args(&self.args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
     }
+    /// A sync whose source is killed (SIGKILL) once the destination has
+    /// committed rows into `table` where `filter` holds; the attempt must fail.
+    fn killed_once_rows_land(&self, table: &str, filter: &str) {
+        let sync = self.spawn();
+        wait_for_committed_rows(table, filter);
+        let sources = children_with(sync.id(), "source-postgres");
+        assert_eq!(sources.len(), 1, "the source's process");
+        unsafe { libc::kill(sources[0] as i32, libc::SIGKILL) };
+        let killed = parse_sync(sync.wait_with_output().unwrap());
+        assert_ne!(killed.code, 0, "the attempt failed: {}", killed.stderr);
+    }
 }
 
 /// Each row of `select` in the source and in the destination, as text,
@@ -237,14 +248,8 @@ fn a_full_refresh_killed_mid_table_resumes_from_its_last_range_and_loads_each_ro
     source["checkpoint_mb"] = json!(1);
     let catalog = configured(&discover(&s, &source), &[("big", json!({"sync_mode": "full_refresh", "destination_sync_mode": "overwrite", "minimum_generation_id": 1}))]);
     let pair = Pair::new(&s, &source, &catalog);
-    let sync = pair.spawn();
     let state = s.path("state.json");
-    wait_for_committed_rows("sp_kill.big_airbyte_tmp", "true");
-    let sources = children_with(sync.id(), "source-postgres");
-    assert_eq!(sources.len(), 1, "the source's process");
-    unsafe { libc::kill(sources[0] as i32, libc::SIGKILL) };
-    let first = parse_sync(sync.wait_with_output().unwrap());
-    assert_ne!(first.code, 0, "the attempt failed: {}", first.stderr);
+    pair.killed_once_rows_land("sp_kill.big_airbyte_tmp", "true");
     let saved = std::fs::read_to_string(&state).unwrap();
     assert!(saved.contains("\"ctid\""), "the state names the next range: {saved}");
 
@@ -427,13 +432,7 @@ fn cdc_into_dedup_equals_the_source_after_every_sync_and_the_slot_moves_only_to_
 
     // Many small transactions, read in several STATEs; the source is killed among them.
     change("do $$ begin for i in 1..400 loop insert into sp_cdc.items select 1000 + i * 50 + g, repeat('x', 500), g, now(), null from generate_series(1, 50) g; commit; end loop; end $$;");
-    let sync = pair.spawn();
-    wait_for_committed_rows("sp_cdc.items_airbyte_tmp", "id > 1000");
-    let sources = children_with(sync.id(), "source-postgres");
-    assert_eq!(sources.len(), 1, "the source's process");
-    unsafe { libc::kill(sources[0] as i32, libc::SIGKILL) };
-    let killed = parse_sync(sync.wait_with_output().unwrap());
-    assert_ne!(killed.code, 0, "the attempt failed: {}", killed.stderr);
+    pair.killed_once_rows_land("sp_cdc.items_airbyte_tmp", "id > 1000");
     assert_eq!(confirmed_flush("sp_cdc_slot"), after_second, "a failed attempt moved the slot no further than what was committed before it");
     let committed = saved_lsn(&s);
 
@@ -535,13 +534,7 @@ fn socket_mode_reads_ranges_in_parallel_under_one_snapshot_and_a_killed_read_res
     let pair = Pair::new(&s, &source, &catalog).over_sockets(4, "protobuf");
 
     // Killed while ranges are being read on four connections at once.
-    let sync = pair.spawn();
-    wait_for_committed_rows("sp_sock.big_airbyte_tmp", "true");
-    let sources = children_with(sync.id(), "source-postgres");
-    assert_eq!(sources.len(), 1, "the source's process");
-    unsafe { libc::kill(sources[0] as i32, libc::SIGKILL) };
-    let killed = parse_sync(sync.wait_with_output().unwrap());
-    assert_ne!(killed.code, 0, "the attempt failed: {}", killed.stderr);
+    pair.killed_once_rows_land("sp_sock.big_airbyte_tmp", "true");
 
     let retry = pair.sync();
     assert_eq!(retry.code, 0, "{}", retry.stderr);
@@ -594,13 +587,7 @@ fn cdc_over_sockets_into_dedup_equals_the_source_after_every_sync_in_both_framin
 
     // Many small transactions over the socket; the source is killed among them.
     change("do $$ begin for i in 1..300 loop insert into sp_cdcsock.items select 10000 + i * 50 + g, repeat('x', 500), g, now(), null, null, null, null, null, null from generate_series(1, 50) g; commit; end loop; end $$;");
-    let sync = protobuf.spawn();
-    wait_for_committed_rows("sp_cdcsock.items_airbyte_tmp", "id > 10000");
-    let sources = children_with(sync.id(), "source-postgres");
-    assert_eq!(sources.len(), 1, "the source's process");
-    unsafe { libc::kill(sources[0] as i32, libc::SIGKILL) };
-    let killed = parse_sync(sync.wait_with_output().unwrap());
-    assert_ne!(killed.code, 0, "the attempt failed: {}", killed.stderr);
+    protobuf.killed_once_rows_land("sp_cdcsock.items_airbyte_tmp", "id > 10000");
     assert_eq!(confirmed_flush("sp_cdcsock_slot"), after_second, "a failed attempt moved the slot no further than what was committed before it");
     let committed = saved_lsn(&s);
     let retry = protobuf.sync();

@@ -194,12 +194,15 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
         (format!("sync, socket mode PROTOBUF x{sockets} (bookkeeper)"), Box::new(sync_way("sluice_pg2pg_socket", &["--data-channel", "socket", "--data-format", "protobuf"]))),
         (format!("sync, socket mode JSONL x{sockets}"), Box::new(sync_way("sluice_pg2pg_jsonl", &["--data-channel", "socket", "--data-format", "jsonl"]))),
     ];
-    if let Some(python) = &args.dlt_python {
+    let (legacy_at, socket_at) = (2, 3);
+    let dlt_at = args.dlt_python.as_ref().map(|python| {
         ways.push((format!("dlt {} (sql_table, pyarrow, csv)", crate::bench_postgres::DLT_VERSION), Box::new(dlt_way(python))));
-    }
-    if let Some(binary) = &args.sling {
+        ways.len() - 1
+    });
+    let sling_at = args.sling.as_ref().map(|binary| {
         ways.push((format!("Sling {SLING_VERSION}"), Box::new(sling_way(binary))));
-    }
+        ways.len() - 1
+    });
 
     // Rounds, every other one in reverse order: the server's disk decides at
     // millions of rows, and a way run after another pays for its writes
@@ -234,14 +237,13 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
             println!("  {:<42} {:>11} {:>9} {:>8.2} {:>7.1} MB", p.name, "", "", p.cpu_secs, p.peak_rss_bytes as f64 / 1e6);
         }
     }
-    let (legacy, socket) = (rate(&medians[2]), rate(&medians[3]));
-    let mut peers = medians.iter().skip(5);
-    match args.dlt_python.as_ref().and_then(|_| peers.next()) {
-        Some(d) => println!("socket mode / dlt: {:.1}x; legacy mode / dlt: {:.1}x", socket / rate(d), legacy / rate(d)),
+    let (legacy, socket) = (rate(&medians[legacy_at]), rate(&medians[socket_at]));
+    match dlt_at.map(|i| rate(&medians[i])) {
+        Some(d) => println!("socket mode / dlt: {:.1}x; legacy mode / dlt: {:.1}x", socket / d, legacy / d),
         None => println!("dlt: not measured (use --install-dlt)"),
     }
-    match args.sling.as_ref().and_then(|_| peers.next()) {
-        Some(s) => println!("socket mode / Sling: {:.2}x; legacy mode / Sling: {:.2}x", socket / rate(s), legacy / rate(s)),
+    match sling_at.map(|i| rate(&medians[i])) {
+        Some(s) => println!("socket mode / Sling: {:.2}x; legacy mode / Sling: {:.2}x", socket / s, legacy / s),
         None => println!("Sling: not measured (use --install-sling)"),
     }
     println!("PyAirbyte: not measured (Airbyte's Postgres connectors are Java images, and no image registry is reached here)");

@@ -142,12 +142,13 @@ pub fn measured(command: &mut Command) -> anyhow::Result<(Run, std::process::Out
     // WNOWAIT first: the child is still there to be sampled once more.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+    // The time is the command's, not the sampler's last round.
+    let secs = started.elapsed().as_secs_f64();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let processes = sampler.join().expect("sampler");
     if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } < 0 {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
-    let secs = started.elapsed().as_secs_f64();
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     let output = std::process::Output {
         status: std::os::unix::process::ExitStatusExt::from_raw(status),

@@ -217,7 +217,7 @@ fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<
             };
             let (target, columns) = (&targets[i], &targets[i].columns);
             let values = json::fields_by_name(record.data.get(), columns.iter().map(|c| c.property.as_str())).map_err(|e| Failure::system(format!("stdin line {line}: record data of stream {descriptor} is not an object: {e}")))?;
-            let changes = source_changes(record.meta.map(|m| serde_json::from_str(m.get())).transpose().ok().flatten());
+            let changes = json_source_changes(record.meta);
             encode_row(target, &mut batches[i], record.emitted_at, changes, |i, out| layout::encode_raw(out, columns[i].kind, values[i]));
             since_state += 1;
             if batches[i].full() {
@@ -318,7 +318,7 @@ impl Sink for Tables<'_> {
         match record {
             SocketRecord::Json(r) => {
                 let values = json::fields_by_name(r.data.get(), target.columns.iter().map(|c| c.property.as_str())).map_err(|e| Failure::system(format!("record data of stream {} is not an object: {e}", r.stream)))?;
-                let changes = source_changes(r.meta.map(|m| serde_json::from_str(m.get())).transpose().ok().flatten());
+                let changes = json_source_changes(r.meta);
                 encode_row(target, batch, record.emitted_at(), changes, |i, out| layout::encode_raw(out, target.columns[i].kind, values[i]));
             }
             SocketRecord::Proto(r) => {
@@ -381,6 +381,11 @@ fn source_changes(meta: Option<serde_json::Value>) -> Vec<serde_json::Value> {
         },
         _ => Vec::new(),
     }
+}
+
+/// The same, from a JSON record's `meta` as the source wrote it.
+fn json_source_changes(meta: Option<&serde_json::value::RawValue>) -> Vec<serde_json::Value> {
+    source_changes(meta.and_then(|m| serde_json::from_str(m.get()).ok()))
 }
 
 /// One row of binary `COPY`: the data, each column's field written by

@@ -185,12 +185,11 @@ pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, catalog: &ConfiguredAirbyte
 
     let known = if fresh { Vec::new() } else { saved.streams };
     let book = Book::Global { shared: json!({"state_type": "cdc", "lsn": pgoutput::lsn_text(position), "slot": slot}), streams: known.clone() };
-    let emitted_at = now_millis();
     let socket = match (channel, listeners.is_empty()) {
-        (Some(c), false) => Some(Leg::accept(listeners, c.format, emitted_at)?),
+        (Some(c), false) => Some(Leg::accept(listeners, c.format)?),
         _ => None,
     };
-    let mut sink = CdcSink { out, book, socket, records: 0 };
+    let mut sink = CdcSink { out, book, socket, emitted_at: now_millis(), records: 0 };
 
     // Snapshots: full refresh streams, and CDC streams not read whole yet,
     // under the slot's own snapshot when it was made now.
@@ -210,7 +209,7 @@ pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, catalog: &ConfiguredAirbyte
             }
         }
         sink.out.stream_status(&descriptor, StreamStatus::Started)?;
-        let prefix = sink.prefix(&descriptor, emitted_at);
+        let prefix = sink.prefix(&descriptor);
         let mut emit = Emitter::new(&mut sink, &descriptor, prefix, config.checkpoint_bytes());
         if p.sync_mode == SyncMode::Incremental {
             let marked = plan(configured, tables, &config.schemas, Some(&started))?;
@@ -228,7 +227,7 @@ pub fn read(config: &Config, cdc: &Cdc, db: &mut Db, catalog: &ConfiguredAirbyte
     }
 
     // Changes: every CDC stream, from the position up to the flushed WAL.
-    let mut changes = Changes::new(&changing, &sink, emitted_at, config.checkpoint_bytes());
+    let mut changes = Changes::new(&changing, config.checkpoint_bytes());
     for p in &changing {
         if known.iter().any(|(d, s)| *d == p.descriptor() && s.get("state_type").and_then(Value::as_str) == Some("cdc")) {
             sink.out.stream_status(&p.descriptor(), StreamStatus::Started)?;
@@ -263,6 +262,7 @@ struct CdcSink<'o> {
     out: &'o mut Output,
     book: Book,
     socket: Option<Leg>,
+    emitted_at: i64,
     /// Socket mode: records since the last STATE, which it counts.
     records: u64,
 }
@@ -272,14 +272,13 @@ struct Leg {
     writer: FrameWriter<UnixStream>,
     path: PathBuf,
     partition: String,
-    emitted_at: i64,
     next_id: u64,
 }
 
 impl Leg {
     /// Takes the destination's connection on the first socket, and ends the
     /// others at once: it reads them to their end and finds nothing.
-    fn accept(listeners: Vec<(std::os::unix::net::UnixListener, PathBuf)>, format: Format, emitted_at: i64) -> Result<Leg, Failure> {
+    fn accept(listeners: Vec<(std::os::unix::net::UnixListener, PathBuf)>, format: Format) -> Result<Leg, Failure> {
         let mut first = None;
         for (listener, path) in listeners {
             let (connection, _) = listener.accept().map_err(|e| Failure::system(format!("socket {}: accept: {e}", path.display())))?;
@@ -289,18 +288,32 @@ impl Leg {
         }
         let (connection, path) = first.expect("socket mode has a socket");
         let partition = format!("cdc-{:x}", now_millis() as u64 ^ (u64::from(std::process::id()) << 32));
-        Ok(Leg { writer: FrameWriter::new(connection, format), path, partition, emitted_at, next_id: 1 })
+        Ok(Leg { writer: FrameWriter::new(connection, format), path, partition, next_id: 1 })
     }
 
     fn broken(&self, e: std::io::Error) -> Failure {
-        Failure::system(format!("socket {}: {e}", self.path.display()))
+        crate::sockets::socket_error(&self.path, e)
     }
 }
 
 impl CdcSink<'_> {
     /// A stream's record prefix, naming the socket's partition in socket mode.
-    fn prefix(&self, descriptor: &StreamDescriptor, emitted_at: i64) -> Vec<u8> {
-        record_prefix(descriptor, emitted_at, self.socket.as_ref().map(|l| l.partition.as_str()))
+    fn prefix(&self, descriptor: &StreamDescriptor) -> Vec<u8> {
+        record_prefix(descriptor, self.emitted_at, self.socket.as_ref().map(|l| l.partition.as_str()))
+    }
+
+    /// A change's record, written as this sink frames it; returns its size.
+    fn change(&mut self, prefix: &[u8], plan: &Plan<'_>, change: &Change<'_>, data: &mut Vec<u8>) -> Result<usize, Failure> {
+        let Some(leg) = self.socket.as_mut().filter(|l| l.writer.format == Format::Protobuf) else {
+            write_json(plan, change, data)?;
+            self.record(prefix, data)?;
+            return Ok(data.len());
+        };
+        self.records += 1;
+        let d = &plan.stream;
+        let encoder = leg.writer.begin_record(d.namespace.as_deref(), &d.name, self.emitted_at as u64, &leg.partition);
+        encode(plan, change, encoder, data);
+        leg.writer.end_record().map_err(|e| leg.broken(e))
     }
 
     /// A STATE or COMPLETE: on stdout, and in socket mode then on the
@@ -343,35 +356,15 @@ impl CdcSink<'_> {
 
 impl Sink for CdcSink<'_> {
     fn record(&mut self, prefix: &[u8], data: &[u8]) -> Result<(), Failure> {
-        let Some(leg) = &mut self.socket else {
-            let w = self.out.writer();
-            w.write_all(prefix)?;
-            w.write_all(data)?;
-            w.write_all(b"}}\n")?;
-            return Ok(());
-        };
+        let Some(leg) = &mut self.socket else { return Ok(crate::write_record(self.out.writer(), prefix, data)?) };
         self.records += 1;
-        let w = leg.writer.writer();
-        let written = w.write_all(prefix).and_then(|_| w.write_all(data)).and_then(|_| w.write_all(b"}}\n"));
-        written.map_err(|e| leg.broken(e))
+        crate::write_record(leg.writer.writer(), prefix, data).map_err(|e| leg.broken(e))
     }
 
     fn row(&mut self, prefix: &[u8], plan: &Plan<'_>, fields: &[Option<&[u8]>], data: &mut Vec<u8>) -> Result<usize, Failure> {
         let Some(leg) = self.socket.as_mut().filter(|l| l.writer.format == Format::Protobuf) else { return crate::json_row(self, prefix, plan, fields, data) };
         self.records += 1;
-        let d = &plan.stream;
-        let encoder = leg.writer.begin_record(d.namespace.as_deref(), &d.name, leg.emitted_at as u64, &leg.partition);
-        plan.encode(fields, encoder, data)?;
-        leg.writer.end_record().map_err(|e| leg.broken(e))
-    }
-
-    fn change(&mut self, prefix: &[u8], plan: &Plan<'_>, change: &Change<'_>, data: &mut Vec<u8>) -> Result<usize, Failure> {
-        let Some(leg) = self.socket.as_mut().filter(|l| l.writer.format == Format::Protobuf) else { return json_change(self, prefix, plan, change, data) };
-        self.records += 1;
-        let d = &plan.stream;
-        let encoder = leg.writer.begin_record(d.namespace.as_deref(), &d.name, leg.emitted_at as u64, &leg.partition);
-        encode(plan, change, encoder, data);
-        leg.writer.end_record().map_err(|e| leg.broken(e))
+        crate::proto_row(&mut leg.writer, plan, self.emitted_at, &leg.partition, fields, data)?.map_err(|e| leg.broken(e))
     }
 
     fn state(&mut self, descriptor: &StreamDescriptor, stream_state: Value, _records: u64) -> Result<(), Failure> {
@@ -385,7 +378,7 @@ impl Sink for CdcSink<'_> {
 }
 
 /// One change of a row, as the slot sent it.
-pub struct Change<'a> {
+struct Change<'a> {
     /// Each selected column's text (the plan's order); None is null.
     values: Vec<Option<&'a [u8]>>,
     lsn: u64,
@@ -394,13 +387,6 @@ pub struct Change<'a> {
     deleted: bool,
     /// Selected columns the slot left out (unchanged TOASTed values), sent as null.
     nulled: Vec<&'a str>,
-}
-
-/// A change's record as a JSON line through `sink`; returns the data's size.
-pub fn json_change(sink: &mut (impl Sink + ?Sized), prefix: &[u8], plan: &Plan<'_>, change: &Change<'_>, data: &mut Vec<u8>) -> Result<usize, Failure> {
-    write_json(plan, change, data)?;
-    sink.record(prefix, data)?;
-    Ok(data.len())
 }
 
 /// The change's record data as JSON, as a snapshot's row reads, with its
@@ -458,9 +444,6 @@ struct Target<'p> {
 /// Turns the slot's messages into records, and says where STATEs may go.
 struct Changes<'p> {
     plans: HashMap<(String, String), &'p Plan<'p>>,
-    emitted_at: i64,
-    /// Socket mode: the partition the records name.
-    partition: Option<String>,
     relations: HashMap<u32, Option<Target<'p>>>,
     commit_at: String,
     checkpoint_bytes: u64,
@@ -470,11 +453,9 @@ struct Changes<'p> {
 }
 
 impl<'p> Changes<'p> {
-    fn new(plans: &[&'p Plan<'p>], sink: &CdcSink<'_>, emitted_at: i64, checkpoint_bytes: u64) -> Self {
+    fn new(plans: &[&'p Plan<'p>], checkpoint_bytes: u64) -> Self {
         Changes {
             plans: plans.iter().map(|p| ((p.table.schema.clone(), p.table.name.clone()), *p)).collect(),
-            emitted_at,
-            partition: sink.socket.as_ref().map(|l| l.partition.clone()),
             relations: HashMap::new(),
             commit_at: String::new(),
             checkpoint_bytes,
@@ -499,7 +480,7 @@ impl<'p> Changes<'p> {
             Message::Relation { id, schema, name, columns, .. } => {
                 let target = self.plans.get(&(schema, name)).map(|p| Target {
                     plan: p,
-                    prefix: record_prefix(&p.descriptor(), self.emitted_at, self.partition.as_deref()),
+                    prefix: sink.prefix(&p.descriptor()),
                     columns: columns.iter().map(|c| p.columns.iter().position(|s| s.name == c.name)).collect(),
                 });
                 self.relations.insert(id, target);

@@ -301,10 +301,6 @@ trait Sink {
     fn row(&mut self, prefix: &[u8], plan: &Plan<'_>, fields: &[Option<&[u8]>], data: &mut Vec<u8>) -> Result<usize, Failure> {
         json_row(self, prefix, plan, fields, data)
     }
-    /// A change's record (CDC), written as this sink frames it; returns its size.
-    fn change(&mut self, prefix: &[u8], plan: &Plan<'_>, change: &cdc::Change<'_>, data: &mut Vec<u8>) -> Result<usize, Failure> {
-        cdc::json_change(self, prefix, plan, change, data)
-    }
     /// A STATE covering the `records` written since the last one.
     fn state(&mut self, descriptor: &StreamDescriptor, stream_state: Value, records: u64) -> Result<(), Failure>;
     fn log(&mut self, level: LogLevel, text: String) -> Result<(), Failure>;
@@ -317,6 +313,28 @@ fn json_row(sink: &mut (impl Sink + ?Sized), prefix: &[u8], plan: &Plan<'_>, fie
     Ok(data.len())
 }
 
+/// A JSON record line: the prefix, the data, and the two braces that close them.
+fn write_record(w: &mut impl Write, prefix: &[u8], data: &[u8]) -> std::io::Result<()> {
+    w.write_all(prefix)?;
+    w.write_all(data)?;
+    w.write_all(b"}}\n")
+}
+
+/// A row's PROTOBUF record on a socket, in `partition`; returns its frame's size.
+fn proto_row<W: Write>(
+    writer: &mut sluice_protocol::socket::FrameWriter<W>,
+    plan: &Plan<'_>,
+    emitted_at: i64,
+    partition: &str,
+    fields: &[Option<&[u8]>],
+    scratch: &mut Vec<u8>,
+) -> Result<std::io::Result<usize>, Failure> {
+    let d = &plan.stream;
+    let encoder = writer.begin_record(d.namespace.as_deref(), &d.name, emitted_at as u64, partition);
+    plan.encode(fields, encoder, scratch)?;
+    Ok(writer.end_record())
+}
+
 /// Legacy mode: everything on stdout, STATEs as the book writes them.
 struct Stdout<'a> {
     out: &'a mut Output,
@@ -325,11 +343,7 @@ struct Stdout<'a> {
 
 impl Sink for Stdout<'_> {
     fn record(&mut self, prefix: &[u8], data: &[u8]) -> Result<(), Failure> {
-        let w = self.out.writer();
-        w.write_all(prefix)?;
-        w.write_all(data)?;
-        w.write_all(b"}}\n")?;
-        Ok(())
+        Ok(write_record(self.out.writer(), prefix, data)?)
     }
     fn state(&mut self, descriptor: &StreamDescriptor, stream_state: Value, _records: u64) -> Result<(), Failure> {
         Ok(self.out.message(&self.book.message(descriptor, stream_state))?)

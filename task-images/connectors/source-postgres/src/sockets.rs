@@ -16,7 +16,6 @@
 //! own STATEs as in stdio; a view is one partition.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Mutex;
 
@@ -163,7 +162,7 @@ fn serve(listener: UnixListener, path: &std::path::Path, shared: &Shared<'_>) ->
     writer.flush().map_err(broken)
 }
 
-fn socket_error(path: &std::path::Path, e: std::io::Error) -> Failure {
+pub(crate) fn socket_error(path: &std::path::Path, e: std::io::Error) -> Failure {
     Failure::system(format!("socket {}: {e}", path.display()))
 }
 
@@ -220,19 +219,14 @@ impl Socket<'_, '_> {
 
 impl Sink for Socket<'_, '_> {
     fn record(&mut self, prefix: &[u8], data: &[u8]) -> Result<(), Failure> {
-        let w = self.writer.writer();
-        let written = w.write_all(prefix).and_then(|_| w.write_all(data)).and_then(|_| w.write_all(b"}}\n"));
-        written.map_err(|e| self.broken(e))
+        crate::write_record(self.writer.writer(), prefix, data).map_err(|e| self.broken(e))
     }
 
     fn row(&mut self, prefix: &[u8], plan: &Plan<'_>, fields: &[Option<&[u8]>], data: &mut Vec<u8>) -> Result<usize, Failure> {
         if self.writer.format == Format::Jsonl {
             return crate::json_row(self, prefix, plan, fields, data);
         }
-        let descriptor = &plan.stream;
-        let encoder = self.writer.begin_record(descriptor.namespace.as_deref(), &descriptor.name, self.shared.emitted_at as u64, &self.work.id);
-        plan.encode(fields, encoder, data)?;
-        self.writer.end_record().map_err(|e| self.broken(e))
+        crate::proto_row(self.writer, plan, self.shared.emitted_at, &self.work.id, fields, data)?.map_err(|e| self.broken(e))
     }
 
     /// An incremental stream's STATE: its one partition says where it is.
