@@ -690,3 +690,39 @@ fn a_full_locked_or_read_only_data_directory_is_said_plainly_and_work_resumes() 
     drop(p);
     assert_eq!(integrity(&data.join("sluice.db")), "ok");
 }
+
+/// The disk of the data directory fills up while a sync runs (its states,
+/// heartbeats and log go there): the platform says so, and once there is
+/// room again the job ends succeeded, from its committed state, with each
+/// record once in the dedup stream and the database whole.
+#[test]
+fn a_disk_that_fills_up_mid_sync_loses_and_duplicates_nothing() {
+    let scratch = Scratch::new();
+    let data = scratch.path("data");
+    let disk = Disk::tmpfs(&data, "24m");
+    let p = Platform::start(&data, &[]);
+    let connection = scripted_connection(&p, &scratch, json!({"records": 300, "state_every": 10, "delay_secs": 0.02}), "incremental_deduped_history");
+    let job = p.sync(&connection);
+    p.wait_for("a committed state", Duration::from_secs(60), |p| committed_cursor(p, &connection) >= 50);
+    let filler = disk.fill();
+    let (status, answer) = p.call("POST", "/workspaces", Some(&json!({"name": "no room"})), Some(&p.token));
+    assert_eq!(status, 503, "{answer}");
+    // Long enough for the sync to reach its next states and its end while nothing can be written.
+    std::thread::sleep(Duration::from_secs(8));
+    std::fs::remove_file(filler).unwrap();
+
+    let done = p.wait_job(job, Duration::from_secs(120));
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", p.log());
+    let last = committed_cursor(&p, &connection);
+    let mut ids: Vec<i64> = scratch.read_lines("out/items.jsonl").iter().map(|r| r["_airbyte_data"]["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, (1..=last).collect::<Vec<_>>(), "each record once in the dedup stream, up to the committed state");
+    let attempts = p.get(&format!("/jobs/{job}/attempts"));
+    // The attempt that could not commit its state says why, and what to do.
+    for failed in attempts["attempts"].as_array().unwrap().iter().filter(|a| a["status"] == "failed") {
+        let said = failed["failure"]["message"].as_str().unwrap_or_default();
+        assert!(said.contains("the disk of the data directory is full") && said.contains("free space"), "{failed:#}\n{}", p.log());
+    }
+    drop(p);
+    assert_eq!(integrity(&data.join("sluice.db")), "ok");
+}

@@ -91,7 +91,12 @@ impl AttemptFailure {
 
 impl std::fmt::Display for AttemptFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.side, self.connector)?;
+        // The orchestrator's own failures name it once, not as "orchestrator orchestrator".
+        if self.side.to_string() == self.connector {
+            write!(f, "{}", self.side)?;
+        } else {
+            write!(f, "{} {}", self.side, self.connector)?;
+        }
         if let Some(line) = self.line {
             write!(f, " stdout line {line}")?;
         }
