@@ -718,11 +718,62 @@ fn a_disk_that_fills_up_mid_sync_loses_and_duplicates_nothing() {
     ids.sort();
     assert_eq!(ids, (1..=last).collect::<Vec<_>>(), "each record once in the dedup stream, up to the committed state");
     let attempts = p.get(&format!("/jobs/{job}/attempts"));
-    // The attempt that could not commit its state says why, and what to do.
+    // The attempt that could not commit its state says why, and what to do;
+    // or, when the disk took its report of that too, the platform recorded
+    // it once there was room.
     for failed in attempts["attempts"].as_array().unwrap().iter().filter(|a| a["status"] == "failed") {
         let said = failed["failure"]["message"].as_str().unwrap_or_default();
-        assert!(said.contains("the disk of the data directory is full") && said.contains("free space"), "{failed:#}\n{}", p.log());
+        let named = said.contains("the disk of the data directory is full") && said.contains("free space");
+        assert!(named || said.contains("without reporting the attempt's end"), "{failed:#}\n{}", p.log());
     }
     drop(p);
+    assert_eq!(integrity(&data.join("sluice.db")), "ok");
+}
+
+/// A launch that fails while the data directory's disk is full is recorded
+/// once there is room again, instead of holding its connection until the
+/// monitor's heartbeat timeout.
+#[test]
+fn a_launch_failure_a_full_disk_refused_is_recorded_once_there_is_room() {
+    let scratch = Scratch::new();
+    let data = scratch.path("data");
+    let disk = Disk::tmpfs(&data, "24m");
+    let mut p = Platform::start(&data, &[]);
+    let workspace = p.workspace("launch");
+    let source = p.actor("source", &workspace, "sluice-faker", json!({"count": 10}));
+    let destination = jsonl_destination(&p, &workspace, &scratch.path("out"));
+    let connection = connection(&p, &source, &destination, json!([{"name": "users", "syncMode": "full_refresh_overwrite"}]));
+    p.kill();
+    drop(p);
+
+    // An engine that reads each request and never answers: a launch fails at its timeout.
+    let silent = scratch.path("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&silent).unwrap();
+    let (asked, engine_asked) = std::sync::mpsc::channel();
+    let held = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(50).flatten() {
+            let mut request = [0u8; 512];
+            let n = std::io::Read::read(&mut &stream, &mut request).unwrap_or(0);
+            let _ = asked.send(String::from_utf8_lossy(&request[..n]).into_owned());
+            held.push(stream);
+        }
+    });
+    let p = Platform::start(&data, &["--executor", "docker", "--docker-socket", silent.to_str().unwrap(), "--docker-timeout-secs", "3"]);
+    let job = p.sync(&connection);
+    // The sync's workload is claimed and launching (its first request names
+    // the connection; others may be a recovered spec's): now the disk fills up.
+    while !engine_asked.recv_timeout(Duration::from_secs(30)).expect("the launcher asks the engine").contains(&connection) {}
+    let filler = disk.fill();
+    p.wait_for("the platform to say it cannot record the failure yet", Duration::from_secs(30), |p| p.log().contains("cannot record yet that workload"));
+    std::fs::remove_file(filler).unwrap();
+
+    let first = || p.get(&format!("/jobs/{job}/attempts"))["attempts"][0].clone();
+    p.wait_for("the first attempt's failure recorded", Duration::from_secs(60), |_| first()["status"] == "failed");
+    let said = first()["failure"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(said.contains("did not answer"), "the attempt names the engine that did not answer: {said}\n{}", p.log());
+    p.call("DELETE", &format!("/jobs/{job}"), None, Some(&p.token));
+    drop(p);
+    drop(held);
     assert_eq!(integrity(&data.join("sluice.db")), "ok");
 }

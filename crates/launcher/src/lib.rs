@@ -242,12 +242,16 @@ pub async fn fail_launch(app: &App, w: &Workload, why: &str) -> Result<(), Platf
 
 /// Fails a workload that can no longer report for itself, and the attempt
 /// it ran (which the policy retries or ends); one that ended meanwhile is
-/// left as it is.
+/// left as it is, unless it failed with its attempt still running: the
+/// attempt's end was not stored (a full disk), and is ended here.
 pub async fn fail_workload(app: &App, w: &Workload, failure_type: &str, why: &str) -> Result<(), PlatformError> {
     let now = jiff::Timestamp::now();
     let failed = match workload_event(&app.ports(), &w.id, &WorkloadEvent::Fail { reason: why.to_owned() }, now).await {
         Ok(w) => w,
-        Err(PlatformError::Transition(_)) => return Ok(()),
+        Err(PlatformError::Transition(_)) => match app.workloads.get_workload(&w.id).await? {
+            ended if ended.status == sluice_domain::WorkloadStatus::Failure => ended,
+            _ => return Ok(()),
+        },
         Err(e) => return Err(e),
     };
     if let Some((job_id, _)) = failed.job_attempt() {

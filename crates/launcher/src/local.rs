@@ -283,8 +283,31 @@ pub async fn run_claimed(executor: &LocalExecutor, docker: &crate::docker::Docke
         Err(e) => Err(e),
     };
     if let Err(e) = result {
-        if let Err(failed) = fail_launch(app, &w, &e.0).await {
-            sluice_protocol::say!("sluice: could not record that workload {} failed ({}): {failed}", w.id, e.0);
+        record_failure(app, &w, &e.0).await;
+    }
+}
+
+/// How long a launch failure the store cannot take (a full disk, another
+/// process's lock) is tried again: past it, the monitor's heartbeat timeout
+/// fails the workload instead.
+const RECORD_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Fails the workload, trying again while the store refuses: left
+/// unrecorded, the workload would hold its connection until the monitor
+/// noticed, long after the disk had room again.
+async fn record_failure(app: &App, w: &Workload, why: &str) {
+    let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let Err(failed) = fail_launch(app, w, why).await else { return };
+        if tokio::time::Instant::now() + pause > deadline {
+            sluice_protocol::say!("sluice: could not record that workload {} failed ({why}): {failed}; the monitor will fail it", w.id);
+            return;
         }
+        if pause == Duration::from_secs(1) {
+            sluice_protocol::say!("sluice: cannot record yet that workload {} failed ({failed}); trying again until it can be", w.id);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(30));
     }
 }
