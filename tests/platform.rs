@@ -109,6 +109,13 @@ fn orchestrators(platform_pid: u32) -> Vec<(i32, String, String)> {
     found
 }
 
+/// The ids of the scripted source's `items` in the destination's file, sorted.
+fn item_ids(scratch: &Scratch) -> Vec<i64> {
+    let mut ids: Vec<i64> = scratch.read_lines("out/items.jsonl").iter().map(|r| r["_airbyte_data"]["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    ids
+}
+
 fn committed_cursor(p: &Platform, connection: &str) -> i64 {
     let states = state_of(p, connection);
     states.as_array().and_then(|s| s.first()).map(|s| s["stream"]["stream_state"]["cursor"].as_i64().unwrap()).unwrap_or(0)
@@ -187,9 +194,7 @@ fn kill_9_mid_sync_then_restart_finishes_without_loss_or_duplicates() {
     // The scripted source emits `records` more after the state it is given.
     let last = resumed_from + 300;
     assert_eq!(committed_cursor(&p, &connection), last);
-    let mut ids: Vec<i64> = scratch.read_lines("out/items.jsonl").iter().map(|r| r["_airbyte_data"]["id"].as_i64().unwrap()).collect();
-    ids.sort();
-    assert_eq!(ids, (1..=last).collect::<Vec<_>>(), "each record once in the dedup stream");
+    assert_eq!(item_ids(&scratch), (1..=last).collect::<Vec<_>>(), "each record once in the dedup stream");
 }
 
 #[test]
@@ -714,9 +719,7 @@ fn a_disk_that_fills_up_mid_sync_loses_and_duplicates_nothing() {
     let done = p.wait_job(job, Duration::from_secs(120));
     assert_eq!(done["status"], "succeeded", "{done}\n{}", p.log());
     let last = committed_cursor(&p, &connection);
-    let mut ids: Vec<i64> = scratch.read_lines("out/items.jsonl").iter().map(|r| r["_airbyte_data"]["id"].as_i64().unwrap()).collect();
-    ids.sort();
-    assert_eq!(ids, (1..=last).collect::<Vec<_>>(), "each record once in the dedup stream, up to the committed state");
+    assert_eq!(item_ids(&scratch), (1..=last).collect::<Vec<_>>(), "each record once in the dedup stream, up to the committed state");
     let attempts = p.get(&format!("/jobs/{job}/attempts"));
     // The attempt that could not commit its state says why, and what to do;
     // or, when the disk took its report of that too, the platform recorded

@@ -52,7 +52,7 @@ pub struct Args<'a> {
     pub psql: PathBuf,
     pub dlt_python: Option<PathBuf>,
     pub sling: Option<PathBuf>,
-    /// Rounds of every way.
+    /// Rounds of every way (at least 1, as `sluice bench` checks).
     pub runs: usize,
 }
 
@@ -209,7 +209,7 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     // (measured at 4M rows: whichever socket way came right after legacy
     // mode was 25% slower). Each way's median run is reported.
     let mut runs: Vec<Vec<Run>> = ways.iter().map(|_| Vec::new()).collect();
-    for round in 0..args.runs.max(1) {
+    for round in 0..args.runs {
         let order: Vec<usize> = if round % 2 == 0 { (0..ways.len()).collect() } else { (0..ways.len()).rev().collect() };
         for i in order {
             settle(args.url);
@@ -226,7 +226,7 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
         })
         .collect();
 
-    println!("{} rows; the table is {:.1} MB; the median of {} rounds, every other one in reverse order", args.records, table_bytes as f64 / 1e6, args.runs.max(1));
+    println!("{} rows; the table is {:.1} MB; the median of {} rounds, every other one in reverse order", args.records, table_bytes as f64 / 1e6, args.runs);
     println!("{:<44} {:>11} {:>9} {:>8} {:>10} {:>14}", "way", "rows/s", "MB/s", "CPU s", "peak RSS", "vs COPY pipe");
     let rate = |r: &Run| args.records as f64 / r.secs;
     let copy = &medians[0];

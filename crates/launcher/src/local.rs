@@ -297,15 +297,15 @@ const RECORD_PATIENCE: Duration = Duration::from_secs(600);
 /// noticed, long after the disk had room again.
 async fn record_failure(app: &App, w: &Workload, why: &str) {
     let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
-    let mut pause = Duration::from_secs(1);
-    loop {
-        let Err(failed) = fail_launch(app, w, why).await else { return };
+    let (mut pause, mut said) = (Duration::from_secs(1), false);
+    while let Err(failed) = fail_launch(app, w, why).await {
         if tokio::time::Instant::now() + pause > deadline {
             sluice_protocol::say!("sluice: could not record that workload {} failed ({why}): {failed}; the monitor will fail it", w.id);
             return;
         }
-        if pause == Duration::from_secs(1) {
+        if !said {
             sluice_protocol::say!("sluice: cannot record yet that workload {} failed ({failed}); trying again until it can be", w.id);
+            said = true;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(30));
