@@ -253,13 +253,25 @@ fn an_overwrite_swaps_in_whole_and_a_reader_sees_the_old_table_until_then() {
     // The retry of generation 2 goes on from its state and swaps in at the end.
     let complete = json!({"type": "TRACE", "trace": {"type": "STREAM_STATUS", "emitted_at": 1.0,
         "stream_status": {"stream_descriptor": {"name": "items"}, "status": "COMPLETE"}}});
+    // One of them has a value that does not fit, among rows that leave their
+    // `_airbyte_meta` to the staged table's default.
     let mut messages: Vec<Value> = (105..110).map(|i| item(i, i)).collect();
+    messages[2]["record"]["data"]["price"] = json!("not a number");
     messages.push(complete);
     let retried = write(&s, &config("t_over"), &catalog("items", items_schema(), "overwrite", (2, 2), None), &messages);
     assert_eq!(retried.code, 0, "{}", retried.error());
     let generations: Vec<(i64, i64)> = rows("select _airbyte_generation_id, count(*) from t_over.items group by 1").iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(generations, [(2, 10)]);
     assert_eq!(count("select count(*) from information_schema.tables where table_schema = 't_over'"), 1, "the staged table became the table");
+    let metas: Vec<(i64, String)> = rows("select id, _airbyte_meta::text from t_over.items order by id").iter().map(|r| (r.get(0), r.get(1))).collect();
+    for (id, meta) in &metas {
+        let meta: Value = serde_json::from_str(meta).unwrap();
+        assert_eq!(meta["sync_id"], 102, "row {id}: {meta}");
+        let nulled: Vec<&str> = meta["changes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+        assert_eq!(nulled, if *id == 107 { vec!["price"] } else { vec![] }, "row {id}: {meta}");
+    }
+    let default = rows("select column_default from information_schema.columns where table_schema = 't_over' and table_name = 'items' and column_name = '_airbyte_meta'");
+    assert_eq!(default[0].get::<_, Option<String>>(0), None, "the table swapped in keeps no default of the sync that wrote it");
 }
 
 #[test]

@@ -208,31 +208,38 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     // millions of rows, and a way run after another pays for its writes
     // (measured at 4M rows: whichever socket way came right after legacy
     // mode was 25% slower). Each way's median run is reported.
-    let mut runs: Vec<Vec<Run>> = ways.iter().map(|_| Vec::new()).collect();
+    let postmaster = local_postmaster(args.url);
+    let mut runs: Vec<Vec<(Run, Option<f64>)>> = ways.iter().map(|_| Vec::new()).collect();
     for round in 0..args.runs {
         let order: Vec<usize> = if round % 2 == 0 { (0..ways.len()).collect() } else { (0..ways.len()).rev().collect() };
         for i in order {
             settle(args.url);
+            let before = postmaster.and_then(server_cpu_secs);
             let run = (ways[i].1)().with_context(|| format!("round {}: {}", round + 1, ways[i].0))?;
-            runs[i].push(run);
+            // The way's backends have exited; their time is the postmaster's once it has reaped them.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let server = before.zip(postmaster.and_then(server_cpu_secs)).map(|(b, a)| a - b);
+            runs[i].push((run, server));
+            empty_targets(args.url)?;
         }
     }
-    let medians: Vec<Run> = runs
+    let (medians, server): (Vec<Run>, Vec<Option<f64>>) = runs
         .into_iter()
         .map(|mut r| {
-            r.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+            r.sort_by(|a, b| a.0.secs.total_cmp(&b.0.secs));
             let middle = r.len() / 2;
             r.swap_remove(middle)
         })
-        .collect();
+        .unzip();
 
     println!("{} rows; the table is {:.1} MB; the median of {} rounds, every other one in reverse order", args.records, table_bytes as f64 / 1e6, args.runs);
-    println!("{:<44} {:>11} {:>9} {:>8} {:>10} {:>14}", "way", "rows/s", "MB/s", "CPU s", "peak RSS", "vs COPY pipe");
+    println!("{:<44} {:>11} {:>9} {:>8} {:>10} {:>14} {:>9}", "way", "rows/s", "MB/s", "CPU s", "peak RSS", "vs COPY pipe", "server s");
     let rate = |r: &Run| args.records as f64 / r.secs;
     let copy = &medians[0];
     for (i, ((way, _), r)) in ways.iter().zip(&medians).enumerate() {
         let versus = if i == 0 { "(baseline)".to_owned() } else { format!("{:.2}x", rate(r) / rate(copy)) };
-        println!("{way:<44} {:>11.0} {:>9.1} {:>8.2} {:>7.1} MB {versus:>14}", rate(r), table_bytes as f64 / 1e6 / r.secs, r.cpu_secs, r.peak_rss_bytes as f64 / 1e6);
+        let server = server[i].map_or("-".to_owned(), |s| format!("{s:.2}"));
+        println!("{way:<44} {:>11.0} {:>9.1} {:>8.2} {:>7.1} MB {versus:>14} {server:>9}", rate(r), table_bytes as f64 / 1e6 / r.secs, r.cpu_secs, r.peak_rss_bytes as f64 / 1e6);
         for p in r.processes.iter().filter(|p| r.processes.len() > 1 && p.cpu_secs >= 0.01) {
             println!("  {:<42} {:>11} {:>9} {:>8.2} {:>7.1} MB", p.name, "", "", p.cpu_secs, p.peak_rss_bytes as f64 / 1e6);
         }
@@ -247,9 +254,20 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
         None => println!("Sling: not measured (use --install-sling)"),
     }
     println!("PyAirbyte: not measured (Airbyte's Postgres connectors are Java images, and no image registry is reached here)");
-    println!("(MB/s counts the source table's pages; CPU s and RSS are the client side's, not the server's; a way's RSS is its largest process,");
+    println!("(MB/s counts the source table's pages; CPU s and RSS are the client side's; server s is the CPU the server spent meanwhile,");
+    println!(" all its processes, when it runs on this machine (\"-\" otherwise); a way's RSS is its largest process,");
     println!(" and the indented lines are each of its processes, sampled from /proc every 50 ms: CPU up to 50 ms short, RSS the kernel's peak)");
     drop_all(args.url)
+}
+
+/// After each way, what it wrote goes, so that every way starts from the
+/// same server: the source table alone. Kept, seven ways' copies of a 4 GB
+/// table outgrew the page cache, and whichever ways came last paid for it
+/// (the same server work took 20 s of server CPU in one way, 30 in the next).
+fn empty_targets(url: &str) -> anyhow::Result<()> {
+    let dropped = TARGETS[1..].iter().map(|s| format!("drop schema if exists {s} cascade"));
+    sql(url, &std::iter::once("truncate sluice_pg2pg_copy.t".to_owned()).chain(dropped).collect::<Vec<_>>().join(";"))?;
+    Ok(())
 }
 
 /// Before each way: a VACUUM, so that no way pays for autovacuum's first
@@ -275,6 +293,39 @@ fn settle(url: &str) {
     if local {
         unsafe { libc::sync() };
     }
+}
+
+/// The server's postmaster, when the server runs on this machine: the
+/// parent of the backend that answers us.
+fn local_postmaster(url: &str) -> Option<i32> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).ok()?;
+    let backend: i32 = client.query_one("select pg_backend_pid()", &[]).ok()?.get(0);
+    let ppid = stat_fields(backend)?.get(1)?.parse().ok()?;
+    // A backend of a server elsewhere could share a pid with a process here: ours must be a postgres.
+    let comm = std::fs::read_to_string(format!("/proc/{backend}/comm")).ok()?;
+    comm.starts_with("postgres").then_some(ppid)
+}
+
+/// What `/proc/<pid>/stat` says after the command name: state, ppid, ...
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat[stat.rfind(')')? + 2..].split(' ').map(String::from).collect())
+}
+
+/// CPU seconds the server has used so far: the postmaster's own and its
+/// reaped children's, and its live children's.
+fn server_cpu_secs(postmaster: i32) -> Option<f64> {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let field = |f: &[String], i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let own = stat_fields(postmaster)?;
+    let mut ticks_used = (11..=14).map(|i| field(&own, i)).sum::<f64>();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Some(f) = stat_fields(pid).filter(|f| f.get(1).is_some_and(|p| p.parse() == Ok(postmaster))) {
+            ticks_used += field(&f, 11) + field(&f, 12);
+        }
+    }
+    Some(ticks_used / ticks)
 }
 
 fn cores() -> f64 {

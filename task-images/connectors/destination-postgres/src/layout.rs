@@ -130,11 +130,14 @@ pub fn column_type(schema: &Value) -> ColumnType {
     }
 }
 
+/// The column that says what changed in a row on its way, and the sync that wrote it.
+pub const META: &str = "_airbyte_meta";
+
 /// Airbyte's own columns, first in every table.
 pub const META_COLUMNS: [(&str, &str); 4] = [
     ("_airbyte_raw_id", "uuid not null"),
     ("_airbyte_extracted_at", "timestamp with time zone not null"),
-    ("_airbyte_meta", "jsonb not null"),
+    (META, "jsonb not null"),
     ("_airbyte_generation_id", "bigint"),
 ];
 

@@ -13,6 +13,10 @@
 //!   table that replaces the table in one transaction once the stream is
 //!   complete, so a reader sees the old table whole until then.
 //!
+//! A staged table's `_airbyte_meta` defaults to what this sync writes
+//! there for a row whose values all fit, and such rows leave it out of
+//! their `COPY`: the server parses that JSON once, not once a row.
+//!
 //! Rows are encoded once, into a per-stream buffer of `COPY` rows, copied
 //! when the buffer is full (memory stays bounded whatever the volume), and
 //! committed when a STATE arrives, which is echoed only then: a crash loses
@@ -91,20 +95,28 @@ struct Target {
     sync_id: Option<i64>,
     /// `_airbyte_meta` of a row where every value fit, written once.
     clean_meta: Vec<u8>,
+    /// Whether `copy_into` has `clean_meta` as its default (a staged
+    /// table), so that such rows leave it out.
+    meta_default: bool,
     cdc_deletes: bool,
 }
 
 /// A stream's rows not yet copied, on one connection.
 #[derive(Default)]
 struct Batch {
+    /// Rows with their `_airbyte_meta`.
     rows: Vec<u8>,
+    /// Rows without, which take the table's default.
+    plain: Vec<u8>,
+    plain_rows: usize,
+    /// Rows in both.
     buffered: usize,
     oldest: Option<Instant>,
 }
 
 impl Batch {
     fn full(&self) -> bool {
-        self.buffered >= FLUSH_ROWS || self.rows.len() >= FLUSH_BYTES || self.oldest.is_some_and(|t| t.elapsed() >= FLUSH_AGE)
+        self.buffered >= FLUSH_ROWS || self.rows.len() + self.plain.len() >= FLUSH_BYTES || self.oldest.is_some_and(|t| t.elapsed() >= FLUSH_AGE)
     }
 }
 
@@ -174,6 +186,12 @@ fn open_targets(db: &mut Db, config: &Config, catalog: &ConfiguredAirbyteCatalog
                 staged
             }
         };
+        let clean_meta = layout::meta(configured.sync_id, Vec::new(), &[]).to_string();
+        // The table itself is the user's: its columns' defaults stay theirs.
+        let meta_default = copy_into != table;
+        if meta_default {
+            db.set_clean_meta(&copy_into, &clean_meta)?;
+        }
         let cdc_deletes = columns.iter().any(|c| c.name == "_ab_cdc_deleted_at");
         targets.push(Target {
             descriptor,
@@ -183,7 +201,8 @@ fn open_targets(db: &mut Db, config: &Config, catalog: &ConfiguredAirbyteCatalog
             loader,
             generation,
             sync_id: configured.sync_id,
-            clean_meta: layout::meta(configured.sync_id, Vec::new(), &[]).to_string().into_bytes(),
+            clean_meta: clean_meta.into_bytes(),
+            meta_default,
             cdc_deletes,
         });
     }
@@ -390,10 +409,15 @@ fn json_source_changes(meta: Option<&serde_json::value::RawValue>) -> Vec<serde_
 
 /// One row of binary `COPY`: the data, each column's field written by
 /// `field` (false: the value did not fit, and is NULL), then Airbyte's four
-/// columns; `_airbyte_meta` holds the source's `changes` and then ours.
+/// columns; `_airbyte_meta` holds the source's `changes` and then ours. A
+/// row with nothing to say there, into a table whose default says it, goes
+/// to the batch's plain rows without it.
 fn encode_row(target: &Target, batch: &mut Batch, emitted_at: i64, changes: Vec<serde_json::Value>, mut field: impl FnMut(usize, &mut Vec<u8>) -> bool) {
-    let rows = &mut batch.rows;
-    rows.extend_from_slice(&((target.columns.len() + layout::META_COLUMNS.len()) as i16).to_be_bytes());
+    let fields = (target.columns.len() + layout::META_COLUMNS.len()) as i16;
+    // Plain first, as most rows are; a row that turns out to need its meta moves.
+    let rows = if target.meta_default { &mut batch.plain } else { &mut batch.rows };
+    let start = rows.len();
+    rows.extend_from_slice(&(fields - i16::from(target.meta_default)).to_be_bytes());
     let mut nulled: Vec<&str> = Vec::new();
     for (i, c) in target.columns.iter().enumerate() {
         if !field(i, rows) {
@@ -404,32 +428,46 @@ fn encode_row(target: &Target, batch: &mut Batch, emitted_at: i64, changes: Vec<
     rows.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
     rows.extend_from_slice(&8i32.to_be_bytes());
     rows.extend_from_slice(&layout::extracted_at_micros(emitted_at).to_be_bytes());
-    if nulled.is_empty() && changes.is_empty() {
-        rows.extend_from_slice(&((target.clean_meta.len() + 1) as i32).to_be_bytes());
-        rows.push(1);
-        rows.extend_from_slice(&target.clean_meta);
-    } else {
+    let clean = nulled.is_empty() && changes.is_empty();
+    if target.meta_default && !clean {
+        let moved_at = batch.rows.len();
+        batch.rows.extend_from_slice(&batch.plain[start..]);
+        batch.plain.truncate(start);
+        batch.rows[moved_at..moved_at + 2].copy_from_slice(&fields.to_be_bytes());
+    }
+    let plain = target.meta_default && clean;
+    let rows = if plain { &mut batch.plain } else { &mut batch.rows };
+    if !clean {
         let meta_at = rows.len();
         rows.extend_from_slice(&[0, 0, 0, 0, 1]);
         serde_json::to_writer(&mut *rows, &layout::meta(target.sync_id, changes, &nulled)).expect("JSON serializes");
         let len = (rows.len() - meta_at - 4) as i32;
         rows[meta_at..meta_at + 4].copy_from_slice(&len.to_be_bytes());
+    } else if !plain {
+        rows.extend_from_slice(&((target.clean_meta.len() + 1) as i32).to_be_bytes());
+        rows.push(1);
+        rows.extend_from_slice(&target.clean_meta);
     }
     rows.extend_from_slice(&8i32.to_be_bytes());
     rows.extend_from_slice(&target.generation.to_be_bytes());
+    batch.plain_rows += usize::from(plain);
     batch.buffered += 1;
     batch.oldest.get_or_insert_with(Instant::now);
 }
 
 fn flush(db: &mut Db, target: &Target, batch: &mut Batch) -> Result<(), Failure> {
-    if batch.buffered == 0 {
-        return Ok(());
-    }
-    let copied = db.copy_in(&target.copy_into, &target.columns, &batch.rows)?;
-    if copied != batch.buffered as u64 {
-        return Err(Failure::system(format!("PostgreSQL took {copied} of {} rows into {}", batch.buffered, target.copy_into)));
+    for (rows, count, with_meta) in [(&batch.plain, batch.plain_rows, false), (&batch.rows, batch.buffered - batch.plain_rows, true)] {
+        if count == 0 {
+            continue;
+        }
+        let copied = db.copy_in(&target.copy_into, &target.columns, rows, with_meta)?;
+        if copied != count as u64 {
+            return Err(Failure::system(format!("PostgreSQL took {copied} of {count} rows into {}", target.copy_into)));
+        }
     }
     batch.rows.clear();
+    batch.plain.clear();
+    batch.plain_rows = 0;
     batch.buffered = 0;
     batch.oldest = None;
     Ok(())
