@@ -27,7 +27,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use sluice_connectors::Cache;
 
-use crate::bench_postgres::{cached_venv, count, destination_config, measured, sql, whole_sync, Run, Source};
+use crate::bench_postgres::{cached_venv, count, destination_config, measured, proc_stat, sql, whole_sync, Run, Source};
 
 pub const DLT_PACKAGE: &str = "dlt[postgres,sql-database,parquet]";
 pub const SLING_PACKAGE: &str = "sling-linux-amd64";
@@ -300,28 +300,25 @@ fn settle(url: &str) {
 fn local_postmaster(url: &str) -> Option<i32> {
     let mut client = postgres::Client::connect(url, postgres::NoTls).ok()?;
     let backend: i32 = client.query_one("select pg_backend_pid()", &[]).ok()?.get(0);
-    let ppid = stat_fields(backend)?.get(1)?.parse().ok()?;
+    let ppid = proc_stat(backend)?.split(' ').nth(1)?.parse().ok()?;
     // A backend of a server elsewhere could share a pid with a process here: ours must be a postgres.
     let comm = std::fs::read_to_string(format!("/proc/{backend}/comm")).ok()?;
     comm.starts_with("postgres").then_some(ppid)
-}
-
-/// What `/proc/<pid>/stat` says after the command name: state, ppid, ...
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(stat[stat.rfind(')')? + 2..].split(' ').map(String::from).collect())
 }
 
 /// CPU seconds the server has used so far: the postmaster's own and its
 /// reaped children's, and its live children's.
 fn server_cpu_secs(postmaster: i32) -> Option<f64> {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let field = |f: &[String], i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let own = stat_fields(postmaster)?;
+    let field = |f: &[&str], i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let own = proc_stat(postmaster)?;
+    let own: Vec<&str> = own.split(' ').collect();
     let mut ticks_used = (11..=14).map(|i| field(&own, i)).sum::<f64>();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if let Some(f) = stat_fields(pid).filter(|f| f.get(1).is_some_and(|p| p.parse() == Ok(postmaster))) {
+        let Some(stat) = proc_stat(pid) else { continue };
+        let f: Vec<&str> = stat.split(' ').collect();
+        if f.get(1).is_some_and(|p| p.parse() == Ok(postmaster)) {
             ticks_used += field(&f, 11) + field(&f, 12);
         }
     }

@@ -73,15 +73,20 @@ fn process_name(pid: i32) -> Option<String> {
     })
 }
 
+/// What `/proc/<pid>/stat` says after the command name in parentheses,
+/// space-separated: state, ppid, ... utime (the 12th), stime, cutime, cstime.
+pub fn proc_stat(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat[stat.rfind(')')? + 2..].to_owned())
+}
+
 /// The pid's descendants and itself, with what /proc says of each now.
 fn sample(root: i32, seen: &mut std::collections::BTreeMap<i32, Process>) {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut parents = std::collections::HashMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // After the command name in parentheses: state, ppid, ... utime (14th), stime (15th).
-        let Some(rest) = stat.rfind(')').map(|at| &stat[at + 2..]) else { continue };
+        let Some(rest) = proc_stat(pid) else { continue };
         let fields: Vec<&str> = rest.split(' ').collect();
         let (Some(ppid), Some(utime), Some(stime)) = (fields.get(1), fields.get(11), fields.get(12)) else { continue };
         let cpu = (utime.parse::<f64>().unwrap_or(0.0) + stime.parse::<f64>().unwrap_or(0.0)) / ticks;
