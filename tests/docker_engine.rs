@@ -441,3 +441,18 @@ fn registry_definitions_run_as_containers_manifest_on_the_runners_image() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(ids(&root.join("image/users.jsonl")).len(), 25);
 }
+
+/// `sluice bench --containers`, short: both modes run as processes and as
+/// containers, each moving every record, and the job-to-container latency
+/// is measured, not skipped.
+#[test]
+fn the_containers_bench_runs_its_short_form() {
+    let out = support::sluice().args(["bench", "--containers", "--records", "2000", "--record-size", "256", "--runs", "1"]).output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<&str>> = printed.lines().map(|l| l.split_whitespace().collect()).collect();
+    for (mode, records) in [("legacy", "2000"), ("legacy", "8000"), ("socket", "2000"), ("socket", "8000"), ("legacy", "rate"), ("socket", "rate")] {
+        assert!(rows.iter().any(|r| r.first() == Some(&mode) && r.contains(&records)), "no {mode} row of {records} in:\n{printed}");
+    }
+    assert!(printed.contains("POST /jobs to the source container running (images present), median of 1: "), "{printed}");
+}

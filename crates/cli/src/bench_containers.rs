@@ -114,29 +114,45 @@ fn processes_once(sluice: &Path, plan: &TaskPlan, dir: &Path) -> anyhow::Result<
     Ok((secs, outcome["streams"][0]["emitted"]["records"].as_u64().unwrap_or(0)))
 }
 
-fn median(mut secs: Vec<f64>) -> f64 {
-    secs.sort_by(f64::total_cmp);
-    secs[secs.len() / 2]
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
-/// The median seconds of `runs` runs of one transfer, as processes and as containers.
-fn transfer(sluice: &Path, records: u64, record_size: usize, runs: usize, channel: &Option<PlanChannel>, catalog: &Value, dir: &Path) -> anyhow::Result<(f64, f64)> {
-    let (mut local, mut boxed) = (Vec::new(), Vec::new());
+/// One run's seconds, as processes and as containers, at the small and
+/// at the large size.
+struct Run {
+    processes: [f64; 2],
+    containers: [f64; 2],
+}
+
+/// `runs` runs of one mode at `records` and at four times as many. Each run
+/// takes all four measurements back to back, processes first in one run and
+/// containers first in the next, so that a slow spell of a busy machine
+/// falls on both ways of one run alike and the ratios are taken within a run.
+fn transfer(sluice: &Path, records: u64, record_size: usize, runs: usize, channel: &Option<PlanChannel>, catalog: &Value, dir: &Path) -> anyhow::Result<Vec<Run>> {
+    let mut all = Vec::new();
     for run in 0..runs {
-        let plan = plan(records, record_size, channel.clone(), catalog, &format!("bench-{}-{records}-{run}", std::process::id()));
-        for (times, how, moved) in [(&mut local, "processes", processes_once(sluice, &plan, dir)?), (&mut boxed, "containers", containers_once(&plan)?)] {
-            if moved.1 != records {
-                bail!("the {how} moved {} of {records} records", moved.1);
+        let mut one = Run { processes: [0.0; 2], containers: [0.0; 2] };
+        for (size, n) in [records, records * 4].into_iter().enumerate() {
+            let plan = plan(n, record_size, channel.clone(), catalog, &format!("bench-{}-{n}-{run}", std::process::id()));
+            for containers in if run % 2 == 0 { [false, true] } else { [true, false] } {
+                let (secs, moved) = if containers { containers_once(&plan)? } else { processes_once(sluice, &plan, dir)? };
+                if moved != n {
+                    bail!("the {} moved {moved} of {n} records", if containers { "containers" } else { "processes" });
+                }
+                if containers { one.containers[size] = secs } else { one.processes[size] = secs }
             }
-            times.push(moved.0);
         }
+        all.push(one);
     }
-    Ok((median(local), median(boxed)))
+    Ok(all)
 }
 
 /// Each mode at `records` and at four times as many: the ratio of the
 /// totals, then, from the two sizes (time = fixed + records / rate), the
 /// ratio of the rates alone and what containers add at the start and end.
+/// Every figure is the median over the runs of that figure within a run.
 pub fn run(records: u64, record_size: usize, runs: usize, catalog: &Value, dir: &Path) -> anyhow::Result<()> {
     let sluice = std::env::current_exe()?;
     engine().request("GET", "/version", &EngineBody::None).map_err(|e| anyhow::anyhow!("{}", e.0))?;
@@ -144,15 +160,26 @@ pub fn run(records: u64, record_size: usize, runs: usize, catalog: &Value, dir: 
     println!("{:<32} {:>9} {:>13} {:>13} {:>11}", "mode", "records", "processes", "containers", "c/p rate");
     let modes = [("legacy (orchestrator)", None), ("socket PROTOBUF x2 (bookkeeper)", Some(PlanChannel { format: Format::Protobuf, socket_count: 2 }))];
     for (name, channel) in modes {
-        let rate = |n: u64, secs: f64| format!("{:.0} rec/s", n as f64 / secs);
-        let (p1, c1) = transfer(&sluice, records, record_size, runs, &channel, catalog, dir).with_context(|| name.to_owned())?;
-        println!("{name:<32} {records:>9} {:>13} {:>13} {:>10.2}x", rate(records, p1), rate(records, c1), p1 / c1);
-        let (p4, c4) = transfer(&sluice, records * 4, record_size, runs, &channel, catalog, dir).with_context(|| name.to_owned())?;
-        println!("{name:<32} {:>9} {:>13} {:>13} {:>10.2}x", records * 4, rate(records * 4, p4), rate(records * 4, c4), p4 / c4);
+        let runs = transfer(&sluice, records, record_size, runs, &channel, catalog, dir).with_context(|| name.to_owned())?;
+        let of = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+        // Runs too short for the machine's noise can give a larger size the shorter time.
+        let rate = |per_second: f64| if per_second > 0.0 { format!("{per_second:.0} rec/s") } else { "too short".to_owned() };
+        for (size, n) in [records, records * 4].into_iter().enumerate() {
+            let (p, c) = (of(&|r| n as f64 / r.processes[size]), of(&|r| n as f64 / r.containers[size]));
+            println!("{name:<32} {n:>9} {:>13} {:>13} {:>10.2}x", rate(p), rate(c), of(&|r| r.processes[size] / r.containers[size]));
+        }
         // Three times the records more: what that costs each way is the rate alone.
-        let (per_p, per_c) = ((p4 - p1) / (3 * records) as f64, (c4 - c1) / (3 * records) as f64);
-        let fixed = (c1 - per_c * records as f64) - (p1 - per_p * records as f64);
-        println!("{name:<32} {:>9} {:>13} {:>13} {:>10.2}x   (containers' fixed cost {:+.0} ms)", "rate", rate(1, per_p), rate(1, per_c), per_p / per_c, fixed * 1000.0);
+        let extra = (3 * records) as f64;
+        let per_record = |secs: &[f64; 2]| (secs[1] - secs[0]) / extra;
+        let fixed = |r: &Run| (r.containers[0] - per_record(&r.containers) * records as f64) - (r.processes[0] - per_record(&r.processes) * records as f64);
+        println!(
+            "{name:<32} {:>9} {:>13} {:>13} {:>10.2}x   (containers' fixed cost {:+.0} ms)",
+            "rate",
+            rate(of(&|r| 1.0 / per_record(&r.processes))),
+            rate(of(&|r| 1.0 / per_record(&r.containers))),
+            of(&|r| per_record(&r.processes) / per_record(&r.containers)),
+            of(&fixed) * 1000.0
+        );
     }
     match job_to_container(runs) {
         Ok(latencies) => println!("POST /jobs to the source container running (images present), median of {runs}: {:.0} ms", median(latencies) * 1000.0),
