@@ -160,8 +160,8 @@ pub fn run(records: u64, record_size: usize, runs: usize, catalog: &Value, dir: 
     println!("{:<32} {:>9} {:>13} {:>13} {:>11}", "mode", "records", "processes", "containers", "c/p rate");
     let modes = [("legacy (orchestrator)", None), ("socket PROTOBUF x2 (bookkeeper)", Some(PlanChannel { format: Format::Protobuf, socket_count: 2 }))];
     for (name, channel) in modes {
-        let runs = transfer(&sluice, records, record_size, runs, &channel, catalog, dir).with_context(|| name.to_owned())?;
-        let of = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+        let measured = transfer(&sluice, records, record_size, runs, &channel, catalog, dir).with_context(|| name.to_owned())?;
+        let of = |f: &dyn Fn(&Run) -> f64| median(measured.iter().map(f).collect());
         // Runs too short for the machine's noise can give a larger size the shorter time.
         let rate = |per_second: f64| if per_second > 0.0 { format!("{per_second:.0} rec/s") } else { "too short".to_owned() };
         for (size, n) in [records, records * 4].into_iter().enumerate() {
