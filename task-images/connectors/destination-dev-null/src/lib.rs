@@ -1,12 +1,13 @@
 //! `destination-dev-null`: parses every message it is sent, stores nothing,
 //! and echoes each STATE at once: the fastest destination that still does
-//! the work of reading the protocol (a record as the other destinations read
-//! theirs: the message whole, its data checked as JSON, not built as a tree). In socket mode it reads every socket in
-//! parallel and releases each STATE once all its records arrived.
+//! the work of reading the protocol: a record as the other destinations read
+//! theirs, the message whole and its data checked as JSON, not built as a
+//! tree. In socket mode it reads every socket in parallel and releases each
+//! STATE once all its records arrived.
 
 use serde_json::json;
 use sluice_connector_kit::sockets::{self, Sink};
-use sluice_connector_kit::{each_input_line, echo_state, parse_message, read_json, Command, Failure, Output};
+use sluice_connector_kit::{each_input_line, echo_state, parse_message, parse_record, read_json, Command, Failure, Output};
 use sluice_protocol::socket::SocketRecord;
 use sluice_protocol::*;
 
@@ -43,9 +44,7 @@ fn run(command: Command, out: &mut Output) -> Result<(), Failure> {
             }
             let mut since_state = 0u64;
             each_input_line(|number, line| {
-                // A record is read as the other destinations read theirs: its
-                // stream and emitted_at, its data checked as JSON but not built.
-                if socket::json_record(line).map_err(|e| Failure::system(format!("stdin line {number} is not a protocol message: {e}")))?.is_some() {
+                if parse_record(number, line)?.is_some() {
                     since_state += 1;
                 } else if let Some(state) = parse_message(number, line)?.state {
                     echo_state(out, state, since_state)?;

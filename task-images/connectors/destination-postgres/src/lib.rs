@@ -38,10 +38,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sluice_connector_kit::sockets::{self, Sink};
-use sluice_connector_kit::{each_input_line, echo_state, parse_message, read_json, Command, Failure, Output};
+use sluice_connector_kit::{each_input_line, echo_state, parse_message, parse_record, read_json, Command, Failure, Output};
 use sluice_protocol::json;
 use sluice_protocol::protobuf::Scalar;
-use sluice_protocol::socket::{self, SocketRecord};
+use sluice_protocol::socket::SocketRecord;
 use sluice_protocol::*;
 
 use client::{Db, Table};
@@ -228,8 +228,7 @@ fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<
     let mut since_state = 0u64;
     each_input_line(|line, text| {
         // Records keep their data as written: a number keeps every digit on its way to a numeric column.
-        let record = socket::json_record(text).map_err(|e| Failure::system(format!("stdin line {line} is not a protocol message: {e}")))?;
-        if let Some(record) = record {
+        if let Some(record) = parse_record(line, text)? {
             let descriptor = StreamDescriptor::new(record.stream.as_ref(), record.namespace.map(String::from));
             let Some(&i) = index.get(&descriptor) else {
                 return Err(Failure::system(format!("stdin line {line}: a record of stream {descriptor}, which the configured catalog does not have")));
@@ -437,16 +436,16 @@ fn encode_row(target: &Target, batch: &mut Batch, emitted_at: i64, changes: Vec<
     }
     let plain = target.meta_default && clean;
     let rows = if plain { &mut batch.plain } else { &mut batch.rows };
-    if !clean {
+    if !plain {
         let meta_at = rows.len();
         rows.extend_from_slice(&[0, 0, 0, 0, 1]);
-        serde_json::to_writer(&mut *rows, &layout::meta(target.sync_id, changes, &nulled)).expect("JSON serializes");
+        if clean {
+            rows.extend_from_slice(&target.clean_meta);
+        } else {
+            serde_json::to_writer(&mut *rows, &layout::meta(target.sync_id, changes, &nulled)).expect("JSON serializes");
+        }
         let len = (rows.len() - meta_at - 4) as i32;
         rows[meta_at..meta_at + 4].copy_from_slice(&len.to_be_bytes());
-    } else if !plain {
-        rows.extend_from_slice(&((target.clean_meta.len() + 1) as i32).to_be_bytes());
-        rows.push(1);
-        rows.extend_from_slice(&target.clean_meta);
     }
     rows.extend_from_slice(&8i32.to_be_bytes());
     rows.extend_from_slice(&target.generation.to_be_bytes());

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use flate2::write::GzEncoder;
 use serde_json::Value;
 use sluice_connector_kit::sockets::{self, Sink};
-use sluice_connector_kit::{each_input_line, echo_state, parse_message, read_json, Command, Failure, Output};
+use sluice_connector_kit::{each_input_line, echo_state, parse_message, parse_record, read_json, Command, Failure, Output};
 use sluice_protocol::socket::{self, SocketRecord};
 use sluice_protocol::*;
 
@@ -475,8 +475,7 @@ fn write_stdin(objects: &Objects, out: &mut Output) -> Result<bool, Failure> {
         Ok(())
     };
     each_input_line(|line, text| {
-        let record = socket::json_record(text).map_err(|e| Failure::system(format!("stdin line {line} is not a protocol message: {e}")))?;
-        if let Some(record) = record {
+        if let Some(record) = parse_record(line, text)? {
             let descriptor = StreamDescriptor::new(record.stream.as_ref(), record.namespace.map(String::from));
             let Some(&stream) = index.get(&descriptor) else {
                 return Err(Failure::system(format!("stdin line {line}: a record of stream {descriptor}, which the configured catalog does not have")));

@@ -201,6 +201,13 @@ pub fn parse_message(number: u64, line: &[u8]) -> Result<AirbyteMessage, Failure
     serde_json::from_slice(line).map_err(|e| Failure::system(format!("stdin line {number} is not a protocol message: {e}")))
 }
 
+/// Line `number` of stdin's RECORD, its data left as written (numbers keep
+/// every digit, nothing built as a tree), or None for a line of another
+/// type; a failure naming the line if it is not a protocol message.
+pub fn parse_record(number: u64, line: &[u8]) -> Result<Option<sluice_protocol::socket::JsonRecord<'_>>, Failure> {
+    sluice_protocol::socket::json_record(line).map_err(|e| Failure::system(format!("stdin line {number} is not a protocol message: {e}")))
+}
+
 /// The STATE a destination prints once everything before it is stored:
 /// the state as received, with the count of records it covered.
 pub fn echo_state(out: &mut Output, mut state: sluice_protocol::AirbyteStateMessage, records: u64) -> io::Result<()> {
