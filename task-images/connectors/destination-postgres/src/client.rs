@@ -3,6 +3,7 @@
 //! one connection.
 
 use std::io::Write;
+use std::sync::mpsc;
 
 use sluice_connector_kit::Failure;
 
@@ -254,3 +255,117 @@ impl Db {
         self.execute(&format!("keeping one row per key in {table}"), &sql)
     }
 }
+
+/// A connection on a thread of its own, so that a reader encodes its next
+/// batch while the server takes the last one: without it the two took
+/// turns, and each connection sat idle in its transaction half the time.
+/// A hand-over waits for the copy before it, so one batch is copying and
+/// one filling; a copy's error comes back with the next call.
+pub struct Copier {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    replies: mpsc::Receiver<Result<Vec<u8>, Failure>>,
+    pending: usize,
+    /// Buffers whose rows are copied, emptied for the next batches.
+    spare: Vec<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<Db>>,
+}
+
+enum Job {
+    Copy { into: Table, columns: Vec<Column>, rows: Vec<u8>, count: usize, with_meta: bool },
+    Commit,
+    Rollback,
+}
+
+impl Copier {
+    pub fn spawn(mut db: Db) -> Copier {
+        let (jobs, inbox) = mpsc::sync_channel::<Job>(0);
+        let (outbox, replies) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for job in inbox {
+                let reply = match job {
+                    Job::Copy { into, columns, mut rows, count, with_meta } => db.copy_in(&into, &columns, &rows, with_meta).and_then(|copied| {
+                        if copied != count as u64 {
+                            return Err(Failure::system(format!("PostgreSQL took {copied} of {count} rows into {into}")));
+                        }
+                        rows.clear();
+                        Ok(rows)
+                    }),
+                    Job::Commit => db.commit().map(|_| Vec::new()),
+                    Job::Rollback => db.rollback().map(|_| Vec::new()),
+                };
+                if outbox.send(reply).is_err() {
+                    break;
+                }
+            }
+            db
+        });
+        Copier { jobs: Some(jobs), replies, pending: 0, spare: Vec::new(), thread: Some(thread) }
+    }
+
+    /// Hands `rows` (`count` of them) over to be copied into `into`, and
+    /// leaves an empty buffer in their place.
+    pub fn copy(&mut self, into: &Table, columns: &[Column], rows: &mut Vec<u8>, count: usize, with_meta: bool) -> Result<(), Failure> {
+        while let Ok(reply) = self.replies.try_recv() {
+            self.received(reply)?;
+        }
+        let rows = std::mem::replace(rows, self.spare.pop().unwrap_or_default());
+        self.send(Job::Copy { into: into.clone(), columns: columns.to_vec(), rows, count, with_meta })
+    }
+
+    /// Waits for every copy handed over: their rows are in the transaction.
+    pub fn wait(&mut self) -> Result<(), Failure> {
+        while self.pending > 0 {
+            let reply = self.replies.recv().map_err(|_| Failure::system("the copying thread of destination-postgres ended"))?;
+            self.received(reply)?;
+        }
+        Ok(())
+    }
+
+    /// [`Db::commit`], after every copy handed over.
+    pub fn commit(&mut self) -> Result<(), Failure> {
+        self.send(Job::Commit)?;
+        self.wait()
+    }
+
+    pub fn rollback(&mut self) -> Result<(), Failure> {
+        self.send(Job::Rollback)?;
+        self.wait()
+    }
+
+    /// The connection back, once every job is done.
+    pub fn finish(mut self) -> Result<Db, Failure> {
+        self.wait()?;
+        self.jobs = None;
+        self.thread.take().expect("joined once").join().map_err(|_| Failure::system("the copying thread of destination-postgres panicked"))
+    }
+
+    fn send(&mut self, job: Job) -> Result<(), Failure> {
+        let jobs = self.jobs.as_ref().expect("not finished");
+        if jobs.send(job).is_err() {
+            // The thread is gone: its last reply says why.
+            self.wait()?;
+            return Err(Failure::system("the copying thread of destination-postgres ended"));
+        }
+        self.pending += 1;
+        Ok(())
+    }
+
+    fn received(&mut self, reply: Result<Vec<u8>, Failure>) -> Result<(), Failure> {
+        self.pending -= 1;
+        let spent = reply?;
+        if spent.capacity() > 0 {
+            self.spare.push(spent);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Copier {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+

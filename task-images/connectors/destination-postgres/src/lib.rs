@@ -18,7 +18,9 @@
 //! their `COPY`: the server parses that JSON once, not once a row.
 //!
 //! Rows are encoded once, into a per-stream buffer of `COPY` rows, copied
-//! when the buffer is full (memory stays bounded whatever the volume), and
+//! when the buffer is full by the connection's own thread (`client::Copier`)
+//! while the next fills (memory stays bounded whatever the volume: per
+//! stream and connection, one buffer filling, one copying, one spare), and
 //! committed when a STATE arrives, which is echoed only then: a crash loses
 //! only rows no STATE covers, so a retry from the last STATE duplicates
 //! nothing, even in append mode. In socket mode each socket's connection
@@ -44,7 +46,7 @@ use sluice_protocol::protobuf::Scalar;
 use sluice_protocol::socket::SocketRecord;
 use sluice_protocol::*;
 
-use client::{Db, Table};
+use client::{Copier, Db, Table};
 use config::Config;
 use layout::Column;
 
@@ -213,15 +215,16 @@ fn write(config: &Config, catalog: &ConfiguredAirbyteCatalog, out: &mut Output) 
     let channel = sluice_protocol::socket::DataChannel::from_env().map_err(Failure::config)?;
     let mut db = Db::new(config.connect()?);
     let targets = open_targets(&mut db, config, catalog)?;
-    let statuses = match channel {
-        Some(channel) => write_sockets(config, &channel, catalog, &targets, out)?,
-        None => write_stdin(&mut db, &targets, out)?,
+    let (mut db, statuses) = match channel {
+        Some(channel) => (db, write_sockets(config, &channel, catalog, &targets, out)?),
+        None => write_stdin(db, &targets, out)?,
     };
     finish(&mut db, &targets, &statuses)
 }
 
 /// Legacy mode: every message on stdin, in order, on one connection.
-fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<Option<StreamStatus>>, Failure> {
+fn write_stdin(db: Db, targets: &[Target], out: &mut Output) -> Result<(Db, Vec<Option<StreamStatus>>), Failure> {
+    let mut copier = Copier::spawn(db);
     let index: HashMap<StreamDescriptor, usize> = targets.iter().enumerate().map(|(i, t)| (t.descriptor.clone(), i)).collect();
     let mut batches: Vec<Batch> = targets.iter().map(|_| Batch::default()).collect();
     let mut statuses = vec![None; targets.len()];
@@ -239,7 +242,7 @@ fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<
             encode_row(target, &mut batches[i], record.emitted_at, changes, |i, out| layout::encode_raw(out, columns[i].kind, values[i]));
             since_state += 1;
             if batches[i].full() {
-                flush(db, &targets[i], &mut batches[i])?;
+                flush(&mut copier, &targets[i], &mut batches[i])?;
             }
             return Ok(());
         }
@@ -250,29 +253,29 @@ fn write_stdin(db: &mut Db, targets: &[Target], out: &mut Output) -> Result<Vec<
             }
         } else if let Some(state) = message.state {
             for (target, batch) in targets.iter().zip(batches.iter_mut()) {
-                flush(db, target, batch)?;
+                flush(&mut copier, target, batch)?;
             }
-            db.commit()?;
+            copier.commit()?;
             echo_state(out, state, since_state)?;
             since_state = 0;
         }
         Ok(())
     })?;
     for (target, batch) in targets.iter().zip(batches.iter_mut()) {
-        flush(db, target, batch)?;
+        flush(&mut copier, target, batch)?;
     }
-    end_tail(db, &statuses)?;
-    Ok(statuses)
+    end_tail(&mut copier, &statuses)?;
+    Ok((copier.finish()?, statuses))
 }
 
 /// The rows after the last STATE: committed when every stream that said
 /// how it ended said COMPLETE (or none said anything), else rolled back,
 /// since the retry resumes before them.
-fn end_tail(db: &mut Db, statuses: &[Option<StreamStatus>]) -> Result<(), Failure> {
+fn end_tail(copier: &mut Copier, statuses: &[Option<StreamStatus>]) -> Result<(), Failure> {
     if statuses.iter().all(|s| matches!(s, None | Some(StreamStatus::Complete))) {
-        db.commit()
+        copier.commit()
     } else {
-        db.rollback()
+        copier.rollback()
     }
 }
 
@@ -286,7 +289,7 @@ fn write_sockets(
     targets: &[Target],
     out: &mut Output,
 ) -> Result<Vec<Option<StreamStatus>>, Failure> {
-    let connections = (0..channel.socket_paths.len()).map(|_| config.connect().map(Db::new)).collect::<Result<Vec<_>, _>>()?;
+    let connections = (0..channel.socket_paths.len()).map(|_| config.connect().map(|c| Copier::spawn(Db::new(c)))).collect::<Result<Vec<_>, _>>()?;
     // PROTOBUF values are positional: where each of a stream's sorted properties goes.
     let positions = sockets::Streams::of(catalog)
         .properties
@@ -303,7 +306,7 @@ fn write_sockets(
     // the sockets may have been cut off, and is neither finished nor swapped in.
     let statuses: Vec<Option<StreamStatus>> = sink.statuses.into_inner().expect("statuses lock").into_iter().map(|s| s.or(Some(StreamStatus::Incomplete))).collect();
     for mut reader in readers {
-        end_tail(&mut reader.db, &statuses)?;
+        end_tail(&mut reader.copier, &statuses)?;
     }
     Ok(statuses)
 }
@@ -313,13 +316,13 @@ struct Tables<'a> {
     /// Per stream, for each value of a PROTOBUF record, its column.
     positions: Vec<Vec<Option<usize>>>,
     /// One per socket, taken by its reading thread.
-    connections: Mutex<Vec<Db>>,
+    connections: Mutex<Vec<Copier>>,
     statuses: Mutex<Vec<Option<StreamStatus>>>,
 }
 
 /// A reading thread's connection and its batches.
 struct Reader {
-    db: Db,
+    copier: Copier,
     batches: Vec<Batch>,
 }
 
@@ -327,8 +330,8 @@ impl Sink for Tables<'_> {
     type Local = Reader;
 
     fn local(&self) -> Reader {
-        let db = self.connections.lock().expect("connections lock").pop().expect("a connection per socket");
-        Reader { db, batches: self.targets.iter().map(|_| Batch::default()).collect() }
+        let copier = self.connections.lock().expect("connections lock").pop().expect("a connection per socket");
+        Reader { copier, batches: self.targets.iter().map(|_| Batch::default()).collect() }
     }
 
     fn record(&self, local: &mut Reader, stream: usize, _properties: &[String], record: &SocketRecord<'_>) -> Result<(), Failure> {
@@ -363,14 +366,14 @@ impl Sink for Tables<'_> {
             }
         }
         if batch.full() {
-            flush(&mut local.db, target, batch)?;
+            flush(&mut local.copier, target, batch)?;
         }
         Ok(())
     }
 
     fn checkpoint(&self, local: &mut Reader) -> Result<(), Failure> {
         for (target, batch) in self.targets.iter().zip(local.batches.iter_mut()) {
-            flush(&mut local.db, target, batch)?;
+            flush(&mut local.copier, target, batch)?;
         }
         Ok(())
     }
@@ -381,7 +384,7 @@ impl Sink for Tables<'_> {
     const COMMITS_IN_ID_ORDER: bool = true;
 
     fn commit(&self, local: &mut Reader) -> Result<(), Failure> {
-        local.db.commit()
+        local.copier.commit()
     }
 
     fn status(&self, stream: usize, status: StreamStatus) {
@@ -454,18 +457,14 @@ fn encode_row(target: &Target, batch: &mut Batch, emitted_at: i64, changes: Vec<
     batch.oldest.get_or_insert_with(Instant::now);
 }
 
-fn flush(db: &mut Db, target: &Target, batch: &mut Batch) -> Result<(), Failure> {
-    for (rows, count, with_meta) in [(&batch.plain, batch.plain_rows, false), (&batch.rows, batch.buffered - batch.plain_rows, true)] {
-        if count == 0 {
-            continue;
-        }
-        let copied = db.copy_in(&target.copy_into, &target.columns, rows, with_meta)?;
-        if copied != count as u64 {
-            return Err(Failure::system(format!("PostgreSQL took {copied} of {count} rows into {}", target.copy_into)));
+/// Hands the batch's rows to the copier, which checks they all went in.
+fn flush(copier: &mut Copier, target: &Target, batch: &mut Batch) -> Result<(), Failure> {
+    let meta_rows = batch.buffered - batch.plain_rows;
+    for (rows, count, with_meta) in [(&mut batch.plain, batch.plain_rows, false), (&mut batch.rows, meta_rows, true)] {
+        if count > 0 {
+            copier.copy(&target.copy_into, &target.columns, rows, count, with_meta)?;
         }
     }
-    batch.rows.clear();
-    batch.plain.clear();
     batch.plain_rows = 0;
     batch.buffered = 0;
     batch.oldest = None;
