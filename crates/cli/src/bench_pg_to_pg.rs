@@ -87,6 +87,7 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     let server = args.url.split('@').next_back().unwrap_or("the server");
     eprintln!("sluice bench --source postgres: a table of {} rows of about {} bytes, from schema to schema on {server}", args.records, args.record_size);
     drop_all(args.url)?;
+    warn_of_idle_slots(args.url)?;
     // The rows: a key, a few typed columns, and text padding each to the record size.
     let padding = args.record_size.saturating_sub(100).max(1);
     sql(
@@ -258,6 +259,20 @@ pub fn run(args: &Args, sluice: &Path, dir: &Path) -> anyhow::Result<()> {
     println!(" all its processes, when it runs on this machine (\"-\" otherwise); a way's RSS is its largest process,");
     println!(" and the indented lines are each of its processes, sampled from /proc every 50 ms: CPU up to 50 ms short, RSS the kernel's peak)");
     drop_all(args.url)
+}
+
+/// Every way writes the table again, WAL included, and an inactive
+/// replication slot keeps all of it: a test's two left-over slots once
+/// held 36 GB of a bench's WAL, and a way failed with the disk full.
+fn warn_of_idle_slots(url: &str) -> anyhow::Result<()> {
+    let idle: Vec<String> = sql(url, "select slot_name::text from pg_replication_slots where not active")?.iter().map(|r| r.get(0)).collect();
+    if !idle.is_empty() {
+        eprintln!(
+            "  warning: inactive replication slots on the server keep all the WAL this bench writes (several times the table): {}; drop those no one reads (select pg_drop_replication_slot('NAME'))",
+            idle.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// After each way, what it wrote goes, so that every way starts from the

@@ -305,7 +305,10 @@ impl Copier {
     /// Hands `rows` (`count` of them) over to be copied into `into`, and
     /// leaves an empty buffer in their place.
     pub fn copy(&mut self, into: &Table, columns: &[Column], rows: &mut Vec<u8>, count: usize, with_meta: bool) -> Result<(), Failure> {
-        while let Ok(reply) = self.replies.try_recv() {
+        // The copier takes one batch at a time: wait for the last one, whose
+        // buffer is then filled next (a new one each time held three a stream).
+        if self.pending > 0 {
+            let reply = self.replies.recv().map_err(|_| Failure::system("the copying thread of destination-postgres ended"))?;
             self.received(reply)?;
         }
         let rows = std::mem::replace(rows, self.spare.pop().unwrap_or_default());

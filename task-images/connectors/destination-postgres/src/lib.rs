@@ -20,7 +20,7 @@
 //! Rows are encoded once, into a per-stream buffer of `COPY` rows, copied
 //! when the buffer is full by the connection's own thread (`client::Copier`)
 //! while the next fills (memory stays bounded whatever the volume: per
-//! stream and connection, one buffer filling, one copying, one spare), and
+//! stream and connection, one buffer filling and one copying), and
 //! committed when a STATE arrives, which is echoed only then: a crash loses
 //! only rows no STATE covers, so a retry from the last STATE duplicates
 //! nothing, even in append mode. In socket mode each socket's connection
@@ -53,8 +53,10 @@ use layout::Column;
 pub const NAME: &str = "destination-postgres";
 
 /// A stream's buffer is copied in at this size, row count or age, whichever
-/// first; its rows are committed at the next STATE.
-const FLUSH_BYTES: usize = 8 << 20;
+/// first; its rows are committed at the next STATE. With one buffer
+/// filling while another is copied, 4 MB moves as fast as 8 MB did
+/// (socket mode, 2M rows of 1 KB) and the destination peaks at 150 MB, not 200.
+const FLUSH_BYTES: usize = 4 << 20;
 const FLUSH_ROWS: usize = 50_000;
 const FLUSH_AGE: Duration = Duration::from_secs(5);
 
