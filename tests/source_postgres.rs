@@ -452,7 +452,8 @@ fn cdc_into_dedup_equals_the_source_after_every_sync_and_the_slot_moves_only_to_
     let idle = pair.sync();
     assert_eq!(idle.code, 0, "{}", idle.stderr);
     assert_eq!(idle.emitted("items"), 0);
-    same();    drop_slot("sp_cdc_slot");
+    same();
+    drop_slot("sp_cdc_slot");
 }
 
 #[test]
@@ -607,5 +608,6 @@ fn cdc_over_sockets_into_dedup_equals_the_source_after_every_sync_in_both_framin
     let jsonl = Pair::new(&s, &source, &catalog).over_sockets(2, "jsonl");
     let fourth = jsonl.sync();
     assert_eq!(fourth.code, 0, "{}", fourth.stderr);
-    same();    drop_slot("sp_cdcsock_slot");
+    same();
+    drop_slot("sp_cdcsock_slot");
 }

@@ -265,8 +265,8 @@ pub struct Copier {
     jobs: Option<mpsc::SyncSender<Job>>,
     replies: mpsc::Receiver<Result<Vec<u8>, Failure>>,
     pending: usize,
-    /// Buffers whose rows are copied, emptied for the next batches.
-    spare: Vec<Vec<u8>>,
+    /// The last copied batch's buffer, emptied, to be filled next.
+    spare: Option<Vec<u8>>,
     thread: Option<std::thread::JoinHandle<Db>>,
 }
 
@@ -299,7 +299,7 @@ impl Copier {
             }
             db
         });
-        Copier { jobs: Some(jobs), replies, pending: 0, spare: Vec::new(), thread: Some(thread) }
+        Copier { jobs: Some(jobs), replies, pending: 0, spare: None, thread: Some(thread) }
     }
 
     /// Hands `rows` (`count` of them) over to be copied into `into`, and
@@ -308,18 +308,16 @@ impl Copier {
         // The copier takes one batch at a time: wait for the last one, whose
         // buffer is then filled next (a new one each time held three a stream).
         if self.pending > 0 {
-            let reply = self.replies.recv().map_err(|_| Failure::system("the copying thread of destination-postgres ended"))?;
-            self.received(reply)?;
+            self.next_reply()?;
         }
-        let rows = std::mem::replace(rows, self.spare.pop().unwrap_or_default());
+        let rows = std::mem::replace(rows, self.spare.take().unwrap_or_default());
         self.send(Job::Copy { into: into.clone(), columns: columns.to_vec(), rows, count, with_meta })
     }
 
     /// Waits for every copy handed over: their rows are in the transaction.
     pub fn wait(&mut self) -> Result<(), Failure> {
         while self.pending > 0 {
-            let reply = self.replies.recv().map_err(|_| Failure::system("the copying thread of destination-postgres ended"))?;
-            self.received(reply)?;
+            self.next_reply()?;
         }
         Ok(())
     }
@@ -347,20 +345,25 @@ impl Copier {
         if jobs.send(job).is_err() {
             // The thread is gone: its last reply says why.
             self.wait()?;
-            return Err(Failure::system("the copying thread of destination-postgres ended"));
+            return Err(thread_ended());
         }
         self.pending += 1;
         Ok(())
     }
 
-    fn received(&mut self, reply: Result<Vec<u8>, Failure>) -> Result<(), Failure> {
+    fn next_reply(&mut self) -> Result<(), Failure> {
+        let spent = self.replies.recv().map_err(|_| thread_ended())?;
         self.pending -= 1;
-        let spent = reply?;
+        let spent = spent?;
         if spent.capacity() > 0 {
-            self.spare.push(spent);
+            self.spare = Some(spent);
         }
         Ok(())
     }
+}
+
+fn thread_ended() -> Failure {
+    Failure::system("the copying thread of destination-postgres ended")
 }
 
 impl Drop for Copier {
@@ -371,4 +374,3 @@ impl Drop for Copier {
         }
     }
 }
-
